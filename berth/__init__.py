@@ -1,0 +1,3 @@
+"""berth: queue-based, OpenAI-compatible LLM serving."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""The FastAPI app factory: long-lived clients built once in the lifespan, errors mapped once."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+
+from berth.api.directory import WorkerDirectory
+from berth.api.ingress import Ingress
+from berth.api.relay import TokenRelay
+from berth.api.settings import ApiSettings
+from berth.protocol.errors import BerthError, InvalidRequest, QueueFull, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiState:
+    """What every route needs, built once per process."""
+
+    settings: ApiSettings
+    redis: Redis
+    relay: TokenRelay
+    directory: WorkerDirectory
+    ingress: Ingress
+
+
+def error_response(err: BerthError) -> JSONResponse:
+    """The one place a berth error becomes an HTTP answer."""
+    headers = {}
+    if isinstance(err, QueueFull | Unavailable):
+        headers["Retry-After"] = str(err.retry_after)
+    return JSONResponse(err.body(), status_code=err.status_code, headers=headers)
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.require_redis_url())
+        relay = TokenRelay(redis)
+        directory = WorkerDirectory(redis, settings.registry_refresh_s)
+        await relay.start()
+        await directory.start()
+        app.state.berth = ApiState(
+            settings=settings,
+            redis=redis,
+            relay=relay,
+            directory=directory,
+            ingress=Ingress(redis, settings.max_queue_per_model, settings.retry_after_s),
+        )
+        log.info("api ready on %s:%d", settings.host, settings.port)
+        try:
+            yield
+        finally:
+            await directory.close()
+            await relay.close()
+            await redis.aclose()
+
+    app = FastAPI(title="berth", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(BerthError)
+    async def _berth_error(request: Request, err: BerthError) -> JSONResponse:
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return error_response(InvalidRequest(str(first.get("msg", "invalid request")), param=param))
+
+    from berth.api.routes import router
+
+    app.include_router(router)
+    return app

@@ -1,0 +1,97 @@
+"""What the API knows of the workers: which models and adapters are served, kept fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.asyncio import Redis
+
+from berth.protocol import keys
+from berth.protocol.envelopes import WorkerInfo
+from berth.protocol.errors import InvalidRequest, ModelNotFound
+from berth.registry import live_workers, models_served
+
+log = logging.getLogger(__name__)
+
+
+class WorkerDirectory:
+    """A cached view of the worker registry, reread every ``refresh_s`` seconds."""
+
+    def __init__(self, redis: Redis, refresh_s: float) -> None:
+        self._redis = redis
+        self._refresh_s = refresh_s
+        self._workers: list[WorkerInfo] = []
+        self._models: dict[str, set[str]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="worker-directory")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def refresh(self) -> None:
+        self._workers = await live_workers(self._redis)
+        self._models = models_served(self._workers)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("reading the worker registry failed")
+
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        return self._workers
+
+    def models(self) -> dict[str, set[str]]:
+        return self._models
+
+    async def is_alive(self, worker_id: str) -> bool:
+        """Ask Redis directly: the cache may be older than the worker's death."""
+        return bool(await self._redis.exists(keys.worker_key(worker_id)))
+
+    def resolve(self, model: str, lora_path: str | None) -> tuple[str, str | None]:
+        """(base model, adapter) for a request's ``model`` and ``lora_path``.
+
+        ``model`` may name a base model or, as vLLM's server allows, an adapter.
+        """
+        if model in self._models:
+            return model, lora_path
+        for base, adapters in self._models.items():
+            if model in adapters:
+                if lora_path is not None and lora_path != model:
+                    raise InvalidRequest(
+                        f"model {model!r} is an adapter; lora_path {lora_path!r} names another",
+                        param="lora_path",
+                    )
+                return base, model
+        raise ModelNotFound(f"The model {model!r} does not exist.", param="model")
+
+    def model_cards(self) -> list[dict[str, object]]:
+        """GET /v1/models entries: base models, then adapters naming their parent."""
+        created = int(time.time())
+        cards: list[dict[str, object]] = []
+        for base in sorted(self._models):
+            cards.append(
+                {"id": base, "object": "model", "created": created, "owned_by": "berth", "root": base}
+            )
+            for adapter in sorted(self._models[base]):
+                cards.append(
+                    {
+                        "id": adapter,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "berth",
+                        "root": adapter,
+                        "parent": base,
+                    }
+                )
+        return cards

@@ -1,0 +1,55 @@
+"""Waits for a request's events and guarantees the wait ends: a terminal event always comes.
+
+Workers send the terminal event; when they cannot (the worker died, the request
+outlived its deadline), this module makes one up, so no client ever hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from berth.protocol.envelopes import TokenEvent
+from berth.protocol.errors import BerthError, Timeout, WorkerLost
+
+
+def synthetic_error(request_id: str, err: BerthError) -> TokenEvent:
+    return TokenEvent(id=request_id, seq=-1, type="error", error=err.body(), status=err.status_code)
+
+
+async def request_events(
+    request_id: str,
+    queue: asyncio.Queue[TokenEvent],
+    *,
+    is_alive: Callable[[str], Awaitable[bool]],
+    check_every_s: float,
+    deadline: float,
+) -> AsyncIterator[TokenEvent]:
+    """Yield the request's events in order, ending with exactly one terminal event."""
+    expected = 0
+    worker: str | None = None
+    while True:
+        try:
+            event = queue.get_nowait() if not queue.empty() else None
+            if event is None:
+                event = await asyncio.wait_for(queue.get(), timeout=check_every_s)
+        except TimeoutError:
+            if worker is not None and not await is_alive(worker):
+                yield synthetic_error(
+                    request_id, WorkerLost(f"worker {worker} stopped while serving the request")
+                )
+                return
+            if time.monotonic() > deadline:
+                yield synthetic_error(
+                    request_id, Timeout("the request did not finish before its timeout")
+                )
+                return
+            continue
+        if event.seq >= 0 and event.seq < expected:
+            continue  # a duplicate; each event counts once
+        expected = event.seq + 1
+        worker = event.worker or worker
+        yield event
+        if event.terminal:
+            return

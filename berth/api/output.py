@@ -1,0 +1,158 @@
+"""Turns token events into OpenAI output: SSE chunks for streams, one response otherwise.
+
+Chunks are built as plain dicts and dumped once: this runs per token. Their
+shape is the one ``berth.protocol.response`` defines and tests check it against
+the ``openai`` client's own types.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from berth.protocol.envelopes import EventChoice, TokenEvent
+from berth.protocol.errors import BerthError, error_from_body
+
+DONE = "data: [DONE]\n\n"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_error(event: TokenEvent) -> BerthError:
+    """The error a non-finished terminal event stands for."""
+    if event.type == "cancelled":
+        return BerthError("the request was cancelled", code="cancelled")
+    return error_from_body(event.error or {}, event.status or 500)
+
+
+def _usage(event: TokenEvent) -> dict[str, int]:
+    prompt = event.usage.prompt_tokens if event.usage else 0
+    completion = event.usage.completion_tokens if event.usage else 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+class ChunkWriter:
+    """Renders one streaming request's events as ``data: ...`` lines."""
+
+    def __init__(self, request_id: str, model: str, created: int, n: int, include_usage: bool):
+        self._head = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+                      "model": model}
+        self._n = n
+        self._include_usage = include_usage
+        self._started = False
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        return f"data: {_dumps({**self._head, 'choices': choices, **extra})}\n\n"
+
+    def render(self, event: TokenEvent) -> str:
+        parts: list[str] = []
+        if not self._started:
+            self._started = True
+            # the role comes first, once per choice, as OpenAI sends it
+            parts.extend(
+                self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                              "logprobs": None, "finish_reason": None}])
+                for i in range(self._n)
+            )
+        for choice in event.choices:
+            parts.append(self._chunk([self._choice(choice)]))
+        if event.type == "finished":
+            if self._include_usage:
+                parts.append(self._chunk([], usage=_usage(event)))
+            parts.append(DONE)
+        elif event.terminal:
+            parts.append(f"data: {_dumps(event_error(event).body())}\n\n")
+            parts.append(DONE)
+        return "".join(parts)
+
+    @staticmethod
+    def _choice(choice: EventChoice) -> dict[str, Any]:
+        delta: dict[str, Any] = {}
+        if choice.content:
+            delta["content"] = choice.content
+        if choice.reasoning_content:
+            delta["reasoning_content"] = choice.reasoning_content
+        if choice.tool_calls:
+            delta["tool_calls"] = choice.tool_calls
+        finish = None if choice.finish_reason == "abort" else choice.finish_reason
+        return {
+            "index": choice.index,
+            "delta": delta,
+            "logprobs": {"content": choice.logprobs} if choice.logprobs is not None else None,
+            "finish_reason": finish,
+        }
+
+
+class _Choice:
+    __slots__ = ("content", "finish_reason", "logprobs", "reasoning", "tool_calls")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.logprobs: list[dict[str, Any]] | None = None
+        self.finish_reason: str | None = None
+
+
+class CompletionAssembler:
+    """Collects one non-streaming request's events into a ``chat.completion``."""
+
+    def __init__(self, request_id: str, model: str, created: int, n: int) -> None:
+        self._id = request_id
+        self._model = model
+        self._created = created
+        self._choices = [_Choice() for _ in range(n)]
+
+    def add(self, event: TokenEvent) -> None:
+        for delta in event.choices:
+            choice = self._choices[delta.index]
+            if delta.content:
+                choice.content.append(delta.content)
+            if delta.reasoning_content:
+                choice.reasoning.append(delta.reasoning_content)
+            for call in delta.tool_calls or ():
+                merged = choice.tool_calls.setdefault(
+                    call.get("index", len(choice.tool_calls)),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                merged["id"] = call.get("id") or merged["id"]
+                function = call.get("function") or {}
+                merged["function"]["name"] += function.get("name") or ""
+                merged["function"]["arguments"] += function.get("arguments") or ""
+            if delta.logprobs is not None:
+                choice.logprobs = (choice.logprobs or []) + delta.logprobs
+            if delta.finish_reason is not None:
+                choice.finish_reason = delta.finish_reason
+
+    def response(self, final: TokenEvent) -> dict[str, Any]:
+        choices = []
+        for index, choice in enumerate(self._choices):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(choice.content)}
+            if choice.reasoning:
+                message["reasoning_content"] = "".join(choice.reasoning)
+            if choice.tool_calls:
+                message["tool_calls"] = [choice.tool_calls[k] for k in sorted(choice.tool_calls)]
+                if not choice.content:
+                    message["content"] = None
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": {"content": choice.logprobs} if choice.logprobs is not None else None,
+                    "finish_reason": choice.finish_reason,
+                }
+            )
+        return {
+            "id": self._id,
+            "object": "chat.completion",
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
+            "usage": _usage(final),
+        }

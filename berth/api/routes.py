@@ -1,0 +1,177 @@
+"""HTTP routes: chat completions, models, health and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from berth.api.app import ApiState, error_response
+from berth.api.events import request_events
+from berth.api.output import ChunkWriter, CompletionAssembler, event_error
+from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
+from berth.protocol.envelopes import QueuedRequest, TokenEvent
+from berth.protocol.errors import BerthError, InvalidRequest
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+def _state(request: Request) -> ApiState:
+    return request.app.state.berth  # type: ignore[no-any-return]
+
+
+State = Annotated[ApiState, Depends(_state)]
+
+
+async def _read_request(request: Request, state: ApiState) -> ChatCompletionRequest:
+    limits = state.settings.limits()
+    body = await request.body()
+    if len(body) > limits.max_body_bytes:
+        raise InvalidRequest(
+            f"the request body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed",
+            code="request_too_large",
+        )
+    try:
+        data = json.loads(body)
+    except ValueError as err:
+        raise InvalidRequest(f"the request body is not valid JSON: {err}") from None
+    return parse_chat_request(data, limits)
+
+
+async def _until_disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: State) -> Response:
+    chat = await _read_request(request, state)
+    model, adapter = state.directory.resolve(chat.model, chat.lora_path)
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    queued = QueuedRequest(
+        id=request_id,
+        model=model,
+        adapter=adapter,
+        request=chat.model_dump(mode="json", exclude_none=True),
+    )
+    # subscribe before enqueueing: no event can be published before we listen
+    queue = await state.relay.open(request_id)
+    try:
+        await state.ingress.enqueue(queued)
+    except BaseException:
+        state.relay.close(request_id)
+        raise
+    log.info("request %s queued for %s/%s stream=%s", request_id, model, adapter, chat.stream)
+    events = request_events(
+        request_id,
+        queue,
+        is_alive=state.directory.is_alive,
+        check_every_s=state.settings.liveness_check_s,
+        deadline=time.monotonic() + state.settings.request_timeout_s,
+    )
+    created = int(time.time())
+    if chat.stream:
+        writer = ChunkWriter(request_id, chat.model, created, chat.n, chat.wants_usage)
+        return StreamingResponse(
+            _stream(state, request_id, events, writer),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
+        )
+    assembler = CompletionAssembler(request_id, chat.model, created, chat.n)
+    collect = asyncio.ensure_future(_collect(state, request_id, events, assembler))
+    disconnect = asyncio.ensure_future(_until_disconnected(request))
+    await asyncio.wait({collect, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    if not collect.done():
+        # the client left: stop using the engine on its behalf
+        collect.cancel()
+        await asyncio.gather(collect, return_exceptions=True)
+        return Response(status_code=499)
+    disconnect.cancel()
+    result = collect.result()
+    if isinstance(result, BerthError):
+        return error_response(result)
+    return JSONResponse(result, headers={"X-Request-Id": request_id})
+
+
+async def _finish(state: ApiState, request_id: str, completed: bool) -> None:
+    state.relay.close(request_id)
+    if not completed:
+        log.info("request %s: client went away; cancelling", request_id)
+        await state.ingress.cancel(request_id)
+
+
+def _finish_soon(state: ApiState, request_id: str, completed: bool) -> None:
+    # runs from cancelled code paths, where an await would be cancelled again
+    task = asyncio.get_running_loop().create_task(_finish(state, request_id, completed))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _collect(
+    state: ApiState,
+    request_id: str,
+    events: AsyncIterator[TokenEvent],
+    assembler: CompletionAssembler,
+) -> dict[str, Any] | BerthError:
+    completed = False
+    try:
+        async for event in events:
+            assembler.add(event)
+            if event.terminal:
+                completed = True
+                if event.type == "finished":
+                    return assembler.response(event)
+                return event_error(event)
+        raise AssertionError("request_events ends with a terminal event")
+    finally:
+        _finish_soon(state, request_id, completed)
+
+
+async def _stream(
+    state: ApiState, request_id: str, events: AsyncIterator[TokenEvent], writer: ChunkWriter
+) -> AsyncIterator[str]:
+    completed = False
+    try:
+        async for event in events:
+            completed = event.terminal
+            yield writer.render(event)
+    finally:
+        _finish_soon(state, request_id, completed)
+
+
+@router.get("/v1/models")
+async def list_models(state: State) -> dict[str, Any]:
+    return {"object": "list", "data": state.directory.model_cards()}
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(state: State) -> JSONResponse:
+    """Readiness: Redis answers and at least one worker is alive."""
+    try:
+        await state.redis.ping()
+        await state.directory.refresh()
+    except Exception as err:
+        return JSONResponse({"status": "unready", "reason": f"redis: {err}"}, status_code=503)
+    workers = len(state.directory.workers)
+    if workers == 0:
+        return JSONResponse({"status": "unready", "reason": "no live worker"}, status_code=503)
+    return JSONResponse({"status": "ready", "workers": workers})

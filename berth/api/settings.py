@@ -1,0 +1,35 @@
+"""Settings of an API process (`berth api`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from berth.protocol.limits import RequestLimits
+from berth.settings import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    """HTTP front end: where it listens, how much it queues, how long it waits."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8000, description="Port to listen on.")
+    max_queue_per_model: int = Field(
+        default=2048, ge=1, description="Queued requests per model before answering 429."
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 429 answers.")
+    request_timeout_s: float = Field(
+        default=600.0, gt=0, description="Longest a request may take end to end."
+    )
+    liveness_check_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="With no event for this long, check the request's worker is still alive.",
+    )
+    registry_refresh_s: float = Field(
+        default=0.5, gt=0, description="How often the list of live workers is reread."
+    )
+    max_n: int = Field(default=16, ge=1, description="Largest `n` a request may ask for.")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Largest request body.")
+
+    def limits(self) -> RequestLimits:
+        return RequestLimits(max_n=self.max_n, max_body_bytes=self.max_body_bytes)

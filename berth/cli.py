@@ -1,0 +1,129 @@
+"""The `berth` command: one subcommand per role, plus `up` for the whole stack locally.
+
+Every flag is generated from the role's settings class, so flags, environment
+variables (BERTH_<NAME>) and defaults stay one fact each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic.fields import FieldInfo
+
+from berth.settings import CommonSettings
+
+
+def _settings_classes() -> dict[str, type[CommonSettings]]:
+    from berth.api.settings import ApiSettings
+    from berth.local import UpSettings
+    from berth.scheduler.settings import SchedulerSettings
+    from berth.workers.settings import WorkerSettings
+
+    return {
+        "api": ApiSettings,
+        "scheduler": SchedulerSettings,
+        "worker": WorkerSettings,
+        "up": UpSettings,
+    }
+
+
+_HELP = {
+    "api": "Run the HTTP API (OpenAI-compatible /v1/chat/completions).",
+    "scheduler": "Run a scheduler replica: read queued requests, group them, dispatch to workers.",
+    "worker": "Run a worker: one vLLM engine fed by Celery tasks.",
+    "up": "Run the whole stack on this machine (embedded Valkey, tiny model if none given).",
+}
+
+
+def _is_bool(field: FieldInfo) -> bool:
+    return field.annotation is bool
+
+
+def _add_flags(parser: argparse.ArgumentParser, cls: type[CommonSettings]) -> None:
+    for name, field in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = "REDIS_URL" if name == "redis_url" else f"BERTH_{name.upper()}"
+        default = field.get_default(call_default_factory=False)
+        shown = "" if default is None or callable(default) else f" Default: {default}."
+        help_text = f"{field.description or ''}{shown} Env: {env}."
+        if _is_bool(field):
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> CommonSettings:
+    given: dict[str, Any] = {}
+    for name in cls.model_fields:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if isinstance(value, str) and value[:1] in "{[":
+            value = json.loads(value)
+        given[name] = value
+    return cls(**given)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="berth",
+        description="Queue-based, OpenAI-compatible LLM serving. "
+        "Start with `berth up` to run everything locally.",
+    )
+    sub = parser.add_subparsers(dest="role", required=True, metavar="{up,api,scheduler,worker}")
+    for role, cls in _settings_classes().items():
+        _add_flags(sub.add_parser(role, help=_HELP[role], description=_HELP[role]), cls)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from berth.settings import setup_logging
+
+    args = build_parser().parse_args(argv)
+    cls = _settings_classes()[args.role]
+    settings = _settings(cls, args)
+    setup_logging(settings.log_level, args.role)
+    if args.role == "api":
+        import uvicorn
+
+        from berth.api.app import create_app
+        from berth.api.settings import ApiSettings
+
+        assert isinstance(settings, ApiSettings)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    elif args.role == "scheduler":
+        import asyncio
+
+        from berth.scheduler.service import serve
+        from berth.scheduler.settings import SchedulerSettings
+
+        assert isinstance(settings, SchedulerSettings)
+        asyncio.run(serve(settings))
+    elif args.role == "worker":
+        from berth.workers.main import run_worker
+        from berth.workers.settings import WorkerSettings
+
+        assert isinstance(settings, WorkerSettings)
+        run_worker(settings)
+    else:
+        from berth.local import UpSettings, run_up
+
+        assert isinstance(settings, UpSettings)
+        return run_up(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

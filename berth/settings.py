@@ -1,0 +1,38 @@
+"""Settings every berth process shares; each role extends this with its own class."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Redis location and logging, read from flags or BERTH_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore", populate_by_name=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("redis_url", "BERTH_REDIS_URL", "REDIS_URL"),
+        description="Redis or Valkey URL (env REDIS_URL). `berth up` starts an embedded "
+        "Valkey when it is not set.",
+    )
+    log_level: str = Field(default="INFO", description="Logging level.")
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise SystemExit(
+                "REDIS_URL is not set: pass --redis-url or set REDIS_URL "
+                "(`berth up` starts an embedded Valkey for you)"
+            )
+        return self.redis_url
+
+
+def setup_logging(level: str, role: str) -> None:
+    """One log format for every role, so a request id can be followed across processes."""
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,1 @@
+"""Workers: the Celery app and task, the engine (the only place vLLM is imported) and its plumbing."""

@@ -1,0 +1,22 @@
+"""The worker's Celery app and its single task, which hands a group to the engine host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
+from berth.workers.runtime import EngineHost
+
+
+def create_worker_app(redis_url: str, host: EngineHost) -> Celery:
+    """A Celery app whose task runs groups on ``host``'s engine."""
+    app = Celery("berth-worker")
+    app.conf.update(celery_settings(redis_url))
+
+    @app.task(name=RUN_GROUP_TASK)
+    def run_group(group: dict[str, Any]) -> None:
+        host.run_group(group)
+
+    return app

@@ -1,0 +1,83 @@
+"""The engine interface every engine (real vLLM or the fake) implements.
+
+The worker runtime only talks to an :class:`Engine`; it never imports vLLM.
+An engine turns one chat-completion request into a stream of :class:`EngineStep`
+objects, one per engine step in which the request made progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from berth.protocol.chat import ChatCompletionRequest
+
+FinishReason = Literal["stop", "length", "tool_calls", "abort"]
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """What one choice (of ``n``) produced in one engine step."""
+
+    index: int
+    content: str = ""
+    reasoning_content: str = ""
+    # OpenAI-shaped streaming tool-call deltas: {"index", "id", "type", "function": {...}}
+    tool_calls: list[dict[str, Any]] | None = None
+    # OpenAI-shaped ChatCompletionTokenLogprob dicts for the tokens of this step
+    logprobs: list[dict[str, Any]] | None = None
+    finish_reason: FinishReason | None = None
+    # the stop string or token id that ended the choice, when one did
+    stop_reason: str | int | None = None
+
+
+@dataclass(slots=True)
+class EngineStep:
+    """Progress of one request in one engine step."""
+
+    choices: list[ChoiceDelta] = field(default_factory=list)
+    prompt_tokens: int = 0
+    # cumulative over all choices so far
+    completion_tokens: int = 0
+    # True on the last step: every choice has a finish_reason
+    finished: bool = False
+
+
+class Engine(Protocol):
+    """One long-lived inference engine owned by a worker process."""
+
+    @property
+    def model(self) -> str:
+        """The served model name."""
+        ...
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters this engine can serve (loaded on demand)."""
+        ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    async def start(self) -> None:
+        """Load the model; must be awaited before generate()."""
+        ...
+
+    def generate(
+        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+    ) -> AsyncIterator[EngineStep]:
+        """Run one request. Raises InvalidRequest (before the first step) for checks
+        that need the model: vocabulary, context length, unknown adapter."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a running request; its iterator ends with finish_reason "abort"."""
+        ...
+
+    def num_running(self) -> int:
+        """Requests currently inside the engine (running or waiting in it)."""
+        ...
+
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,223 @@
+"""A deterministic engine without vLLM, for plumbing tests and simulated workers.
+
+It implements the same :class:`~berth.workers.engine.base.Engine` interface as
+the real engine and applies the same model-dependent checks, so the worker code
+that runs on it is the code that runs in production. Its "model" cycles through
+a fixed word list (one word is one token), at a configurable rate per request,
+with at most ``max_concurrency`` requests generating at once; the rest wait
+inside the engine, as they would in vLLM's scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from berth.protocol.errors import InvalidRequest
+from berth.workers.engine.base import ChoiceDelta, EngineStep, FinishReason
+from berth.workers.engine.checks import check_token_ids, logit_bias_ids, resolve_max_tokens
+
+if TYPE_CHECKING:
+    from berth.protocol.chat import ChatCompletionRequest
+
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while berth serves many users from one "
+    "queue and every stream ends with exactly one terminal event"
+).split()
+
+FAKE_VOCAB_SIZE = 32_000
+
+
+class FakeEngine:
+    """Cycles words at ``tokens_per_s`` per request (``None``: as fast as the loop runs)."""
+
+    def __init__(
+        self,
+        *,
+        served_model_name: str | None = None,
+        adapters: list[str] | None = None,
+        max_model_len: int = 2048,
+        tokens_per_s: float | None = None,
+        max_concurrency: int | None = None,
+        default_max_tokens: int = 16,
+        vocab_size: int = FAKE_VOCAB_SIZE,
+    ):
+        self._model = served_model_name or "fake-model"
+        self._adapters = list(adapters or [])
+        self._max_model_len = max_model_len
+        self._delay = 1.0 / tokens_per_s if tokens_per_s else 0.0
+        self._max_concurrency = max_concurrency
+        # the real engine defaults to the rest of the context; a fake that fast
+        # would flood plumbing tests, so it stops at this many tokens instead
+        self._default_max_tokens = default_max_tokens
+        self._vocab_size = vocab_size
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[str] = set()
+        self._aborted: set[str] = set()
+        self._started = False
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    async def start(self) -> None:
+        if self._max_concurrency:
+            self._slots = asyncio.Semaphore(self._max_concurrency)
+        self._started = True
+
+    async def shutdown(self) -> None:
+        self._aborted.update(self._running)
+        self._started = False
+
+    def num_running(self) -> int:
+        return len(self._running)
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._running:
+            self._aborted.add(request_id)
+
+    def generate(
+        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+    ) -> AsyncIterator[EngineStep]:
+        return self._generate(request_id, request, adapter)
+
+    async def _generate(
+        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+    ) -> AsyncIterator[EngineStep]:
+        if not self._started:
+            raise RuntimeError("FakeEngine.start() was not awaited")
+        adapter = adapter or getattr(request, "lora_path", None)
+        if adapter and adapter not in self._adapters:
+            raise InvalidRequest(
+                f"unknown LoRA adapter {adapter!r}; registered adapters: "
+                f"{', '.join(self._adapters) or 'none'}",
+                param="lora_path",
+            )
+        prompt_len = _prompt_len(request)
+        requested = request.max_completion_tokens
+        max_tokens = resolve_max_tokens(
+            requested, prompt_len=prompt_len, max_model_len=self._max_model_len
+        )
+        if requested is None:
+            max_tokens = min(max_tokens, self._default_max_tokens)
+        check_token_ids(logit_bias_ids(request.logit_bias), vocab_size=self._vocab_size,
+                        param="logit_bias")
+        check_token_ids(getattr(request, "stop_token_ids", None) or [],
+                        vocab_size=self._vocab_size, param="stop_token_ids")
+
+        self._running.add(request_id)
+        try:
+            if self._slots is not None:
+                async with self._slots:
+                    async for step in self._run(request_id, request, prompt_len, max_tokens):
+                        yield step
+            else:
+                async for step in self._run(request_id, request, prompt_len, max_tokens):
+                    yield step
+        finally:
+            self._running.discard(request_id)
+            self._aborted.discard(request_id)
+
+    async def _run(
+        self, request_id: str, request: ChatCompletionRequest, prompt_len: int, max_tokens: int
+    ) -> AsyncIterator[EngineStep]:
+        n = request.n or 1
+        stops = list(request.stop or [])
+        keep_stop = bool(getattr(request, "no_stop_trim", False))
+        want_logprobs = bool(request.logprobs)
+        top = request.top_logprobs or 0
+        seed = _seed(request)
+        texts = [""] * n
+        sent = [0] * n  # characters of texts[i] already sent
+        done: list[FinishReason | None] = [None] * n
+        produced = 0
+        while True:
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            else:
+                await asyncio.sleep(0)
+            if request_id in self._aborted:
+                yield EngineStep(
+                    choices=[
+                        ChoiceDelta(index=i, finish_reason="abort")
+                        for i in range(n)
+                        if done[i] is None
+                    ],
+                    prompt_tokens=prompt_len,
+                    completion_tokens=produced,
+                    finished=True,
+                )
+                return
+            choices = []
+            for i in range(n):
+                if done[i] is not None:
+                    continue
+                k = len(texts[i].split())
+                word = WORDS[(seed + 7 * i + k) % len(WORDS)]
+                texts[i] += word + " "
+                produced += 1
+                delta = ChoiceDelta(index=i)
+                if want_logprobs:
+                    delta.logprobs = [_logprob(word + " ", top)]
+                hit = _find_stop(texts[i], stops)
+                if hit is not None:
+                    pos, stop = hit
+                    end = pos + len(stop) if keep_stop else pos
+                    texts[i] = texts[i][:end]
+                    delta.finish_reason, delta.stop_reason = "stop", stop
+                elif k + 1 >= max_tokens:
+                    delta.finish_reason = "length"
+                # hold back a tail that could still become a stop string
+                hold = 0 if delta.finish_reason else max((len(s) - 1 for s in stops), default=0)
+                upto = max(sent[i], len(texts[i]) - hold)
+                delta.content = texts[i][sent[i] : upto]
+                sent[i] = upto
+                done[i] = delta.finish_reason
+                choices.append(delta)
+            finished = all(d is not None for d in done)
+            yield EngineStep(
+                choices=choices,
+                prompt_tokens=prompt_len,
+                completion_tokens=produced,
+                finished=finished,
+            )
+            if finished:
+                return
+
+
+def _prompt_len(request: ChatCompletionRequest) -> int:
+    """A stand-in token count: words of every message, plus a few per message."""
+    total = 0
+    for message in request.message_dicts():
+        content = message.get("content")
+        total += 4 + (len(str(content).split()) if content else 0)
+    return total + 3
+
+
+def _seed(request: ChatCompletionRequest) -> int:
+    seed = getattr(request, "effective_seed", None)
+    return int(seed) if isinstance(seed, int) else 0
+
+
+def _find_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
+    found = [(text.find(s), s) for s in stops if s and s in text]
+    return min(found) if found else None
+
+
+def _logprob(token: str, top: int) -> dict[str, Any]:
+    def entry(tok: str, lp: float) -> dict[str, Any]:
+        return {"token": tok, "logprob": lp, "bytes": list(tok.encode())}
+
+    first = entry(token, math.log(0.5))
+    alts = [entry(f"<alt{j}>", math.log(0.5 / (j + 2))) for j in range(max(top - 1, 0))]
+    return {**first, "top_logprobs": ([first] + alts)[:top]}

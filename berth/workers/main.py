@@ -1,0 +1,81 @@
+"""`berth worker`: start the engine host, then a Celery worker consuming this worker's queue."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from berth.protocol import keys
+from berth.workers.celery_app import create_worker_app
+from berth.workers.engine import make_engine
+from berth.workers.engine.base import Engine
+from berth.workers.engine.config import EngineConfig
+from berth.workers.runtime import EngineHost
+from berth.workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def engine_config(settings: WorkerSettings) -> EngineConfig:
+    """The engine configuration; with no model given, the generated tiny test model."""
+    model, served, adapters = settings.model, settings.served_model_name, dict(settings.adapters)
+    tool_parser, reasoning_parser = settings.tool_call_parser, settings.reasoning_parser
+    if model is None:
+        from berth.workers.tinymodel import ensure_tiny_model
+
+        tiny = ensure_tiny_model()
+        model, served = str(tiny.path), served or tiny.name
+        adapters = {name: str(path) for name, path in tiny.adapters.items()} | adapters
+        tool_parser = tool_parser or "hermes"
+    return EngineConfig(
+        model=model,
+        served_model_name=served or os.path.basename(model.rstrip("/")),
+        tensor_parallel_size=settings.tensor_parallel_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        max_loras=settings.max_loras,
+        max_lora_rank=settings.max_lora_rank,
+        adapters=adapters,
+        adapter_root=settings.adapter_root,
+        tool_call_parser=tool_parser,
+        reasoning_parser=reasoning_parser,
+        kv_cache_space_gib=settings.kv_cache_space_gib,
+    )
+
+
+def build_engine(settings: WorkerSettings) -> Engine:
+    if settings.fake_engine:
+        return make_engine(None, fake=True, served_model_name=settings.served_model_name)
+    return make_engine(engine_config(settings))
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    redis_url = settings.require_redis_url()
+    host = EngineHost(
+        build_engine(settings),
+        redis_url=redis_url,
+        worker_id=settings.worker_id,
+        capacity=settings.capacity,
+        heartbeat_interval=settings.heartbeat_interval,
+        heartbeat_ttl=settings.heartbeat_ttl,
+    )
+    host.start()
+    app = create_worker_app(redis_url, host)
+    try:
+        # threads, never prefork: the engine must not be forked once it started
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={settings.group_concurrency}",
+                f"--queues={keys.worker_queue(settings.worker_id)}",
+                f"--hostname={settings.worker_id}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                f"--loglevel={settings.log_level}",
+            ]
+        )
+    finally:
+        host.stop()

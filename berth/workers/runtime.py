@@ -1,0 +1,221 @@
+"""The engine host: one event loop thread that owns the engine and serves every group.
+
+Celery runs tasks on its own threads; each task hands its group to this loop
+and waits, so every group feeds the same engine and it batches across them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from berth.protocol import keys
+from berth.protocol.chat import parse_chat_request
+from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
+from berth.protocol.errors import BerthError, EngineFailure, Timeout
+from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
+from berth.workers.heartbeat import deregister, heartbeat_loop
+from berth.workers.publisher import EventPublisher
+
+log = logging.getLogger(__name__)
+
+# how long a cancel for a request this worker has not seen yet is remembered
+_CANCEL_MEMORY_S = 120.0
+
+
+def _choice_json(delta: ChoiceDelta) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": delta.index}
+    if delta.content:
+        out["content"] = delta.content
+    if delta.reasoning_content:
+        out["reasoning_content"] = delta.reasoning_content
+    if delta.tool_calls:
+        out["tool_calls"] = delta.tool_calls
+    if delta.logprobs is not None:
+        out["logprobs"] = delta.logprobs
+    if delta.finish_reason is not None:
+        out["finish_reason"] = delta.finish_reason
+    return out
+
+
+class _RequestEvents:
+    """Numbers and publishes one request's events; the hot path builds JSON directly."""
+
+    __slots__ = ("_channel", "_id", "_publisher", "_seq", "_worker")
+
+    def __init__(self, publisher: EventPublisher, request_id: str, worker: str) -> None:
+        self._publisher = publisher
+        self._id = request_id
+        self._channel = keys.token_channel(request_id)
+        self._worker = worker
+        self._seq = 0
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        event = {"id": self._id, "seq": self._seq, "type": type_, "worker": self._worker, **fields}
+        self._seq += 1
+        self._publisher.publish(self._channel, json.dumps(event, separators=(",", ":")))
+
+    def step(self, step: EngineStep, type_: str = "delta") -> None:
+        fields: dict[str, Any] = {"choices": [_choice_json(c) for c in step.choices]}
+        if type_ != "delta":
+            fields["usage"] = {
+                "prompt_tokens": step.prompt_tokens,
+                "completion_tokens": step.completion_tokens,
+            }
+        self.emit(type_, **fields)
+
+    def error(self, err: BerthError) -> None:
+        self.emit("error", error=err.body(), status=err.status_code)
+
+
+class EngineHost:
+    """Runs the engine, the event publisher, the cancel listener and the heartbeat."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        redis_url: str,
+        worker_id: str,
+        capacity: int,
+        heartbeat_interval: float = 1.0,
+        heartbeat_ttl: float = 5.0,
+    ) -> None:
+        self.engine = engine
+        self.worker_id = worker_id
+        self.capacity = capacity
+        self._redis_url = redis_url
+        self._hb_interval = heartbeat_interval
+        self._hb_ttl = heartbeat_ttl
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
+        self._active: set[str] = set()
+        self._cancels: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._redis: Redis | None = None
+        self._publisher: EventPublisher | None = None
+        self._started_at = time.time()
+
+    # -- lifecycle (called from the worker's main thread) --------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._startup(), self._loop).result()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout)
+        except Exception:
+            log.exception("engine host shutdown failed")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def run_group(self, group: dict[str, Any]) -> None:
+        """Serve one group; blocks the calling (Celery) thread until every request ended."""
+        work = WorkGroup.model_validate(group)
+        asyncio.run_coroutine_threadsafe(self._run_group(work), self._loop).result()
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.worker_id,
+            model=self.engine.model,
+            adapters=self.engine.adapters,
+            capacity=self.capacity,
+            running=len(self._active),
+            queue=keys.worker_queue(self.worker_id),
+            started_at=self._started_at,
+        )
+
+    # -- inside the loop --------------------------------------------------------------------
+
+    async def _startup(self) -> None:
+        self._redis = Redis.from_url(self._redis_url)
+        await self.engine.start()
+        self._publisher = EventPublisher(self._redis)
+        self._publisher.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._listen_for_cancels(), name="cancels"))
+        self._tasks.append(
+            loop.create_task(
+                heartbeat_loop(self._redis, self.info, self._hb_interval, self._hb_ttl),
+                name="heartbeat",
+            )
+        )
+        log.info("worker %s serves %s (capacity %d)", self.worker_id, self.engine.model, self.capacity)
+
+    async def _shutdown(self) -> None:
+        assert self._redis is not None and self._publisher is not None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await deregister(self._redis, self.worker_id)
+        await self._publisher.close()
+        await self.engine.shutdown()
+        await self._redis.aclose()
+
+    async def _listen_for_cancels(self) -> None:
+        assert self._redis is not None
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(keys.CANCEL_CHANNEL)
+        async for message in pubsub.listen():
+            if message["type"] != "message":
+                continue
+            request_id = message["data"].decode()
+            now = time.time()
+            self._cancels[request_id] = now
+            if request_id in self._active:
+                log.info("request %s cancelled; aborting", request_id)
+                await self.engine.abort(request_id)
+            if len(self._cancels) > 10_000:
+                self._cancels = {
+                    k: t for k, t in self._cancels.items() if now - t < _CANCEL_MEMORY_S
+                }
+
+    async def _run_group(self, group: WorkGroup) -> None:
+        assert self._redis is not None
+        marks = await self._redis.mget([keys.cancelled_key(q.id) for q in group.requests])
+        await asyncio.gather(
+            *(self._serve(q, mark is not None) for q, mark in zip(group.requests, marks, strict=True))
+        )
+
+    async def _serve(self, queued: QueuedRequest, cancelled: bool) -> None:
+        assert self._publisher is not None
+        events = _RequestEvents(self._publisher, queued.id, self.worker_id)
+        events.emit("started")
+        if cancelled or queued.id in self._cancels:
+            events.emit("cancelled")
+            return
+        if queued.deadline is not None and time.time() > queued.deadline:
+            events.error(Timeout(f"request {queued.id} expired in the queue before it started"))
+            return
+        self._active.add(queued.id)
+        try:
+            request = parse_chat_request(queued.request)
+            finished = False
+            async for step in self.engine.generate(queued.id, request, queued.adapter):
+                if not step.finished:
+                    events.step(step)
+                    continue
+                finished = True
+                aborted = any(c.finish_reason == "abort" for c in step.choices)
+                events.step(step, "cancelled" if aborted else "finished")
+            if not finished:
+                if queued.id in self._cancels:
+                    events.emit("cancelled")
+                else:
+                    events.error(EngineFailure("the engine ended the request without a result"))
+        except BerthError as err:
+            events.error(err)
+        except Exception:
+            log.exception("request %s failed in the engine", queued.id)
+            events.error(EngineFailure("the engine failed while serving the request"))
+        finally:
+            self._active.discard(queued.id)

@@ -1,0 +1,67 @@
+"""Settings of a worker process (`berth worker`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from berth.settings import CommonSettings
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerSettings(CommonSettings):
+    """One worker: one engine on one GPU group, fed by its own Celery queue."""
+
+    worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker id.")
+    model: str | None = Field(
+        default=None,
+        description="Model directory or name to serve. Unset: generate and serve the tiny "
+        "random-weight test model (CPU only, gibberish output).",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Name clients use in `model` (default: the model's name)."
+    )
+    capacity: int = Field(default=256, ge=1, description="Requests the worker accepts at once.")
+    group_concurrency: int = Field(
+        default=64, ge=1, description="Groups served at once (Celery threads feeding the engine)."
+    )
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_ttl: float = Field(
+        default=4.0, gt=0, description="Seconds after the last heartbeat the worker counts as dead."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per engine.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use."
+    )
+    max_model_len: int | None = Field(default=None, description="Context length (model default).")
+    enable_prefix_caching: bool = Field(default=True, description="vLLM prefix caching.")
+    max_loras: int = Field(default=4, ge=1, description="LoRA adapters held at once.")
+    max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank accepted.")
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description='Registered LoRA adapters as JSON {"name": "/path"}.',
+    )
+    adapter_root: str | None = Field(
+        default=None, description="Directory inside which `lora_path` may name adapters."
+    )
+    tool_call_parser: str | None = Field(default=None, description="vLLM tool-call parser name.")
+    reasoning_parser: str | None = Field(default=None, description="vLLM reasoning parser name.")
+    kv_cache_space_gib: int = Field(default=1, ge=1, description="CPU build: KV-cache GiB.")
+    fake_engine: bool = Field(
+        default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."
+    )
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapters_from_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
