@@ -21,10 +21,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
 from pydantic_core import PydanticCustomError
 
-from berth.protocol.errors import FIELD_ERROR, field_error
+from berth.protocol.errors import field_error
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # Content part types OpenAI defines that a text-only engine cannot take.
@@ -60,7 +59,9 @@ def tag_error(
     reason, so they get :class:`Unsupported` instead of a plain invalid-value error.
     """
     if isinstance(kind, str) and kind in refused:
-        return field_error(f"{kind!r} is not supported: {refused[kind]}", subpath=subpath, unsupported=True)
+        return field_error(
+            f"{kind!r} is not supported: {refused[kind]}", subpath=subpath, unsupported=True
+        )
     allowed_list = ", ".join(repr(a) for a in allowed)
     return field_error(f"must be one of {allowed_list}, got {kind!r}", subpath=subpath)
 
@@ -69,12 +70,14 @@ _TEXT_ONLY = "berth serves text-only models, only text content parts are support
 REFUSED_PARTS = {kind: _TEXT_ONLY for kind in REFUSED_PART_TYPES}
 
 
-def _checks_part_types(allowed: tuple[str, ...]) -> BeforeValidator:
-    """Refuse content parts whose ``type`` is not allowed, naming the part's index."""
+def _checks_parts(allowed: tuple[str, ...]) -> BeforeValidator:
+    """Content is a string or a list of parts whose ``type`` is allowed."""
 
     def check(value: Any) -> Any:
-        if not isinstance(value, list):
+        if isinstance(value, str):
             return value
+        if not isinstance(value, list):
+            raise field_error("must be a string or an array of content parts")
         for i, part in enumerate(value):
             if not isinstance(part, dict):
                 if isinstance(part, BaseModel):
@@ -88,41 +91,30 @@ def _checks_part_types(allowed: tuple[str, ...]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _str_or_parts(value: Any) -> str | None:
-    if isinstance(value, str):
-        return "<str>"
-    if isinstance(value, list):
-        return "<parts>"
-    return None
+def _str_or_parts(value: Any) -> str:
+    # A tagged union, so an error inside a part is reported once, at ``content[i]...``,
+    # instead of once per union member; the BeforeValidator has already checked the shape.
+    return "<str>" if isinstance(value, str) else "<parts>"
 
 
-def _content_union() -> Discriminator:
-    # A tagged union, so an error inside a part is reported at ``content[i]...``
-    # instead of once per union member.
-    return Discriminator(
-        _str_or_parts,
-        custom_error_type=FIELD_ERROR,
-        custom_error_message="{detail}",
-        custom_error_context={
-            "detail": "must be a string or an array of content parts",
-            "subpath": "",
-        },
-    )
+def _part_type(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else value.type
+    return f"<{kind}>"
 
 
 TextContent = Annotated[
     Annotated[str, Tag("<str>")] | Annotated[list[TextPart], Tag("<parts>")],
-    _content_union(),
-    _checks_part_types(("text",)),
+    Discriminator(_str_or_parts),
+    _checks_parts(("text",)),
 ]
 AssistantPart = Annotated[
     Annotated[TextPart, Tag("<text>")] | Annotated[RefusalPart, Tag("<refusal>")],
-    Discriminator(lambda v: f"<{v.get('type') if isinstance(v, dict) else v.type}>"),
+    Discriminator(_part_type),
 ]
 AssistantContent = Annotated[
     Annotated[str, Tag("<str>")] | Annotated[list[AssistantPart], Tag("<parts>")],
-    _content_union(),
-    _checks_part_types(("text", "refusal")),
+    Discriminator(_str_or_parts),
+    _checks_parts(("text", "refusal")),
 ]
 
 
@@ -270,7 +262,12 @@ def check_roles(value: Any) -> Any:
 
 
 AnyMessage = (
-    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage
+    SystemMessage
+    | DeveloperMessage
+    | UserMessage
+    | AssistantMessage
+    | ToolMessage
+    | FunctionMessage
 )
 
 

@@ -46,7 +46,13 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
 
 def build_engine(settings: WorkerSettings) -> Engine:
     if settings.fake_engine:
-        return make_engine(None, fake=True, served_model_name=settings.served_model_name)
+        return make_engine(
+            None,
+            fake=True,
+            served_model_name=settings.served_model_name,
+            adapters=sorted(settings.adapters),
+            tokens_per_s=settings.fake_tokens_per_s,
+        )
     return make_engine(engine_config(settings))
 
 

@@ -58,6 +58,9 @@ class WorkerSettings(CommonSettings):
     fake_engine: bool = Field(
         default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."
     )
+    fake_tokens_per_s: float | None = Field(
+        default=None, gt=0, description="Fake engine: tokens per second per request (unset: no delay)."
+    )
 
     @field_validator("adapters", mode="before")
     @classmethod

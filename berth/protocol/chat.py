@@ -1,0 +1,794 @@
+"""The chat-completion request: OpenAI's and SGLang's fields, validated and normalised.
+
+:func:`parse_chat_request` is the one way in. It refuses what berth cannot honour
+(400 naming the field) and normalises deprecated spellings, so downstream code
+reads one spelling of each fact:
+
+* ``max_tokens`` → ``max_completion_tokens``
+* ``functions`` / ``function_call`` → ``tools`` / ``tool_choice``
+* ``stop`` → a list of strings (or None)
+* ``logit_bias`` → ``{token_id: bias}`` with integer keys
+
+The deprecated fields are None after parsing. ``docs/request-fields.md`` says
+where each field goes in the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from berth.protocol.errors import InvalidRequest, field_error, invalid_request_from
+from berth.protocol.limits import DEFAULT_LIMITS, RequestLimits
+from berth.protocol.messages import (
+    AnyMessage,
+    AssistantMessage,
+    ChatMessage,
+    check_roles,
+    message_dict,
+    tag_error,
+)
+
+ConstraintKind = Literal["json_object", "json_schema", "regex", "ebnf"]
+ServiceTier = Literal["auto", "default", "flex", "scale", "priority"]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+MAX_STOP_STRINGS = 4
+MAX_TOP_LOGPROBS = 20
+# OpenAI's rule for function names, which also keeps them safe inside chat templates.
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_INT64 = (-(2**63), 2**63 - 1)
+# berth sets these itself when it renders the template; letting a request set them
+# would bypass the checks above (``chat_template`` would run arbitrary client Jinja).
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"messages", "tools", "add_generation_prompt", "continue_final_message", "chat_template"}
+)
+
+
+def _fmt(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _between(lo: float, hi: float) -> AfterValidator:
+    def check(value: float | None) -> float | None:
+        if value is not None and not lo <= value <= hi:
+            raise field_error(f"must be between {_fmt(lo)} and {_fmt(hi)}, got {_fmt(value)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise field_error(f"must be greater than 0, got {_fmt(value)}")
+    return value
+
+
+def _at_least_one(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise field_error(f"must be at least 1, got {value}")
+    return value
+
+
+def _not_negative(value: int) -> int:
+    if value < 0:
+        raise field_error(f"must be at least 0, got {value}")
+    return value
+
+
+def _top_p(value: float | None) -> float | None:
+    if value is not None and not 0 < value <= 1:
+        raise field_error(f"must be greater than 0 and at most 1, got {_fmt(value)}")
+    return value
+
+
+def _top_k(value: int | None) -> int | None:
+    if value is not None and value != -1 and value < 1:
+        raise field_error(f"must be -1 (disabled) or at least 1, got {value}")
+    return value
+
+
+def _non_empty(value: str | None) -> str | None:
+    if value is not None and not value:
+        raise field_error("must not be empty")
+    return value
+
+
+def _refuse(reason: str) -> AfterValidator:
+    """A field berth knows but cannot honour: any value but null is Unsupported."""
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            raise field_error(f"is not supported: {reason}", unsupported=True)
+        return value
+
+    return AfterValidator(check)
+
+
+Temperature = Annotated[StrictFloat | None, _between(0, 2)]
+Penalty = Annotated[StrictFloat | None, _between(-2, 2)]
+Seed = Annotated[StrictInt | None, _between(*_INT64)]
+PositiveCount = Annotated[StrictInt | None, AfterValidator(_at_least_one)]
+NonEmptyStr = Annotated[StrictStr | None, AfterValidator(_non_empty)]
+
+
+def _check_name(value: str) -> str:
+    if not 1 <= len(value) <= 64 or not set(value) <= _NAME_CHARS:
+        raise field_error(f"must be 1 to 64 characters of a-z, A-Z, 0-9, '_' or '-', got {value!r}")
+    return value
+
+
+FunctionName = Annotated[StrictStr, AfterValidator(_check_name)]
+
+
+def schema_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in a JSON value (a scalar is 0)."""
+    depth = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    # iterative, so a hostile schema cannot hit Python's recursion limit
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth = max(depth, level + 1)
+        stack.extend((child, level + 1) for child in children)
+    return depth
+
+
+def _limits(info: ValidationInfo) -> RequestLimits:
+    context = info.context or {}
+    limits = context.get("limits") if isinstance(context, dict) else None
+    return limits if isinstance(limits, RequestLimits) else DEFAULT_LIMITS
+
+
+def _check_depth(schema: Any, info: ValidationInfo, subpath: str) -> None:
+    limit = _limits(info).max_json_schema_depth
+    depth = schema_depth(schema)
+    if depth > limit:
+        raise field_error(f"must nest at most {limit} levels deep, got {depth}", subpath=subpath)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- tools ------------------------------------------------------------------------------
+
+
+class FunctionDefinition(_Model):
+    """A function the model may call: its name, description and JSON-schema parameters."""
+
+    name: FunctionName
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(_Model):
+    """``{"type": "function", "function": {...}}``; berth has function tools only."""
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+def _function_tools_only(value: Any) -> Any:
+    if isinstance(value, list):
+        for i, tool in enumerate(value):
+            if isinstance(tool, dict) and tool.get("type", "function") != "function":
+                raise tag_error(
+                    tool.get("type"),
+                    ("function",),
+                    {"custom": "only function tools are supported"},
+                    f"[{i}].type",
+                )
+    return value
+
+
+class ToolName(_Model):
+    """``{"name": ...}`` naming a defined tool or function."""
+
+    name: StrictStr
+
+
+class NamedToolChoice(_Model):
+    """``{"type": "function", "function": {"name": ...}}``: the model must call this tool."""
+
+    type: Literal["function"] = "function"
+    function: ToolName
+
+
+def _mode_or_object(modes: tuple[str, ...]) -> BeforeValidator:
+    """The value is one of the string ``modes`` or an object (checked before the union)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, dict | BaseModel):
+            return value
+        if value not in modes:
+            raise tag_error(value, modes, {}, "")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _str_or_object(value: Any) -> str:
+    return "<mode>" if isinstance(value, str) else "<object>"
+
+
+ToolChoice = Annotated[
+    Annotated[Literal["none", "auto", "required"], Tag("<mode>")]
+    | Annotated[NamedToolChoice, Tag("<object>")],
+    Discriminator(_str_or_object),
+    _mode_or_object(("none", "auto", "required")),
+]
+LegacyFunctionCall = Annotated[
+    Annotated[Literal["none", "auto"], Tag("<mode>")] | Annotated[ToolName, Tag("<object>")],
+    Discriminator(_str_or_object),
+    _mode_or_object(("none", "auto")),
+]
+
+
+# --- response format ----------------------------------------------------------------------
+
+
+class JsonSchemaSpec(_Model):
+    """The ``json_schema`` of a ``json_schema`` response format."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
+
+    name: FunctionName
+    description: StrictStr | None = None
+    # ``schema`` would shadow a BaseModel attribute, hence the alias
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class TextFormat(_Model):
+    """``{"type": "text"}``: no constraint."""
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Model):
+    """``{"type": "json_object"}``: any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Model):
+    """``{"type": "json_schema", "json_schema": {...}}``: JSON matching the schema."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def _format_type(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else value.type
+    return f"<{kind}>"
+
+
+def _known_format(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value
+    if not isinstance(value, dict):
+        raise field_error(f"must be an object, got {value!r}")
+    kind = value.get("type")
+    if kind not in _FORMAT_TYPES:
+        raise tag_error(
+            kind,
+            _FORMAT_TYPES,
+            {"structural_tag": "use tools with tool_choice, or json_schema, instead"},
+            ".type",
+        )
+    return value
+
+
+ResponseFormat = Annotated[
+    Annotated[TextFormat, Tag("<text>")]
+    | Annotated[JsonObjectFormat, Tag("<json_object>")]
+    | Annotated[JsonSchemaFormat, Tag("<json_schema>")],
+    Discriminator(_format_type),
+    BeforeValidator(_known_format),
+]
+
+
+class StreamOptions(_Model):
+    """Options for ``stream: true``."""
+
+    include_usage: StrictBool | None = None
+    # vLLM's extension: usage on every chunk; the API relay adds it from the running counts
+    continuous_usage_stats: StrictBool | None = None
+    include_obfuscation: StrictBool | None = None
+
+    @field_validator("include_obfuscation")
+    @classmethod
+    def _no_obfuscation(cls, value: bool | None) -> bool | None:
+        if value:
+            raise field_error(
+                "is not supported: berth does not pad stream chunks; send false or omit it",
+                unsupported=True,
+            )
+        return value
+
+
+# --- field normalisers ---------------------------------------------------------------------
+
+
+def _stop_list(value: Any) -> Any:
+    """``"x"`` → ``["x"]``; ``[]`` → None; at most four non-empty strings."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return value
+    if not value:
+        return None
+    if len(value) > MAX_STOP_STRINGS:
+        raise field_error(f"must have at most {MAX_STOP_STRINGS} strings, got {len(value)}")
+    for i, item in enumerate(value):
+        if isinstance(item, str) and not item:
+            raise field_error("must not be empty", subpath=f"[{i}]")
+    return value
+
+
+def _logit_bias(value: Any) -> Any:
+    """JSON object keys are strings: ``{"50256": -100}`` → ``{50256: -100.0}``."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        if isinstance(key, int) and not isinstance(key, bool):
+            token = key
+        elif isinstance(key, str) and key.isascii() and key.isdigit():
+            token = int(key)
+        else:
+            raise field_error(f"keys must be token ids (strings of digits), got {key!r}")
+        if isinstance(bias, bool) or not isinstance(bias, int | float):
+            raise field_error(f"values must be numbers, got {bias!r} for token {key}")
+        if not -100 <= bias <= 100:
+            raise field_error(
+                f"values must be between -100 and 100, got {_fmt(bias)} for token {key}"
+            )
+        out[token] = float(bias)
+    return out
+
+
+def _metadata(value: Any) -> Any:
+    # OpenAI's bounds on metadata; it lands in the job record, so it stays small
+    if isinstance(value, dict):
+        if len(value) > 16:
+            raise field_error(f"must have at most 16 keys, got {len(value)}")
+        for key, item in value.items():
+            if len(key) > 64:
+                raise field_error(f"keys must be at most 64 characters, got {len(key)}")
+            if isinstance(item, str) and len(item) > 512:
+                raise field_error(
+                    f"values must be at most 512 characters, got {len(item)}", subpath=f".{key}"
+                )
+    return value
+
+
+def _modalities(value: list[str] | None) -> list[str] | None:
+    if value is not None and any(m != "text" for m in value):
+        raise field_error(
+            "is not supported beyond ['text']: berth serves text-only models", unsupported=True
+        )
+    return value
+
+
+def _template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value:
+        reserved = sorted(RESERVED_TEMPLATE_KWARGS.intersection(value))
+        if reserved:
+            raise field_error(
+                f"must not set {reserved[0]!r}: berth renders the model's own chat template "
+                "and sets messages, tools, add_generation_prompt and continue_final_message "
+                "from the request itself"
+            )
+    return value
+
+
+def _hidden_states(value: bool | str) -> bool | str:
+    if value is not False:
+        raise field_error(
+            "is not supported: the engine does not return hidden states", unsupported=True
+        )
+    return value
+
+
+# --- the request -------------------------------------------------------------------------
+
+
+class ChatCompletionRequest(_Model):
+    """``POST /v1/chat/completions``: the union of OpenAI's and SGLang's request fields.
+
+    Build it with :func:`parse_chat_request`, which turns every validation failure
+    into an :class:`~berth.protocol.errors.InvalidRequest`. None means "not given":
+    the engine's (or the model's generation config's) default applies.
+    """
+
+    # OpenAI (CreateChatCompletionRequest)
+    messages: list[ChatMessage]
+    model: Annotated[StrictStr, AfterValidator(_non_empty)]
+    store: StrictBool | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    metadata: Annotated[dict[str, StrictStr] | None, BeforeValidator(_metadata)] = None
+    frequency_penalty: Penalty = None
+    logit_bias: Annotated[dict[int, float] | None, BeforeValidator(_logit_bias)] = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt | None, _between(0, MAX_TOP_LOGPROBS)] = None
+    max_tokens: PositiveCount = None
+    max_completion_tokens: PositiveCount = None
+    n: StrictInt = 1
+    modalities: Annotated[list[Literal["text", "audio"]] | None, AfterValidator(_modalities)] = None
+    prediction: Annotated[Any, _refuse("vLLM has no per-request predicted outputs; omit it")] = None
+    audio: Annotated[Any, _refuse("berth serves text-only models (no audio output)")] = None
+    presence_penalty: Penalty = None
+    response_format: ResponseFormat | None = None
+    seed: Seed = None
+    service_tier: ServiceTier | None = None
+    stop: Annotated[list[StrictStr] | None, BeforeValidator(_stop_list)] = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    temperature: Temperature = None
+    top_p: Annotated[StrictFloat | None, AfterValidator(_top_p)] = None
+    tools: Annotated[list[Tool] | None, BeforeValidator(_function_tools_only)] = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+    user: StrictStr | None = None
+    function_call: LegacyFunctionCall | None = None
+    functions: list[FunctionDefinition] | None = None
+    web_search_options: Annotated[
+        Any, _refuse("berth has no web search; give the model a tool instead")
+    ] = None
+
+    # SGLang (ChatCompletionRequest) and newer OpenAI fields it mirrors
+    prompt_cache_key: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+    verbosity: Annotated[
+        Any,
+        _refuse("open-weight chat templates have no verbosity setting; ask in the prompt"),
+    ] = None
+    top_k: Annotated[StrictInt | None, AfterValidator(_top_k)] = None
+    min_p: Annotated[StrictFloat | None, _between(0, 1)] = None
+    min_tokens: Annotated[StrictInt, AfterValidator(_not_negative)] = 0
+    repetition_penalty: Annotated[StrictFloat | None, AfterValidator(_positive)] = None
+    regex: NonEmptyStr = None
+    ebnf: NonEmptyStr = None
+    stop_token_ids: list[Annotated[StrictInt, AfterValidator(_not_negative)]] | None = None
+    no_stop_trim: StrictBool = False
+    ignore_eos: StrictBool = False
+    continue_final_message: StrictBool = False
+    skip_special_tokens: StrictBool = True
+    lora_path: NonEmptyStr = None
+    session_params: Annotated[
+        Any, _refuse("vLLM has no SGLang sessions; send the whole conversation")
+    ] = None
+    separate_reasoning: StrictBool = True
+    stream_reasoning: StrictBool = True
+    chat_template_kwargs: Annotated[dict[str, Any] | None, AfterValidator(_template_kwargs)] = None
+    return_hidden_states: Annotated[
+        StrictBool | Literal["last"], AfterValidator(_hidden_states)
+    ] = False
+    sampling_seed: Seed = None
+
+    # --- field checks that need the limits ---
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise field_error("must contain at least one message")
+            limit = _limits(info).max_messages
+            if len(value) > limit:
+                raise field_error(f"must have at most {limit} messages, got {len(value)}")
+        return check_roles(value)
+
+    @field_validator("n")
+    @classmethod
+    def _n_bounded(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_n
+        if not 1 <= value <= limit:
+            raise field_error(f"must be between 1 and {limit}, got {value}")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _schema_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, JsonSchemaFormat):
+            _check_depth(value.json_schema.schema_, info, ".json_schema.schema")
+        return value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _tools_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        limit = _limits(info).max_tools
+        if len(value) > limit:
+            raise field_error(f"must have at most {limit} entries, got {len(value)}")
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            function = item.function if isinstance(item, Tool) else item
+            prefix = f"[{i}].function" if isinstance(item, Tool) else f"[{i}]"
+            _check_depth(function.parameters, info, f"{prefix}.parameters")
+            if function.name in seen:
+                raise field_error(
+                    f"duplicates the name {function.name!r}", subpath=f"{prefix}.name"
+                )
+            seen.add(function.name)
+        return value
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_bounded(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limit = _limits(info).max_regex_chars
+        if value is not None and len(value) > limit:
+            raise field_error(f"must be at most {limit} characters, got {len(value)}")
+        return value
+
+    @field_validator("ebnf")
+    @classmethod
+    def _grammar_bounded(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limit = _limits(info).max_grammar_chars
+        if value is not None and len(value) > limit:
+            raise field_error(f"must be at most {limit} characters, got {len(value)}")
+        return value
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _stop_ids_bounded(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        limit = _limits(info).max_stop_token_ids
+        if value is not None and len(value) > limit:
+            raise field_error(f"must have at most {limit} token ids, got {len(value)}")
+        return value
+
+    # --- checks across fields, then normalisation ---
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        # before field validation, so an unknown field is reported first, as OpenAI does
+        if not isinstance(data, dict):
+            raise InvalidRequest(
+                f"The request body must be a JSON object, got {type(data).__name__}"
+            )
+        for key in data:
+            if key not in cls.model_fields:
+                raise InvalidRequest(
+                    f"Unrecognized request argument supplied: {key}", param=str(key)
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        self._normalise_max_tokens()
+        self._normalise_functions()
+        self._check_tools()
+        self._check_sampling()
+        self._check_constraints()
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest(
+                "stream_options is only allowed when stream is true", param="stream_options"
+            )
+        if self.continue_final_message and not isinstance(self.messages[-1], AssistantMessage):
+            raise InvalidRequest(
+                "continue_final_message needs the last message to be the assistant's, "
+                f"got role {self.messages[-1].role!r}",
+                param="continue_final_message",
+            )
+        return self
+
+    def _normalise_max_tokens(self) -> None:
+        if self.max_tokens is not None:
+            if (
+                self.max_completion_tokens is not None
+                and self.max_completion_tokens != self.max_tokens
+            ):
+                raise InvalidRequest(
+                    f"max_tokens ({self.max_tokens}) and max_completion_tokens "
+                    f"({self.max_completion_tokens}) differ; give only max_completion_tokens",
+                    param="max_tokens",
+                )
+            self.max_completion_tokens = self.max_tokens
+            self.max_tokens = None
+
+    def _normalise_functions(self) -> None:
+        if self.functions is not None:
+            if self.tools is not None:
+                raise InvalidRequest(
+                    "functions cannot be combined with tools; give only tools", param="functions"
+                )
+            self.tools = [Tool(function=f) for f in self.functions]
+            self.functions = None
+        if self.function_call is not None:
+            if self.tool_choice is not None:
+                raise InvalidRequest(
+                    "function_call cannot be combined with tool_choice; give only tool_choice",
+                    param="function_call",
+                )
+            if isinstance(self.function_call, ToolName):
+                names = {t.function.name for t in self.tools or []}
+                if self.function_call.name not in names:
+                    raise InvalidRequest(
+                        f"function_call.name {self.function_call.name!r} is not one of the "
+                        "functions given",
+                        param="function_call.name",
+                    )
+                self.tool_choice = NamedToolChoice(function=self.function_call)
+            elif self.tools is not None or self.function_call == "none":
+                self.tool_choice = self.function_call
+            else:
+                raise InvalidRequest(
+                    "function_call is only allowed when functions are given",
+                    param="function_call",
+                )
+            self.function_call = None
+
+    def _check_tools(self) -> None:
+        choice = self.tool_choice
+        if choice is None or choice == "none":
+            return
+        if not self.tools:
+            raise InvalidRequest(
+                "tool_choice is only allowed when tools are given (except 'none')",
+                param="tool_choice",
+            )
+        if isinstance(choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools]
+            if choice.function.name not in names:
+                raise InvalidRequest(
+                    f"tool_choice.function.name {choice.function.name!r} is not one of the "
+                    f"tools given: {', '.join(names)}",
+                    param="tool_choice.function.name",
+                )
+
+    def _check_sampling(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest(
+                "top_logprobs is only allowed when logprobs is true", param="top_logprobs"
+            )
+        limit = self.max_completion_tokens
+        if limit is not None and self.min_tokens > limit:
+            raise InvalidRequest(
+                f"min_tokens must be at most max_completion_tokens ({limit}), "
+                f"got {self.min_tokens}",
+                param="min_tokens",
+            )
+
+    def _check_constraints(self) -> None:
+        given = [name for name in ("regex", "ebnf") if getattr(self, name) is not None]
+        if self.constraint_kind in ("json_object", "json_schema"):
+            given.insert(0, "response_format")
+        if len(given) > 1:
+            raise InvalidRequest(
+                f"{given[1]} cannot be combined with {given[0]}: give at most one output "
+                "constraint (response_format json_object/json_schema, regex or ebnf)",
+                param=given[1],
+            )
+        if given and (
+            self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+        ):
+            raise InvalidRequest(
+                f"tool_choice {self.tool_choice_label!r} constrains the output to the tools' "
+                f"schema and cannot be combined with {given[0]}",
+                param="tool_choice",
+            )
+
+    # --- accessors for downstream code ---
+
+    @property
+    def tool_choice_label(self) -> str | None:
+        """``tool_choice`` as a string: the mode, or the named tool's name."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice
+
+    @property
+    def max_tokens_requested(self) -> int | None:
+        """The client's cap on completion tokens (``max_completion_tokens`` or ``max_tokens``)."""
+        return self.max_completion_tokens
+
+    @property
+    def constraint_kind(self) -> ConstraintKind | None:
+        """Which output constraint the request asks for, if any (at most one is allowed)."""
+        fmt = self.response_format
+        if isinstance(fmt, JsonSchemaFormat):
+            # a json_schema format without a schema only asks for some JSON object
+            return "json_schema" if fmt.json_schema.schema_ is not None else "json_object"
+        if isinstance(fmt, JsonObjectFormat):
+            return "json_object"
+        if self.regex is not None:
+            return "regex"
+        if self.ebnf is not None:
+            return "ebnf"
+        return None
+
+    @property
+    def effective_seed(self) -> int | None:
+        """The sampling seed: SGLang's ``sampling_seed`` wins over OpenAI's ``seed``.
+
+        ``sampling_seed`` is the engine-level field; a client that sets both is
+        addressing the engine directly and means it.
+        """
+        return self.sampling_seed if self.sampling_seed is not None else self.seed
+
+    @property
+    def wants_usage(self) -> bool:
+        """Whether a streaming client asked for a final usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def wants_continuous_usage(self) -> bool:
+        """Whether a streaming client asked for usage on every chunk (vLLM's extension)."""
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        """The messages as plain dicts for a chat template: no None values, text parts joined."""
+        return [message_dict(m) for m in self.messages]
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools as plain dicts for a chat template (None when there are none)."""
+        if self.tools is None:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
+
+
+def parse_chat_request(data: Any, limits: RequestLimits | None = None) -> ChatCompletionRequest:
+    """Validate and normalise a chat-completion request body.
+
+    ``data`` is the decoded JSON object (or the raw JSON text/bytes). Raises
+    :class:`~berth.protocol.errors.InvalidRequest` (or its subclass ``Unsupported``)
+    whose ``param`` names the first offending field; never a pydantic error.
+    """
+    if isinstance(data, str | bytes | bytearray):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    context = {"limits": limits or DEFAULT_LIMITS}
+    try:
+        return ChatCompletionRequest.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+
+
+__all__ = [
+    "AnyMessage",
+    "ChatCompletionRequest",
+    "ConstraintKind",
+    "FunctionDefinition",
+    "JsonObjectFormat",
+    "JsonSchemaFormat",
+    "JsonSchemaSpec",
+    "NamedToolChoice",
+    "StreamOptions",
+    "TextFormat",
+    "Tool",
+    "ToolName",
+    "parse_chat_request",
+    "schema_depth",
+]

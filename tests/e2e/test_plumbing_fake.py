@@ -1,0 +1,112 @@
+"""The whole stack as real processes (Valkey, API, scheduler, Celery worker) on the fake engine.
+
+Fast checks of the plumbing: queueing, grouping, pub/sub relay, SSE framing,
+cancellation and failure handling. The same paths run on real vLLM in
+test_serving.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+import redis
+
+from berth.protocol import keys
+from tests.stack import RunningStack
+
+MODEL = "fake-model"
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server_url: str) -> Iterator[RunningStack]:
+    redis.Redis.from_url(redis_server_url).flushdb()
+    running = RunningStack(redis_server_url)
+    running.start("worker", BERTH_FAKE_ENGINE="true", BERTH_FAKE_TOKENS_PER_S="200")
+    running.start("scheduler", "api")
+    try:
+        running.wait_ready(60)
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def client(stack: RunningStack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_non_streaming(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_completion_tokens=5
+    )
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens == 5
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 5
+
+
+def test_streaming_with_usage_and_n(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = {c.choices[0].index: c.choices[0].finish_reason for c in chunks
+                if c.choices and c.choices[0].finish_reason}
+    assert finishes == {0: "length", 1: "length"}
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_bad_field_is_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=3.5
+        )
+    assert caught.value.body["param"] == "temperature"  # type: ignore[index]
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["param"] == "model"  # type: ignore[index]
+
+
+def test_models_and_health(stack: RunningStack, client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert httpx.get(f"{stack.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{stack.url}/ready").status_code == 200
+
+
+def test_disconnect_cancels_the_request(stack: RunningStack, client: openai.OpenAI) -> None:
+    r = redis.Redis.from_url(stack.redis_url)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2000, stream=True
+    )
+    first = next(iter(stream))
+    request_id = first.id
+    stream.close()
+    deadline = time.monotonic() + 10
+    while not r.exists(keys.cancelled_key(request_id)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.exists(keys.cancelled_key(request_id))
+    # the worker aborted it (2000 tokens at 200/s would take 10 s): its heartbeat
+    # shows no running request any more
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        workers = [w for w in map(r.get, r.keys(f"{keys.WORKER_KEY_PREFIX}*")) if w]
+        if workers and all(b'"running":0' in w for w in workers):
+            break
+        time.sleep(0.1)
+    assert workers and all(b'"running":0' in w for w in workers)

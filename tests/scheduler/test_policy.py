@@ -1,0 +1,79 @@
+"""Grouping and placement policy: pure functions, tested without Redis."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from berth.protocol.envelopes import QueuedRequest, WorkerInfo
+from berth.scheduler import policy
+
+
+def _pending(i: int, model: str = "m", adapter: str | None = None, at: float = 0.0) -> policy.Pending:
+    req = QueuedRequest(id=f"r{i}", model=model, adapter=adapter, request={})
+    return policy.Pending(stream=f"s:{model}", entry_id=f"{i}-0", request=req, read_at=at)
+
+
+def _worker(wid: str, model: str = "m", adapters: tuple[str, ...] = (), capacity: int = 8,
+            running: int = 0) -> WorkerInfo:
+    return WorkerInfo(id=wid, model=model, adapters=list(adapters), capacity=capacity,
+                      running=running, queue=f"q.{wid}")
+
+
+def test_groups_by_model_and_adapter() -> None:
+    groups: dict[policy.GroupKey, policy.PendingGroup] = {}
+    policy.add_to_groups(
+        groups,
+        [_pending(0), _pending(1, adapter="a"), _pending(2), _pending(3, model="x"),
+         _pending(4, adapter="a")],
+    )
+    assert {k: [p.request.id for p in g.items] for k, g in groups.items()} == {
+        ("m", None): ["r0", "r2"],
+        ("m", "a"): ["r1", "r4"],
+        ("x", None): ["r3"],
+    }
+
+
+def test_group_flushes_on_size_or_wait() -> None:
+    groups: dict[policy.GroupKey, policy.PendingGroup] = {}
+    policy.add_to_groups(groups, [_pending(i, at=10.0) for i in range(3)])
+    policy.add_to_groups(groups, [_pending(9, model="x", at=10.0)])
+    assert policy.ready_groups(groups, now=10.001, max_size=3, max_wait=0.002) == [("m", None)]
+    assert sorted(policy.ready_groups(groups, now=10.002, max_size=3, max_wait=0.002)) == [
+        ("m", None),
+        ("x", None),
+    ]
+    assert policy.next_deadline(groups, 0.002) == 10.002
+    assert policy.next_deadline({}, 0.002) is None
+
+
+def test_pick_worker_serves_model_and_has_room() -> None:
+    workers = [_worker("full", running=8), _worker("other", model="x"), _worker("ok", running=7)]
+    assert policy.pick_worker(workers, "m", None, {}).id == "ok"  # type: ignore[union-attr]
+    assert policy.pick_worker(workers, "m", None, {"ok": 1}) is None
+    assert policy.pick_worker(workers, "nope", None, {}) is None
+
+
+def test_pick_worker_prefers_adapter_then_least_loaded() -> None:
+    workers = [_worker("idle"), _worker("holds", adapters=("a",), running=6), _worker("busy", running=4)]
+    assert policy.pick_worker(workers, "m", "a", {}).id == "holds"  # type: ignore[union-attr]
+    assert policy.pick_worker(workers, "m", None, {}).id == "idle"  # type: ignore[union-attr]
+    # the adapter holder is full: fall back to the least loaded
+    assert policy.pick_worker(workers, "m", "a", {"holds": 2}).id == "idle"  # type: ignore[union-attr]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["m", "x"]), st.integers(1, 8), st.integers(0, 10)), max_size=12
+    ),
+    st.dictionaries(st.integers(0, 11).map(str), st.integers(0, 8)),
+)
+def test_picked_worker_always_fits(specs: list[tuple[str, int, int]], sent: dict[str, int]) -> None:
+    workers = [_worker(str(i), model=m, capacity=c, running=r) for i, (m, c, r) in enumerate(specs)]
+    chosen = policy.pick_worker(workers, "m", None, sent)
+    fitting = [w for w in workers if w.model == "m" and policy.free_slots(w, sent) > 0]
+    if chosen is None:
+        assert not fitting
+    else:
+        assert chosen in fitting
+        assert policy.free_slots(chosen, sent) == max(policy.free_slots(w, sent) for w in fitting)
