@@ -51,11 +51,11 @@ class TokenRelay:
             await self._pubsub.subscribe(channel)
             await confirmed
         except BaseException:
-            self.close(request_id)
+            self.release(request_id)
             raise
         return queue
 
-    def close(self, request_id: str) -> None:
+    def release(self, request_id: str) -> None:
         """Stop relaying the request's events. Safe to call from a cancelled task:
         the unsubscribe runs in a task of its own."""
         channel = keys.token_channel(request_id).encode()

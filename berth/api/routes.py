@@ -69,7 +69,7 @@ async def chat_completions(request: Request, state: State) -> Response:
     try:
         await state.ingress.enqueue(queued)
     except BaseException:
-        state.relay.close(request_id)
+        state.relay.release(request_id)
         raise
     log.info("request %s queued for %s/%s stream=%s", request_id, model, adapter, chat.stream)
     events = request_events(
@@ -104,7 +104,7 @@ async def chat_completions(request: Request, state: State) -> Response:
 
 
 async def _finish(state: ApiState, request_id: str, completed: bool) -> None:
-    state.relay.close(request_id)
+    state.relay.release(request_id)
     if not completed:
         log.info("request %s: client went away; cancelling", request_id)
         await state.ingress.cancel(request_id)

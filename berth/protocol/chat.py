@@ -41,7 +41,7 @@ from berth.protocol.limits import DEFAULT_LIMITS, RequestLimits
 from berth.protocol.messages import (
     AnyMessage,
     AssistantMessage,
-    ChatMessage,
+    Message,
     check_roles,
     message_dict,
     tag_error,
@@ -430,7 +430,7 @@ class ChatCompletionRequest(_Model):
     """
 
     # OpenAI (CreateChatCompletionRequest)
-    messages: list[ChatMessage]
+    messages: list[Message]
     model: Annotated[StrictStr, AfterValidator(_non_empty)]
     store: StrictBool | None = None
     reasoning_effort: ReasoningEffort | None = None

@@ -231,7 +231,7 @@ def _role_tag(value: Any) -> str | None:
     return f"<{role}>" if role in ROLES else None
 
 
-ChatMessage = Annotated[
+Message = Annotated[
     Annotated[SystemMessage, Tag("<system>")]
     | Annotated[DeveloperMessage, Tag("<developer>")]
     | Annotated[UserMessage, Tag("<user>")]

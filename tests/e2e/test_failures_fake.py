@@ -1,0 +1,88 @@
+"""Failure paths through real processes on the fake engine: a dying worker, a full queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from tests.stack import RunningStack
+
+MODEL = "fake-model"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500}
+
+
+@pytest.fixture
+def stack(redis_url: str) -> Iterator[RunningStack]:
+    running = RunningStack(redis_url, env={"BERTH_HEARTBEAT_TTL": "2", "BERTH_LIVENESS_CHECK_S": "0.5"})
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    for line in lines:
+        if line.startswith("data: "):
+            yield line[len("data: ") :]
+
+
+def test_killed_worker_ends_stream_with_error_event(stack: RunningStack) -> None:
+    stack.start("worker", BERTH_FAKE_ENGINE="true", BERTH_FAKE_TOKENS_PER_S="50")
+    stack.start("scheduler", "api")
+    stack.wait_ready(60)
+    worker = stack.stack.processes[0][1]
+    events: list[str] = []
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions",
+                      json={**BODY, "stream": True}, timeout=30) as answer:
+        data = _sse_data(answer.iter_lines())
+        for payload in data:
+            events.append(payload)
+            if len(events) == 3:  # the stream is flowing: kill the worker without warning
+                os.killpg(worker.pid, signal.SIGKILL)
+                break
+        started = time.monotonic()
+        events.extend(data)
+    assert time.monotonic() - started < 10
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "worker_lost"
+    assert sum('"error"' in e for e in events) == 1
+    assert not any('"finish_reason":"stop"' in e for e in events)
+
+
+def test_full_queue_answers_429_with_retry_after(stack: RunningStack) -> None:
+    # no scheduler runs, so queued requests stay queued
+    stack.env["BERTH_MAX_QUEUE_PER_MODEL"] = "2"
+    stack.start("worker", BERTH_FAKE_ENGINE="true")
+    stack.start("api")
+    stack.wait_ready(60)
+    stop = threading.Event()
+
+    def hold() -> None:
+        try:
+            httpx.post(f"{stack.url}/v1/chat/completions", json=BODY, timeout=5)
+        except httpx.TimeoutException:
+            pass
+
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for t in holders:
+        t.start()
+    r = redis.Redis.from_url(stack.redis_url)
+    deadline = time.monotonic() + 5
+    while r.xlen(f"berth:ingress:{MODEL}") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    answer = httpx.post(f"{stack.url}/v1/chat/completions", json=BODY, timeout=5)
+    stop.set()
+    assert answer.status_code == 429
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.json()["error"]["code"] == "queue_full"
+    for t in holders:
+        t.join()
