@@ -81,6 +81,8 @@ class WorkerInfo(BaseModel):
     # how many requests the worker accepts at once, and how many it holds now
     capacity: int
     running: int = 0
+    # requests inside the engine itself (running or waiting in its scheduler)
+    engine_running: int = 0
     queue: str
     heartbeat_at: float = Field(default_factory=time.time)
     started_at: float = Field(default_factory=time.time)

@@ -130,6 +130,7 @@ class EngineHost:
             adapters=self.engine.adapters,
             capacity=self.capacity,
             running=len(self._active),
+            engine_running=self.engine.num_running(),
             queue=keys.worker_queue(self.worker_id),
             started_at=self._started_at,
         )

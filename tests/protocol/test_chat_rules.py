@@ -20,9 +20,10 @@ def body(**fields: Any) -> dict[str, Any]:
 
 
 def nested(depth: int) -> dict[str, Any]:
+    """A JSON schema whose objects nest ``depth`` levels deep."""
     schema: dict[str, Any] = {"type": "string"}
     for _ in range(depth - 1):
-        schema = {"type": "object", "properties": {"x": schema}}
+        schema = {"type": "array", "items": schema}
     return schema
 
 

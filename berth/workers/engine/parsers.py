@@ -72,7 +72,7 @@ def vllm_request(
     """The vLLM request the parsers read: tools, tool choice and constraint only."""
     data: dict[str, Any] = {"model": model, "messages": []}
     if req.tools:
-        data["tools"] = _plain(req.tools)
+        data["tools"] = req.tool_dicts()
         data["tool_choice"] = _plain(req.tool_choice) if req.tool_choice is not None else "auto"
         parallel = getattr(req, "parallel_tool_calls", None)
         if parallel is not None:

@@ -1,0 +1,346 @@
+"""The real engine: one long-lived vLLM ``AsyncLLM`` that every request of the worker feeds.
+
+Each request is rendered with the model's chat template, checked against the
+model (context length, vocabulary, adapter), mapped to ``SamplingParams`` and
+submitted with ``RequestOutputKind.DELTA``; vLLM batches it continuously with
+everything else in flight. Every delta goes through vLLM's own tool-call and
+reasoning parsers (one per choice) and comes out as an :class:`EngineStep`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError, VLLMValidationError
+from vllm.inputs.engine import tokens_input
+from vllm.lora.request import LoRARequest
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from berth.protocol.errors import EngineFailure, InvalidRequest
+from berth.workers.engine.adapters import AdapterRegistry
+from berth.workers.engine.base import ChoiceDelta, EngineStep, FinishReason
+from berth.workers.engine.chat import render_prompt, template_kwargs
+from berth.workers.engine.config import EngineConfig
+from berth.workers.engine.mapping import build_sampling_params, invalid_from_vllm, structured_outputs
+from berth.workers.engine.parsers import ChoiceParser, OutputParsers
+
+if TYPE_CHECKING:
+    from vllm.outputs import CompletionOutput
+
+    from berth.protocol.chat import ChatCompletionRequest
+
+log = logging.getLogger(__name__)
+
+# prompts longer than this many characters are tokenized off the event loop
+_INLINE_RENDER_CHARS = 8_000
+
+
+class VllmEngine:
+    """vLLM's ``AsyncLLM`` behind berth's :class:`~berth.workers.engine.base.Engine` interface."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self._registry = AdapterRegistry(config.adapters, config.adapter_root)
+        self._llm: AsyncLLM | None = None
+        self._tokenizer: Any = None
+        self._parsers: OutputParsers | None = None
+        self._vocab_size = 0
+        self._max_model_len = config.max_model_len or 0
+        self._defaults: dict[str, Any] = {}
+        self._lora_ids: dict[str, int] = {}
+        self._running: set[str] = set()
+        self._aborted: set[str] = set()
+
+    # --- Engine interface ---
+
+    @property
+    def model(self) -> str:
+        return self.config.name
+
+    @property
+    def adapters(self) -> list[str]:
+        return self._registry.names
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def num_running(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        cfg = self.config
+        if cfg.kv_cache_space_gib is not None:
+            # read by the CPU build's engine process, which inherits our environment
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.kv_cache_space_gib)))
+        args = AsyncEngineArgs(
+            model=cfg.model,
+            served_model_name=[cfg.name],
+            tokenizer=cfg.tokenizer,
+            dtype=cfg.dtype,  # type: ignore[arg-type]
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len,
+            max_num_seqs=cfg.max_num_seqs,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            enforce_eager=cfg.enforce_eager,
+            seed=cfg.seed,
+            enable_lora=cfg.enable_lora,
+            max_loras=cfg.max_loras,
+            max_lora_rank=cfg.max_lora_rank,  # type: ignore[arg-type]
+            max_cpu_loras=cfg.max_cpu_loras,
+            # the engine's structured-output gate waits for the end of reasoning
+            reasoning_parser=cfg.reasoning_parser or "",
+            disable_log_stats=True,
+            **cfg.engine_args,
+        )
+        log.info("starting vLLM engine for %s (%s)", cfg.name, cfg.model)
+        # building the engine blocks for tens of seconds while the engine process
+        # loads the model; keep the event loop (heartbeats) running meanwhile
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self._llm = llm
+        self._tokenizer = llm.get_tokenizer()
+        model_config = llm.model_config
+        self._vocab_size = model_config.get_vocab_size()
+        self._max_model_len = model_config.max_model_len
+        self._defaults = dict(model_config.get_diff_sampling_param())
+        self._parsers = OutputParsers(
+            self._tokenizer,
+            tool_call_parser=cfg.tool_call_parser,
+            reasoning_parser=cfg.reasoning_parser,
+            model=cfg.name,
+        )
+        log.info(
+            "vLLM engine ready: %s, context %d, vocabulary %d, adapters %s",
+            cfg.name,
+            self._max_model_len,
+            self._vocab_size,
+            ", ".join(self.adapters) or "none",
+        )
+
+    async def shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            self._aborted.update(self._running)
+            llm.shutdown()
+
+    async def abort(self, request_id: str) -> None:
+        if request_id not in self._running:
+            return
+        self._aborted.add(request_id)
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    def generate(
+        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+    ) -> AsyncIterator[EngineStep]:
+        return self._generate(request_id, request, adapter)
+
+    # --- one request ---
+
+    async def _generate(
+        self, request_id: str, req: ChatCompletionRequest, adapter: str | None
+    ) -> AsyncIterator[EngineStep]:
+        llm, parsers = self._llm, self._parsers
+        if llm is None or parsers is None:
+            raise EngineFailure("the engine has not been started")
+        if request_id in self._running:
+            raise InvalidRequest(f"request {request_id} is already running in this engine")
+        self._running.add(request_id)
+        try:
+            lora = self._lora_request(adapter, req)
+            if sum(len(str(m.get("content") or "")) for m in req.message_dicts()) > _INLINE_RENDER_CHARS:
+                prompt = await asyncio.to_thread(render_prompt, self._tokenizer, req)
+            else:
+                prompt = render_prompt(self._tokenizer, req)
+            parsing = parsers.for_request(
+                req,
+                structured_outputs(req),
+                skip_special_tokens=req.skip_special_tokens,
+                chat_template_kwargs=template_kwargs(req),
+            )
+            params = build_sampling_params(
+                req,
+                vocab_size=self._vocab_size,
+                max_model_len=self._max_model_len,
+                prompt_len=len(prompt),
+                parsing=parsing,
+                defaults=self._defaults,
+            )
+            choice_parsers = [parsing.choice_parser(prompt) for _ in range(req.n)]
+            if request_id in self._aborted:
+                yield _abort_step(range(req.n), len(prompt), 0)
+                return
+            stream = llm.generate(
+                tokens_input(prompt),
+                params,
+                request_id,
+                lora_request=lora,
+                reasoning_ended=parsing.reasoning_ended(prompt),
+                reasoning_parser_kwargs=parsing.reasoning_parser_kwargs,
+            )
+            named_tool = req.tools is not None and not isinstance(req.tool_choice, str | None)
+            async with contextlib.aclosing(stream):
+                async for step in self._steps(
+                    request_id, req, stream, prompt, choice_parsers, named_tool
+                ):
+                    yield step
+        finally:
+            self._running.discard(request_id)
+            self._aborted.discard(request_id)
+
+    async def _steps(
+        self,
+        request_id: str,
+        req: ChatCompletionRequest,
+        stream: AsyncIterator[Any],
+        prompt: list[int],
+        parsers: list[ChoiceParser],
+        named_tool: bool,
+    ) -> AsyncIterator[EngineStep]:
+        n = req.n
+        finish: list[FinishReason | None] = [None] * n
+        completion_tokens = 0
+        started = False
+        while True:
+            try:
+                out = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except (VLLMValidationError, VLLMClientError, ValueError) as exc:
+                if started:
+                    raise EngineFailure(f"the engine failed the request: {exc}") from exc
+                if isinstance(exc, VLLMValidationError):
+                    raise invalid_from_vllm(exc, req) from None
+                raise InvalidRequest(str(exc)) from None
+            except EngineDeadError as exc:
+                raise EngineFailure("the engine process died") from exc
+            started = True
+            step = EngineStep(prompt_tokens=len(prompt))
+            for output in out.outputs:
+                i = output.index
+                if finish[i] is not None:
+                    continue
+                completion_tokens += len(output.token_ids)
+                delta = self._choice_delta(req, output, parsers[i], named_tool)
+                finish[i] = delta.finish_reason
+                step.choices.append(delta)
+            step.completion_tokens = completion_tokens
+            step.finished = all(f is not None for f in finish)
+            if step.finished or step.choices:
+                yield step
+            if step.finished:
+                return
+        # The stream ended with choices unfinished: vLLM ended it without a
+        # final output for them, which happens when the request was aborted.
+        unfinished = [i for i in range(n) if finish[i] is None]
+        if request_id not in self._aborted:
+            raise EngineFailure("the engine ended the request without finishing it")
+        yield _abort_step(unfinished, len(prompt), completion_tokens)
+
+    def _choice_delta(
+        self,
+        req: ChatCompletionRequest,
+        output: CompletionOutput,
+        parser: ChoiceParser,
+        named_tool: bool,
+    ) -> ChoiceDelta:
+        token_ids = list(output.token_ids)
+        reason = output.finish_reason
+        parsed = parser.feed(output.text, token_ids, finished=reason is not None)
+        delta = ChoiceDelta(
+            index=output.index,
+            content=parsed.content,
+            reasoning_content=parsed.reasoning,
+            tool_calls=parsed.tool_calls,
+        )
+        if req.logprobs and output.logprobs is not None:
+            delta.logprobs = openai_logprobs(
+                self._tokenizer, token_ids, output.logprobs, req.top_logprobs or 0
+            )
+        if reason is not None:
+            delta.finish_reason = _finish_reason(reason, parser.tools_called, named_tool)
+            delta.stop_reason = output.stop_reason
+        return delta
+
+    def _lora_request(self, adapter: str | None, req: ChatCompletionRequest) -> LoRARequest | None:
+        if adapter:
+            name, path = self._registry.resolve(adapter, param="lora_path")
+        elif req.lora_path:
+            name, path = self._registry.resolve(req.lora_path, param="lora_path")
+        elif req.model != self.model and req.model in self._registry:
+            # like vLLM's server: `model` may name a registered adapter
+            name, path = self._registry.resolve(req.model, param="model")
+        else:
+            return None
+        if not self.config.enable_lora:
+            raise InvalidRequest("this model is served without LoRA support", param="lora_path")
+        lora_id = self._lora_ids.setdefault(name, len(self._lora_ids) + 1)
+        return LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=str(path))
+
+
+def _finish_reason(reason: str, tools_called: bool, named_tool: bool) -> FinishReason:
+    if reason == "error":
+        raise EngineFailure("the engine hit an internal error while generating")
+    if reason == "abort":
+        return "abort"
+    if reason == "length":
+        return "length"
+    # OpenAI: "tool_calls" when the model chose to call tools (auto/required);
+    # a named tool_choice forced the call, and ends with "stop"
+    if tools_called and not named_tool:
+        return "tool_calls"
+    return "stop"  # "stop", and vLLM's "repetition" (an early stop)
+
+
+def _abort_step(indices: Sequence[int] | range, prompt_tokens: int, completion: int) -> EngineStep:
+    return EngineStep(
+        choices=[ChoiceDelta(index=i, finish_reason="abort") for i in indices],
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        finished=True,
+    )
+
+
+def openai_logprobs(
+    tokenizer: Any, token_ids: Sequence[int], logprobs: Sequence[Any], top: int
+) -> list[dict[str, Any]]:
+    """vLLM's per-token ``{id: Logprob}`` → OpenAI ``ChatCompletionTokenLogprob`` dicts."""
+    out = []
+    for token_id, candidates in zip(token_ids, logprobs, strict=False):
+        chosen = candidates.get(token_id) if candidates else None
+        token = _token_text(tokenizer, token_id, chosen)
+        entry: dict[str, Any] = {
+            "token": token,
+            "logprob": max(chosen.logprob, -9999.0) if chosen is not None else -9999.0,
+            "bytes": list(token.encode("utf-8", errors="replace")),
+            "top_logprobs": [],
+        }
+        if candidates and top:
+            ranked = sorted(candidates.items(), key=lambda kv: kv[1].rank or math.inf)[:top]
+            for alt_id, alt in ranked:
+                alt_token = _token_text(tokenizer, alt_id, alt)
+                entry["top_logprobs"].append(
+                    {
+                        "token": alt_token,
+                        "logprob": max(alt.logprob, -9999.0),
+                        "bytes": list(alt_token.encode("utf-8", errors="replace")),
+                    }
+                )
+        out.append(entry)
+    return out
+
+
+def _token_text(tokenizer: Any, token_id: int, logprob: Any) -> str:
+    decoded = getattr(logprob, "decoded_token", None)
+    return decoded if decoded is not None else tokenizer.decode([token_id])

@@ -1,0 +1,48 @@
+"""Every wait for a request's events ends with exactly one terminal event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from berth.api.events import request_events
+from berth.protocol.envelopes import TokenEvent
+
+
+def _event(seq: int, type_: str = "delta", worker: str | None = "w1") -> TokenEvent:
+    return TokenEvent(id="r", seq=seq, type=type_, worker=worker)  # type: ignore[arg-type]
+
+
+async def _collect(queue: asyncio.Queue[TokenEvent], alive: bool, deadline_s: float = 5.0) -> list[TokenEvent]:
+    async def is_alive(worker: str) -> bool:
+        return alive
+
+    return [
+        e
+        async for e in request_events(
+            "r", queue, is_alive=is_alive, check_every_s=0.05, deadline=time.monotonic() + deadline_s
+        )
+    ]
+
+
+async def test_duplicates_dropped_and_stops_at_terminal() -> None:
+    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    for e in [_event(0, "started"), _event(1), _event(1), _event(2, "finished"), _event(3)]:
+        queue.put_nowait(e)
+    got = await _collect(queue, alive=True)
+    assert [(e.seq, e.type) for e in got] == [(0, "started"), (1, "delta"), (2, "finished")]
+
+
+async def test_dead_worker_yields_one_error() -> None:
+    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue.put_nowait(_event(0, "started"))
+    got = await _collect(queue, alive=False)
+    assert [e.type for e in got] == ["started", "error"]
+    assert got[-1].error is not None and got[-1].error["error"]["code"] == "worker_lost"
+
+
+async def test_deadline_yields_timeout_error() -> None:
+    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    got = await _collect(queue, alive=True, deadline_s=0.1)
+    assert [e.type for e in got] == ["error"]
+    assert got[0].status == 504

@@ -1,0 +1,108 @@
+"""The engine host (worker runtime) on the fake engine against a real server: events, cancels,
+errors and the heartbeat, without Celery in between."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from berth.protocol import keys
+from berth.protocol.envelopes import QueuedRequest, WorkGroup
+from berth.workers.engine import make_engine
+from berth.workers.runtime import EngineHost
+
+
+@pytest.fixture
+def host(redis_url: str) -> Iterator[EngineHost]:
+    engine = make_engine(None, fake=True, served_model_name="m", tokens_per_s=100)
+    running = EngineHost(engine, redis_url=redis_url, worker_id="w1", capacity=8,
+                         heartbeat_interval=0.1, heartbeat_ttl=1)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _group(*bodies: dict[str, Any]) -> dict[str, Any]:
+    reqs = [QueuedRequest(id=f"r{i}", model="m", request=b) for i, b in enumerate(bodies)]
+    return WorkGroup(model="m", requests=reqs).model_dump(mode="json")
+
+
+def _body(**extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def _listen(redis_url: str, ids: list[str]) -> tuple[redis.client.PubSub, dict[str, list[dict[str, Any]]]]:
+    pubsub = redis.Redis.from_url(redis_url).pubsub()
+    pubsub.subscribe(*[keys.token_channel(i) for i in ids])
+    for _ in ids:
+        pubsub.get_message(timeout=1)
+    return pubsub, {i: [] for i in ids}
+
+
+def _drain(pubsub: redis.client.PubSub, got: dict[str, list[dict[str, Any]]], until_s: float = 5) -> None:
+    deadline = time.monotonic() + until_s
+    while time.monotonic() < deadline and not all(
+        events and events[-1]["type"] in ("finished", "error", "cancelled") for events in got.values()
+    ):
+        message = pubsub.get_message(timeout=0.1)
+        if message and message["type"] == "message":
+            event = json.loads(message["data"])
+            got[event["id"]].append(event)
+
+
+def test_group_runs_and_every_request_ends_once(host: EngineHost, redis_url: str) -> None:
+    pubsub, got = _listen(redis_url, ["r0", "r1", "r2"])
+    host.run_group(_group(_body(max_tokens=3), _body(max_tokens=2, n=2), _body(logit_bias={"99999999": 1})))
+    _drain(pubsub, got)
+    for events in got.values():
+        assert [e["seq"] for e in events] == list(range(len(events)))
+        assert events[0]["type"] == "started" and events[0]["worker"] == "w1"
+        assert sum(e["type"] in ("finished", "error", "cancelled") for e in events) == 1
+    assert got["r0"][-1]["type"] == "finished"
+    assert got["r0"][-1]["usage"]["completion_tokens"] == 3
+    assert got["r1"][-1]["usage"]["completion_tokens"] == 4
+    assert got["r2"][-1]["type"] == "error" and got["r2"][-1]["status"] == 400
+    assert got["r2"][-1]["error"]["error"]["param"] == "logit_bias"
+
+
+def test_cancel_aborts_a_running_request(host: EngineHost, redis_url: str) -> None:
+    pubsub, got = _listen(redis_url, ["r0"])
+    runner = threading.Thread(target=host.run_group, args=(_group(_body(max_tokens=1000)),))
+    runner.start()
+    r = redis.Redis.from_url(redis_url)
+    while not any(e["type"] == "delta" for e in got["r0"]):
+        _drain(pubsub, got, until_s=0.05)
+    r.publish(keys.CANCEL_CHANNEL, "r0")
+    runner.join(5)
+    assert not runner.is_alive()
+    _drain(pubsub, got)
+    assert got["r0"][-1]["type"] == "cancelled"
+    assert host.engine.num_running() == 0
+
+
+def test_request_cancelled_before_start_never_runs(host: EngineHost, redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).set(keys.cancelled_key("r0"), 1)
+    pubsub, got = _listen(redis_url, ["r0"])
+    host.run_group(_group(_body(max_tokens=1000)))
+    _drain(pubsub, got)
+    assert [e["type"] for e in got["r0"]] == ["started", "cancelled"]
+
+
+def test_heartbeat_registers_and_expires(host: EngineHost, redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 2
+    while not r.exists(keys.worker_key("w1")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    record = json.loads(r.get(keys.worker_key("w1")) or b"{}")
+    assert record["model"] == "m" and record["capacity"] == 8
+    assert 0 < r.pttl(keys.worker_key("w1")) <= 1000
+    host.stop()
+    assert not r.exists(keys.worker_key("w1"))
