@@ -1,0 +1,111 @@
+"""The scheduler loop against a real server and Celery's real Redis transport."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import redis.asyncio
+from celery import Celery
+
+from berth.api.ingress import Ingress
+from berth.protocol import keys
+from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
+from berth.protocol.envelopes import QueuedRequest, WorkerInfo
+from berth.scheduler.service import Scheduler
+from berth.scheduler.settings import SchedulerSettings
+
+
+async def _register(r: redis.asyncio.Redis, wid: str, model: str = "m", capacity: int = 64) -> None:
+    info = WorkerInfo(id=wid, model=model, capacity=capacity, queue=keys.worker_queue(wid))
+    await r.set(keys.worker_key(wid), info.model_dump_json(), ex=30)
+
+
+async def _sent_groups(r: redis.asyncio.Redis, wid: str) -> list[dict[str, Any]]:
+    groups = []
+    for raw in await r.lrange(keys.worker_queue(wid), 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == RUN_GROUP_TASK
+        args, _, _ = json.loads(base64.b64decode(message["body"]))
+        groups.append(args[0])
+    return groups
+
+
+async def _run_for(r: redis.asyncio.Redis, url: str, seconds: float, **overrides: Any) -> Scheduler:
+    settings = SchedulerSettings(redis_url=url, scheduler_id="s1", **overrides)
+    celery = Celery("test")
+    celery.conf.update(celery_settings(url))
+    scheduler = Scheduler(settings, r, celery)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    return scheduler
+
+
+async def _enqueue(r: redis.asyncio.Redis, *reqs: QueuedRequest) -> None:
+    ingress = Ingress(r, max_queue=100, retry_after_s=1)
+    for q in reqs:
+        await ingress.enqueue(q)
+
+
+async def test_groups_by_adapter_dispatches_and_acks(aredis: redis.asyncio.Redis, redis_url: str) -> None:
+    await _register(aredis, "w1")
+    await _enqueue(
+        aredis,
+        *[QueuedRequest(id=f"r{i}", model="m", adapter="a" if i % 2 else None, request={}) for i in range(6)],
+    )
+    scheduler = await _run_for(aredis, redis_url, 0.5)
+    groups = await _sent_groups(aredis, "w1")
+    by_adapter = {g["adapter"]: sorted(q["id"] for q in g["requests"]) for g in groups}
+    assert by_adapter == {None: ["r0", "r2", "r4"], "a": ["r1", "r3", "r5"]}
+    assert scheduler.dispatched_total == 6
+    # acknowledged and removed: nothing waits, nothing pending
+    assert await aredis.xlen(keys.ingress_stream("m")) == 0
+    pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_cancelled_request_is_dropped_with_a_terminal_event(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
+    await _register(aredis, "w1")
+    await aredis.set(keys.cancelled_key("r1"), 1)
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe(keys.token_channel("r1"))
+    await _enqueue(aredis, QueuedRequest(id="r0", model="m", request={}),
+                   QueuedRequest(id="r1", model="m", request={}))
+    await _run_for(aredis, redis_url, 0.5)
+    [group] = await _sent_groups(aredis, "w1")
+    assert [q["id"] for q in group["requests"]] == ["r0"]
+    messages = []
+    while (m := await pubsub.get_message(timeout=0.5)) is not None:
+        if m["type"] == "message":
+            messages.append(json.loads(m["data"]))
+    assert messages == [{"id": "r1", "seq": 0, "type": "cancelled"}]
+    await pubsub.aclose()
+
+
+async def test_without_a_live_worker_requests_stay_queued(aredis: redis.asyncio.Redis, redis_url: str) -> None:
+    await _register(aredis, "other", model="x")
+    await _enqueue(aredis, QueuedRequest(id="r0", model="m", request={}))
+    await _run_for(aredis, redis_url, 0.3)
+    assert await _sent_groups(aredis, "other") == []
+    pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
+    assert pending["pending"] == 1
+    # a worker appears: a restarted scheduler with the same name picks its pending entry up
+    await _register(aredis, "w1")
+    await _run_for(aredis, redis_url, 0.5)
+    [group] = await _sent_groups(aredis, "w1")
+    assert [q["id"] for q in group["requests"]] == ["r0"]
+
+
+async def test_group_size_bounds_each_task(aredis: redis.asyncio.Redis, redis_url: str) -> None:
+    await _register(aredis, "w1")
+    await _enqueue(aredis, *[QueuedRequest(id=f"r{i}", model="m", request={}) for i in range(10)])
+    await _run_for(aredis, redis_url, 0.5, max_group_size=4)
+    sizes = sorted(len(g["requests"]) for g in await _sent_groups(aredis, "w1"))
+    assert sum(sizes) == 10 and max(sizes) <= 4
