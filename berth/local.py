@@ -7,6 +7,7 @@ runs as its own process, exactly as in a deployment, and Ctrl-C stops them all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -73,10 +74,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in time; killing it", role)
             # the role's children (vLLM's engine process) go with its group
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
         if self.valkey is not None:
             self.valkey.stop()  # type: ignore[attr-defined]
@@ -137,12 +136,14 @@ def run_up(settings: UpSettings) -> int:
         if not wait_ready(url, settings.ready_timeout_s, stack):
             log.error("the stack did not become ready")
             return 1
-        model = settings.model or ("berth-fake" if settings.fake_engine else "berth-tiny")
-        print(f"\nberth is ready at {url}  (Ctrl-C stops everything)\n\n{_example(url, model)}\n",
-              flush=True)
-        while (role := stack.dead()) is None:
+        model = settings.model or ("fake-model" if settings.fake_engine else "berth-tiny")
+        print(
+            f"\nberth is ready at {url}  (Ctrl-C stops everything)\n\n{_example(url, model)}\n",
+            flush=True,
+        )
+        while (exited := stack.dead()) is None:
             time.sleep(0.5)
-        log.error("%s exited; stopping the stack", role)
+        log.error("%s exited; stopping the stack", exited)
         return 1
     except KeyboardInterrupt:
         return 0

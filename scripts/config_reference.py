@@ -25,12 +25,23 @@ def render() -> str:
         "`BERTH_REDIS_URL`) names the Redis or Valkey server for every role.",
     ]
     for role, cls in _settings_classes().items():
-        out += ["", f"## `berth {role}`", "", _HELP[role], "", "| flag | env | default | meaning |",
-                "|---|---|---|---|"]
+        out += [
+            "",
+            f"## `berth {role}`",
+            "",
+            _HELP[role],
+            "",
+            "| flag | env | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for name, field in cls.model_fields.items():
             env = "REDIS_URL" if name == "redis_url" else f"BERTH_{name.upper()}"
             default = field.get_default(call_default_factory=False)
-            shown = "(generated)" if field.default_factory else ("—" if default is None else f"`{default}`")
+            shown = (
+                "(generated)"
+                if field.default_factory
+                else ("—" if default is None else f"`{default}`")
+            )
             desc = (field.description or "").replace("|", "\\|")
             out.append(f"| `--{name.replace('_', '-')}` | `{env}` | {shown} | {desc} |")
     return "\n".join(out) + "\n"

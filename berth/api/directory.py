@@ -81,7 +81,13 @@ class WorkerDirectory:
         cards: list[dict[str, object]] = []
         for base in sorted(self._models):
             cards.append(
-                {"id": base, "object": "model", "created": created, "owned_by": "berth", "root": base}
+                {
+                    "id": base,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "berth",
+                    "root": base,
+                }
             )
             for adapter in sorted(self._models[base]):
                 cards.append(

@@ -41,8 +41,12 @@ class ChunkWriter:
     """Renders one streaming request's events as ``data: ...`` lines."""
 
     def __init__(self, request_id: str, model: str, created: int, n: int, include_usage: bool):
-        self._head = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-                      "model": model}
+        self._head = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+        }
         self._n = n
         self._include_usage = include_usage
         self._started = False
@@ -56,8 +60,16 @@ class ChunkWriter:
             self._started = True
             # the role comes first, once per choice, as OpenAI sends it
             parts.extend(
-                self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                              "logprobs": None, "finish_reason": None}])
+                self._chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
                 for i in range(self._n)
             )
         for choice in event.choices:
@@ -144,7 +156,9 @@ class CompletionAssembler:
                 {
                     "index": index,
                     "message": message,
-                    "logprobs": {"content": choice.logprobs} if choice.logprobs is not None else None,
+                    "logprobs": {"content": choice.logprobs}
+                    if choice.logprobs is not None
+                    else None,
                     "finish_reason": choice.finish_reason,
                 }
             )

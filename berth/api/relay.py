@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 from pydantic import ValidationError
 from redis.asyncio import Redis
 

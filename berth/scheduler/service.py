@@ -71,7 +71,8 @@ class Scheduler:
                 self._heartbeats[worker.id] = worker.heartbeat_at
                 self._dispatched.pop(worker.id, None)
         self._workers = workers
-        models = {m.decode() for m in await self.redis.smembers(keys.MODELS_SET)}
+        members: Any = await self.redis.smembers(keys.MODELS_SET)
+        models = {m.decode() for m in members}
         models |= {w.model for w in workers}
         for stream in {keys.ingress_stream(m) for m in models} - self._streams:
             try:
@@ -93,7 +94,8 @@ class Scheduler:
             await asyncio.sleep(self.settings.registry_refresh_s)
             return
         start = "0" if own_pending else ">"
-        reply = await self.redis.xreadgroup(
+        # redis-py types replies loosely; with bytes responses this is [(stream, [(id, fields)])]
+        reply: Any = await self.redis.xreadgroup(
             keys.SCHEDULER_GROUP,
             self.settings.scheduler_id,
             {s: start for s in self._streams},
@@ -139,7 +141,9 @@ class Scheduler:
         live = [p for p, mark in zip(items, marks, strict=True) if mark is None]
         dropped = [p for p, mark in zip(items, marks, strict=True) if mark is not None]
         for p in dropped:
-            await self.redis.publish(keys.token_channel(p.request.id), terminal_event(p.request.id, "cancelled"))
+            await self.redis.publish(
+                keys.token_channel(p.request.id), terminal_event(p.request.id, "cancelled")
+            )
         await self._ack_items(dropped)
         if not live:
             return []
@@ -155,7 +159,9 @@ class Scheduler:
             return [p for p in live if p not in expired]
         work = WorkGroup(model=model, adapter=adapter, requests=[p.request for p in live])
         # kombu's publish is a quick blocking write to Redis
-        self.celery.send_task(RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue)
+        self.celery.send_task(
+            RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
+        )
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(live)
         self.dispatched_total += len(live)
         log.debug("sent %d requests for %s/%s to %s", len(live), model, adapter, worker.id)

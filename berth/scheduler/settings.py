@@ -17,7 +17,9 @@ class SchedulerSettings(CommonSettings):
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="Consumer name in the ingress consumer group (unique per replica).",
     )
-    max_group_size: int = Field(default=32, ge=1, description="Flush a group at this many requests.")
+    max_group_size: int = Field(
+        default=32, ge=1, description="Flush a group at this many requests."
+    )
     max_group_wait_ms: float = Field(
         default=2.0, ge=0, description="Flush a group when its oldest request waited this long."
     )

@@ -23,7 +23,9 @@ async def heartbeat_loop(
         record = info()
         record.heartbeat_at = time.time()
         try:
-            await redis.set(keys.worker_key(record.id), record.model_dump_json(), px=int(ttl * 1000))
+            await redis.set(
+                keys.worker_key(record.id), record.model_dump_json(), px=int(ttl * 1000)
+            )
         except Exception:
             log.exception("heartbeat of worker %s failed", record.id)
         await asyncio.sleep(interval)

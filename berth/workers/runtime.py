@@ -94,7 +94,9 @@ class EngineHost:
         self._hb_interval = heartbeat_interval
         self._hb_ttl = heartbeat_ttl
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="engine-loop", daemon=True
+        )
         self._active: set[str] = set()
         self._cancels: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,7 +152,9 @@ class EngineHost:
                 name="heartbeat",
             )
         )
-        log.info("worker %s serves %s (capacity %d)", self.worker_id, self.engine.model, self.capacity)
+        log.info(
+            "worker %s serves %s (capacity %d)", self.worker_id, self.engine.model, self.capacity
+        )
 
     async def _shutdown(self) -> None:
         assert self._redis is not None and self._publisher is not None
@@ -184,7 +188,10 @@ class EngineHost:
         assert self._redis is not None
         marks = await self._redis.mget([keys.cancelled_key(q.id) for q in group.requests])
         await asyncio.gather(
-            *(self._serve(q, mark is not None) for q, mark in zip(group.requests, marks, strict=True))
+            *(
+                self._serve(q, mark is not None)
+                for q, mark in zip(group.requests, marks, strict=True)
+            )
         )
 
     async def _serve(self, queued: QueuedRequest, cancelled: bool) -> None:

@@ -59,7 +59,9 @@ class WorkerSettings(CommonSettings):
         default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."
     )
     fake_tokens_per_s: float | None = Field(
-        default=None, gt=0, description="Fake engine: tokens per second per request (unset: no delay)."
+        default=None,
+        gt=0,
+        description="Fake engine: tokens per second per request (unset: no delay).",
     )
 
     @field_validator("adapters", mode="before")

@@ -13,14 +13,20 @@ def _event(seq: int, type_: str = "delta", worker: str | None = "w1") -> TokenEv
     return TokenEvent(id="r", seq=seq, type=type_, worker=worker)  # type: ignore[arg-type]
 
 
-async def _collect(queue: asyncio.Queue[TokenEvent], alive: bool, deadline_s: float = 5.0) -> list[TokenEvent]:
+async def _collect(
+    queue: asyncio.Queue[TokenEvent], alive: bool, deadline_s: float = 5.0
+) -> list[TokenEvent]:
     async def is_alive(worker: str) -> bool:
         return alive
 
     return [
         e
         async for e in request_events(
-            "r", queue, is_alive=is_alive, check_every_s=0.05, deadline=time.monotonic() + deadline_s
+            "r",
+            queue,
+            is_alive=is_alive,
+            check_every_s=0.05,
+            deadline=time.monotonic() + deadline_s,
         )
     ]
 

@@ -16,17 +16,54 @@ def _event(seq: int, type_: str = "delta", **fields: object) -> TokenEvent:
 
 EVENTS = [
     _event(0, "started", worker="w"),
-    _event(1, choices=[{"index": 0, "content": "Hel", "logprobs": [
-        {"token": "Hel", "logprob": -0.5, "bytes": [72, 101, 108], "top_logprobs": []}]}]),
-    _event(2, choices=[{"index": 1, "tool_calls": [
-        {"index": 0, "id": "call_1", "type": "function",
-         "function": {"name": "get", "arguments": '{"a"'}}]}]),
-    _event(3, "finished", choices=[
-        {"index": 0, "content": "lo", "finish_reason": "stop", "logprobs": [
-            {"token": "lo", "logprob": -0.1, "bytes": [108, 111], "top_logprobs": []}]},
-        {"index": 1, "tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}],
-         "finish_reason": "tool_calls"}],
-        usage={"prompt_tokens": 7, "completion_tokens": 5}),
+    _event(
+        1,
+        choices=[
+            {
+                "index": 0,
+                "content": "Hel",
+                "logprobs": [
+                    {"token": "Hel", "logprob": -0.5, "bytes": [72, 101, 108], "top_logprobs": []}
+                ],
+            }
+        ],
+    ),
+    _event(
+        2,
+        choices=[
+            {
+                "index": 1,
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get", "arguments": '{"a"'},
+                    }
+                ],
+            }
+        ],
+    ),
+    _event(
+        3,
+        "finished",
+        choices=[
+            {
+                "index": 0,
+                "content": "lo",
+                "finish_reason": "stop",
+                "logprobs": [
+                    {"token": "lo", "logprob": -0.1, "bytes": [108, 111], "top_logprobs": []}
+                ],
+            },
+            {
+                "index": 1,
+                "tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}],
+                "finish_reason": "tool_calls",
+            },
+        ],
+        usage={"prompt_tokens": 7, "completion_tokens": 5},
+    ),
 ]
 
 
@@ -41,10 +78,16 @@ def test_stream_chunks_parse_as_openai_chunks() -> None:
     chunks = [ChatCompletionChunk.model_validate(json.loads(x)) for x in lines[:-1]]
     # the role comes first, once per choice
     assert [(c.choices[0].index, c.choices[0].delta.role) for c in chunks[:2]] == [
-        (0, "assistant"), (1, "assistant")]
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == 0)
+        (0, "assistant"),
+        (1, "assistant"),
+    ]
+    text = "".join(
+        c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == 0
+    )
     assert text == "Hello"
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == ["stop", "tool_calls"]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens == 12
@@ -52,8 +95,12 @@ def test_stream_chunks_parse_as_openai_chunks() -> None:
 
 def test_error_event_ends_stream_with_error_then_done() -> None:
     writer = ChunkWriter("r1", "m", 123, n=1, include_usage=False)
-    err = {"error": {"message": "boom", "type": "server_error", "param": None, "code": "worker_lost"}}
-    out = writer.render(_event(0, "started")) + writer.render(_event(1, "error", error=err, status=500))
+    err = {
+        "error": {"message": "boom", "type": "server_error", "param": None, "code": "worker_lost"}
+    }
+    out = writer.render(_event(0, "started")) + writer.render(
+        _event(1, "error", error=err, status=500)
+    )
     lines = _data_lines(out)
     assert lines[-1] == DONE.strip()[6:]
     assert json.loads(lines[-2])["error"]["code"] == "worker_lost"

@@ -18,7 +18,9 @@ async def test_events_reach_their_request_only(aredis: redis.asyncio.Redis) -> N
         b = await relay.open("b")
         # open() returned: the subscription is live, so nothing published now is lost
         for seq in range(50):
-            await aredis.publish(keys.token_channel("a"), f'{{"id":"a","seq":{seq},"type":"delta"}}')
+            await aredis.publish(
+                keys.token_channel("a"), f'{{"id":"a","seq":{seq},"type":"delta"}}'
+            )
         await aredis.publish(keys.token_channel("b"), '{"id":"b","seq":0,"type":"finished"}')
         got_a = [await asyncio.wait_for(a.get(), 5) for _ in range(50)]
         got_b = await asyncio.wait_for(b.get(), 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,9 @@ BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 
 @pytest.fixture
 def stack(redis_url: str) -> Iterator[RunningStack]:
-    running = RunningStack(redis_url, env={"BERTH_HEARTBEAT_TTL": "2", "BERTH_LIVENESS_CHECK_S": "0.5"})
+    running = RunningStack(
+        redis_url, env={"BERTH_HEARTBEAT_TTL": "2", "BERTH_LIVENESS_CHECK_S": "0.5"}
+    )
     try:
         yield running
     finally:
@@ -40,8 +43,9 @@ def test_killed_worker_ends_stream_with_error_event(stack: RunningStack) -> None
     stack.wait_ready(60)
     worker = stack.stack.processes[0][1]
     events: list[str] = []
-    with httpx.stream("POST", f"{stack.url}/v1/chat/completions",
-                      json={**BODY, "stream": True}, timeout=30) as answer:
+    with httpx.stream(
+        "POST", f"{stack.url}/v1/chat/completions", json={**BODY, "stream": True}, timeout=30
+    ) as answer:
         data = _sse_data(answer.iter_lines())
         for payload in data:
             events.append(payload)
@@ -67,10 +71,8 @@ def test_full_queue_answers_429_with_retry_after(stack: RunningStack) -> None:
     stop = threading.Event()
 
     def hold() -> None:
-        try:
+        with contextlib.suppress(httpx.TimeoutException):
             httpx.post(f"{stack.url}/v1/chat/completions", json=BODY, timeout=5)
-        except httpx.TimeoutException:
-            pass
 
     holders = [threading.Thread(target=hold) for _ in range(2)]
     for t in holders:

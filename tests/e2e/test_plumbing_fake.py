@@ -62,8 +62,11 @@ def test_streaming_with_usage_and_n(client: openai.OpenAI) -> None:
         )
     )
     assert chunks[0].choices[0].delta.role == "assistant"
-    finishes = {c.choices[0].index: c.choices[0].finish_reason for c in chunks
-                if c.choices and c.choices[0].finish_reason}
+    finishes = {
+        c.choices[0].index: c.choices[0].finish_reason
+        for c in chunks
+        if c.choices and c.choices[0].finish_reason
+    }
     assert finishes == {0: "length", 1: "length"}
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 8

@@ -44,7 +44,11 @@ def client(stack: RunningStack) -> openai.OpenAI:
 
 def _workers(stack: RunningStack) -> list[WorkerInfo]:
     r = redis.Redis.from_url(stack.redis_url)
-    return [WorkerInfo.model_validate_json(v) for v in map(r.get, r.keys(f"{keys.WORKER_KEY_PREFIX}*")) if v]
+    return [
+        WorkerInfo.model_validate_json(v)
+        for v in map(r.get, r.keys(f"{keys.WORKER_KEY_PREFIX}*"))
+        if v
+    ]
 
 
 def test_non_streaming(client: openai.OpenAI) -> None:
@@ -59,8 +63,12 @@ def test_non_streaming(client: openai.OpenAI) -> None:
 def test_streaming_with_usage(client: openai.OpenAI) -> None:
     chunks = list(
         client.chat.completions.create(
-            model=MODEL, messages=HELLO, max_tokens=10, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+            model=MODEL,
+            messages=HELLO,
+            max_tokens=10,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
         )
     )
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -81,13 +89,26 @@ def test_n_choices(client: openai.OpenAI) -> None:
 
 def test_stop_string(client: openai.OpenAI) -> None:
     # find a piece of text the model really produces, then stop on it
-    free = client.chat.completions.create(
-        model=MODEL, messages=HELLO, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
-    ).choices[0].message.content or ""
+    free = (
+        client.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            max_tokens=24,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        .choices[0]
+        .message.content
+        or ""
+    )
     stop = free[8:11]
     assert len(stop.strip()) > 0, free
     reply = client.chat.completions.create(
-        model=MODEL, messages=HELLO, max_tokens=24, temperature=0, stop=[stop],
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=24,
+        temperature=0,
+        stop=[stop],
         extra_body={"ignore_eos": True},
     )
     assert reply.choices[0].finish_reason == "stop"
@@ -97,7 +118,11 @@ def test_stop_string(client: openai.OpenAI) -> None:
 
 def test_logprobs(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model=MODEL, messages=HELLO, max_tokens=4, logprobs=True, top_logprobs=3,
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=3,
         extra_body={"ignore_eos": True},
     )
     content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
@@ -113,7 +138,11 @@ def test_json_schema_output_matches(client: openai.OpenAI) -> None:
         "additionalProperties": False,
     }
     reply = client.chat.completions.create(
-        model=MODEL, messages=HELLO, max_tokens=60, temperature=0.7, seed=1,
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=60,
+        temperature=0.7,
+        seed=1,
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
     )
     data = json.loads(reply.choices[0].message.content or "")
@@ -171,7 +200,13 @@ def test_killed_worker_ends_the_stream_with_an_error(stack: RunningStack) -> Non
     # last in this module: it kills the worker
     worker = next(proc for role, proc in stack.stack.processes if role == "worker")
     events: list[str] = []
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 1500, "stream": True, "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "messages": HELLO,
+        "max_tokens": 1500,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=body, timeout=60) as answer:
         lines = (line[6:] for line in answer.iter_lines() if line.startswith("data: "))
         for payload in lines:

@@ -9,23 +9,37 @@ from berth.protocol.envelopes import QueuedRequest, WorkerInfo
 from berth.scheduler import policy
 
 
-def _pending(i: int, model: str = "m", adapter: str | None = None, at: float = 0.0) -> policy.Pending:
+def _pending(
+    i: int, model: str = "m", adapter: str | None = None, at: float = 0.0
+) -> policy.Pending:
     req = QueuedRequest(id=f"r{i}", model=model, adapter=adapter, request={})
     return policy.Pending(stream=f"s:{model}", entry_id=f"{i}-0", request=req, read_at=at)
 
 
-def _worker(wid: str, model: str = "m", adapters: tuple[str, ...] = (), capacity: int = 8,
-            running: int = 0) -> WorkerInfo:
-    return WorkerInfo(id=wid, model=model, adapters=list(adapters), capacity=capacity,
-                      running=running, queue=f"q.{wid}")
+def _worker(
+    wid: str, model: str = "m", adapters: tuple[str, ...] = (), capacity: int = 8, running: int = 0
+) -> WorkerInfo:
+    return WorkerInfo(
+        id=wid,
+        model=model,
+        adapters=list(adapters),
+        capacity=capacity,
+        running=running,
+        queue=f"q.{wid}",
+    )
 
 
 def test_groups_by_model_and_adapter() -> None:
     groups: dict[policy.GroupKey, policy.PendingGroup] = {}
     policy.add_to_groups(
         groups,
-        [_pending(0), _pending(1, adapter="a"), _pending(2), _pending(3, model="x"),
-         _pending(4, adapter="a")],
+        [
+            _pending(0),
+            _pending(1, adapter="a"),
+            _pending(2),
+            _pending(3, model="x"),
+            _pending(4, adapter="a"),
+        ],
     )
     assert {k: [p.request.id for p in g.items] for k, g in groups.items()} == {
         ("m", None): ["r0", "r2"],
@@ -55,7 +69,11 @@ def test_pick_worker_serves_model_and_has_room() -> None:
 
 
 def test_pick_worker_prefers_adapter_then_least_loaded() -> None:
-    workers = [_worker("idle"), _worker("holds", adapters=("a",), running=6), _worker("busy", running=4)]
+    workers = [
+        _worker("idle"),
+        _worker("holds", adapters=("a",), running=6),
+        _worker("busy", running=4),
+    ]
     assert policy.pick_worker(workers, "m", "a", {}).id == "holds"  # type: ignore[union-attr]
     assert policy.pick_worker(workers, "m", None, {}).id == "idle"  # type: ignore[union-attr]
     # the adapter holder is full: fall back to the least loaded

@@ -52,11 +52,16 @@ async def _enqueue(r: redis.asyncio.Redis, *reqs: QueuedRequest) -> None:
         await ingress.enqueue(q)
 
 
-async def test_groups_by_adapter_dispatches_and_acks(aredis: redis.asyncio.Redis, redis_url: str) -> None:
+async def test_groups_by_adapter_dispatches_and_acks(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
     await _register(aredis, "w1")
     await _enqueue(
         aredis,
-        *[QueuedRequest(id=f"r{i}", model="m", adapter="a" if i % 2 else None, request={}) for i in range(6)],
+        *[
+            QueuedRequest(id=f"r{i}", model="m", adapter="a" if i % 2 else None, request={})
+            for i in range(6)
+        ],
     )
     scheduler = await _run_for(aredis, redis_url, 0.5)
     groups = await _sent_groups(aredis, "w1")
@@ -76,8 +81,11 @@ async def test_cancelled_request_is_dropped_with_a_terminal_event(
     await aredis.set(keys.cancelled_key("r1"), 1)
     pubsub = aredis.pubsub()
     await pubsub.subscribe(keys.token_channel("r1"))
-    await _enqueue(aredis, QueuedRequest(id="r0", model="m", request={}),
-                   QueuedRequest(id="r1", model="m", request={}))
+    await _enqueue(
+        aredis,
+        QueuedRequest(id="r0", model="m", request={}),
+        QueuedRequest(id="r1", model="m", request={}),
+    )
     await _run_for(aredis, redis_url, 0.5)
     [group] = await _sent_groups(aredis, "w1")
     assert [q["id"] for q in group["requests"]] == ["r0"]
@@ -89,7 +97,9 @@ async def test_cancelled_request_is_dropped_with_a_terminal_event(
     await pubsub.aclose()
 
 
-async def test_without_a_live_worker_requests_stay_queued(aredis: redis.asyncio.Redis, redis_url: str) -> None:
+async def test_without_a_live_worker_requests_stay_queued(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
     await _register(aredis, "other", model="x")
     await _enqueue(aredis, QueuedRequest(id="r0", model="m", request={}))
     await _run_for(aredis, redis_url, 0.3)

@@ -21,8 +21,14 @@ from berth.workers.runtime import EngineHost
 @pytest.fixture
 def host(redis_url: str) -> Iterator[EngineHost]:
     engine = make_engine(None, fake=True, served_model_name="m", tokens_per_s=100)
-    running = EngineHost(engine, redis_url=redis_url, worker_id="w1", capacity=8,
-                         heartbeat_interval=0.1, heartbeat_ttl=1)
+    running = EngineHost(
+        engine,
+        redis_url=redis_url,
+        worker_id="w1",
+        capacity=8,
+        heartbeat_interval=0.1,
+        heartbeat_ttl=1,
+    )
     running.start()
     try:
         yield running
@@ -39,7 +45,9 @@ def _body(**extra: Any) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
-def _listen(redis_url: str, ids: list[str]) -> tuple[redis.client.PubSub, dict[str, list[dict[str, Any]]]]:
+def _listen(
+    redis_url: str, ids: list[str]
+) -> tuple[redis.client.PubSub, dict[str, list[dict[str, Any]]]]:
     pubsub = redis.Redis.from_url(redis_url).pubsub()
     pubsub.subscribe(*[keys.token_channel(i) for i in ids])
     for _ in ids:
@@ -47,10 +55,13 @@ def _listen(redis_url: str, ids: list[str]) -> tuple[redis.client.PubSub, dict[s
     return pubsub, {i: [] for i in ids}
 
 
-def _drain(pubsub: redis.client.PubSub, got: dict[str, list[dict[str, Any]]], until_s: float = 5) -> None:
+def _drain(
+    pubsub: redis.client.PubSub, got: dict[str, list[dict[str, Any]]], until_s: float = 5
+) -> None:
     deadline = time.monotonic() + until_s
     while time.monotonic() < deadline and not all(
-        events and events[-1]["type"] in ("finished", "error", "cancelled") for events in got.values()
+        events and events[-1]["type"] in ("finished", "error", "cancelled")
+        for events in got.values()
     ):
         message = pubsub.get_message(timeout=0.1)
         if message and message["type"] == "message":
@@ -60,7 +71,9 @@ def _drain(pubsub: redis.client.PubSub, got: dict[str, list[dict[str, Any]]], un
 
 def test_group_runs_and_every_request_ends_once(host: EngineHost, redis_url: str) -> None:
     pubsub, got = _listen(redis_url, ["r0", "r1", "r2"])
-    host.run_group(_group(_body(max_tokens=3), _body(max_tokens=2, n=2), _body(logit_bias={"99999999": 1})))
+    host.run_group(
+        _group(_body(max_tokens=3), _body(max_tokens=2, n=2), _body(logit_bias={"99999999": 1}))
+    )
     _drain(pubsub, got)
     for events in got.values():
         assert [e["seq"] for e in events] == list(range(len(events)))

@@ -1,0 +1,1 @@
+"""Benchmarks for berth (scripts, not tests): run with ``python -m benchmarks.<name>``."""
