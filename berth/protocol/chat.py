@@ -585,11 +585,13 @@ class ChatCompletionRequest(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
+        # errors about the tool choice name the field the client actually sent
+        choice_param = "tool_choice" if self.function_call is None else "function_call"
         self._normalise_max_tokens()
         self._normalise_functions()
         self._check_tools()
         self._check_sampling()
-        self._check_constraints()
+        self._check_constraints(choice_param)
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest(
                 "stream_options is only allowed when stream is true", param="stream_options"
@@ -679,7 +681,7 @@ class ChatCompletionRequest(_Model):
                 param="min_tokens",
             )
 
-    def _check_constraints(self) -> None:
+    def _check_constraints(self, choice_param: str) -> None:
         given = [name for name in ("regex", "ebnf") if getattr(self, name) is not None]
         if self.constraint_kind in ("json_object", "json_schema"):
             given.insert(0, "response_format")
@@ -693,9 +695,9 @@ class ChatCompletionRequest(_Model):
             self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
         ):
             raise InvalidRequest(
-                f"tool_choice {self.tool_choice_label!r} constrains the output to the tools' "
-                f"schema and cannot be combined with {given[0]}",
-                param="tool_choice",
+                f"{choice_param} {self.tool_choice_label!r} constrains the output to the "
+                f"tools' schema and cannot be combined with {given[0]}",
+                param=choice_param,
             )
 
     # --- accessors for downstream code ---

@@ -223,7 +223,7 @@ class FunctionMessage(_Model):
 
     role: Literal["function"]
     name: StrictStr
-    content: StrictStr | None
+    content: StrictStr | None = None
 
 
 def _role_tag(value: Any) -> str | None:

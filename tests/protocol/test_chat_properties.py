@@ -109,13 +109,16 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
     # tools (or legacy functions) with a choice that fits them
     names = draw(st.lists(NAME, unique=True, max_size=3))
     functions = [{"name": n, "parameters": {"type": "object"}} for n in names]
+    # a required or named tool constrains the output, so only without another constraint
+    free = constraint in ("none", "text")
     if names and draw(st.booleans()):
         data["functions"] = functions
-        data["function_call"] = draw(st.sampled_from(["none", "auto", {"name": names[0]}]))
+        calls: list[Any] = ["none", "auto"] + ([{"name": names[0]}] if free else [])
+        data["function_call"] = draw(st.sampled_from(calls))
     elif names:
         data["tools"] = [{"type": "function", "function": f} for f in functions]
         choices: list[Any] = ["none", "auto"]
-        if constraint in ("none", "text"):
+        if free:
             choices += ["required", {"type": "function", "function": {"name": names[-1]}}]
         data["tool_choice"] = draw(st.sampled_from(choices))
     if data["messages"][-1]["role"] == "assistant" and draw(st.booleans()):

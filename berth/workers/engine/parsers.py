@@ -72,7 +72,14 @@ def vllm_request(
     """The vLLM request the parsers read: tools, tool choice and constraint only."""
     data: dict[str, Any] = {"model": model, "messages": []}
     if req.tools:
-        data["tools"] = req.tool_dicts()
+        tools = req.tool_dicts() or []
+        if _forces_tool(req.tool_choice):
+            # vLLM pins a call's arguments to the schema only for `strict` tools;
+            # berth's contract is that a forced call matches the tool's schema,
+            # so a forced tool is strict unless the client said otherwise
+            for tool in tools:
+                tool["function"].setdefault("strict", True)
+        data["tools"] = tools
         data["tool_choice"] = _plain(req.tool_choice) if req.tool_choice is not None else "auto"
         parallel = getattr(req, "parallel_tool_calls", None)
         if parallel is not None:

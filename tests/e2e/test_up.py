@@ -1,0 +1,60 @@
+"""`berth up` on its embedded defaults: no REDIS_URL, no model. It serves, and Ctrl-C stops
+every process it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import openai
+import psutil
+import pytest
+
+from tests.stack import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.engine]
+
+
+def test_up_serves_and_stops_everything() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BERTH_REDIS_URL")}
+    env["BERTH_LOG_LEVEL"] = "WARNING"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "berth.cli", "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    started: list[psutil.Process] = []
+    try:
+        assert up.stdout is not None
+        banner = []
+        deadline = time.monotonic() + 400
+        for line in up.stdout:
+            banner.append(line)
+            if line.startswith("curl "):
+                break
+            assert time.monotonic() < deadline, "berth up did not become ready"
+        printed = "".join(banner)
+        assert f"http://127.0.0.1:{port}" in printed
+        assert '"model": "berth-tiny"' in printed
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        reply = client.chat.completions.create(
+            model="berth-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert reply.choices[0].finish_reason in ("length", "stop")
+
+        started = psutil.Process(up.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        assert all(role in names for role in ("worker", "scheduler", "api", "valkey"))
+    finally:
+        up.send_signal(signal.SIGINT)
+        code = up.wait(60)
+    assert code == 0
+    time.sleep(0.5)
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [p.cmdline() for p in left]
