@@ -68,6 +68,9 @@ ROWS = [
     ("E2E p50", "median_e2el_ms", "ms", 1),
 ]
 
+# Cores used by processes outside the benchmark above which a run counts as disturbed.
+OTHER_LOAD_LIMIT = 0.25
+
 # Per-request lists kept in the JSON only with --save-detailed (they are large).
 DETAILED_KEYS = ("itls", "generated_texts")
 
@@ -120,10 +123,8 @@ class CpuMeter:
             if pid == os.getpid():
                 continue
             for child in root.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     found[child.pid] = (f"{label} > {child.name()}", child)
-                except psutil.NoSuchProcess:
-                    pass
         return found
 
     @staticmethod
@@ -198,8 +199,19 @@ class Profiler:
                 continue
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
             out = self.out_dir / f"{self.side}-{name}-{pid}.txt"
-            cmd = [py_spy, "record", "--pid", str(pid), "--rate", str(self.rate),
-                   "--format", "raw", "--nonblocking", "--output", str(out)]
+            cmd = [
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ]
             proc_log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
             spy = subprocess.Popen(cmd, stdout=proc_log, stderr=subprocess.STDOUT)
             proc_log.close()
@@ -299,11 +311,17 @@ class Workload:
     warmup_prompts: int
     seed: int
     save_detailed: bool
+    quiet_wait_s: float
 
 
 def run_client(
-    port: int, model_name: str, tokenizer: str, num_prompts: int, workload: Workload,
-    seed: int, log_path: Path,
+    port: int,
+    model_name: str,
+    tokenizer: str,
+    num_prompts: int,
+    workload: Workload,
+    seed: int,
+    log_path: Path,
 ) -> dict[str, Any]:
     """One run of ``vllm.benchmarks.serve`` against 127.0.0.1:port; its printout goes to log."""
     from vllm.benchmarks.serve import add_cli_args, main
@@ -311,44 +329,95 @@ def run_client(
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
-    args = parser.parse_args([
-        "--backend", "openai-chat",
-        "--endpoint", "/v1/chat/completions",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--model", model_name,
-        "--served-model-name", model_name,
-        "--tokenizer", tokenizer,
-        "--dataset-name", "random",
-        "--random-input-len", str(workload.input_len),
-        "--random-output-len", str(workload.output_len),
-        "--num-prompts", str(num_prompts),
-        "--max-concurrency", str(workload.concurrency),
-        "--ignore-eos",
-        "--seed", str(seed),
-        "--percentile-metrics", "ttft,tpot,itl,e2el",
-        "--metric-percentiles", "50,90,99",
-        "--disable-tqdm",
-    ])
+    args = parser.parse_args(
+        [
+            "--backend",
+            "openai-chat",
+            "--endpoint",
+            "/v1/chat/completions",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model",
+            model_name,
+            "--served-model-name",
+            model_name,
+            "--tokenizer",
+            tokenizer,
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            str(workload.input_len),
+            "--random-output-len",
+            str(workload.output_len),
+            "--num-prompts",
+            str(num_prompts),
+            "--max-concurrency",
+            str(workload.concurrency),
+            "--ignore-eos",
+            "--seed",
+            str(seed),
+            "--percentile-metrics",
+            "ttft,tpot,itl,e2el",
+            "--metric-percentiles",
+            "50,90,99",
+            "--disable-tqdm",
+        ]
+    )
     with open(log_path, "a") as out, contextlib.redirect_stdout(out):
         result = main(args)
     return result
 
 
+def wait_quiet(roots: dict[str, int], max_wait_s: float, side: str) -> float:
+    """Wait (up to ``max_wait_s``) until processes outside the benchmark leave the CPU alone.
+
+    The machines are shared: another developer's test run on 2 cores halves
+    whichever side it overlaps. Returns the other processes' load last seen.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        meter = CpuMeter(roots)
+        meter.start()
+        time.sleep(2.0)
+        other = float(meter.stop()["other_cores"])
+        if other <= OTHER_LOAD_LIMIT or time.monotonic() >= deadline:
+            if other > OTHER_LOAD_LIMIT:
+                log(f"{side}: other processes still use {other:.2f} cores; measuring anyway")
+            return round(other, 3)
+        log(f"{side}: other processes use {other:.2f} cores; waiting for a quiet machine")
+        time.sleep(3.0)
+
+
 def measure(
-    side: str, port: int, model_name: str, tokenizer: str, workload: Workload,
-    roots: dict[str, int], log_dir: Path, profile_dir: Path | None,
+    side: str,
+    port: int,
+    model_name: str,
+    tokenizer: str,
+    workload: Workload,
+    roots: dict[str, int],
+    log_dir: Path,
+    profile_dir: Path | None,
 ) -> dict[str, Any]:
     """Warm-up (unreported), then the measured run with CPU accounting (and py-spy)."""
     client_log = log_dir / f"{side}-client.log"
     if workload.warmup_prompts > 0:
         log(f"{side}: warm-up, {workload.warmup_prompts} prompts")
-        warm = run_client(port, model_name, tokenizer, workload.warmup_prompts, workload,
-                          workload.seed + 1, client_log)
+        warm = run_client(
+            port,
+            model_name,
+            tokenizer,
+            workload.warmup_prompts,
+            workload,
+            workload.seed + 1,
+            client_log,
+        )
         if warm.get("completed", 0) == 0:
             errors = [e for e in warm.get("errors", []) if e][:1]
             raise RuntimeError(f"{side}: every warm-up request failed: {errors}")
     roots = dict(roots, **{"bench client": os.getpid()})
+    idle_other = wait_quiet(roots, workload.quiet_wait_s, side)
     profiler = Profiler(profile_dir, side) if profile_dir is not None else None
     if profiler is not None:
         profiler.start(roots)
@@ -356,15 +425,21 @@ def measure(
     meter.start()
     log(f"{side}: measuring, {workload.num_prompts} prompts at concurrency {workload.concurrency}")
     try:
-        result = run_client(port, model_name, tokenizer, workload.num_prompts, workload,
-                            workload.seed, client_log)
+        result = run_client(
+            port, model_name, tokenizer, workload.num_prompts, workload, workload.seed, client_log
+        )
     finally:
         cpu = meter.stop()
         profile = profiler.stop() if profiler is not None else None
     errors = [e for e in result.get("errors", []) if e]
     if not workload.save_detailed:
         result = {k: v for k, v in result.items() if k not in DETAILED_KEYS}
-    out: dict[str, Any] = {"result": result, "cpu": cpu}
+    out: dict[str, Any] = {"result": result, "cpu": cpu, "other_cores_before": idle_other}
+    if cpu["other_cores"] > OTHER_LOAD_LIMIT:
+        log(
+            f"{side}: WARNING: processes outside the benchmark used {cpu['other_cores']:.2f} "
+            "cores during the run; the figures are disturbed"
+        )
     if errors:
         out["first_errors"] = errors[:3]
     if profile is not None:
@@ -421,23 +496,46 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
 def bench_vllm(tiny: Any, workload: Workload, args: argparse.Namespace, log_dir: Path) -> dict:
     port = free_port()
     server_log = log_dir / "vllm-server.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(tiny.path), "--served-model-name", tiny.name,
-           "--host", "127.0.0.1", "--port", str(port), *args.vllm_arg]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny.path),
+        "--served-model-name",
+        tiny.name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args.vllm_arg,
+    ]
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     log(f"vllm: starting its OpenAI server on port {port} (log: {server_log})")
     started = time.monotonic()
-    with open(server_log, "wb") as out:
-        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+    with open(server_log, "wb") as server_out:
+        server = subprocess.Popen(
+            cmd, env=env, stdout=server_out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", args.ready_timeout,
-                  lambda: "vLLM's server" if server.poll() is not None else None)
+        wait_http(
+            f"http://127.0.0.1:{port}/health",
+            args.ready_timeout,
+            lambda: "vLLM's server" if server.poll() is not None else None,
+        )
         startup_s = time.monotonic() - started
         log(f"vllm: ready after {startup_s:.1f}s")
-        out = measure("vllm", port, tiny.name, str(tiny.path), workload,
-                      {"vllm api server": server.pid}, log_dir, args.profile)
+        out = measure(
+            "vllm",
+            port,
+            tiny.name,
+            str(tiny.path),
+            workload,
+            {"vllm api server": server.pid},
+            log_dir,
+            args.profile,
+        )
         out["startup_s"] = round(startup_s, 1)
         out["server_command"] = cmd[1:]
         return out
@@ -482,8 +580,13 @@ def bench_berth(tiny: Any, workload: Workload, args: argparse.Namespace, log_dir
     stack = Stack()
     stack.valkey = valkey  # stack.stop() stops it last
     port = free_port()
-    env = dict(os.environ, REDIS_URL=valkey.connection_url, BERTH_PORT=str(port),
-               BERTH_HOST="127.0.0.1", BERTH_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        REDIS_URL=valkey.connection_url,
+        BERTH_PORT=str(port),
+        BERTH_HOST="127.0.0.1",
+        BERTH_LOG_LEVEL="WARNING",
+    )
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.pop("BERTH_MODEL", None)  # no model: the worker serves the tiny one as "berth-tiny"
     if args.fake_engine:
@@ -499,19 +602,23 @@ def bench_berth(tiny: Any, workload: Workload, args: argparse.Namespace, log_dir
             return int(json.loads(body).get("workers", 0)) >= 1
 
         try:
-            wait_http(f"http://127.0.0.1:{port}/ready", args.ready_timeout, stack.dead,
-                      workers_ready)
+            wait_http(
+                f"http://127.0.0.1:{port}/ready", args.ready_timeout, stack.dead, workers_ready
+            )
         except Exception:
             for role, _ in stack.processes:
-                print(f"--- berth {role} log (tail) ---\n{tail(log_dir / f'berth-{role}.log')}",
-                      file=sys.stderr)
+                print(
+                    f"--- berth {role} log (tail) ---\n{tail(log_dir / f'berth-{role}.log')}",
+                    file=sys.stderr,
+                )
             raise
         startup_s = time.monotonic() - started
         log(f"berth: ready after {startup_s:.1f}s")
         roots = {role: proc.pid for role, proc in stack.processes}
         roots["valkey"] = valkey._process.pid  # type: ignore[union-attr]
-        out = measure("berth", port, tiny.name, str(tiny.path), workload, roots, log_dir,
-                      args.profile)
+        out = measure(
+            "berth", port, tiny.name, str(tiny.path), workload, roots, log_dir, args.profile
+        )
         out["startup_s"] = round(startup_s, 1)
         if args.fake_engine:
             out["fake_engine"] = True
@@ -590,9 +697,12 @@ def report(sides: dict[str, dict[str, Any]], comparison: dict[str, Any] | None) 
         ]
     for name in names:
         cpu = sides[name]["cpu"]
-        lines += ["", f"{name}: CPU during the measured run ({cpu['wall_s']:.1f} s wall, "
-                      f"{cpu['machine_cores']} cores, machine busy {cpu['machine_busy_cores']:.2f}"
-                      " cores)"]
+        lines += [
+            "",
+            f"{name}: CPU during the measured run ({cpu['wall_s']:.1f} s wall, "
+            f"{cpu['machine_cores']} cores, machine busy {cpu['machine_busy_cores']:.2f}"
+            " cores)",
+        ]
         for label, used in cpu["processes"].items():
             lines.append(f"  {label:<40}{used['cores']:>6.2f} cores  {used['cpu_s']:>7.2f} s")
         lines.append(f"  {'(other processes)':<40}{cpu['other_cores']:>6.2f} cores")
@@ -617,10 +727,20 @@ def machine_info() -> dict[str, Any]:
         with contextlib.suppress(PackageNotFoundError):
             info[dist] = version(dist)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
         info["git"] = rev + ("-dirty" if dirty.strip() else "")
     return info
 
@@ -644,36 +764,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serve",
         description="berth's whole stack against vLLM's own OpenAI server, same model, "
-                    "same client (vllm.benchmarks.serve).",
+        "same client (vllm.benchmarks.serve).",
     )
     parser.add_argument("--num-prompts", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32, help="max concurrent requests")
     parser.add_argument("--only", choices=("vllm", "berth"), help="run one side only")
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--warmup-prompts", type=int, default=16,
-                        help="unreported warm-up run before the measured one (0: none)")
+    parser.add_argument(
+        "--warmup-prompts",
+        type=int,
+        default=16,
+        help="unreported warm-up run before the measured one (0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ready-timeout", type=float, default=300.0,
-                        help="seconds to wait for a server to become ready")
-    parser.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for vLLM's server, e.g. --vllm-arg=--enable-lora "
-                             "(repeatable)")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="py-spy every Python process during the measured run, raw stacks "
-                             "into DIR (adds load: do not compare profiled figures)")
-    parser.add_argument("--fake-engine", action="store_true",
-                        help="berth side on the fake engine (checks the harness only)")
-    parser.add_argument("--save-detailed", action="store_true",
-                        help="keep per-token ITLs and generated texts in the JSON")
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for a server to become ready",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="wait up to S seconds for other processes to leave the CPU before "
+        "each measured run (shared machines)",
+    )
+    parser.add_argument(
+        "--vllm-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for vLLM's server, e.g. --vllm-arg=--enable-lora (repeatable)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy every Python process during the measured run, raw stacks "
+        "into DIR (adds load: do not compare profiled figures)",
+    )
+    parser.add_argument(
+        "--fake-engine",
+        action="store_true",
+        help="berth side on the fake engine (checks the harness only)",
+    )
+    parser.add_argument(
+        "--save-detailed",
+        action="store_true",
+        help="keep per-token ITLs and generated texts in the JSON",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workload = Workload(args.num_prompts, args.concurrency, args.input_len, args.output_len,
-                        args.warmup_prompts, args.seed, args.save_detailed)
+    workload = Workload(
+        args.num_prompts,
+        args.concurrency,
+        args.input_len,
+        args.output_len,
+        args.warmup_prompts,
+        args.seed,
+        args.save_detailed,
+        args.quiet_wait,
+    )
     log_dir = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     log(f"logs: {log_dir}")
     tiny = tiny_model(wait_s=30 * 60)
@@ -701,10 +859,16 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp,
         "machine": machine_info(),
         "workload": {
-            "backend": "openai-chat", "endpoint": "/v1/chat/completions",
-            "dataset": "random", "input_len": args.input_len, "output_len": args.output_len,
-            "num_prompts": args.num_prompts, "max_concurrency": args.concurrency,
-            "warmup_prompts": args.warmup_prompts, "seed": args.seed, "ignore_eos": True,
+            "backend": "openai-chat",
+            "endpoint": "/v1/chat/completions",
+            "dataset": "random",
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "num_prompts": args.num_prompts,
+            "max_concurrency": args.concurrency,
+            "warmup_prompts": args.warmup_prompts,
+            "seed": args.seed,
+            "ignore_eos": True,
             "model": tiny.name,
         },
         **sides,
@@ -719,10 +883,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         for name, side in sides.items():
             for label, prof in side.get("profile", {}).items():
-                log(f"profile {name}/{label}: {prof.get('samples', 0)} samples, "
-                    f"{prof.get('file', prof.get('error'))}")
+                log(
+                    f"profile {name}/{label}: {prof.get('samples', 0)} samples, "
+                    f"{prof.get('file', prof.get('error'))}"
+                )
     return 1 if failures or not sides else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip interpreter teardown: vLLM's triton import prints pages of nanobind "leaks" there
+    os._exit(code)

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
+from berth.api import metrics
 from berth.api.directory import WorkerDirectory
 from berth.api.ingress import Ingress
 from berth.api.relay import TokenRelay
@@ -19,6 +20,12 @@ from berth.api.settings import ApiSettings
 from berth.protocol.errors import BerthError, InvalidRequest, QueueFull, Unavailable
 
 log = logging.getLogger(__name__)
+
+
+def _route(request: Request) -> str:
+    # the route's template, not the raw path: ids must not become label values
+    route = request.scope.get("route")
+    return str(getattr(route, "path", request.url.path))
 
 
 @dataclass
@@ -32,8 +39,9 @@ class ApiState:
     ingress: Ingress
 
 
-def error_response(err: BerthError) -> JSONResponse:
+def error_response(err: BerthError, route: str = "/v1/chat/completions") -> JSONResponse:
     """The one place a berth error becomes an HTTP answer."""
+    metrics.REQUESTS.labels(route, str(err.status_code)).inc()
     headers = {}
     if isinstance(err, QueueFull | Unavailable):
         headers["Retry-After"] = str(err.retry_after)
@@ -67,13 +75,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.exception_handler(BerthError)
     async def _berth_error(request: Request, err: BerthError) -> JSONResponse:
-        return error_response(err)
+        return error_response(err, _route(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return error_response(InvalidRequest(str(first.get("msg", "invalid request")), param=param))
+        invalid = InvalidRequest(str(first.get("msg", "invalid request")), param=param)
+        return error_response(invalid, _route(request))
 
     from berth.api.routes import router
 

@@ -8,6 +8,7 @@ import time
 
 from redis.asyncio import Redis
 
+from berth.api.metrics import QUEUE_LENGTH
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
 from berth.protocol.errors import InvalidRequest, ModelNotFound
@@ -38,6 +39,12 @@ class WorkerDirectory:
     async def refresh(self) -> None:
         self._workers = await live_workers(self._redis)
         self._models = models_served(self._workers)
+        if self._models:
+            pipe = self._redis.pipeline(transaction=False)
+            for model in self._models:
+                pipe.xlen(keys.ingress_stream(model))
+            for model, length in zip(self._models, await pipe.execute(), strict=True):
+                QUEUE_LENGTH.labels(model).set(length)
 
     async def _loop(self) -> None:
         while True:

@@ -12,7 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from berth.api import metrics
 from berth.api.app import ApiState, error_response
 from berth.api.events import request_events
 from berth.api.output import ChunkWriter, CompletionAssembler, event_error
@@ -55,6 +57,7 @@ async def _until_disconnected(request: Request) -> None:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, state: State) -> Response:
+    timer = metrics.RequestTimer(time.monotonic())
     chat = await _read_request(request, state)
     model, adapter = state.directory.resolve(chat.model, chat.lora_path)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -82,24 +85,27 @@ async def chat_completions(request: Request, state: State) -> Response:
     created = int(time.time())
     if chat.stream:
         writer = ChunkWriter(request_id, chat.model, created, chat.n, chat.wants_usage)
+        metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
         return StreamingResponse(
-            _stream(state, request_id, events, writer),
+            _stream(state, request_id, events, writer, timer),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
         )
     assembler = CompletionAssembler(request_id, chat.model, created, chat.n)
-    collect = asyncio.ensure_future(_collect(state, request_id, events, assembler))
+    collect = asyncio.ensure_future(_collect(state, request_id, events, assembler, timer))
     disconnect = asyncio.ensure_future(_until_disconnected(request))
     await asyncio.wait({collect, disconnect}, return_when=asyncio.FIRST_COMPLETED)
     if not collect.done():
         # the client left: stop using the engine on its behalf
         collect.cancel()
         await asyncio.gather(collect, return_exceptions=True)
+        metrics.REQUESTS.labels("/v1/chat/completions", "499").inc()
         return Response(status_code=499)
     disconnect.cancel()
     result = collect.result()
     if isinstance(result, BerthError):
         return error_response(result)
+    metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
     return JSONResponse(result, headers={"X-Request-Id": request_id})
 
 
@@ -125,13 +131,17 @@ async def _collect(
     request_id: str,
     events: AsyncIterator[TokenEvent],
     assembler: CompletionAssembler,
+    timer: metrics.RequestTimer,
 ) -> dict[str, Any] | BerthError:
     completed = False
     try:
         async for event in events:
             assembler.add(event)
+            if event.choices:
+                timer.token(time.monotonic())
             if event.terminal:
                 completed = True
+                timer.done(time.monotonic())
                 if event.type == "finished":
                     return assembler.response(event)
                 return event_error(event)
@@ -141,12 +151,20 @@ async def _collect(
 
 
 async def _stream(
-    state: ApiState, request_id: str, events: AsyncIterator[TokenEvent], writer: ChunkWriter
+    state: ApiState,
+    request_id: str,
+    events: AsyncIterator[TokenEvent],
+    writer: ChunkWriter,
+    timer: metrics.RequestTimer,
 ) -> AsyncIterator[str]:
     completed = False
     try:
         async for event in events:
-            completed = event.terminal
+            if event.choices:
+                timer.token(time.monotonic())
+            if event.terminal:
+                completed = True
+                timer.done(time.monotonic())
             yield writer.render(event)
     finally:
         _finish_soon(state, request_id, completed)
@@ -155,6 +173,11 @@ async def _stream(
 @router.get("/v1/models")
 async def list_models(state: State) -> dict[str, Any]:
     return {"object": "list", "data": state.directory.model_cards()}
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/health")

@@ -319,19 +319,26 @@ class StreamOptions(_Model):
     """Options for ``stream: true``."""
 
     include_usage: StrictBool | None = None
-    # vLLM's extension: usage on every chunk; the API relay adds it from the running counts
+    # vLLM's extension (usage on every chunk); only false is honoured
     continuous_usage_stats: StrictBool | None = None
+    # OpenAI pads chunks against length side channels; berth does not, so only false
     include_obfuscation: StrictBool | None = None
 
-    @field_validator("include_obfuscation")
+    @field_validator("continuous_usage_stats", "include_obfuscation")
     @classmethod
-    def _no_obfuscation(cls, value: bool | None) -> bool | None:
+    def _only_false(cls, value: bool | None, info: ValidationInfo) -> bool | None:
         if value:
+            reason = _STREAM_OPTION_REASONS[str(info.field_name)]
             raise field_error(
-                "is not supported: berth does not pad stream chunks; send false or omit it",
-                unsupported=True,
+                f"is not supported: {reason}; send false or omit it", unsupported=True
             )
         return value
+
+
+_STREAM_OPTION_REASONS = {
+    "continuous_usage_stats": "berth sends usage once, in the final chunk (include_usage)",
+    "include_obfuscation": "berth does not pad stream chunks",
+}
 
 
 # --- field normalisers ---------------------------------------------------------------------
@@ -742,11 +749,6 @@ class ChatCompletionRequest(_Model):
     def wants_usage(self) -> bool:
         """Whether a streaming client asked for a final usage chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
-
-    @property
-    def wants_continuous_usage(self) -> bool:
-        """Whether a streaming client asked for usage on every chunk (vLLM's extension)."""
-        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     def message_dicts(self) -> list[dict[str, Any]]:
         """The messages as plain dicts for a chat template: no None values, text parts joined."""

@@ -30,14 +30,20 @@ def content() -> st.SearchStrategy[Any]:
 
 def message(role: str) -> st.SearchStrategy[dict[str, Any]]:
     if role == "tool":
-        return st.fixed_dictionaries({"role": st.just(role), "content": content(), "tool_call_id": NON_EMPTY})
+        return st.fixed_dictionaries(
+            {"role": st.just(role), "content": content(), "tool_call_id": NON_EMPTY}
+        )
     if role == "function":
-        return st.fixed_dictionaries({"role": st.just(role), "name": NAME, "content": st.none() | TEXT})
+        return st.fixed_dictionaries(
+            {"role": st.just(role), "name": NAME, "content": st.none() | TEXT}
+        )
     if role == "assistant":
         return st.fixed_dictionaries(
             {"role": st.just(role), "content": content()}, optional={"reasoning_content": TEXT}
         )
-    return st.fixed_dictionaries({"role": st.just(role), "content": content()}, optional={"name": NAME})
+    return st.fixed_dictionaries(
+        {"role": st.just(role), "content": content()}, optional={"name": NAME}
+    )
 
 
 MESSAGES = st.lists(st.sampled_from(ROLES).flatmap(message), min_size=1, max_size=5)
@@ -85,7 +91,11 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
     # token limits: either spelling, or both when equal; min_tokens below the limit
     limit = draw(st.none() | st.integers(1, 4096))
     if limit is not None:
-        for key in draw(st.sampled_from([["max_tokens"], ["max_completion_tokens"], ["max_tokens", "max_completion_tokens"]])):
+        for key in draw(
+            st.sampled_from(
+                [["max_tokens"], ["max_completion_tokens"], ["max_tokens", "max_completion_tokens"]]
+            )
+        ):
             data[key] = limit
         if draw(st.booleans()):
             data["min_tokens"] = draw(st.integers(0, limit))
@@ -98,12 +108,17 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()):
             data["stream_options"] = {"include_usage": draw(st.booleans())}
     # at most one output constraint
-    constraint = draw(st.sampled_from(["none", "text", "json_object", "json_schema", "regex", "ebnf"]))
+    constraint = draw(
+        st.sampled_from(["none", "text", "json_object", "json_schema", "regex", "ebnf"])
+    )
     if constraint in ("text", "json_object"):
         data["response_format"] = {"type": constraint}
     elif constraint == "json_schema":
         schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-        data["response_format"] = {"type": "json_schema", "json_schema": {"name": draw(NAME), "schema": schema}}
+        data["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": draw(NAME), "schema": schema},
+        }
     elif constraint != "none":
         data[constraint] = draw(NON_EMPTY)
     # tools (or legacy functions) with a choice that fits them
@@ -111,7 +126,8 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
     functions = [{"name": n, "parameters": {"type": "object"}} for n in names]
     # a required or named tool constrains the output, so only without another constraint
     free = constraint in ("none", "text")
-    if names and draw(st.booleans()):
+    legacy = draw(st.booleans())
+    if names and legacy:
         data["functions"] = functions
         calls: list[Any] = ["none", "auto"] + ([{"name": names[0]}] if free else [])
         data["function_call"] = draw(st.sampled_from(calls))
@@ -153,7 +169,11 @@ def test_parsed_requests_survive_a_json_round_trip(data: dict[str, Any]) -> None
 
 # (field, strategy of values that break it, the expected error class)
 MUTATIONS: list[tuple[str, st.SearchStrategy[Any], type[InvalidRequest]]] = [
-    ("temperature", floats(2, 1e6, exclude_min=True) | floats(-1e6, 0, exclude_max=True), InvalidRequest),
+    (
+        "temperature",
+        floats(2, 1e6, exclude_min=True) | floats(-1e6, 0, exclude_max=True),
+        InvalidRequest,
+    ),
     ("temperature", TEXT | st.booleans(), InvalidRequest),
     ("top_p", floats(-1e6, 0) | floats(1, 1e6, exclude_min=True), InvalidRequest),
     ("top_k", st.integers(-(10**9), -2) | st.just(0), InvalidRequest),
@@ -168,14 +188,36 @@ MUTATIONS: list[tuple[str, st.SearchStrategy[Any], type[InvalidRequest]]] = [
     ("stop_token_ids", st.lists(st.integers(max_value=-1), min_size=1, max_size=3), InvalidRequest),
     (
         "logit_bias",
-        st.dictionaries(st.integers(0, 99).map(str), floats(100, 1e6, exclude_min=True), min_size=1),
+        st.dictionaries(
+            st.integers(0, 99).map(str), floats(100, 1e6, exclude_min=True), min_size=1
+        ),
         InvalidRequest,
     ),
-    ("logit_bias", st.dictionaries(st.text(min_size=1).filter(lambda k: not k.isdigit()), st.just(1), min_size=1), InvalidRequest),
+    (
+        "logit_bias",
+        st.dictionaries(
+            st.text(min_size=1).filter(lambda k: not k.isdigit()), st.just(1), min_size=1
+        ),
+        InvalidRequest,
+    ),
     ("messages", st.just([]), InvalidRequest),
-    ("messages", st.text().filter(lambda r: r not in ROLES).map(lambda r: [{"role": r, "content": "x"}]), InvalidRequest),
-    ("response_format", st.text().filter(lambda t: t not in ("text", "json_object", "json_schema")).map(lambda t: {"type": t}), InvalidRequest),
-    ("service_tier", TEXT.filter(lambda t: t not in ("auto", "default", "flex", "scale", "priority")), InvalidRequest),
+    (
+        "messages",
+        st.text().filter(lambda r: r not in ROLES).map(lambda r: [{"role": r, "content": "x"}]),
+        InvalidRequest,
+    ),
+    (
+        "response_format",
+        st.text()
+        .filter(lambda t: t not in ("text", "json_object", "json_schema"))
+        .map(lambda t: {"type": t}),
+        InvalidRequest,
+    ),
+    (
+        "service_tier",
+        TEXT.filter(lambda t: t not in ("auto", "default", "flex", "scale", "priority")),
+        InvalidRequest,
+    ),
     ("regex", st.text(min_size=4097, max_size=4200), InvalidRequest),
     ("modalities", st.lists(st.just("audio"), min_size=1, max_size=2), Unsupported),
     ("audio", st.dictionaries(NAME, TEXT), Unsupported),
@@ -204,7 +246,10 @@ def test_each_invalid_mutation_names_its_field(data: st.DataObject, body: dict[s
 
 
 @settings(max_examples=100, deadline=None)
-@given(valid_bodies(), st.text(min_size=1, max_size=20).filter(lambda k: k not in ChatCompletionRequest.model_fields))
+@given(
+    valid_bodies(),
+    st.text(min_size=1, max_size=20).filter(lambda k: k not in ChatCompletionRequest.model_fields),
+)
 def test_unknown_fields_are_refused_by_name(body: dict[str, Any], key: str) -> None:
     body[key] = 1
     try:

@@ -169,7 +169,11 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "function_call",
         "cannot be combined with tool_choice",
     ),
-    ({"function_call": "required", "functions": [{"name": "f"}]}, "function_call", "'none', 'auto'"),
+    (
+        {"function_call": "required", "functions": [{"name": "f"}]},
+        "function_call",
+        "'none', 'auto'",
+    ),
     ({"parallel_tool_calls": "no"}, "parallel_tool_calls", "boolean"),
     # output constraints
     ({"response_format": {"type": "xml"}}, "response_format.type", "got 'xml'"),
@@ -185,7 +189,12 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "is required",
     ),
     (
-        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": nested(40)}}},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": nested(40)},
+            }
+        },
         "response_format.json_schema.schema",
         "at most 32 levels deep, got 40",
     ),
@@ -210,8 +219,16 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"metadata": {"a": 1}}, "metadata.a", "must be a string"),
     ({"metadata": {str(i): "v" for i in range(17)}}, "metadata", "at most 16 keys"),
     ({"metadata": {"k": "v" * 513}}, "metadata.k", "at most 512 characters"),
-    ({"chat_template_kwargs": {"chat_template": "{{x}}"}}, "chat_template_kwargs", "'chat_template'"),
-    ({"chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs", "must not"),
+    (
+        {"chat_template_kwargs": {"chat_template": "{{x}}"}},
+        "chat_template_kwargs",
+        "'chat_template'",
+    ),
+    (
+        {"chat_template_kwargs": {"add_generation_prompt": False}},
+        "chat_template_kwargs",
+        "must not",
+    ),
     ({"lora_path": ""}, "lora_path", "must not be empty"),
     ({"user": 5}, "user", "must be a string"),
 ]
@@ -235,7 +252,11 @@ UNSUPPORTED: list[tuple[dict[str, Any], str, str]] = [
     ({"session_params": {"id": "s"}}, "session_params", "sessions"),
     ({"verbosity": "low"}, "verbosity", "verbosity"),
     ({"web_search_options": {}}, "web_search_options", "web search"),
-    ({"stream": True, "stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation", "pad"),
+    (
+        {"stream": True, "stream_options": {"include_obfuscation": True}},
+        "stream_options.include_obfuscation",
+        "pad",
+    ),
     ({"response_format": {"type": "structural_tag"}}, "response_format.type", "'structural_tag'"),
     ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0].type", "function tools"),
     (
@@ -263,11 +284,17 @@ UNSUPPORTED: list[tuple[dict[str, Any], str, str]] = [
         "messages[0].content[0].type",
         "'file' is not supported",
     ),
-    ({"messages": [{"role": "assistant", "audio": {"id": "a1"}}]}, "messages[0].audio", "text-only"),
+    (
+        {"messages": [{"role": "assistant", "audio": {"id": "a1"}}]},
+        "messages[0].audio",
+        "text-only",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("fields", "param", "words"), UNSUPPORTED, ids=[p for _, p, _ in UNSUPPORTED])
+@pytest.mark.parametrize(
+    ("fields", "param", "words"), UNSUPPORTED, ids=[p for _, p, _ in UNSUPPORTED]
+)
 def test_unsupported_field_is_refused_with_reason(
     fields: dict[str, Any], param: str, words: str
 ) -> None:
@@ -347,7 +374,12 @@ class TestLimits:
             ({"functions": [{"name": "a"}, {"name": "b"}]}, "functions", "at most 1 entries"),
             ({"stop_token_ids": [1, 2]}, "stop_token_ids", "at most 1 token ids"),
             (
-                {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": nested(3)}}},
+                {
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "s", "schema": nested(3)},
+                    }
+                },
                 "response_format.json_schema.schema",
                 "at most 2 levels deep, got 3",
             ),

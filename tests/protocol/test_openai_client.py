@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCall
 from pydantic import BaseModel
 
 from berth.protocol.chat import ChatCompletionRequest, NamedToolChoice, parse_chat_request
@@ -68,7 +69,9 @@ def client_for(handler: Handler) -> openai.OpenAI:
     return openai.OpenAI(
         api_key="test",
         base_url="http://berth.test/v1",
-        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+        # openai 3.x types this as its own httpx2 client but accepts httpx's; httpx works
+        # with every openai version berth allows (>= 1.40)
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),  # type: ignore[arg-type]
         max_retries=0,
     )
 
@@ -275,13 +278,17 @@ def test_image_parts_are_refused(client: openai.OpenAI, capture: Capture) -> Non
 def test_streaming_round_trip(capture: Capture) -> None:
     cid = completion_id()
     chunks = [
-        ChatCompletionChunk(id=cid, model="tiny", choices=[ChunkChoice(index=0, delta=Delta(role="assistant"))]),
+        ChatCompletionChunk(
+            id=cid, model="tiny", choices=[ChunkChoice(index=0, delta=Delta(role="assistant"))]
+        ),
         ChatCompletionChunk(
             id=cid,
             model="tiny",
             choices=[ChunkChoice(index=0, delta=Delta(reasoning_content="think "))],
         ),
-        ChatCompletionChunk(id=cid, model="tiny", choices=[ChunkChoice(index=0, delta=Delta(content="Hel"))]),
+        ChatCompletionChunk(
+            id=cid, model="tiny", choices=[ChunkChoice(index=0, delta=Delta(content="Hel"))]
+        ),
         ChatCompletionChunk(
             id=cid,
             model="tiny",
@@ -308,12 +315,16 @@ def test_streaming_round_trip(capture: Capture) -> None:
                 ChunkChoice(
                     index=0,
                     delta=Delta(
-                        tool_calls=[ToolCallDelta(index=0, function=FunctionCallDelta(arguments=": 1}"))]
+                        tool_calls=[
+                            ToolCallDelta(index=0, function=FunctionCallDelta(arguments=": 1}"))
+                        ]
                     ),
                 )
             ],
         ),
-        ChatCompletionChunk(id=cid, model="tiny", choices=[ChunkChoice(index=0, finish_reason="tool_calls")]),
+        ChatCompletionChunk(
+            id=cid, model="tiny", choices=[ChunkChoice(index=0, finish_reason="tool_calls")]
+        ),
         ChatCompletionChunk(id=cid, model="tiny", usage=Usage.of(5, 4)),
     ]
     capture.reply = lambda: sse_response(chunks)
@@ -353,7 +364,9 @@ def test_non_streaming_response_with_tool_calls(capture: Capture) -> None:
                 index=0,
                 message=ChatMessage(
                     reasoning_content="need weather",
-                    tool_calls=[ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))],
+                    tool_calls=[
+                        ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))
+                    ],
                 ),
                 finish_reason="tool_calls",
             )
@@ -362,10 +375,14 @@ def test_non_streaming_response_with_tool_calls(capture: Capture) -> None:
     )
     capture.reply = lambda: json_response(done)
     with client_for(capture) as client:
-        got = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+        got = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}]
+        )
     message = got.choices[0].message
     assert message.content is None
-    assert message.tool_calls is not None and message.tool_calls[0].function.name == "f"
+    assert message.tool_calls is not None
+    call = message.tool_calls[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall) and call.function.name == "f"
     assert getattr(message, "reasoning_content", None) == "need weather"
     assert got.usage is not None and got.usage.completion_tokens == 5
 

@@ -88,7 +88,9 @@ def test_completion_validates_as_openai() -> None:
 
 
 def test_none_fields_are_absent_on_the_wire() -> None:
-    chunk = ChatCompletionChunk(id="c", model="m", choices=[ChunkChoice(index=0, delta=Delta(content="x"))])
+    chunk = ChatCompletionChunk(
+        id="c", model="m", choices=[ChunkChoice(index=0, delta=Delta(content="x"))]
+    )
     assert wire(chunk) == {
         "id": "c",
         "object": "chat.completion.chunk",
@@ -100,7 +102,11 @@ def test_none_fields_are_absent_on_the_wire() -> None:
 
 def test_chunks_validate_as_openai() -> None:
     chunks = [
-        ChatCompletionChunk(id="c", model="m", choices=[ChunkChoice(index=0, delta=Delta(role="assistant", content=""))]),
+        ChatCompletionChunk(
+            id="c",
+            model="m",
+            choices=[ChunkChoice(index=0, delta=Delta(role="assistant", content=""))],
+        ),
         ChatCompletionChunk(
             id="c",
             model="m",
@@ -110,7 +116,10 @@ def test_chunks_validate_as_openai() -> None:
                     delta=Delta(
                         tool_calls=[
                             ToolCallDelta(
-                                index=0, id="t", type="function", function=FunctionCallDelta(name="f")
+                                index=0,
+                                id="t",
+                                type="function",
+                                function=FunctionCallDelta(name="f"),
                             )
                         ]
                     ),
@@ -118,7 +127,9 @@ def test_chunks_validate_as_openai() -> None:
                 )
             ],
         ),
-        ChatCompletionChunk(id="c", model="m", choices=[ChunkChoice(index=0, finish_reason="length")]),
+        ChatCompletionChunk(
+            id="c", model="m", choices=[ChunkChoice(index=0, finish_reason="length")]
+        ),
         ChatCompletionChunk(id="c", model="m", usage=Usage.of(1, 2)),
     ]
     for chunk in chunks:

@@ -1,0 +1,71 @@
+"""Prometheus metrics of the API process, served on its own /metrics route."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# latency buckets from a millisecond to minutes: TTFT and end-to-end share them
+_LATENCY = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
+_ITL = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+REQUESTS = Counter(
+    "berth_api_requests_total",
+    "Requests answered, by route and HTTP status (a stream counts when it starts).",
+    ["route", "status"],
+)
+TTFT = Histogram(
+    "berth_api_time_to_first_token_seconds",
+    "From the request's arrival to its first generated token.",
+    buckets=_LATENCY,
+)
+ITL = Histogram(
+    "berth_api_inter_token_latency_seconds",
+    "Between successive token events of one request.",
+    buckets=_ITL,
+)
+E2E = Histogram(
+    "berth_api_request_duration_seconds",
+    "From the request's arrival to its terminal event.",
+    buckets=_LATENCY,
+)
+QUEUE_LENGTH = Gauge(
+    "berth_queue_length", "Requests waiting in a model's ingress stream.", ["model"]
+)
+
+
+class RequestTimer:
+    """Times one request's tokens; cheap enough to call per event."""
+
+    __slots__ = ("_arrived", "_last")
+
+    def __init__(self, arrived: float) -> None:
+        self._arrived = arrived
+        self._last: float | None = None
+
+    def token(self, now: float) -> None:
+        if self._last is None:
+            TTFT.observe(now - self._arrived)
+        else:
+            ITL.observe(now - self._last)
+        self._last = now
+
+    def done(self, now: float) -> None:
+        E2E.observe(now - self._arrived)

@@ -1,0 +1,337 @@
+"""The real vLLM CPU engine on the tiny model: generation, constraints, tools, LoRA, abort.
+
+The tiny model's text is gibberish, so tests assert what holds for any weights:
+token counts, finish reasons, that constrained output matches its constraint,
+and that parameters visibly reach the engine (a +100 logit bias, a stop token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jsonschema
+import pytest
+
+from berth.protocol.chat import ChatCompletionRequest
+from berth.protocol.errors import InvalidRequest
+from berth.workers.engine.base import EngineStep
+
+pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="session")]
+
+Build = Callable[..., ChatCompletionRequest]
+
+
+async def run(engine: Any, rid: str, req: ChatCompletionRequest, adapter: str | None = None):
+    return [step async for step in engine.generate(rid, req, adapter)]
+
+
+def text(steps: list[EngineStep], index: int = 0) -> str:
+    return "".join(c.content for s in steps for c in s.choices if c.index == index)
+
+
+def finish(steps: list[EngineStep], index: int = 0) -> Any:
+    reasons = [c.finish_reason for s in steps for c in s.choices if c.index == index]
+    assert all(r is None for r in reasons[:-1]), "a choice finished twice"
+    return reasons[-1]
+
+
+def tool_calls(steps: list[EngineStep]) -> list[dict[str, Any]]:
+    """Assemble streamed tool-call deltas into whole calls, as a client would."""
+    calls: dict[int, dict[str, Any]] = {}
+    for step in steps:
+        for choice in step.choices:
+            for delta in choice.tool_calls or []:
+                call = calls.setdefault(delta["index"], {"name": "", "arguments": ""})
+                if "id" in delta:
+                    call["id"] = delta["id"]
+                fn = delta.get("function") or {}
+                call["name"] += fn.get("name") or ""
+                call["arguments"] += fn.get("arguments") or ""
+    return [calls[i] for i in sorted(calls)]
+
+
+async def test_max_tokens_ends_with_length(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(max_completion_tokens=8, ignore_eos=True, temperature=0)
+    steps = await run(vllm_engine, "len-1", req)
+    last = steps[-1]
+    assert last.finished and last.completion_tokens == 8
+    assert last.prompt_tokens > 5
+    assert finish(steps) == "length"
+    assert all(not s.finished for s in steps[:-1])
+
+
+async def test_default_max_tokens_is_the_rest_of_the_context(
+    vllm_engine: Any, chat_request: Build
+) -> None:
+    req = chat_request(ignore_eos=True, temperature=0)
+    steps = await run(vllm_engine, "len-rest", req)
+    assert steps[-1].prompt_tokens + steps[-1].completion_tokens == vllm_engine.max_model_len
+    assert finish(steps) == "length"
+
+
+async def test_n_two_choices_each_finish(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(n=2, max_completion_tokens=12, ignore_eos=True, seed=7, temperature=1.0)
+    steps = await run(vllm_engine, "n-2", req)
+    assert finish(steps, 0) == finish(steps, 1) == "length"
+    assert steps[-1].completion_tokens == 24
+    assert text(steps, 0) != text(steps, 1)
+
+
+async def test_seed_makes_sampling_repeatable(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(max_completion_tokens=16, ignore_eos=True, seed=42, temperature=1.0)
+    first = text(await run(vllm_engine, "seed-1", req))
+    second = text(await run(vllm_engine, "seed-2", req))
+    assert first == second
+
+
+async def test_stop_string_trims_and_reports_it(vllm_engine: Any, chat_request: Build) -> None:
+    greedy = text(
+        await run(vllm_engine, "stop-0", chat_request(max_completion_tokens=40, ignore_eos=True,
+                                                      temperature=0))
+    )
+    # a printable two-character piece from the middle of the greedy output
+    spots = [i for i in range(4, len(greedy) - 2) if greedy[i : i + 2].isascii()
+             and greedy[i : i + 2].isprintable() and greedy[i : i + 2].strip()]
+    assert spots, greedy
+    stop = greedy[spots[0] : spots[0] + 2]
+    expected = greedy[: greedy.index(stop)]
+
+    steps = await run(vllm_engine, "stop-1", chat_request(
+        max_completion_tokens=40, ignore_eos=True, temperature=0, stop=[stop]))
+    assert finish(steps) == "stop"
+    assert steps[-1].choices[-1].stop_reason == stop
+    assert text(steps) == expected
+
+    kept = await run(vllm_engine, "stop-2", chat_request(
+        max_completion_tokens=40, ignore_eos=True, temperature=0, stop=[stop], no_stop_trim=True))
+    assert text(kept) == expected + stop
+
+
+async def test_stop_token_id_ends_the_choice(
+    vllm_engine: Any, chat_request: Build, tiny_tokenizer: Any
+) -> None:
+    # the bias makes "Q" the first token; it is also the stop token
+    (q,) = tiny_tokenizer.encode("Q", add_special_tokens=False)
+    req = chat_request(max_completion_tokens=10, ignore_eos=True, logit_bias={str(q): 100},
+                       stop_token_ids=[q])
+    steps = await run(vllm_engine, "stopid-1", req)
+    assert finish(steps) == "stop"
+    assert steps[-1].choices[-1].stop_reason == q
+    assert steps[-1].completion_tokens == 1
+
+
+async def test_logprobs_are_openai_shaped(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(max_completion_tokens=6, ignore_eos=True, logprobs=True, top_logprobs=3)
+    steps = await run(vllm_engine, "lp-1", req)
+    entries = [e for s in steps for c in s.choices for e in c.logprobs or []]
+    assert len(entries) == 6
+    for entry in entries:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert isinstance(entry["token"], str) and entry["logprob"] <= 0
+        assert entry["bytes"] == list(entry["token"].encode("utf-8", errors="replace"))
+        tops = entry["top_logprobs"]
+        assert len(tops) == 3
+        assert [t["logprob"] for t in tops] == sorted((t["logprob"] for t in tops), reverse=True)
+        assert all(set(t) == {"token", "logprob", "bytes"} for t in tops)
+        assert entry["logprob"] <= tops[0]["logprob"] + 1e-6
+
+
+async def test_logprobs_without_top_logprobs(vllm_engine: Any, chat_request: Build) -> None:
+    steps = await run(vllm_engine, "lp-2", chat_request(max_completion_tokens=3, logprobs=True,
+                                                        ignore_eos=True))
+    entries = [e for s in steps for c in s.choices for e in c.logprobs or []]
+    assert len(entries) == 3 and all(e["top_logprobs"] == [] for e in entries)
+    plain = await run(vllm_engine, "lp-3", chat_request(max_completion_tokens=3))
+    assert all(c.logprobs is None for s in plain for c in s.choices)
+
+
+async def test_logit_bias_reaches_the_sampler(
+    vllm_engine: Any, chat_request: Build, tiny_tokenizer: Any
+) -> None:
+    (token_id,) = tiny_tokenizer.encode("Q", add_special_tokens=False)
+    req = chat_request(max_completion_tokens=5, ignore_eos=True, logit_bias={str(token_id): 100})
+    assert text(await run(vllm_engine, "bias-1", req)) == "QQQQQ"
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 99},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+async def test_json_schema_output_is_valid(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(
+        max_completion_tokens=200,
+        seed=1,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}},
+    )
+    steps = await run(vllm_engine, "json-1", req)
+    assert finish(steps) == "stop"
+    jsonschema.validate(json.loads(text(steps)), SCHEMA)
+
+
+async def test_regex_output_matches(vllm_engine: Any, chat_request: Build) -> None:
+    pattern = r"[a-z]{3}-[0-9]{2}"
+    steps = await run(vllm_engine, "regex-1", chat_request(max_completion_tokens=30, regex=pattern,
+                                                           n=2, seed=3))
+    for i in (0, 1):
+        assert finish(steps, i) == "stop"
+        assert re.fullmatch(pattern, text(steps, i)), text(steps, i)
+
+
+async def test_ebnf_output_matches(vllm_engine: Any, chat_request: Build) -> None:
+    steps = await run(vllm_engine, "ebnf-1", chat_request(max_completion_tokens=10,
+                                                          ebnf='root ::= "yes" | "no"'))
+    assert text(steps) in {"yes", "no"} and finish(steps) == "stop"
+
+
+async def test_invalid_regex_is_invalid_request(vllm_engine: Any, chat_request: Build) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        await run(vllm_engine, "regex-bad", chat_request(regex="[a-"))
+    assert err.value.param == "regex"
+    assert vllm_engine.num_running() == 0
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 8}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}},
+]
+
+
+async def test_tool_choice_required_yields_tool_calls(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(max_completion_tokens=120, tools=TOOLS, tool_choice="required",
+                       parallel_tool_calls=False, seed=5)
+    steps = await run(vllm_engine, "tools-1", req)
+    calls = tool_calls(steps)
+    assert len(calls) == 1 and calls[0]["name"] in {"get_weather", "noop"}
+    assert calls[0]["id"]
+    args = json.loads(calls[0]["arguments"])
+    if calls[0]["name"] == "get_weather":
+        jsonschema.validate(args, TOOLS[0]["function"]["parameters"])
+    assert finish(steps) == "tool_calls"
+    assert text(steps).strip() == ""
+
+
+async def test_named_tool_choice_calls_that_tool(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(max_completion_tokens=120, tools=TOOLS, seed=6,
+                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    steps = await run(vllm_engine, "tools-2", req)
+    calls = tool_calls(steps)
+    assert [c["name"] for c in calls] == ["get_weather"]
+    jsonschema.validate(json.loads(calls[0]["arguments"]), TOOLS[0]["function"]["parameters"])
+    # OpenAI ends a forced (named) call with "stop"; "tool_calls" is for the model's own choice
+    assert finish(steps) == "stop"
+
+
+async def test_lora_adapter_changes_the_output(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(max_completion_tokens=16, ignore_eos=True, temperature=0)
+    base = text(await run(vllm_engine, "lora-0", req))
+    a = text(await run(vllm_engine, "lora-a", req, adapter="tiny-lora-a"))
+    a_again = text(await run(vllm_engine, "lora-a2", req, adapter="tiny-lora-a"))
+    by_path = text(await run(vllm_engine, "lora-b", chat_request(
+        max_completion_tokens=16, ignore_eos=True, temperature=0, lora_path="./tiny-lora-b")))
+    assert a != base and by_path != base and a != by_path
+    assert a == a_again
+    assert "tiny-lora-a" in vllm_engine.adapters
+
+
+@pytest.mark.parametrize("lora_path", ["nope", "../model", "/etc"])
+async def test_bad_adapter_is_invalid_request(
+    vllm_engine: Any, chat_request: Build, lora_path: str
+) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        await run(vllm_engine, "lora-bad", chat_request(lora_path=lora_path))
+    assert err.value.param == "lora_path"
+
+
+async def test_abort_mid_generation(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(n=2, max_completion_tokens=400, ignore_eos=True)
+    steps: list[EngineStep] = []
+    async for step in vllm_engine.generate("abort-1", req, None):
+        steps.append(step)
+        if len(steps) == 2:
+            assert vllm_engine.num_running() == 1
+            await vllm_engine.abort("abort-1")
+    last = steps[-1]
+    assert last.finished
+    assert {c.index: c.finish_reason for c in last.choices} == {0: "abort", 1: "abort"}
+    assert last.completion_tokens < 800
+    assert vllm_engine.num_running() == 0
+    # the engine keeps serving after an abort
+    assert finish(await run(vllm_engine, "abort-2", chat_request(max_completion_tokens=2,
+                                                                 ignore_eos=True))) == "length"
+
+
+async def test_abort_unknown_request_is_harmless(vllm_engine: Any) -> None:
+    await vllm_engine.abort("never-started")
+    assert vllm_engine.num_running() == 0
+
+
+async def test_concurrent_requests_are_counted_and_batched(
+    vllm_engine: Any, chat_request: Build
+) -> None:
+    req = chat_request(max_completion_tokens=64, ignore_eos=True)
+    seen: list[int] = []
+
+    async def one(i: int) -> list[EngineStep]:
+        out = []
+        async for step in vllm_engine.generate(f"many-{i}", req, None):
+            seen.append(vllm_engine.num_running())
+            out.append(step)
+        return out
+
+    results = await asyncio.gather(*(one(i) for i in range(16)))
+    assert all(r[-1].completion_tokens == 64 for r in results)
+    assert max(seen) > 1
+    assert vllm_engine.num_running() == 0
+
+
+async def test_prompt_too_long_is_invalid_request(vllm_engine: Any, chat_request: Build) -> None:
+    long = " ".join(f"word{i}" for i in range(600))
+    with pytest.raises(InvalidRequest) as err:
+        await run(vllm_engine, "long-1", chat_request(messages=[{"role": "user", "content": long}]))
+    assert err.value.param == "messages"
+    with pytest.raises(InvalidRequest) as err:
+        await run(vllm_engine, "long-2", chat_request(max_completion_tokens=600))
+    assert err.value.param == "max_completion_tokens"
+    assert vllm_engine.num_running() == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"logit_bias": {"100000": 5}}, "logit_bias"), ({"stop_token_ids": [100000]}, "stop_token_ids")],
+)
+async def test_token_ids_outside_the_vocabulary(
+    vllm_engine: Any, chat_request: Build, fields: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        await run(vllm_engine, "vocab-1", chat_request(**fields))
+    assert err.value.param == param
+
+
+async def test_continue_final_message(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The ans"}],
+        continue_final_message=True, max_completion_tokens=4, ignore_eos=True)
+    steps = await run(vllm_engine, "cont-1", req)
+    assert steps[-1].completion_tokens == 4 and finish(steps) == "length"
