@@ -30,6 +30,15 @@ class CommonSettings(BaseSettings):
         return self.redis_url
 
 
+class MetricsSettings(BaseSettings):
+    """Where a role without an HTTP API of its own serves Prometheus metrics."""
+
+    metrics_port: int | None = Field(
+        default=None, description="Serve Prometheus metrics on this port (unset: off)."
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address of the metrics server.")
+
+
 def setup_logging(level: str, role: str) -> None:
     """One log format for every role, so a request id can be followed across processes."""
     logging.basicConfig(

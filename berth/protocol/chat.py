@@ -156,6 +156,16 @@ def schema_depth(value: Any) -> int:
     return depth
 
 
+# field → (the RequestLimits attribute bounding its length, what it counts)
+_LENGTH_LIMITS = {
+    "regex": ("max_regex_chars", "characters"),
+    "ebnf": ("max_grammar_chars", "characters"),
+    "stop_token_ids": ("max_stop_token_ids", "token ids"),
+    "tools": ("max_tools", "entries"),
+    "functions": ("max_tools", "entries"),
+}
+
+
 def _limits(info: ValidationInfo) -> RequestLimits:
     context = info.context or {}
     limits = context.get("limits") if isinstance(context, dict) else None
@@ -529,16 +539,21 @@ class ChatCompletionRequest(_Model):
             _check_depth(value.json_schema.schema_, info, ".json_schema.schema")
         return value
 
+    @field_validator(*_LENGTH_LIMITS)
+    @classmethod
+    def _within_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            attr, unit = _LENGTH_LIMITS[str(info.field_name)]
+            limit = getattr(_limits(info), attr)
+            if len(value) > limit:
+                raise field_error(f"must have at most {limit} {unit}, got {len(value)}")
+        return value
+
     @field_validator("tools", "functions")
     @classmethod
-    def _tools_bounded(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
-            return value
-        limit = _limits(info).max_tools
-        if len(value) > limit:
-            raise field_error(f"must have at most {limit} entries, got {len(value)}")
+    def _tools_checked(cls, value: Any, info: ValidationInfo) -> Any:
         seen: set[str] = set()
-        for i, item in enumerate(value):
+        for i, item in enumerate(value or []):
             function = item.function if isinstance(item, Tool) else item
             prefix = f"[{i}].function" if isinstance(item, Tool) else f"[{i}]"
             _check_depth(function.parameters, info, f"{prefix}.parameters")
@@ -547,30 +562,6 @@ class ChatCompletionRequest(_Model):
                     f"duplicates the name {function.name!r}", subpath=f"{prefix}.name"
                 )
             seen.add(function.name)
-        return value
-
-    @field_validator("regex")
-    @classmethod
-    def _regex_bounded(cls, value: str | None, info: ValidationInfo) -> str | None:
-        limit = _limits(info).max_regex_chars
-        if value is not None and len(value) > limit:
-            raise field_error(f"must be at most {limit} characters, got {len(value)}")
-        return value
-
-    @field_validator("ebnf")
-    @classmethod
-    def _grammar_bounded(cls, value: str | None, info: ValidationInfo) -> str | None:
-        limit = _limits(info).max_grammar_chars
-        if value is not None and len(value) > limit:
-            raise field_error(f"must be at most {limit} characters, got {len(value)}")
-        return value
-
-    @field_validator("stop_token_ids")
-    @classmethod
-    def _stop_ids_bounded(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
-        limit = _limits(info).max_stop_token_ids
-        if value is not None and len(value) > limit:
-            raise field_error(f"must have at most {limit} token ids, got {len(value)}")
         return value
 
     # --- checks across fields, then normalisation ---

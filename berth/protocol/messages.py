@@ -9,6 +9,7 @@ one of :data:`ROLES` before the union is tried, so a bad role gets a clear messa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -70,6 +71,15 @@ _TEXT_ONLY = "berth serves text-only models, only text content parts are support
 REFUSED_PARTS = {kind: _TEXT_ONLY for kind in REFUSED_PART_TYPES}
 
 
+def objects(items: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The raw (dict) items of a list with their index; models already built are skipped."""
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            yield i, item
+        elif not isinstance(item, BaseModel):
+            raise field_error("must be an object", subpath=f"[{i}]")
+
+
 def _checks_parts(allowed: tuple[str, ...]) -> BeforeValidator:
     """Content is a string or a list of parts whose ``type`` is allowed."""
 
@@ -78,11 +88,7 @@ def _checks_parts(allowed: tuple[str, ...]) -> BeforeValidator:
             return value
         if not isinstance(value, list):
             raise field_error("must be a string or an array of content parts")
-        for i, part in enumerate(value):
-            if not isinstance(part, dict):
-                if isinstance(part, BaseModel):
-                    continue
-                raise field_error("must be an object", subpath=f"[{i}]")
+        for i, part in objects(value):
             kind = part.get("type")
             if kind not in allowed:
                 raise tag_error(kind, allowed, REFUSED_PARTS, f"[{i}].type")
@@ -247,11 +253,7 @@ def check_roles(value: Any) -> Any:
     """Name the message whose ``role`` is missing or unknown, before the union is tried."""
     if not isinstance(value, list):
         return value
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            if isinstance(message, BaseModel):
-                continue
-            raise field_error("must be an object", subpath=f"[{i}]")
+    for i, message in objects(value):
         role = message.get("role")
         if role is None:
             raise field_error("is required", subpath=f"[{i}].role")

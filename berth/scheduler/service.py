@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from prometheus_client import start_http_server
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -19,7 +20,7 @@ from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
 from berth.protocol.errors import BerthError, Unavailable
 from berth.registry import live_workers
-from berth.scheduler import policy
+from berth.scheduler import metrics, policy
 from berth.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class Scheduler:
         marks = await self.redis.mget([keys.cancelled_key(p.request.id) for p in items])
         live = [p for p, mark in zip(items, marks, strict=True) if mark is None]
         dropped = [p for p, mark in zip(items, marks, strict=True) if mark is not None]
+        metrics.DROPPED.labels("cancelled").inc(len(dropped))
         for p in dropped:
             await self.redis.publish(
                 keys.token_channel(p.request.id), terminal_event(p.request.id, "cancelled")
@@ -155,6 +157,7 @@ class Scheduler:
                 await self.redis.publish(
                     keys.token_channel(p.request.id), terminal_event(p.request.id, "error", err)
                 )
+            metrics.DROPPED.labels("no_worker").inc(len(expired))
             await self._ack_items(expired)
             return [p for p in live if p not in expired]
         work = WorkGroup(model=model, adapter=adapter, requests=[p.request for p in live])
@@ -164,6 +167,11 @@ class Scheduler:
         )
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(live)
         self.dispatched_total += len(live)
+        sent_at = time.time()
+        metrics.GROUP_SIZE.observe(len(live))
+        metrics.DISPATCHED.labels(model).inc(len(live))
+        for p in live:
+            metrics.DISPATCH_LATENCY.observe(sent_at - p.request.enqueued_at)
         log.debug("sent %d requests for %s/%s to %s", len(live), model, adapter, worker.id)
         await self._ack_items(live)
         return []
@@ -193,6 +201,8 @@ async def serve(settings: SchedulerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     log.info("scheduler %s started", settings.scheduler_id)
     try:
         await scheduler.run(stop)

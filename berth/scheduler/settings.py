@@ -7,10 +7,10 @@ import socket
 
 from pydantic import Field
 
-from berth.settings import CommonSettings
+from berth.settings import CommonSettings, MetricsSettings
 
 
-class SchedulerSettings(CommonSettings):
+class SchedulerSettings(CommonSettings, MetricsSettings):
     """Grouping and dispatch knobs; several replicas may run with the same settings."""
 
     scheduler_id: str = Field(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from prometheus_client import start_http_server
+
 from berth.protocol import keys
 from berth.workers.celery_app import create_worker_app
 from berth.workers.engine import make_engine
@@ -67,6 +69,8 @@ def run_worker(settings: WorkerSettings) -> None:
         heartbeat_ttl=settings.heartbeat_ttl,
     )
     host.start()
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     app = create_worker_app(redis_url, host)
     try:
         # threads, never prefork: the engine must not be forked once it started

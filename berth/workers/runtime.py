@@ -17,8 +17,9 @@ from redis.asyncio import Redis
 
 from berth.protocol import keys
 from berth.protocol.chat import parse_chat_request
-from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
+from berth.protocol.envelopes import TERMINAL_EVENTS, QueuedRequest, WorkerInfo, WorkGroup
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
+from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
 from berth.workers.heartbeat import deregister, heartbeat_loop
 from berth.workers.publisher import EventPublisher
@@ -57,6 +58,8 @@ class _RequestEvents:
         self._seq = 0
 
     def emit(self, type_: str, **fields: Any) -> None:
+        if type_ in TERMINAL_EVENTS:
+            metrics.FINISHED.labels(type_).inc()
         event = {"id": self._id, "seq": self._seq, "type": type_, "worker": self._worker, **fields}
         self._seq += 1
         self._publisher.publish(self._channel, json.dumps(event, separators=(",", ":")))
@@ -64,6 +67,8 @@ class _RequestEvents:
     def step(self, step: EngineStep, type_: str = "delta") -> None:
         fields: dict[str, Any] = {"choices": [_choice_json(c) for c in step.choices]}
         if type_ != "delta":
+            metrics.PROMPT_TOKENS.inc(step.prompt_tokens)
+            metrics.GENERATED_TOKENS.inc(step.completion_tokens)
             fields["usage"] = {
                 "prompt_tokens": step.prompt_tokens,
                 "completion_tokens": step.completion_tokens,
@@ -126,13 +131,16 @@ class EngineHost:
         asyncio.run_coroutine_threadsafe(self._run_group(work), self._loop).result()
 
     def info(self) -> WorkerInfo:
+        in_engine = self.engine.num_running()
+        metrics.RUNNING.set(in_engine)
+        metrics.WAITING.set(max(0, len(self._active) - in_engine))
         return WorkerInfo(
             id=self.worker_id,
             model=self.engine.model,
             adapters=self.engine.adapters,
             capacity=self.capacity,
             running=len(self._active),
-            engine_running=self.engine.num_running(),
+            engine_running=in_engine,
             queue=keys.worker_queue(self.worker_id),
             started_at=self._started_at,
         )
@@ -205,6 +213,8 @@ class EngineHost:
             events.error(Timeout(f"request {queued.id} expired in the queue before it started"))
             return
         self._active.add(queued.id)
+        if queued.adapter is not None:
+            metrics.ADAPTER_REQUESTS.labels(queued.adapter).inc()
         try:
             request = parse_chat_request(queued.request)
             finished = False
