@@ -30,8 +30,8 @@ class CommonSettings(BaseSettings):
         return self.redis_url
 
 
-class MetricsSettings(BaseSettings):
-    """Where a role without an HTTP API of its own serves Prometheus metrics."""
+class MetricsSettings(CommonSettings):
+    """Common settings plus where a role without an HTTP API serves Prometheus metrics."""
 
     metrics_port: int | None = Field(
         default=None, description="Serve Prometheus metrics on this port (unset: off)."

@@ -7,10 +7,10 @@ import socket
 
 from pydantic import Field
 
-from berth.settings import CommonSettings, MetricsSettings
+from berth.settings import MetricsSettings
 
 
-class SchedulerSettings(CommonSettings, MetricsSettings):
+class SchedulerSettings(MetricsSettings):
     """Grouping and dispatch knobs; several replicas may run with the same settings."""
 
     scheduler_id: str = Field(

@@ -10,14 +10,14 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from berth.settings import CommonSettings, MetricsSettings
+from berth.settings import MetricsSettings
 
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class WorkerSettings(CommonSettings, MetricsSettings):
+class WorkerSettings(MetricsSettings):
     """One worker: one engine on one GPU group, fed by its own Celery queue."""
 
     worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker id.")

@@ -11,15 +11,62 @@ from berth.protocol.chat import ChatCompletionRequest
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "request-fields.md"
 
-OPENAI_FIELDS = """messages model store reasoning_effort metadata frequency_penalty logit_bias
-logprobs top_logprobs max_tokens max_completion_tokens n modalities prediction audio
-presence_penalty response_format seed service_tier stop stream stream_options temperature
-top_p tools tool_choice parallel_tool_calls user function_call functions
-web_search_options""".split()
-SGLANG_FIELDS = """prompt_cache_key safety_identifier verbosity top_k min_p min_tokens
-repetition_penalty regex ebnf stop_token_ids no_stop_trim ignore_eos continue_final_message
-skip_special_tokens lora_path session_params separate_reasoning stream_reasoning
-chat_template_kwargs return_hidden_states sampling_seed""".split()
+OPENAI_FIELDS = [
+    "messages",
+    "model",
+    "store",
+    "reasoning_effort",
+    "metadata",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "modalities",
+    "prediction",
+    "audio",
+    "presence_penalty",
+    "response_format",
+    "seed",
+    "service_tier",
+    "stop",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "function_call",
+    "functions",
+    "web_search_options",
+]
+SGLANG_FIELDS = [
+    "prompt_cache_key",
+    "safety_identifier",
+    "verbosity",
+    "top_k",
+    "min_p",
+    "min_tokens",
+    "repetition_penalty",
+    "regex",
+    "ebnf",
+    "stop_token_ids",
+    "no_stop_trim",
+    "ignore_eos",
+    "continue_final_message",
+    "skip_special_tokens",
+    "lora_path",
+    "session_params",
+    "separate_reasoning",
+    "stream_reasoning",
+    "chat_template_kwargs",
+    "return_hidden_states",
+    "sampling_seed",
+]
 # in the openai client but in neither async-openai's nor SGLang's request type
 CLIENT_ONLY = {"moderation", "prompt_cache_retention", "prompt_cache_options"}
 

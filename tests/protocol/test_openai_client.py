@@ -275,58 +275,28 @@ def test_image_parts_are_refused(client: openai.OpenAI, capture: Capture) -> Non
     assert info.value.param == "messages[0].content[0].type"
 
 
+def call_delta(**fields: Any) -> Delta:
+    """A delta carrying one piece of tool call 0."""
+    return Delta(tool_calls=[ToolCallDelta(index=0, **fields)])
+
+
 def test_streaming_round_trip(capture: Capture) -> None:
     cid = completion_id()
-    chunks = [
-        ChatCompletionChunk(
-            id=cid, model="tiny", choices=[ChunkChoice(index=0, delta=Delta(role="assistant"))]
+    steps = [
+        ChunkChoice(index=0, delta=Delta(role="assistant")),
+        ChunkChoice(index=0, delta=Delta(reasoning_content="think ")),
+        ChunkChoice(index=0, delta=Delta(content="Hel")),
+        ChunkChoice(
+            index=0,
+            delta=call_delta(
+                id="call_1", type="function", function=FunctionCallDelta(name="f", arguments='{"a"')
+            ),
         ),
-        ChatCompletionChunk(
-            id=cid,
-            model="tiny",
-            choices=[ChunkChoice(index=0, delta=Delta(reasoning_content="think "))],
-        ),
-        ChatCompletionChunk(
-            id=cid, model="tiny", choices=[ChunkChoice(index=0, delta=Delta(content="Hel"))]
-        ),
-        ChatCompletionChunk(
-            id=cid,
-            model="tiny",
-            choices=[
-                ChunkChoice(
-                    index=0,
-                    delta=Delta(
-                        tool_calls=[
-                            ToolCallDelta(
-                                index=0,
-                                id="call_1",
-                                type="function",
-                                function=FunctionCallDelta(name="f", arguments='{"a"'),
-                            )
-                        ]
-                    ),
-                )
-            ],
-        ),
-        ChatCompletionChunk(
-            id=cid,
-            model="tiny",
-            choices=[
-                ChunkChoice(
-                    index=0,
-                    delta=Delta(
-                        tool_calls=[
-                            ToolCallDelta(index=0, function=FunctionCallDelta(arguments=": 1}"))
-                        ]
-                    ),
-                )
-            ],
-        ),
-        ChatCompletionChunk(
-            id=cid, model="tiny", choices=[ChunkChoice(index=0, finish_reason="tool_calls")]
-        ),
-        ChatCompletionChunk(id=cid, model="tiny", usage=Usage.of(5, 4)),
+        ChunkChoice(index=0, delta=call_delta(function=FunctionCallDelta(arguments=": 1}"))),
+        ChunkChoice(index=0, finish_reason="tool_calls"),
     ]
+    chunks = [ChatCompletionChunk(id=cid, model="tiny", choices=[step]) for step in steps]
+    chunks.append(ChatCompletionChunk(id=cid, model="tiny", usage=Usage.of(5, 4)))
     capture.reply = lambda: sse_response(chunks)
     with client_for(capture) as client:
         stream = client.chat.completions.create(
