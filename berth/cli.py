@@ -76,9 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Queue-based, OpenAI-compatible LLM serving. "
         "Start with `berth up` to run everything locally.",
     )
-    sub = parser.add_subparsers(dest="role", required=True, metavar="{up,api,scheduler,worker}")
+    sub = parser.add_subparsers(
+        dest="role", required=True, metavar="{up,api,scheduler,worker,check}"
+    )
     for role, cls in _settings_classes().items():
         _add_flags(sub.add_parser(role, help=_HELP[role], description=_HELP[role]), cls)
+    check = sub.add_parser(
+        "check",
+        help="Exit 0 if a role is healthy (for liveness probes).",
+        description="Exit 0 if a role is healthy, 1 if not: the API answers /health; a worker "
+        "or scheduler refreshed its record in Redis recently (looked up by its id).",
+    )
+    check.add_argument("check_role", choices=["api", "scheduler", "worker"])
+    check.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL.")
+    check.add_argument("--redis-url", dest="redis_url", default=None, help="Env: REDIS_URL.")
+    check.add_argument(
+        "--id",
+        dest="role_id",
+        default=None,
+        help="Worker or scheduler id. Env: BERTH_WORKER_ID / BERTH_SCHEDULER_ID.",
+    )
     return parser
 
 
@@ -86,6 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from berth.settings import setup_logging
 
     args = build_parser().parse_args(argv)
+    if args.role == "check":
+        import os
+
+        from berth.check import run_check
+
+        env_id = f"BERTH_{args.check_role.upper()}_ID"
+        return run_check(
+            args.check_role,
+            url=args.url,
+            redis_url=args.redis_url
+            or os.environ.get("REDIS_URL")
+            or os.environ.get("BERTH_REDIS_URL"),
+            role_id=args.role_id or os.environ.get(env_id),
+        )
     cls = _settings_classes()[args.role]
     settings = _settings(cls, args)
     setup_logging(settings.log_level, args.role)

@@ -20,13 +20,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     StrictBool,
-    StrictFloat,
     StrictInt,
     StrictStr,
     Tag,
@@ -62,14 +63,10 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
 )
 
 
-def _fmt(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
-
-
 def _between(lo: float, hi: float) -> AfterValidator:
     def check(value: float | None) -> float | None:
         if value is not None and not lo <= value <= hi:
-            raise field_error(f"must be between {_fmt(lo)} and {_fmt(hi)}, got {_fmt(value)}")
+            raise field_error(f"must be between {lo} and {hi}, got {value}")
         return value
 
     return AfterValidator(check)
@@ -77,7 +74,7 @@ def _between(lo: float, hi: float) -> AfterValidator:
 
 def _positive(value: float | None) -> float | None:
     if value is not None and value <= 0:
-        raise field_error(f"must be greater than 0, got {_fmt(value)}")
+        raise field_error(f"must be greater than 0, got {value}")
     return value
 
 
@@ -95,7 +92,7 @@ def _not_negative(value: int) -> int:
 
 def _top_p(value: float | None) -> float | None:
     if value is not None and not 0 < value <= 1:
-        raise field_error(f"must be greater than 0 and at most 1, got {_fmt(value)}")
+        raise field_error(f"must be greater than 0 and at most 1, got {value}")
     return value
 
 
@@ -122,8 +119,10 @@ def _refuse(reason: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-Temperature = Annotated[StrictFloat | None, _between(0, 2)]
-Penalty = Annotated[StrictFloat | None, _between(-2, 2)]
+# a JSON number; NaN and Infinity (which Python's json module accepts) are refused
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+Temperature = Annotated[Number | None, _between(0, 2)]
+Penalty = Annotated[Number | None, _between(-2, 2)]
 Seed = Annotated[StrictInt | None, _between(*_INT64)]
 PositiveCount = Annotated[StrictInt | None, AfterValidator(_at_least_one)]
 NonEmptyStr = Annotated[StrictStr | None, AfterValidator(_non_empty)]
@@ -385,9 +384,7 @@ def _logit_bias(value: Any) -> Any:
         if isinstance(bias, bool) or not isinstance(bias, int | float):
             raise field_error(f"values must be numbers, got {bias!r} for token {key}")
         if not -100 <= bias <= 100:
-            raise field_error(
-                f"values must be between -100 and 100, got {_fmt(bias)} for token {key}"
-            )
+            raise field_error(f"values must be between -100 and 100, got {bias} for token {key}")
         out[token] = float(bias)
     return out
 
@@ -470,7 +467,7 @@ class ChatCompletionRequest(_Model):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: Temperature = None
-    top_p: Annotated[StrictFloat | None, AfterValidator(_top_p)] = None
+    top_p: Annotated[Number | None, AfterValidator(_top_p)] = None
     tools: Annotated[list[Tool] | None, BeforeValidator(_function_tools_only)] = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool = True
@@ -489,9 +486,9 @@ class ChatCompletionRequest(_Model):
         _refuse("open-weight chat templates have no verbosity setting; ask in the prompt"),
     ] = None
     top_k: Annotated[StrictInt | None, AfterValidator(_top_k)] = None
-    min_p: Annotated[StrictFloat | None, _between(0, 1)] = None
+    min_p: Annotated[Number | None, _between(0, 1)] = None
     min_tokens: Annotated[StrictInt, AfterValidator(_not_negative)] = 0
-    repetition_penalty: Annotated[StrictFloat | None, AfterValidator(_positive)] = None
+    repetition_penalty: Annotated[Number | None, AfterValidator(_positive)] = None
     regex: NonEmptyStr = None
     ebnf: NonEmptyStr = None
     stop_token_ids: list[Annotated[StrictInt, AfterValidator(_not_negative)]] | None = None

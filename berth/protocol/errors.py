@@ -167,6 +167,7 @@ _TYPE_NAMES = {
     "int_from_float": "an integer",
     "float_type": "a number",
     "float_parsing": "a number",
+    "finite_number": "a finite number",
     "bool_type": "a boolean",
     "bool_parsing": "a boolean",
     "string_type": "a string",

@@ -36,6 +36,11 @@ def worker_key(worker_id: str) -> str:
     return f"{WORKER_KEY_PREFIX}{worker_id}"
 
 
+def scheduler_key(scheduler_id: str) -> str:
+    """A scheduler replica's liveness record, refreshed by its loop; read by `berth check`."""
+    return f"{PREFIX}:scheduler:{scheduler_id}"
+
+
 def worker_queue(worker_id: str) -> str:
     """The Celery queue one worker consumes."""
     return f"{WORKER_QUEUE_PREFIX}{worker_id}"

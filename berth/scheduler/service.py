@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # how soon a group that found no worker with room is looked at again
 _NO_WORKER_RETRY_S = 0.05
+# a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
+_ALIVE_TTL_MS = 10_000
 
 
 def terminal_event(request_id: str, type_: str, err: BerthError | None = None) -> str:
@@ -65,6 +67,8 @@ class Scheduler:
 
     async def _refresh(self) -> None:
         self._refreshed_at = time.monotonic()
+        # proves the loop turns, not just that the process exists
+        await self.redis.set(keys.scheduler_key(self.settings.scheduler_id), b"1", px=_ALIVE_TTL_MS)
         workers = await live_workers(self.redis)
         for worker in workers:
             # a fresh heartbeat already counts what we sent before it

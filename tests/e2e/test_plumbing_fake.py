@@ -7,6 +7,8 @@ test_serving.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -25,8 +27,11 @@ MODEL = "fake-model"
 def stack(redis_server_url: str) -> Iterator[RunningStack]:
     redis.Redis.from_url(redis_server_url).flushdb()
     running = RunningStack(redis_server_url)
-    running.start("worker", BERTH_FAKE_ENGINE="true", BERTH_FAKE_TOKENS_PER_S="200")
-    running.start("scheduler", "api")
+    running.start(
+        "worker", BERTH_FAKE_ENGINE="true", BERTH_FAKE_TOKENS_PER_S="200", BERTH_WORKER_ID="w-1"
+    )
+    running.start("scheduler", BERTH_SCHEDULER_ID="s-1")
+    running.start("api")
     try:
         running.wait_ready(60)
         yield running
@@ -113,3 +118,26 @@ def test_disconnect_cancels_the_request(stack: RunningStack, client: openai.Open
             break
         time.sleep(0.1)
     assert workers and all(b'"running":0' in w for w in workers)
+
+
+def _berth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "berth.cli", *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_check_command_for_probes(stack: RunningStack) -> None:
+    env = stack.role_env()
+    assert _berth("check", "api", "--url", stack.url, env=env).returncode == 0
+    assert _berth("check", "worker", "--id", "w-1", env=env).returncode == 0
+    assert _berth("check", "scheduler", "--id", "s-1", env=env).returncode == 0
+    assert _berth("check", "worker", "--id", "nobody", env=env).returncode == 1
+    assert _berth("check", "api", "--url", "http://127.0.0.1:9", env=env).returncode == 1
+
+
+def test_metrics_are_exported(stack: RunningStack, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    text = httpx.get(f"{stack.url}/metrics").text
+    assert 'berth_api_requests_total{route="/v1/chat/completions",status="200"}' in text
+    assert "berth_api_time_to_first_token_seconds_count" in text
+    assert 'berth_queue_length{model="fake-model"}' in text
