@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -312,6 +313,7 @@ class Workload:
     seed: int
     save_detailed: bool
     quiet_wait_s: float
+    repeat: int
 
 
 def run_client(
@@ -363,6 +365,7 @@ def run_client(
             "--metric-percentiles",
             "50,90,99",
             "--disable-tqdm",
+            "--save-detailed",  # keep per-request figures in the returned dict (saves nothing)
         ]
     )
     with open(log_path, "a") as out, contextlib.redirect_stdout(out):
@@ -388,6 +391,16 @@ def wait_quiet(roots: dict[str, int], max_wait_s: float, side: str) -> float:
             return round(other, 3)
         log(f"{side}: other processes use {other:.2f} cores; waiting for a quiet machine")
         time.sleep(3.0)
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each scalar metric's median over the runs (one run: that run's figures)."""
+    out: dict[str, Any] = {"runs": len(runs)}
+    for key in runs[0]:
+        values = [run.get(key) for run in runs]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            out[key] = statistics.median(values)  # type: ignore[type-var]
+    return out
 
 
 def measure(
@@ -423,25 +436,47 @@ def measure(
         profiler.start(roots)
     meter = CpuMeter(roots)
     meter.start()
-    log(f"{side}: measuring, {workload.num_prompts} prompts at concurrency {workload.concurrency}")
+    runs: list[dict[str, Any]] = []
     try:
-        result = run_client(
-            port, model_name, tokenizer, workload.num_prompts, workload, workload.seed, client_log
-        )
+        for i in range(workload.repeat):
+            log(
+                f"{side}: measuring, run {i + 1}/{workload.repeat}: {workload.num_prompts} "
+                f"prompts at concurrency {workload.concurrency}"
+            )
+            # a new seed per run: the same prompts again would hit the prefix cache
+            result = run_client(
+                port,
+                model_name,
+                tokenizer,
+                workload.num_prompts,
+                workload,
+                workload.seed + 100 * i,
+                client_log,
+            )
+            result["first_errors"] = [e for e in result.pop("errors", []) if e][:3]
+            if not workload.save_detailed:
+                result = {k: v for k, v in result.items() if k not in DETAILED_KEYS}
+            log(
+                f"{side}: run {i + 1}: {result.get('output_throughput', 0):,.0f} output tok/s, "
+                f"TTFT p50 {result.get('median_ttft_ms', 0):.1f} ms, "
+                f"ITL p50 {result.get('median_itl_ms', 0):.2f} ms, "
+                f"{result.get('failed', 0)} failed"
+            )
+            runs.append(result)
     finally:
         cpu = meter.stop()
         profile = profiler.stop() if profiler is not None else None
-    errors = [e for e in result.get("errors", []) if e]
-    if not workload.save_detailed:
-        result = {k: v for k, v in result.items() if k not in DETAILED_KEYS}
-    out: dict[str, Any] = {"result": result, "cpu": cpu, "other_cores_before": idle_other}
+    out: dict[str, Any] = {
+        "result": median_of(runs),
+        "runs": runs,
+        "cpu": cpu,
+        "other_cores_before": idle_other,
+    }
     if cpu["other_cores"] > OTHER_LOAD_LIMIT:
         log(
             f"{side}: WARNING: processes outside the benchmark used {cpu['other_cores']:.2f} "
             "cores during the run; the figures are disturbed"
         )
-    if errors:
-        out["first_errors"] = errors[:3]
     if profile is not None:
         out["profile"] = profile
     return out
@@ -669,7 +704,8 @@ def report(sides: dict[str, dict[str, Any]], comparison: dict[str, Any] | None) 
     header = f"{'metric':<22}" + "".join(f"{n:>14}" for n in names)
     if len(names) == 2:
         header += f"{'berth - vllm':>16}{'berth / vllm':>14}"
-    lines += [header, "-" * len(header)]
+    runs = max(int(sides[n]["result"].get("runs", 1)) for n in names)
+    lines += [f"median of {runs} measured run(s) per side", header, "-" * len(header)]
     for label, key, unit, decimals in ROWS:
         values = [sides[n]["result"].get(key) for n in names]
         row = f"{label + (f' ({unit})' if unit else ''):<22}"
@@ -706,6 +742,12 @@ def report(sides: dict[str, dict[str, Any]], comparison: dict[str, Any] | None) 
         for label, used in cpu["processes"].items():
             lines.append(f"  {label:<40}{used['cores']:>6.2f} cores  {used['cpu_s']:>7.2f} s")
         lines.append(f"  {'(other processes)':<40}{cpu['other_cores']:>6.2f} cores")
+        per_run = ", ".join(f"{r.get('output_throughput', 0):,.0f}" for r in sides[name]["runs"])
+        tokens = sum(r.get("total_output_tokens", 0) for r in sides[name]["runs"])
+        used_s = sum(u["cpu_s"] for u in cpu["processes"].values())
+        lines.append(f"  output tok/s per run: {per_run}")
+        if tokens:
+            lines.append(f"  CPU per output token (all processes): {1000 * used_s / tokens:.2f} ms")
     return "\n".join(lines)
 
 
@@ -779,6 +821,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="measured runs per side (fresh prompts each); the table shows each metric's median",
+    )
+    parser.add_argument(
         "--ready-timeout",
         type=float,
         default=300.0,
@@ -831,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         args.save_detailed,
         args.quiet_wait,
+        args.repeat,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     log(f"logs: {log_dir}")

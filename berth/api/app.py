@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
 from berth.api import metrics
+from berth.api.auth import KeyRing, parse_keys
 from berth.api.directory import WorkerDirectory
 from berth.api.ingress import Ingress
 from berth.api.relay import TokenRelay
 from berth.api.settings import ApiSettings
 from berth.protocol.errors import BerthError, InvalidRequest, QueueFull, Unavailable
+from berth.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class ApiState:
     relay: TokenRelay
     directory: WorkerDirectory
     ingress: Ingress
+    keys: KeyRing
+    jobs: JobStore
 
 
 def error_response(err: BerthError, route: str = "/v1/chat/completions") -> JSONResponse:
@@ -49,6 +53,8 @@ def error_response(err: BerthError, route: str = "/v1/chat/completions") -> JSON
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
+    keyring = KeyRing(parse_keys(settings.api_keys, settings.api_keys_file))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.require_redis_url())
@@ -62,6 +68,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             relay=relay,
             directory=directory,
             ingress=Ingress(redis, settings.max_queue_per_model, settings.retry_after_s),
+            keys=keyring,
+            jobs=JobStore(redis, settings.job_ttl_s),
         )
         log.info("api ready on %s:%d", settings.host, settings.port)
         try:
@@ -84,7 +92,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         invalid = InvalidRequest(str(first.get("msg", "invalid request")), param=param)
         return error_response(invalid, _route(request))
 
+    from berth.api.jobs import router as jobs_router
     from berth.api.routes import router
 
     app.include_router(router)
+    app.include_router(jobs_router)
     return app

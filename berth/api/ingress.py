@@ -18,18 +18,23 @@ class Ingress:
         self._retry_after_s = retry_after_s
         self._known_models: set[str] = set()
 
-    async def enqueue(self, queued: QueuedRequest) -> None:
-        stream = keys.ingress_stream(queued.model)
+    async def admit(self, queued: QueuedRequest) -> str:
+        """Check the lane's bound and announce the model; returns the stream to add to."""
+        stream = keys.ingress_stream(queued.model, queued.lane)
         # the scheduler deletes what it dispatched, so XLEN is what still waits
         if await self._redis.xlen(stream) >= self._max_queue:
             raise QueueFull(
-                f"the queue for model {queued.model!r} is full ({self._max_queue} requests); "
-                f"retry after {self._retry_after_s}s",
+                f"the {queued.lane} queue for model {queued.model!r} is full "
+                f"({self._max_queue} requests); retry after {self._retry_after_s}s",
                 retry_after=self._retry_after_s,
             )
         if queued.model not in self._known_models:
             await self._redis.sadd(keys.MODELS_SET, queued.model)
             self._known_models.add(queued.model)
+        return stream
+
+    async def enqueue(self, queued: QueuedRequest) -> None:
+        stream = await self.admit(queued)
         await self._redis.xadd(stream, {"r": queued.model_dump_json(exclude_none=True)})
 
     async def cancel(self, request_id: str) -> None:

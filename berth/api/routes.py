@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -15,12 +14,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from berth.api import metrics
+from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.app import ApiState, error_response
+from berth.api.auth import Tenant
 from berth.api.events import request_events
-from berth.api.output import ChunkWriter, CompletionAssembler, event_error
-from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
-from berth.protocol.envelopes import QueuedRequest, TokenEvent
-from berth.protocol.errors import BerthError, InvalidRequest
+from berth.protocol.envelopes import TokenEvent
+from berth.protocol.errors import BerthError
+from berth.protocol.output import ChunkWriter, CompletionAssembler, event_error
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -33,21 +33,6 @@ def _state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(_state)]
 
 
-async def _read_request(request: Request, state: ApiState) -> ChatCompletionRequest:
-    limits = state.settings.limits()
-    body = await request.body()
-    if len(body) > limits.max_body_bytes:
-        raise InvalidRequest(
-            f"the request body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed",
-            code="request_too_large",
-        )
-    try:
-        data = json.loads(body)
-    except ValueError as err:
-        raise InvalidRequest(f"the request body is not valid JSON: {err}") from None
-    return parse_chat_request(data, limits)
-
-
 async def _until_disconnected(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -56,16 +41,17 @@ async def _until_disconnected(request: Request) -> None:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, state: State) -> Response:
+async def chat_completions(request: Request, state: State, tenant: Tenant) -> Response:
     timer = metrics.RequestTimer(time.monotonic())
-    chat = await _read_request(request, state)
-    model, adapter = state.directory.resolve(chat.model, chat.lora_path)
+    chat = await read_chat(request, state)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    queued = QueuedRequest(
-        id=request_id,
-        model=model,
-        adapter=adapter,
-        request=chat.model_dump(mode="json", exclude_none=True),
+    queued = queued_request(
+        state,
+        chat,
+        request_id,
+        tenant=tenant,
+        lane=lane_for(chat, "interactive"),
+        deadline=deadline_from(request),
     )
     # subscribe before enqueueing: no event can be published before we listen
     queue = await state.relay.open(request_id)
@@ -74,13 +60,24 @@ async def chat_completions(request: Request, state: State) -> Response:
     except BaseException:
         state.relay.release(request_id)
         raise
-    log.info("request %s queued for %s/%s stream=%s", request_id, model, adapter, chat.stream)
+    log.info(
+        "request %s queued for %s/%s lane=%s stream=%s",
+        request_id,
+        queued.model,
+        queued.adapter,
+        queued.lane,
+        chat.stream,
+    )
     events = request_events(
         request_id,
         queue,
         is_alive=state.directory.is_alive,
         check_every_s=state.settings.liveness_check_s,
-        deadline=time.monotonic() + state.settings.request_timeout_s,
+        deadline=time.monotonic()
+        + min(
+            state.settings.request_timeout_s,
+            (queued.deadline - time.time()) if queued.deadline else float("inf"),
+        ),
     )
     created = int(time.time())
     if chat.stream:
@@ -171,7 +168,7 @@ async def _stream(
 
 
 @router.get("/v1/models")
-async def list_models(state: State) -> dict[str, Any]:
+async def list_models(state: State, tenant: Tenant) -> dict[str, Any]:
     return {"object": "list", "data": state.directory.model_cards()}
 
 

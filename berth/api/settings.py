@@ -31,5 +31,19 @@ class ApiSettings(CommonSettings):
     max_n: int = Field(default=16, ge=1, description="Largest `n` a request may ask for.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Largest request body.")
 
+    api_keys: str | None = Field(
+        default=None,
+        description="API keys as comma-separated tenant:key pairs. Unset (and no file): open.",
+    )
+    api_keys_file: str | None = Field(
+        default=None, description="File of tenant:key lines (# comments allowed)."
+    )
+    job_ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long job, file and batch records are kept."
+    )
+    max_file_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files."
+    )
+
     def limits(self) -> RequestLimits:
         return RequestLimits(max_n=self.max_n, max_body_bytes=self.max_body_bytes)

@@ -46,6 +46,7 @@ from berth.protocol.messages import (
     check_roles,
     message_dict,
     tag_error,
+    tagged_by,
 )
 
 ConstraintKind = Literal["json_object", "json_schema", "regex", "ebnf"]
@@ -294,11 +295,6 @@ class JsonSchemaFormat(_Model):
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
 
 
-def _format_type(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else value.type
-    return f"<{kind}>"
-
-
 def _known_format(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value
@@ -319,7 +315,7 @@ ResponseFormat = Annotated[
     Annotated[TextFormat, Tag("<text>")]
     | Annotated[JsonObjectFormat, Tag("<json_object>")]
     | Annotated[JsonSchemaFormat, Tag("<json_schema>")],
-    Discriminator(_format_type),
+    tagged_by("type"),
     BeforeValidator(_known_format),
 ]
 
@@ -390,16 +386,19 @@ def _logit_bias(value: Any) -> Any:
 
 
 def _metadata(value: Any) -> Any:
-    # OpenAI's bounds on metadata; it lands in the job record, so it stays small
+    # OpenAI's bounds on metadata; it lands in the job record, so it stays small.
+    # Checked here, whole, so errors name ``metadata`` rather than a key path.
     if isinstance(value, dict):
         if len(value) > 16:
             raise field_error(f"must have at most 16 keys, got {len(value)}")
         for key, item in value.items():
             if len(key) > 64:
                 raise field_error(f"keys must be at most 64 characters, got {len(key)}")
-            if isinstance(item, str) and len(item) > 512:
+            if not isinstance(item, str):
+                raise field_error(f"values must be strings, got {item!r} for key {key!r}")
+            if len(item) > 512:
                 raise field_error(
-                    f"values must be at most 512 characters, got {len(item)}", subpath=f".{key}"
+                    f"values must be at most 512 characters, got {len(item)} for key {key!r}"
                 )
     return value
 
@@ -424,8 +423,8 @@ def _template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
-def _hidden_states(value: bool | str) -> bool | str:
-    if value is not False:
+def _hidden_states(value: Any) -> Any:
+    if value is not False and value is not None:
         raise field_error(
             "is not supported: the engine does not return hidden states", unsupported=True
         )
@@ -503,9 +502,8 @@ class ChatCompletionRequest(_Model):
     separate_reasoning: StrictBool = True
     stream_reasoning: StrictBool = True
     chat_template_kwargs: Annotated[dict[str, Any] | None, AfterValidator(_template_kwargs)] = None
-    return_hidden_states: Annotated[
-        StrictBool | Literal["last"], AfterValidator(_hidden_states)
-    ] = False
+    # SGLang takes true, false or "last"; only false (or null) is honoured
+    return_hidden_states: Annotated[Any, AfterValidator(_hidden_states)] = False
     sampling_seed: Seed = None
 
     # --- field checks that need the limits ---

@@ -22,6 +22,14 @@ class QueuedRequest(BaseModel):
     enqueued_at: float = Field(default_factory=time.time)
     # absolute deadline (epoch seconds) after which a queued request expires
     deadline: float | None = None
+    # priority lane: interactive, job or batch (see keys.LANES)
+    lane: str = "interactive"
+    # set for asynchronous jobs: events go to the job's stream and the result to its record
+    job: bool = False
+    # which run of a job this is; a job whose worker died runs again with attempt + 1
+    attempt: int = 0
+    # the API key's tenant, for accounting
+    tenant: str | None = None
 
 
 class WorkGroup(BaseModel):

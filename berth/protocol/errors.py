@@ -7,6 +7,8 @@ the same body inside an error event so a client sees one shape whatever failed.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -192,16 +194,24 @@ def field_error(
     return PydanticCustomError(kind, "{detail}", {"detail": detail, "subpath": subpath})
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def param_from_loc(loc: tuple[int | str, ...]) -> str | None:
     """``("messages", 2, "<user>", "content")`` → ``"messages[2].content"``.
 
-    Items in angle brackets are the tags of berth's tagged unions, not fields.
+    Items in angle brackets are the tags of berth's tagged unions, not fields; keys
+    that are not identifiers (an unknown field ``""``) are quoted: ``stream_options[""]``.
     """
     out = ""
     for item in loc:
         if isinstance(item, int):
             out += f"[{item}]"
-        elif not item.startswith("<"):
+        elif not _NAME.fullmatch(item):
+            # an unknown key a client sent, like "" or "max tokens": quote it
+            if not item.startswith("<"):
+                out += f"[{json.dumps(item)}]"
+        else:
             out += f".{item}" if out else item
     return out or None
 

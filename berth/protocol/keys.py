@@ -16,9 +16,70 @@ SCHEDULER_GROUP = "schedulers"
 WORKER_QUEUE_PREFIX = f"{PREFIX}.worker."
 
 
-def ingress_stream(model: str) -> str:
-    """The stream of queued requests for one base model."""
-    return f"{PREFIX}:ingress:{model}"
+# Priority lanes, most urgent first. Interactive requests keep the plain stream name.
+LANES = ("interactive", "job", "batch")
+
+
+def ingress_stream(model: str, lane: str = "interactive") -> str:
+    """The stream of queued requests for one base model in one priority lane."""
+    if lane == "interactive":
+        return f"{PREFIX}:ingress:{model}"
+    return f"{PREFIX}:ingress:{model}:{lane}"
+
+
+def job_key(job_id: str) -> str:
+    """A job's record (a hash), with a TTL."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """A job's events: a capped stream, so late or returning readers miss nothing."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def tenant_jobs(tenant: str) -> str:
+    """Sorted set of a tenant's job ids by creation time, for listing."""
+    return f"{PREFIX}:tenant:{tenant}:jobs"
+
+
+def idempotency_key(tenant: str, key: str) -> str:
+    """Maps a tenant's Idempotency-Key to the job it created."""
+    return f"{PREFIX}:idem:{tenant}:{key}"
+
+
+# Sorted set of jobs sent to a worker and not yet finished (score: dispatch time).
+JOBS_INFLIGHT = f"{PREFIX}:jobs:inflight"
+
+
+def file_key(file_id: str) -> str:
+    """An uploaded file's metadata (a hash); its bytes live at file_content_key."""
+    return f"{PREFIX}:file:{file_id}"
+
+
+def file_content_key(file_id: str) -> str:
+    return f"{PREFIX}:file:{file_id}:content"
+
+
+def tenant_files(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:files"
+
+
+def batch_key(batch_id: str) -> str:
+    """A batch's record (a hash)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """The list of a batch's job ids, in input order."""
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def tenant_batches(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:batches"
+
+
+# Set of batch ids not yet finalised, watched by schedulers.
+BATCHES_ACTIVE = f"{PREFIX}:batches:active"
 
 
 def token_channel(request_id: str) -> str:

@@ -31,3 +31,16 @@ class RequestLimits(BaseModel):
 
 
 DEFAULT_LIMITS = RequestLimits()
+
+# For re-reading a request the API already admitted under its own (possibly raised) limits:
+# the worker must not refuse what the API accepted.
+ADMITTED = RequestLimits(
+    max_n=1 << 20,
+    max_messages=1 << 30,
+    max_regex_chars=1 << 30,
+    max_grammar_chars=1 << 30,
+    max_json_schema_depth=1 << 20,
+    max_tools=1 << 20,
+    max_body_bytes=1 << 40,
+    max_stop_token_ids=1 << 20,
+)

@@ -5,6 +5,8 @@ image, audio and file parts are refused with :class:`~berth.protocol.errors.Unsu
 naming the part (``messages[0].content[1].type``) rather than silently dropped.
 Messages are discriminated on ``role``; the request model checks that the role is
 one of :data:`ROLES` before the union is tried, so a bad role gets a clear message.
+The helpers for such tagged unions (:func:`tagged_by`, :func:`tag_error`,
+:func:`objects`) are shared with :mod:`berth.protocol.chat`.
 """
 
 from __future__ import annotations
@@ -103,9 +105,18 @@ def _str_or_parts(value: Any) -> str:
     return "<str>" if isinstance(value, str) else "<parts>"
 
 
-def _part_type(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else value.type
-    return f"<{kind}>"
+def tagged_by(key: str) -> Discriminator:
+    """Discriminate a union on ``key`` (``role``, ``type``) with berth's ``<tag>`` tags.
+
+    A BeforeValidator in front of each such union has already refused unknown values,
+    so the tag is always found and errors name the field, not the union member.
+    """
+
+    def tag(value: Any) -> str:
+        kind = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+        return f"<{kind}>"
+
+    return Discriminator(tag)
 
 
 TextContent = Annotated[
@@ -115,7 +126,7 @@ TextContent = Annotated[
 ]
 AssistantPart = Annotated[
     Annotated[TextPart, Tag("<text>")] | Annotated[RefusalPart, Tag("<refusal>")],
-    Discriminator(_part_type),
+    tagged_by("type"),
 ]
 AssistantContent = Annotated[
     Annotated[str, Tag("<str>")] | Annotated[list[AssistantPart], Tag("<parts>")],
@@ -232,11 +243,6 @@ class FunctionMessage(_Model):
     content: StrictStr | None = None
 
 
-def _role_tag(value: Any) -> str | None:
-    role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
-    return f"<{role}>" if role in ROLES else None
-
-
 Message = Annotated[
     Annotated[SystemMessage, Tag("<system>")]
     | Annotated[DeveloperMessage, Tag("<developer>")]
@@ -244,7 +250,7 @@ Message = Annotated[
     | Annotated[AssistantMessage, Tag("<assistant>")]
     | Annotated[ToolMessage, Tag("<tool>")]
     | Annotated[FunctionMessage, Tag("<function>")],
-    Discriminator(_role_tag),
+    tagged_by("role"),
 ]
 """Any request message; :func:`check_roles` runs first so the tag is always found."""
 
@@ -258,8 +264,7 @@ def check_roles(value: Any) -> Any:
         if role is None:
             raise field_error("is required", subpath=f"[{i}].role")
         if role not in ROLES:
-            allowed = ", ".join(repr(r) for r in ROLES)
-            raise field_error(f"must be one of {allowed}, got {role!r}", subpath=f"[{i}].role")
+            raise tag_error(role, ROLES, {}, f"[{i}].role")
     return value
 
 

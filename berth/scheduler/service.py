@@ -1,4 +1,9 @@
-"""The scheduler loop: read ingress streams, group, place, dispatch via Celery, acknowledge."""
+"""The scheduler loop: read ingress streams, group, place, dispatch via Celery, acknowledge.
+
+Besides dispatching it keeps the queue honest: requests past their deadline end
+as expired, cancelled ones are dropped, jobs whose worker died are queued again
+(bounded), and entries held by a dead replica are claimed by a live one.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +23,18 @@ from redis.exceptions import ResponseError
 from berth.protocol import keys
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
-from berth.protocol.errors import BerthError, Unavailable
+from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
 from berth.registry import live_workers
 from berth.scheduler import metrics, policy
 from berth.scheduler.settings import SchedulerSettings
+from berth.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
 # how soon a group that found no worker with room is looked at again
 _NO_WORKER_RETRY_S = 0.05
 # a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
+# and to the other replicas, which then claim its entries
 _ALIVE_TTL_MS = 10_000
 
 
@@ -46,12 +53,15 @@ class Scheduler:
         self.settings = settings
         self.redis = redis
         self.celery = celery
+        self.jobs = JobStore(redis, settings.job_ttl_s)
         self._streams: set[str] = set()
         self._workers: list[WorkerInfo] = []
         self._heartbeats: dict[str, float] = {}
         self._dispatched: dict[str, int] = {}
         self._groups: dict[policy.GroupKey, policy.PendingGroup] = {}
+        self._held: set[str] = set()
         self._refreshed_at = 0.0
+        self._maintained_at = 0.0
         self.dispatched_total = 0
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -62,8 +72,14 @@ class Scheduler:
             now = time.monotonic()
             if now - self._refreshed_at >= self.settings.registry_refresh_s:
                 await self._refresh()
+            if now - self._maintained_at >= self.settings.maintenance_interval_s:
+                self._maintained_at = now
+                await self._reclaim_from_dead_replicas()
+                await self._requeue_orphaned_jobs()
             await self._read(own_pending=False)
             await self._flush(time.monotonic())
+
+    # -- registry and streams -----------------------------------------------------------
 
     async def _refresh(self) -> None:
         self._refreshed_at = time.monotonic()
@@ -77,9 +93,9 @@ class Scheduler:
                 self._dispatched.pop(worker.id, None)
         self._workers = workers
         members: Any = await self.redis.smembers(keys.MODELS_SET)
-        models = {m.decode() for m in members}
-        models |= {w.model for w in workers}
-        for stream in {keys.ingress_stream(m) for m in models} - self._streams:
+        models = {m.decode() for m in members} | {w.model for w in workers}
+        wanted = {keys.ingress_stream(m, lane) for m in models for lane in keys.LANES}
+        for stream in wanted - self._streams:
             try:
                 # id 0: entries queued before any scheduler existed are read too
                 await self.redis.xgroup_create(stream, keys.SCHEDULER_GROUP, id="0", mkstream=True)
@@ -107,63 +123,73 @@ class Scheduler:
             count=self.settings.read_count,
             block=None if own_pending else self._block_ms(),
         )
+        for stream, entries in reply or []:
+            await self._take(stream.decode(), entries)
+
+    async def _take(self, stream: str, entries: Any) -> None:
+        """Put read (or claimed) entries into their groups, once each."""
         now = time.monotonic()
         items = []
-        for stream, entries in reply or []:
-            for entry_id, fields in entries:
-                if not fields:  # deleted while pending
-                    continue
-                try:
-                    request = QueuedRequest.model_validate_json(fields[b"r"])
-                except (ValidationError, KeyError):
-                    log.error("dropping malformed ingress entry %s on %s", entry_id, stream)
-                    await self._ack(stream.decode(), [entry_id.decode()])
-                    continue
-                items.append(policy.Pending(stream.decode(), entry_id.decode(), request, now))
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            if not fields or entry_id in self._held:  # deleted meanwhile, or already held
+                continue
+            try:
+                request = QueuedRequest.model_validate_json(fields[b"r"])
+            except (ValidationError, KeyError):
+                log.error("dropping malformed ingress entry %s on %s", entry_id, stream)
+                await self._ack(stream, [entry_id])
+                continue
+            self._held.add(entry_id)
+            items.append(policy.Pending(stream, entry_id, request, now))
         policy.add_to_groups(self._groups, items)
 
+    # -- dispatch -------------------------------------------------------------------------
+
     async def _flush(self, now: float) -> None:
-        for key in policy.ready_groups(
-            self._groups, now, self.settings.max_group_size, self.settings.max_group_wait_ms / 1000
-        ):
+        wait_s = self.settings.max_group_wait_ms / 1000
+        ready = policy.ready_groups(self._groups, now, self.settings.max_group_size, wait_s)
+        for key in policy.dispatch_order(self._groups, ready, now, self.settings.aging_s):
             group = self._groups.pop(key)
-            for chunk_start in range(0, len(group.items), self.settings.max_group_size):
-                chunk = group.items[chunk_start : chunk_start + self.settings.max_group_size]
+            for start in range(0, len(group.items), self.settings.max_group_size):
+                chunk = group.items[start : start + self.settings.max_group_size]
                 leftover = await self._dispatch(key, chunk, now)
                 if leftover:
                     # look again shortly, not on every loop turn
-                    retry_at = now - self.settings.max_group_wait_ms / 1000 + _NO_WORKER_RETRY_S
-                    self._groups.setdefault(
-                        key, policy.PendingGroup(key=key, first_at=retry_at)
-                    ).items.extend(leftover)
+                    retry_at = now - wait_s + _NO_WORKER_RETRY_S
+                    waiting = self._groups.setdefault(
+                        key, policy.PendingGroup(key=key, first_at=group.first_at)
+                    )
+                    waiting.first_at = min(waiting.first_at, retry_at)
+                    waiting.items.extend(leftover)
 
     async def _dispatch(
         self, key: policy.GroupKey, items: list[policy.Pending], now: float
     ) -> list[policy.Pending]:
         """Send one group to a worker; returns the items that must wait for one."""
-        model, adapter = key
+        model, adapter, lane = key
+        items, expired = policy.split_expired(items, time.time())
+        for p in expired:
+            await self._end(p, "expired", Timeout("the request expired in the queue"))
         marks = await self.redis.mget([keys.cancelled_key(p.request.id) for p in items])
         live = [p for p, mark in zip(items, marks, strict=True) if mark is None]
         dropped = [p for p, mark in zip(items, marks, strict=True) if mark is not None]
-        metrics.DROPPED.labels("cancelled").inc(len(dropped))
         for p in dropped:
-            await self.redis.publish(
-                keys.token_channel(p.request.id), terminal_event(p.request.id, "cancelled")
-            )
-        await self._ack_items(dropped)
+            await self._end(p, "cancelled", None)
         if not live:
             return []
-        worker = policy.pick_worker(self._workers, model, adapter, self._dispatched)
+        worker = policy.pick_worker(
+            self._workers, model, adapter, self._dispatched, lane, self.settings.batch_reserve
+        )
         if worker is None:
-            expired = [p for p in live if now - p.read_at >= self.settings.no_worker_timeout_s]
-            for p in expired:
-                err = Unavailable(f"no live worker serves model {model!r}; try again later")
-                await self.redis.publish(
-                    keys.token_channel(p.request.id), terminal_event(p.request.id, "error", err)
+            if any(w.model == model for w in self._workers):
+                return live  # busy, not absent: wait for room
+            gone = [p for p in live if now - p.read_at >= self.settings.no_worker_timeout_s]
+            for p in gone:
+                await self._end(
+                    p, "no_worker", Unavailable(f"no live worker serves model {model!r}")
                 )
-            metrics.DROPPED.labels("no_worker").inc(len(expired))
-            await self._ack_items(expired)
-            return [p for p in live if p not in expired]
+            return [p for p in live if p not in gone]
         work = WorkGroup(model=model, adapter=adapter, requests=[p.request for p in live])
         # kombu's publish is a quick blocking write to Redis
         self.celery.send_task(
@@ -176,9 +202,25 @@ class Scheduler:
         metrics.DISPATCHED.labels(model).inc(len(live))
         for p in live:
             metrics.DISPATCH_LATENCY.observe(sent_at - p.request.enqueued_at)
-        log.debug("sent %d requests for %s/%s to %s", len(live), model, adapter, worker.id)
+            if p.request.job:
+                await self.jobs.mark_dispatched(p.request.id, p.request.attempt, worker.id)
+        log.debug("sent %d requests for %s/%s/%s to %s", len(live), model, adapter, lane, worker.id)
         await self._ack_items(live)
         return []
+
+    async def _end(self, item: policy.Pending, reason: str, err: BerthError | None) -> None:
+        """End a request that will never reach a worker, with its one terminal event."""
+        metrics.DROPPED.labels(reason).inc()
+        request = item.request
+        type_ = "cancelled" if err is None else "error"
+        event = terminal_event(request.id, type_, err)
+        if request.job:
+            status = {"cancelled": "cancelled", "expired": "expired"}.get(reason, "failed")
+            body = err.body() if err is not None else None
+            await self.jobs.finish(request.id, None, status, error=body, event=event)
+        else:
+            await self.redis.publish(keys.token_channel(request.id), event)
+        await self._ack_items([item])
 
     async def _ack_items(self, items: list[policy.Pending]) -> None:
         by_stream: dict[str, list[str]] = {}
@@ -193,10 +235,69 @@ class Scheduler:
         pipe.xack(stream, keys.SCHEDULER_GROUP, *ids)
         pipe.xdel(stream, *ids)
         await pipe.execute()
+        self._held.difference_update(ids)
+
+    # -- recovery -------------------------------------------------------------------------
+
+    async def _reclaim_from_dead_replicas(self) -> None:
+        """Claim the unacknowledged entries of replicas that stopped refreshing their record."""
+        me = self.settings.scheduler_id
+        for stream in self._streams:
+            try:
+                consumers: Any = await self.redis.xinfo_consumers(stream, keys.SCHEDULER_GROUP)
+            except ResponseError:
+                continue
+            for consumer in consumers:
+                name = consumer["name"]
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                if name == me or await self.redis.exists(keys.scheduler_key(name)):
+                    continue
+                if consumer["pending"]:
+                    pending: Any = await self.redis.xpending_range(
+                        stream, keys.SCHEDULER_GROUP, "-", "+", 1000, consumername=name
+                    )
+                    ids = [p["message_id"] for p in pending]
+                    claimed: Any = await self.redis.xclaim(stream, keys.SCHEDULER_GROUP, me, 0, ids)
+                    log.warning("claimed %d entries of dead scheduler %s", len(claimed), name)
+                    await self._take(stream, claimed)
+                if not consumer["pending"] or len(claimed) == consumer["pending"]:
+                    await self.redis.xgroup_delconsumer(stream, keys.SCHEDULER_GROUP, name)
+
+    async def _requeue_orphaned_jobs(self) -> None:
+        """Jobs whose worker stopped heartbeating run again elsewhere, or fail for good."""
+        alive = {w.id for w in self._workers}
+        for job_id, attempt, worker, payload in await self.jobs.inflight():
+            if worker in alive or await self.redis.exists(keys.worker_key(worker)):
+                continue
+            queued = QueuedRequest.model_validate_json(payload).model_copy(
+                update={"attempt": attempt}
+            )
+            lost = WorkerLost(
+                f"worker {worker} died running the job; gave up after "
+                f"{self.settings.max_attempts} attempts"
+            )
+            outcome = await self.jobs.requeue(
+                queued,
+                worker,
+                self.settings.max_attempts,
+                failure=lost.body(),
+                failure_event=json.dumps(
+                    {"id": job_id, "seq": -1, "type": "error", "error": lost.body(), "status": 500}
+                ),
+                requeue_event=json.dumps(
+                    {"id": job_id, "seq": -1, "type": "requeued", "worker": worker}
+                ),
+            )
+            if outcome == 1:
+                log.warning(
+                    "job %s: worker %s died; queued attempt %d", job_id, worker, attempt + 1
+                )
+            elif outcome == 2:
+                log.error("job %s failed: worker %s died on the last attempt", job_id, worker)
 
 
 async def serve(settings: SchedulerSettings) -> None:
-    """Run one scheduler replica until cancelled or SIGTERM."""
+    """Run one scheduler replica until SIGTERM or SIGINT."""
     redis = Redis.from_url(settings.require_redis_url())
     celery = Celery("berth-scheduler")
     celery.conf.update(celery_settings(settings.require_redis_url()))
@@ -211,5 +312,6 @@ async def serve(settings: SchedulerSettings) -> None:
     try:
         await scheduler.run(stop)
     finally:
+        await redis.delete(keys.scheduler_key(settings.scheduler_id))
         await redis.aclose()
         log.info("scheduler %s stopped", settings.scheduler_id)

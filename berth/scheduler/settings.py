@@ -27,6 +27,28 @@ class SchedulerSettings(MetricsSettings):
     registry_refresh_s: float = Field(
         default=0.25, gt=0, description="How often the worker registry and model list are reread."
     )
+    aging_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Every this many seconds waited moves a group up one priority lane.",
+    )
+    batch_reserve: float = Field(
+        default=0.25,
+        ge=0,
+        lt=1,
+        description="Share of a worker's capacity batch work leaves free for interactive work.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Runs of a job before a dying worker fails it for good."
+    )
+    maintenance_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often dead replicas' entries and dead workers' jobs are recovered.",
+    )
+    job_ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long job records are kept."
+    )
     no_worker_timeout_s: float = Field(
         default=60.0,
         gt=0,

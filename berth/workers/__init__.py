@@ -1,1 +1,1 @@
-"""Workers: the Celery app and task, the engine (the only place vLLM is imported) and its plumbing."""
+"""Workers: the Celery app and task, the engine (the only place vLLM is imported), plumbing."""

@@ -17,8 +17,17 @@ from redis.asyncio import Redis
 
 from berth.protocol import keys
 from berth.protocol.chat import parse_chat_request
-from berth.protocol.envelopes import TERMINAL_EVENTS, QueuedRequest, WorkerInfo, WorkGroup
+from berth.protocol.envelopes import (
+    TERMINAL_EVENTS,
+    QueuedRequest,
+    TokenEvent,
+    WorkerInfo,
+    WorkGroup,
+)
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
+from berth.protocol.limits import ADMITTED
+from berth.protocol.output import CompletionAssembler
+from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
 from berth.workers.heartbeat import deregister, heartbeat_loop
@@ -46,23 +55,67 @@ def _choice_json(delta: ChoiceDelta) -> dict[str, Any]:
 
 
 class _RequestEvents:
-    """Numbers and publishes one request's events; the hot path builds JSON directly."""
+    """Numbers one request's events and writes them: on its pub/sub channel for a waiting
+    client, or for a job into its event stream, ending with the script that stores its
+    result. The hot path builds JSON directly."""
 
-    __slots__ = ("_channel", "_id", "_publisher", "_seq", "_worker")
+    __slots__ = (
+        "_assembler",
+        "_id",
+        "_jobs",
+        "_publisher",
+        "_queued",
+        "_seq",
+        "_target",
+        "_worker",
+    )
 
-    def __init__(self, publisher: EventPublisher, request_id: str, worker: str) -> None:
+    def __init__(
+        self, publisher: EventPublisher, queued: QueuedRequest, worker: str, jobs: JobStore
+    ) -> None:
         self._publisher = publisher
-        self._id = request_id
-        self._channel = keys.token_channel(request_id)
+        self._queued = queued
+        self._id = queued.id
         self._worker = worker
+        self._jobs = jobs
         self._seq = 0
+        self._assembler: CompletionAssembler | None = None
+        self._target = keys.job_events(queued.id) if queued.job else keys.token_channel(queued.id)
+
+    def collect_result(self, n: int) -> None:
+        """Jobs keep their assembled result; call once the request's ``n`` is known."""
+        if self._queued.job:
+            model = str(self._queued.request.get("model", self._queued.model))
+            self._assembler = CompletionAssembler(self._id, model, int(time.time()), n)
 
     def emit(self, type_: str, **fields: Any) -> None:
-        if type_ in TERMINAL_EVENTS:
-            metrics.FINISHED.labels(type_).inc()
         event = {"id": self._id, "seq": self._seq, "type": type_, "worker": self._worker, **fields}
         self._seq += 1
-        self._publisher.publish(self._channel, json.dumps(event, separators=(",", ":")))
+        payload = json.dumps(event, separators=(",", ":"))
+        terminal = type_ in TERMINAL_EVENTS
+        if terminal:
+            metrics.FINISHED.labels(type_).inc()
+        if not self._queued.job:
+            self._publisher.publish(self._target, payload)
+            return
+        parsed = TokenEvent.model_validate(event)
+        if self._assembler is not None:
+            self._assembler.add(parsed)
+        if not terminal:
+            self._publisher.append(self._target, payload, EVENTS_MAXLEN)
+            return
+        result = None
+        if type_ == "finished" and self._assembler is not None:
+            result = self._assembler.response(parsed)
+        script, script_keys, args = self._jobs.finish_call(
+            self._id,
+            self._queued.attempt,
+            terminal_status(type_, fields.get("status")),
+            result=result,
+            error=fields.get("error"),
+            event=payload,
+        )
+        self._publisher.script(script, script_keys, args)
 
     def step(self, step: EngineStep, type_: str = "delta") -> None:
         fields: dict[str, Any] = {"choices": [_choice_json(c) for c in step.choices]}
@@ -91,6 +144,7 @@ class EngineHost:
         capacity: int,
         heartbeat_interval: float = 1.0,
         heartbeat_ttl: float = 5.0,
+        job_ttl_s: int = 7 * 24 * 3600,
     ) -> None:
         self.engine = engine
         self.worker_id = worker_id
@@ -98,6 +152,7 @@ class EngineHost:
         self._redis_url = redis_url
         self._hb_interval = heartbeat_interval
         self._hb_ttl = heartbeat_ttl
+        self._job_ttl_s = job_ttl_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
@@ -107,6 +162,7 @@ class EngineHost:
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Redis | None = None
         self._publisher: EventPublisher | None = None
+        self._jobs: JobStore | None = None
         self._started_at = time.time()
 
     # -- lifecycle (called from the worker's main thread) --------------------------------
@@ -152,6 +208,7 @@ class EngineHost:
         await self.engine.start()
         self._publisher = EventPublisher(self._redis)
         self._publisher.start()
+        self._jobs = JobStore(self._redis, self._job_ttl_s)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._listen_for_cancels(), name="cancels"))
         self._tasks.append(
@@ -203,8 +260,11 @@ class EngineHost:
         )
 
     async def _serve(self, queued: QueuedRequest, cancelled: bool) -> None:
-        assert self._publisher is not None
-        events = _RequestEvents(self._publisher, queued.id, self.worker_id)
+        assert self._publisher is not None and self._jobs is not None
+        if queued.job and not await self._jobs.claim(queued.id, queued.attempt, self.worker_id):
+            log.info("job %s attempt %d is no longer queued; skipping", queued.id, queued.attempt)
+            return
+        events = _RequestEvents(self._publisher, queued, self.worker_id, self._jobs)
         events.emit("started")
         if cancelled or queued.id in self._cancels:
             events.emit("cancelled")
@@ -216,7 +276,8 @@ class EngineHost:
         if queued.adapter is not None:
             metrics.ADAPTER_REQUESTS.labels(queued.adapter).inc()
         try:
-            request = parse_chat_request(queued.request)
+            request = parse_chat_request(queued.request, ADMITTED)
+            events.collect_result(request.n)
             finished = False
             async for step in self.engine.generate(queued.id, request, queued.adapter):
                 if not step.finished:

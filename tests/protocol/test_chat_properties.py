@@ -4,6 +4,7 @@ is refused with ``param`` naming the field it broke."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -142,7 +143,7 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
     return data
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(valid_bodies())
 def test_valid_requests_parse_and_normalise(data: dict[str, Any]) -> None:
     req = parse_chat_request(data)
@@ -158,7 +159,7 @@ def test_valid_requests_parse_and_normalise(data: dict[str, Any]) -> None:
         assert "content" not in m or isinstance(m["content"], str) or m["content"] is None
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(valid_bodies())
 def test_parsed_requests_survive_a_json_round_trip(data: dict[str, Any]) -> None:
     """The queued form (JSON in Redis) parses back to the same request."""
@@ -227,7 +228,7 @@ MUTATIONS: list[tuple[str, st.SearchStrategy[Any], type[InvalidRequest]]] = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data(), valid_bodies())
 def test_each_invalid_mutation_names_its_field(data: st.DataObject, body: dict[str, Any]) -> None:
     field, values, error = data.draw(st.sampled_from(MUTATIONS))
@@ -245,7 +246,7 @@ def test_each_invalid_mutation_names_its_field(data: st.DataObject, body: dict[s
         raise AssertionError(f"{field}={body[field]!r} was accepted")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     valid_bodies(),
     st.text(min_size=1, max_size=20).filter(lambda k: k not in ChatCompletionRequest.model_fields),
@@ -259,3 +260,27 @@ def test_unknown_fields_are_refused_by_name(body: dict[str, Any], key: str) -> N
         assert err.message == f"Unrecognized request argument supplied: {key}"
     else:
         raise AssertionError(f"{key!r} was accepted")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | floats(-1e9, 1e9) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+# a field, then indexes, attribute names, or quoted keys: messages[0].content, stop_options[""]
+PARAM = re.compile(r'^[a-z_]+(\[\d+\]|\.[A-Za-z_][A-Za-z_0-9]*|\["(?:[^"\\]|\\.)*"\])*$')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(ChatCompletionRequest.model_fields)), JSON_VALUES)
+def test_any_value_in_any_field_parses_or_names_that_field(field: str, value: Any) -> None:
+    """Whatever JSON a field gets, the answer is a request or a 400 naming that field."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], field: value}
+    try:
+        parse_chat_request(body)
+    except InvalidRequest as err:
+        assert err.param is not None
+        assert PARAM.match(err.param), err.param
+        assert err.param == field or err.param.startswith((f"{field}[", f"{field}."))

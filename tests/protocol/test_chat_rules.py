@@ -219,9 +219,9 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     # enums and free-form fields
     ({"service_tier": "gold"}, "service_tier", "'auto', 'default', 'flex', 'scale' or 'priority'"),
     ({"reasoning_effort": "huge"}, "reasoning_effort", "got 'huge'"),
-    ({"metadata": {"a": 1}}, "metadata.a", "must be a string"),
+    ({"metadata": {"a": 1}}, "metadata", "values must be strings, got 1 for key 'a'"),
     ({"metadata": {str(i): "v" for i in range(17)}}, "metadata", "at most 16 keys"),
-    ({"metadata": {"k": "v" * 513}}, "metadata.k", "at most 512 characters"),
+    ({"metadata": {"k": "v" * 513}}, "metadata", "at most 512 characters, got 513 for key 'k'"),
     (
         {"chat_template_kwargs": {"chat_template": "{{x}}"}},
         "chat_template_kwargs",

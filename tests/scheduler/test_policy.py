@@ -42,9 +42,9 @@ def test_groups_by_model_and_adapter() -> None:
         ],
     )
     assert {k: [p.request.id for p in g.items] for k, g in groups.items()} == {
-        ("m", None): ["r0", "r2"],
-        ("m", "a"): ["r1", "r4"],
-        ("x", None): ["r3"],
+        ("m", None, "interactive"): ["r0", "r2"],
+        ("m", "a", "interactive"): ["r1", "r4"],
+        ("x", None, "interactive"): ["r3"],
     }
 
 
@@ -52,10 +52,10 @@ def test_group_flushes_on_size_or_wait() -> None:
     groups: dict[policy.GroupKey, policy.PendingGroup] = {}
     policy.add_to_groups(groups, [_pending(i, at=10.0) for i in range(3)])
     policy.add_to_groups(groups, [_pending(9, model="x", at=10.0)])
-    assert policy.ready_groups(groups, now=10.001, max_size=3, max_wait=0.002) == [("m", None)]
+    assert policy.ready_groups(groups, now=10.001, max_size=3, max_wait=0.002) == [("m", None, "interactive")]
     assert sorted(policy.ready_groups(groups, now=10.002, max_size=3, max_wait=0.002)) == [
-        ("m", None),
-        ("x", None),
+        ("m", None, "interactive"),
+        ("x", None, "interactive"),
     ]
     assert policy.next_deadline(groups, 0.002) == 10.002
     assert policy.next_deadline({}, 0.002) is None

@@ -11,8 +11,9 @@ inside the engine, as they would in vLLM's scheduler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from berth.protocol.errors import InvalidRequest
@@ -54,8 +55,8 @@ class FakeEngine:
         self._default_max_tokens = default_max_tokens
         self._vocab_size = vocab_size
         self._slots: asyncio.Semaphore | None = None
-        self._running: set[str] = set()
-        self._aborted: set[str] = set()
+        # request id -> set when the request is aborted
+        self._running: dict[str, asyncio.Event] = {}
         self._started = False
 
     @property
@@ -76,7 +77,8 @@ class FakeEngine:
         self._started = True
 
     async def shutdown(self) -> None:
-        self._aborted.update(self._running)
+        for aborted in self._running.values():
+            aborted.set()
         self._started = False
 
     def num_running(self) -> int:
@@ -84,7 +86,7 @@ class FakeEngine:
 
     async def abort(self, request_id: str) -> None:
         if request_id in self._running:
-            self._aborted.add(request_id)
+            self._running[request_id].set()
 
     def generate(
         self, request_id: str, request: ChatCompletionRequest, adapter: str | None
@@ -115,21 +117,27 @@ class FakeEngine:
         check_token_ids(getattr(request, "stop_token_ids", None) or [],
                         vocab_size=self._vocab_size, param="stop_token_ids")
 
-        self._running.add(request_id)
+        if request_id in self._running:
+            raise InvalidRequest(f"request {request_id} is already running in this engine")
+        aborted = self._running[request_id] = asyncio.Event()
         try:
-            if self._slots is not None:
-                async with self._slots:
-                    async for step in self._run(request_id, request, prompt_len, max_tokens):
-                        yield step
-            else:
-                async for step in self._run(request_id, request, prompt_len, max_tokens):
+            async with contextlib.AsyncExitStack() as stack:
+                if self._slots is not None and not await _acquire(self._slots, aborted):
+                    yield _abort_step(range(request.n), prompt_len, 0)
+                    return
+                if self._slots is not None:
+                    stack.callback(self._slots.release)
+                async for step in self._run(aborted, request, prompt_len, max_tokens):
                     yield step
         finally:
-            self._running.discard(request_id)
-            self._aborted.discard(request_id)
+            del self._running[request_id]
 
     async def _run(
-        self, request_id: str, request: ChatCompletionRequest, prompt_len: int, max_tokens: int
+        self,
+        aborted: asyncio.Event,
+        request: ChatCompletionRequest,
+        prompt_len: int,
+        max_tokens: int,
     ) -> AsyncIterator[EngineStep]:
         n = request.n or 1
         stops = list(request.stop or [])
@@ -143,20 +151,12 @@ class FakeEngine:
         produced = 0
         while True:
             if self._delay:
-                await asyncio.sleep(self._delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(aborted.wait(), self._delay)
             else:
                 await asyncio.sleep(0)
-            if request_id in self._aborted:
-                yield EngineStep(
-                    choices=[
-                        ChoiceDelta(index=i, finish_reason="abort")
-                        for i in range(n)
-                        if done[i] is None
-                    ],
-                    prompt_tokens=prompt_len,
-                    completion_tokens=produced,
-                    finished=True,
-                )
+            if aborted.is_set():
+                yield _abort_step([i for i in range(n) if done[i] is None], prompt_len, produced)
                 return
             choices = []
             for i in range(n):
@@ -193,6 +193,30 @@ class FakeEngine:
             )
             if finished:
                 return
+
+
+async def _acquire(slots: asyncio.Semaphore, aborted: asyncio.Event) -> bool:
+    """Wait for a generation slot; False when the request was aborted first."""
+    acquire = asyncio.ensure_future(slots.acquire())
+    abort = asyncio.ensure_future(aborted.wait())
+    await asyncio.wait({acquire, abort}, return_when=asyncio.FIRST_COMPLETED)
+    abort.cancel()
+    if acquire.done() and not acquire.cancelled():
+        if aborted.is_set():
+            slots.release()
+            return False
+        return True
+    acquire.cancel()
+    return False
+
+
+def _abort_step(indices: Iterable[int], prompt_tokens: int, completion_tokens: int) -> EngineStep:
+    return EngineStep(
+        choices=[ChoiceDelta(index=i, finish_reason="abort") for i in indices],
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        finished=True,
+    )
 
 
 def _prompt_len(request: ChatCompletionRequest) -> int:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from berth.protocol.chat import ChatCompletionRequest
     from berth.workers.engine.parsers import RequestParsing
 
+# below this vLLM samples greedily (vllm.sampling_params._SAMPLING_EPS)
+_GREEDY = 1e-5
+
 # vLLM's parameter names → the request field a client set
 _PARAM_NAMES = {
     "max_tokens": "max_completion_tokens",
@@ -96,6 +99,15 @@ def build_sampling_params(
     if top_k == -1:
         top_k = 0  # OpenAI/SGLang spell "off" as -1, vLLM prefers 0
 
+    temperature = pick(req.temperature, "temperature", 1.0)
+    if req.n > 1 and temperature < _GREEDY:
+        # vLLM refuses parallel sampling without randomness: the choices would be equal
+        raise InvalidRequest(
+            f"n must be 1 when temperature is 0 (greedy decoding), got n={req.n}; "
+            "raise the temperature to sample several choices",
+            param="n",
+        )
+
     if parsing is not None:
         constraint = parsing.structured_outputs
         skip_special = parsing.skip_special_tokens
@@ -106,7 +118,7 @@ def build_sampling_params(
     try:
         return SamplingParams(
             n=req.n,
-            temperature=pick(req.temperature, "temperature", 1.0),
+            temperature=temperature,
             top_p=pick(req.top_p, "top_p", 1.0),
             top_k=top_k,
             min_p=pick(req.min_p, "min_p", 0.0),

@@ -6,7 +6,7 @@ import json
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from berth.api.output import DONE, ChunkWriter, CompletionAssembler
+from berth.protocol.output import DONE, ChunkWriter, CompletionAssembler
 from berth.protocol.envelopes import TokenEvent
 
 

@@ -1,0 +1,83 @@
+"""Turns an HTTP request into a queued request: body bounds, validation, model resolution,
+lane and deadline. Shared by interactive completions and asynchronous jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import Request
+
+from berth.api.app import ApiState
+from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
+from berth.protocol.envelopes import QueuedRequest
+from berth.protocol.errors import InvalidRequest
+
+DEADLINE_HEADER = "x-deadline-seconds"
+
+# service_tier picks the lane: "priority" is always interactive, "flex" always batch
+_TIER_LANES = {"priority": "interactive", "flex": "batch"}
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    body = await request.body()
+    if len(body) > limit:
+        raise InvalidRequest(
+            f"the request body is {len(body)} bytes; at most {limit} are allowed",
+            code="request_too_large",
+        )
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise InvalidRequest(f"the request body is not valid JSON: {err}") from None
+
+
+def deadline_from(request: Request) -> float | None:
+    """An absolute deadline from the X-Deadline-Seconds header (seconds from now)."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InvalidRequest(
+            f"X-Deadline-Seconds must be a positive number of seconds, got {raw!r}",
+            param="X-Deadline-Seconds",
+        )
+    return time.time() + seconds
+
+
+def lane_for(chat: ChatCompletionRequest, default: str) -> str:
+    return _TIER_LANES.get(chat.service_tier or "", default)
+
+
+def queued_request(
+    state: ApiState,
+    chat: ChatCompletionRequest,
+    request_id: str,
+    *,
+    tenant: str,
+    lane: str,
+    deadline: float | None,
+    job: bool = False,
+) -> QueuedRequest:
+    """The envelope for a validated request; raises ModelNotFound for an unknown model."""
+    model, adapter = state.directory.resolve(chat.model, chat.lora_path)
+    return QueuedRequest(
+        id=request_id,
+        model=model,
+        adapter=adapter,
+        request=chat.model_dump(mode="json", exclude_none=True),
+        deadline=deadline,
+        lane=lane,
+        job=job,
+        tenant=tenant,
+    )
+
+
+async def read_chat(request: Request, state: ApiState) -> ChatCompletionRequest:
+    limits = state.settings.limits()
+    return parse_chat_request(await read_json(request, limits.max_body_bytes), limits)

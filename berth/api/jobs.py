@@ -1,0 +1,147 @@
+"""Asynchronous jobs: submit, poll, follow the events (resumable), cancel, list."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
+from berth.api.auth import Tenant
+from berth.api.routes import State
+from berth.protocol.errors import BerthError, InvalidRequest, NotFound
+from berth.store.jobs import TERMINAL_STATUSES, new_job_id
+
+router = APIRouter(prefix="/v1/jobs")
+
+# how long one blocking read of a job's events waits before checking the job again
+_EVENTS_BLOCK_MS = 5_000
+
+
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job {job_id!r}", param="job_id")
+
+
+@router.post("")
+async def submit_job(
+    request: Request,
+    state: State,
+    tenant: Tenant,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    chat = await read_chat(request, state)
+    if chat.stream:
+        raise InvalidRequest(
+            "jobs are not streamed: submit with stream false and follow "
+            "GET /v1/jobs/{id}/events instead",
+            param="stream",
+        )
+    queued = queued_request(
+        state,
+        chat,
+        new_job_id(),
+        tenant=tenant,
+        lane=lane_for(chat, "job"),
+        deadline=deadline_from(request),
+        job=True,
+    )
+    await state.ingress.admit(queued)
+    job_id, created = await state.jobs.create(
+        queued, tenant=tenant, idempotency_key=idempotency_key, metadata=chat.metadata
+    )
+    job = await state.jobs.get(job_id, tenant)
+    if job is None:  # the key named a job that expired meanwhile
+        raise _not_found(job_id)
+    return JSONResponse(
+        job,
+        status_code=202 if created else 200,
+        headers={"Location": f"/v1/jobs/{job_id}"},
+    )
+
+
+@router.get("")
+async def list_jobs(
+    state: State,
+    tenant: Tenant,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    jobs, more = await state.jobs.list_jobs(tenant, after=after, limit=limit)
+    return {
+        "object": "list",
+        "data": jobs,
+        "first_id": jobs[0]["id"] if jobs else None,
+        "last_id": jobs[-1]["id"] if jobs else None,
+        "has_more": more,
+    }
+
+
+@router.get("/{job_id}")
+async def get_job(job_id: str, state: State, tenant: Tenant) -> dict[str, Any]:
+    job = await state.jobs.get(job_id, tenant)
+    if job is None:
+        raise _not_found(job_id)
+    return job
+
+
+@router.delete("/{job_id}")
+async def cancel_job(job_id: str, state: State, tenant: Tenant) -> dict[str, Any]:
+    job = await state.jobs.get(job_id, tenant)
+    if job is None:
+        raise _not_found(job_id)
+    if job["status"] not in TERMINAL_STATUSES:
+        err = BerthError("the job was cancelled", code="cancelled")
+        event = json.dumps({"id": job_id, "seq": -1, "type": "cancelled", "error": err.body()})
+        await state.jobs.finish(job_id, None, "cancelled", error=err.body(), event=event)
+        # a queued attempt is dropped by the scheduler, a running one aborted by its worker
+        await state.ingress.cancel(job_id)
+    return await state.jobs.get(job_id, tenant) or job
+
+
+@router.get("/{job_id}/events")
+async def job_events(
+    job_id: str,
+    state: State,
+    tenant: Tenant,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    if await state.jobs.get(job_id, tenant) is None:
+        raise _not_found(job_id)
+    start = last_event_id or "0"
+    if start != "0" and not _is_stream_id(start):
+        raise InvalidRequest(
+            f"Last-Event-ID must be an event id from this stream, got {start!r}",
+            param="Last-Event-ID",
+        )
+    return StreamingResponse(
+        _follow(state, job_id, tenant, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+def _is_stream_id(value: str) -> bool:
+    ms, sep, seq = value.partition("-")
+    return ms.isdigit() and (not sep or seq.isdigit())
+
+
+async def _follow(state: State, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
+    """Every event after ``after``, once each, ending after the terminal one."""
+    block: int | None = None  # first the backlog, then wait for more
+    while True:
+        for event_id, payload in await state.jobs.events_after(job_id, after, block):
+            after = event_id
+            kind = json.loads(payload).get("type", "message")
+            yield f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
+            if kind in ("finished", "error", "cancelled"):
+                return
+        if block is not None:
+            job = await state.jobs.get(job_id, tenant)
+            if job is None or job["status"] in TERMINAL_STATUSES:
+                # finished, and its events expired or were trimmed: nothing more will come
+                return
+        block = _EVENTS_BLOCK_MS
+

@@ -1,0 +1,22 @@
+-- The worker running a job's attempt died: queue the next attempt, or fail the job when
+-- its attempts are used up. Only the first replica to notice wins.
+-- KEYS: job key, in-flight set, ingress stream, job events stream
+-- ARGV: job id, attempt, dead worker, max attempts, next payload, now, failure error json,
+--       failure event json, requeue event json, maxlen
+local s = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker')
+if not s[1] or (s[1] ~= 'queued' and s[1] ~= 'running') then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if tonumber(s[2]) ~= tonumber(ARGV[2]) or s[3] ~= ARGV[3] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local next_attempt = tonumber(ARGV[2]) + 1
+if next_attempt >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[6], 'error', ARGV[7])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', 'e', ARGV[8])
+  return 2
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', next_attempt, 'worker', '')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', 'e', ARGV[9])
+redis.call('XADD', KEYS[3], '*', 'r', ARGV[5])
+return 1
