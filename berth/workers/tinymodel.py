@@ -165,9 +165,22 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> TinyModel:
 
 def _generate(root: Path) -> None:
     # Never reach for the Hub, even by accident.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    saved = {k: os.environ.get(k) for k in _OFFLINE}
+    os.environ.update(_OFFLINE)
+    try:
+        _build(root)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
+
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _build(root: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM

@@ -32,8 +32,9 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def registry(root: Path, tmp_path: Path) -> AdapterRegistry:
-    return AdapterRegistry({"named": str(root / "good"), "gone": str(tmp_path / "gone")},
-                           root=str(root))
+    return AdapterRegistry(
+        {"named": str(root / "good"), "gone": str(tmp_path / "gone")}, root=str(root)
+    )
 
 
 def test_registered_name(registry: AdapterRegistry, root: Path) -> None:
@@ -86,8 +87,10 @@ def test_without_a_root_only_names_resolve(root: Path) -> None:
 
 
 def test_tiny_model_adapters_resolve(tiny_model) -> None:  # type: ignore[no-untyped-def]
-    registry = AdapterRegistry({k: str(v) for k, v in tiny_model.adapters.items()},
-                               root=str(tiny_model.path.parent / "adapters"))
+    registry = AdapterRegistry(
+        {k: str(v) for k, v in tiny_model.adapters.items()},
+        root=str(tiny_model.path.parent / "adapters"),
+    )
     for name, path in tiny_model.adapters.items():
         assert registry.resolve(name) == (name, path)
         assert registry.resolve(f"./{name}")[1] == path

@@ -13,8 +13,10 @@ from berth.workers.engine.chat import render_prompt, render_prompt_text, templat
 
 Build = Callable[..., ChatCompletionRequest]
 
-TOOL = {"type": "function", "function": {"name": "lookup", "description": "Find a thing",
-                                         "parameters": {"type": "object"}}}
+TOOL = {
+    "type": "function",
+    "function": {"name": "lookup", "description": "Find a thing", "parameters": {"type": "object"}},
+}
 
 
 def test_opens_an_assistant_turn(tiny_tokenizer: Any, chat_request: Build) -> None:
@@ -56,11 +58,21 @@ def test_tool_round_trip_messages(tiny_tokenizer: Any, chat_request: Build) -> N
     req = chat_request(
         messages=[
             {"role": "developer", "content": "dev rules"},
-            {"role": "user", "content": [{"type": "text", "text": "find"},
-                                         {"type": "text", "text": "it"}]},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function",
-                 "function": {"name": "lookup", "arguments": '{"q": 1}'}}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "find"}, {"type": "text", "text": "it"}],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q": 1}'},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": "c1", "content": "found"},
         ],
         tools=[TOOL],

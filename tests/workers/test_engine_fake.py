@@ -85,15 +85,17 @@ async def test_stop_strings(chat_request: Build) -> None:
     assert text(steps) == free[: free.index(stop)]
     assert steps[-1].choices[-1].finish_reason == "stop"
     assert steps[-1].choices[-1].stop_reason == stop
-    kept = await run(engine, "c", chat_request(max_completion_tokens=10, stop=[stop],
-                                               no_stop_trim=True))
+    kept = await run(
+        engine, "c", chat_request(max_completion_tokens=10, stop=[stop], no_stop_trim=True)
+    )
     assert text(kept) == free[: free.index(stop) + len(stop)]
 
 
 async def test_logprobs_shape(chat_request: Build) -> None:
     engine = await started()
-    steps = await run(engine, "r", chat_request(max_completion_tokens=2, logprobs=True,
-                                                top_logprobs=2))
+    steps = await run(
+        engine, "r", chat_request(max_completion_tokens=2, logprobs=True, top_logprobs=2)
+    )
     entries = [e for s in steps for c in s.choices for e in c.logprobs or []]
     assert len(entries) == 2
     assert all(set(e) == {"token", "logprob", "bytes", "top_logprobs"} for e in entries)

@@ -54,7 +54,9 @@ def stream(
     """Feed ``output`` one token at a time, as the engine's DELTA outputs arrive."""
     prompt = render_prompt(tokenizer, req)
     parsing = parsers.for_request(
-        req, structured_outputs(req), skip_special_tokens=req.skip_special_tokens,
+        req,
+        structured_outputs(req),
+        skip_special_tokens=req.skip_special_tokens,
         chat_template_kwargs=dict(req.chat_template_kwargs or {}),
     )
     choice = parsing.choice_parser(prompt)
@@ -126,8 +128,9 @@ def test_without_tools_markup_stays_content(
 def test_reasoning_is_split_when_asked(
     thinking: OutputParsers, tiny_tokenizer: Any, chat_request: Build
 ) -> None:
-    deltas, _ = stream(thinking, tiny_tokenizer, chat_request(),
-                       "<think>Paris is in France.</think>It is sunny.")
+    deltas, _ = stream(
+        thinking, tiny_tokenizer, chat_request(), "<think>Paris is in France.</think>It is sunny."
+    )
     content, reasoning, _ = joined(deltas)
     assert reasoning == "Paris is in France." and content == "It is sunny."
 
@@ -135,8 +138,12 @@ def test_reasoning_is_split_when_asked(
 def test_reasoning_then_tool_call(
     thinking: OutputParsers, tiny_tokenizer: Any, chat_request: Build
 ) -> None:
-    deltas, called = stream(thinking, tiny_tokenizer, chat_request(tools=TOOLS),
-                            "<think>Need the weather.</think>" + CALL)
+    deltas, called = stream(
+        thinking,
+        tiny_tokenizer,
+        chat_request(tools=TOOLS),
+        "<think>Need the weather.</think>" + CALL,
+    )
     content, reasoning, calls = joined(deltas)
     assert reasoning == "Need the weather." and content.strip() == ""
     assert called and calls[0]["name"] == "get_weather"
@@ -173,27 +180,34 @@ def adjusted(parsers: OutputParsers, req: ChatCompletionRequest) -> Any:
     return parsers.for_request(req, structured_outputs(req), skip_special_tokens=True)
 
 
-def test_required_constrains_to_the_tool_schemas(hermes: OutputParsers, chat_request: Build) -> None:
+def test_required_constrains_to_the_tool_schemas(
+    hermes: OutputParsers, chat_request: Build
+) -> None:
     parsing = adjusted(hermes, chat_request(tools=TOOLS, tool_choice="required"))
     tag = json.loads(parsing.structured_outputs.structural_tag)
     (call,) = {t["begin"].replace("\n", "").strip() for t in tag["format"]["tags"]}
     assert call == '<tool_call>{"name": "get_weather", "arguments":'
-    assert all(t["content"]["json_schema"] == TOOLS[0]["function"]["parameters"]
-               for t in tag["format"]["tags"])
+    assert all(
+        t["content"]["json_schema"] == TOOLS[0]["function"]["parameters"]
+        for t in tag["format"]["tags"]
+    )
     assert tag["format"]["at_least_one"] is True
     assert parsing.skip_special_tokens is False  # hermes needs <tool_call> in the text
 
 
 def test_named_tool_constrains_to_one_call(hermes: OutputParsers, chat_request: Build) -> None:
-    req = chat_request(tools=TOOLS, tool_choice={"type": "function",
-                                                 "function": {"name": "get_weather"}})
+    req = chat_request(
+        tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}
+    )
     tag = json.loads(adjusted(hermes, req).structured_outputs.structural_tag)
     assert tag["format"]["stop_after_first"] is True
     # a forced call is held to the tool's schema
     assert tag["format"]["tags"][0]["content"]["json_schema"] == TOOLS[0]["function"]["parameters"]
 
 
-def test_parallel_tool_calls_false_allows_one_call(hermes: OutputParsers, chat_request: Build) -> None:
+def test_parallel_tool_calls_false_allows_one_call(
+    hermes: OutputParsers, chat_request: Build
+) -> None:
     req = chat_request(tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
     tag = json.loads(adjusted(hermes, req).structured_outputs.structural_tag)
     assert tag["format"]["stop_after_first"] is True
@@ -237,8 +251,9 @@ def test_sampling_params_carry_the_tool_constraint(
 ) -> None:
     req = chat_request(tools=TOOLS, tool_choice="required")
     parsing = adjusted(hermes, req)
-    sp = build_sampling_params(req, vocab_size=388, max_model_len=512, prompt_len=10,
-                               parsing=parsing)
+    sp = build_sampling_params(
+        req, vocab_size=388, max_model_len=512, prompt_len=10, parsing=parsing
+    )
     assert sp.structured_outputs is not None and sp.structured_outputs.structural_tag
     assert sp.skip_special_tokens is False
     assert sp.output_kind is RequestOutputKind.DELTA

@@ -90,24 +90,40 @@ async def test_seed_makes_sampling_repeatable(vllm_engine: Any, chat_request: Bu
 
 async def test_stop_string_trims_and_reports_it(vllm_engine: Any, chat_request: Build) -> None:
     greedy = text(
-        await run(vllm_engine, "stop-0", chat_request(max_completion_tokens=40, ignore_eos=True,
-                                                      temperature=0))
+        await run(
+            vllm_engine,
+            "stop-0",
+            chat_request(max_completion_tokens=40, ignore_eos=True, temperature=0),
+        )
     )
     # a printable two-character piece from the middle of the greedy output
-    spots = [i for i in range(4, len(greedy) - 2) if greedy[i : i + 2].isascii()
-             and greedy[i : i + 2].isprintable() and greedy[i : i + 2].strip()]
+    spots = [
+        i
+        for i in range(4, len(greedy) - 2)
+        if greedy[i : i + 2].isascii()
+        and greedy[i : i + 2].isprintable()
+        and greedy[i : i + 2].strip()
+    ]
     assert spots, greedy
     stop = greedy[spots[0] : spots[0] + 2]
     expected = greedy[: greedy.index(stop)]
 
-    steps = await run(vllm_engine, "stop-1", chat_request(
-        max_completion_tokens=40, ignore_eos=True, temperature=0, stop=[stop]))
+    steps = await run(
+        vllm_engine,
+        "stop-1",
+        chat_request(max_completion_tokens=40, ignore_eos=True, temperature=0, stop=[stop]),
+    )
     assert finish(steps) == "stop"
     assert steps[-1].choices[-1].stop_reason == stop
     assert text(steps) == expected
 
-    kept = await run(vllm_engine, "stop-2", chat_request(
-        max_completion_tokens=40, ignore_eos=True, temperature=0, stop=[stop], no_stop_trim=True))
+    kept = await run(
+        vllm_engine,
+        "stop-2",
+        chat_request(
+            max_completion_tokens=40, ignore_eos=True, temperature=0, stop=[stop], no_stop_trim=True
+        ),
+    )
     assert text(kept) == expected + stop
 
 
@@ -116,8 +132,9 @@ async def test_stop_token_id_ends_the_choice(
 ) -> None:
     # the bias makes "Q" the first token; it is also the stop token
     (q,) = tiny_tokenizer.encode("Q", add_special_tokens=False)
-    req = chat_request(max_completion_tokens=10, ignore_eos=True, logit_bias={str(q): 100},
-                       stop_token_ids=[q])
+    req = chat_request(
+        max_completion_tokens=10, ignore_eos=True, logit_bias={str(q): 100}, stop_token_ids=[q]
+    )
     steps = await run(vllm_engine, "stopid-1", req)
     assert finish(steps) == "stop"
     assert steps[-1].choices[-1].stop_reason == q
@@ -141,8 +158,9 @@ async def test_logprobs_are_openai_shaped(vllm_engine: Any, chat_request: Build)
 
 
 async def test_logprobs_without_top_logprobs(vllm_engine: Any, chat_request: Build) -> None:
-    steps = await run(vllm_engine, "lp-2", chat_request(max_completion_tokens=3, logprobs=True,
-                                                        ignore_eos=True))
+    steps = await run(
+        vllm_engine, "lp-2", chat_request(max_completion_tokens=3, logprobs=True, ignore_eos=True)
+    )
     entries = [e for s in steps for c in s.choices for e in c.logprobs or []]
     assert len(entries) == 3 and all(e["top_logprobs"] == [] for e in entries)
     plain = await run(vllm_engine, "lp-3", chat_request(max_completion_tokens=3))
@@ -176,7 +194,10 @@ async def test_json_schema_output_is_valid(vllm_engine: Any, chat_request: Build
     req = chat_request(
         max_completion_tokens=200,
         seed=1,
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": SCHEMA},
+        },
     )
     steps = await run(vllm_engine, "json-1", req)
     assert finish(steps) == "stop"
@@ -185,16 +206,18 @@ async def test_json_schema_output_is_valid(vllm_engine: Any, chat_request: Build
 
 async def test_regex_output_matches(vllm_engine: Any, chat_request: Build) -> None:
     pattern = r"[a-z]{3}-[0-9]{2}"
-    steps = await run(vllm_engine, "regex-1", chat_request(max_completion_tokens=30, regex=pattern,
-                                                           n=2, seed=3))
+    steps = await run(
+        vllm_engine, "regex-1", chat_request(max_completion_tokens=30, regex=pattern, n=2, seed=3)
+    )
     for i in (0, 1):
         assert finish(steps, i) == "stop"
         assert re.fullmatch(pattern, text(steps, i)), text(steps, i)
 
 
 async def test_ebnf_output_matches(vllm_engine: Any, chat_request: Build) -> None:
-    steps = await run(vllm_engine, "ebnf-1", chat_request(max_completion_tokens=10,
-                                                          ebnf='root ::= "yes" | "no"'))
+    steps = await run(
+        vllm_engine, "ebnf-1", chat_request(max_completion_tokens=10, ebnf='root ::= "yes" | "no"')
+    )
     assert text(steps) in {"yes", "no"} and finish(steps) == "stop"
 
 
@@ -224,9 +247,16 @@ TOOLS = [
 ]
 
 
-async def test_tool_choice_required_yields_tool_calls(vllm_engine: Any, chat_request: Build) -> None:
-    req = chat_request(max_completion_tokens=120, tools=TOOLS, tool_choice="required",
-                       parallel_tool_calls=False, seed=5)
+async def test_tool_choice_required_yields_tool_calls(
+    vllm_engine: Any, chat_request: Build
+) -> None:
+    req = chat_request(
+        max_completion_tokens=120,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        seed=5,
+    )
     steps = await run(vllm_engine, "tools-1", req)
     calls = tool_calls(steps)
     assert len(calls) == 1 and calls[0]["name"] in {"get_weather", "noop"}
@@ -239,8 +269,12 @@ async def test_tool_choice_required_yields_tool_calls(vllm_engine: Any, chat_req
 
 
 async def test_named_tool_choice_calls_that_tool(vllm_engine: Any, chat_request: Build) -> None:
-    req = chat_request(max_completion_tokens=120, tools=TOOLS, seed=6,
-                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    req = chat_request(
+        max_completion_tokens=120,
+        tools=TOOLS,
+        seed=6,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     steps = await run(vllm_engine, "tools-2", req)
     calls = tool_calls(steps)
     assert [c["name"] for c in calls] == ["get_weather"]
@@ -255,8 +289,15 @@ async def test_lora_adapter_changes_the_output(vllm_engine: Any, chat_request: B
     base = text(await run(vllm_engine, "lora-0", req))
     a = text(await run(vllm_engine, "lora-a", req, adapter="tiny-lora-a"))
     a_again = text(await run(vllm_engine, "lora-a2", req, adapter="tiny-lora-a"))
-    by_path = text(await run(vllm_engine, "lora-b", chat_request(
-        max_completion_tokens=16, ignore_eos=True, temperature=0, lora_path="./tiny-lora-b")))
+    by_path = text(
+        await run(
+            vllm_engine,
+            "lora-b",
+            chat_request(
+                max_completion_tokens=16, ignore_eos=True, temperature=0, lora_path="./tiny-lora-b"
+            ),
+        )
+    )
     assert a != base and by_path != base and a != by_path
     assert a == a_again
     assert "tiny-lora-a" in vllm_engine.adapters
@@ -285,8 +326,14 @@ async def test_abort_mid_generation(vllm_engine: Any, chat_request: Build) -> No
     assert last.completion_tokens < 800
     assert vllm_engine.num_running() == 0
     # the engine keeps serving after an abort
-    assert finish(await run(vllm_engine, "abort-2", chat_request(max_completion_tokens=2,
-                                                                 ignore_eos=True))) == "length"
+    assert (
+        finish(
+            await run(
+                vllm_engine, "abort-2", chat_request(max_completion_tokens=2, ignore_eos=True)
+            )
+        )
+        == "length"
+    )
 
 
 async def test_abort_unknown_request_is_harmless(vllm_engine: Any) -> None:
@@ -326,7 +373,10 @@ async def test_prompt_too_long_is_invalid_request(vllm_engine: Any, chat_request
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"logit_bias": {"100000": 5}}, "logit_bias"), ({"stop_token_ids": [100000]}, "stop_token_ids")],
+    [
+        ({"logit_bias": {"100000": 5}}, "logit_bias"),
+        ({"stop_token_ids": [100000]}, "stop_token_ids"),
+    ],
 )
 async def test_token_ids_outside_the_vocabulary(
     vllm_engine: Any, chat_request: Build, fields: dict[str, Any], param: str
@@ -339,6 +389,9 @@ async def test_token_ids_outside_the_vocabulary(
 async def test_continue_final_message(vllm_engine: Any, chat_request: Build) -> None:
     req = chat_request(
         messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The ans"}],
-        continue_final_message=True, max_completion_tokens=4, ignore_eos=True)
+        continue_final_message=True,
+        max_completion_tokens=4,
+        ignore_eos=True,
+    )
     steps = await run(vllm_engine, "cont-1", req)
     assert steps[-1].completion_tokens == 4 and finish(steps) == "length"

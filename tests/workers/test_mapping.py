@@ -24,7 +24,9 @@ def request(**fields: Any) -> ChatCompletionRequest:
     )
 
 
-def params(prompt_len: int = PROMPT, defaults: dict[str, Any] | None = None, **fields: Any) -> SamplingParams:
+def params(
+    prompt_len: int = PROMPT, defaults: dict[str, Any] | None = None, **fields: Any
+) -> SamplingParams:
     return build_sampling_params(
         request(**fields),
         vocab_size=VOCAB,
@@ -121,14 +123,21 @@ def test_generation_config_max_tokens_caps_the_default_only() -> None:
     [
         ({"response_format": {"type": "json_object"}}, "json_object", True),
         (
-            {"response_format": {"type": "json_schema",
-                                 "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object"}},
+                }
+            },
             "json",
             {"type": "object"},
         ),
         # a json_schema format without a schema only asks for some JSON object
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-         "json_object", True),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "json_object",
+            True,
+        ),
         ({"regex": "[a-z]+"}, "regex", "[a-z]+"),
         ({"ebnf": 'root ::= "a"'}, "grammar", 'root ::= "a"'),
     ],
@@ -175,9 +184,7 @@ def test_prompt_filling_the_context_names_messages(prompt_len: int) -> None:
         ({"stop_token_ids": [1, 2, 100000]}, "stop_token_ids"),
     ],
 )
-def test_token_ids_are_checked_against_the_vocabulary(
-    fields: dict[str, Any], param: str
-) -> None:
+def test_token_ids_are_checked_against_the_vocabulary(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         params(**fields)
     assert err.value.param == param

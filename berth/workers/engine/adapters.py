@@ -66,7 +66,9 @@ class AdapterRegistry:
                 f"adapter path {raw!r} is outside the allowed adapter root", param=param
             )
         if path == root:
-            raise InvalidRequest("the adapter path must name a directory inside the root", param=param)
+            raise InvalidRequest(
+                "the adapter path must name a directory inside the root", param=param
+            )
         _check_adapter_dir(path, raw, param)
         # a stable name per directory, so the engine keeps one LoRA id per adapter
         name = "path:" + os.path.relpath(path, root)
@@ -77,9 +79,7 @@ def _check_adapter_dir(path: Path, shown: str, param: str) -> None:
     if not path.is_dir():
         raise InvalidRequest(f"LoRA adapter {shown!r} does not exist", param=param)
     if not (path / ADAPTER_CONFIG).is_file():
-        raise InvalidRequest(
-            f"LoRA adapter {shown!r} has no {ADAPTER_CONFIG}", param=param
-        )
+        raise InvalidRequest(f"LoRA adapter {shown!r} has no {ADAPTER_CONFIG}", param=param)
     if not (path / ADAPTER_WEIGHTS).is_file():
         raise InvalidRequest(
             f"LoRA adapter {shown!r} has no {ADAPTER_WEIGHTS}; only safetensors adapters "

@@ -23,10 +23,7 @@ from berth.workers.engine.checks import check_token_ids, logit_bias_ids, resolve
 if TYPE_CHECKING:
     from berth.protocol.chat import ChatCompletionRequest
 
-WORDS = (
-    "the quick brown fox jumps over a lazy dog while berth serves many users from one "
-    "queue and every stream ends with exactly one terminal event"
-).split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "berth", "serves", "many", "users", "from", "one", "queue", "and", "every", "stream", "ends", "with", "exactly", "one", "terminal", "event"]
 
 FAKE_VOCAB_SIZE = 32_000
 
@@ -112,10 +109,14 @@ class FakeEngine:
         )
         if requested is None:
             max_tokens = min(max_tokens, self._default_max_tokens)
-        check_token_ids(logit_bias_ids(request.logit_bias), vocab_size=self._vocab_size,
-                        param="logit_bias")
-        check_token_ids(getattr(request, "stop_token_ids", None) or [],
-                        vocab_size=self._vocab_size, param="stop_token_ids")
+        check_token_ids(
+            logit_bias_ids(request.logit_bias), vocab_size=self._vocab_size, param="logit_bias"
+        )
+        check_token_ids(
+            getattr(request, "stop_token_ids", None) or [],
+            vocab_size=self._vocab_size,
+            param="stop_token_ids",
+        )
 
         if request_id in self._running:
             raise InvalidRequest(f"request {request_id} is already running in this engine")

@@ -29,7 +29,11 @@ from berth.workers.engine.adapters import AdapterRegistry
 from berth.workers.engine.base import ChoiceDelta, EngineStep, FinishReason
 from berth.workers.engine.chat import render_prompt, template_kwargs
 from berth.workers.engine.config import EngineConfig
-from berth.workers.engine.mapping import build_sampling_params, invalid_from_vllm, structured_outputs
+from berth.workers.engine.mapping import (
+    build_sampling_params,
+    invalid_from_vllm,
+    structured_outputs,
+)
 from berth.workers.engine.parsers import ChoiceParser, OutputParsers
 
 if TYPE_CHECKING:
@@ -159,7 +163,10 @@ class VllmEngine:
         self._running.add(request_id)
         try:
             lora = self._lora_request(adapter, req)
-            if sum(len(str(m.get("content") or "")) for m in req.message_dicts()) > _INLINE_RENDER_CHARS:
+            if (
+                sum(len(str(m.get("content") or "")) for m in req.message_dicts())
+                > _INLINE_RENDER_CHARS
+            ):
                 prompt = await asyncio.to_thread(render_prompt, self._tokenizer, req)
             else:
                 prompt = render_prompt(self._tokenizer, req)

@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# berth's control plane: `berth api` (default) and `berth scheduler`, from one image.
+# Build from the repository root:
+#   docker build -f deploy/docker/api.Dockerfile -t berth-api .
+ARG PYTHON_VERSION=3.12
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY berth ./berth
+COPY deploy/docker/control_plane_requirements.py /tmp/
+# berth's dependencies minus the model stack (transformers, peft, torch): the API and
+# scheduler never import it, and it is most of a gigabyte
+RUN python /tmp/control_plane_requirements.py pyproject.toml > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && pip install --no-deps .
+
+FROM python:${PYTHON_VERSION}-slim
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin berth
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+USER 10001
+WORKDIR /home/berth
+EXPOSE 8000
+# for `berth api` on its default port; a scheduler container overrides it with
+# `berth check scheduler` (see deploy/compose.yaml)
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["berth", "check", "api", "--url", "http://127.0.0.1:8000"]
+CMD ["berth", "api"]
