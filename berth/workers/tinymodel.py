@@ -28,7 +28,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # Bump whenever the generated files would change.
-GENERATOR_VERSION = "tiny-llama-v1"
+GENERATOR_VERSION = "tiny-llama-v2"
 
 MODEL_NAME = "berth-tiny"
 ADAPTER_NAMES = ("tiny-lora-a", "tiny-lora-b")
@@ -51,7 +51,11 @@ CHAT_TEMPLATE = r"""
 {%- macro render_content(content) -%}
 {%- if content is string -%}{{ content }}
 {%- elif content is iterable and content is not mapping -%}
-{%- for part in content -%}{%- if part is mapping and part.get('type') == 'text' -%}{{ part['text'] }}{%- elif part is string -%}{{ part }}{%- endif -%}{%- endfor -%}
+{%- for part in content -%}
+{%- if part is mapping and part.get('type') == 'text' -%}{{ part['text'] }}
+{%- elif part is string -%}{{ part }}
+{%- endif -%}
+{%- endfor -%}
 {%- elif content is not none -%}{{ content }}
 {%- endif -%}
 {%- endmacro -%}
@@ -67,11 +71,14 @@ CHAT_TEMPLATE = r"""
 {{- '\nReasoning effort: ' + reasoning_effort -}}
 {%- endif -%}
 {%- if tools -%}
-{{- '\n\n# Tools\n\nYou may call one or more functions. Function signatures are inside <tools></tools>:\n<tools>' -}}
+{{- '\n\n# Tools\n\nYou may call one or more functions. ' -}}
+{{- 'Function signatures are inside <tools></tools>:\n<tools>' -}}
 {%- for tool in tools -%}
 {{- '\n' -}}{{- (tool['function'] if tool['function'] is defined else tool) | tojson -}}
 {%- endfor -%}
-{{- '\n</tools>\n\nFor each call, return a JSON object with the function name and arguments inside <tool_call></tool_call> tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>' -}}
+{{- '\n</tools>\n\nFor each call, return a JSON object with the function name and ' -}}
+{{- 'arguments inside <tool_call></tool_call> tags:\n<tool_call>\n' -}}
+{{- '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>' -}}
 {%- endif -%}
 {{- '<|im_end|>\n' -}}
 {%- endif -%}
@@ -86,7 +93,9 @@ CHAT_TEMPLATE = r"""
 {%- for call in message['tool_calls'] -%}
 {%- set fn = call['function'] if call['function'] is defined else call -%}
 {{- '\n<tool_call>\n{"name": "' + fn['name'] + '", "arguments": ' -}}
-{%- if fn['arguments'] is string -%}{{- fn['arguments'] -}}{%- else -%}{{- fn['arguments'] | tojson -}}{%- endif -%}
+{%- if fn['arguments'] is string -%}{{- fn['arguments'] -}}
+{%- else -%}{{- fn['arguments'] | tojson -}}
+{%- endif -%}
 {{- '}\n</tool_call>' -}}
 {%- endfor -%}
 {%- endif -%}
@@ -231,7 +240,7 @@ def _build(root: Path) -> None:
             init_lora_weights=False,
         )
         peft_model = get_peft_model(LlamaForCausalLM(config), lora)
-        peft_model.save_pretrained(path, safe_serialization=True)
+        peft_model.save_pretrained(str(path), safe_serialization=True)
         # The base path recorded by peft is the temporary folder; point it at
         # the served name instead so nothing tries to resolve the temp path.
         cfg_file = path / "adapter_config.json"

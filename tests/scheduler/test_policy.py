@@ -95,3 +95,40 @@ def test_picked_worker_always_fits(specs: list[tuple[str, int, int]], sent: dict
     else:
         assert chosen in fitting
         assert policy.free_slots(chosen, sent) == max(policy.free_slots(w, sent) for w in fitting)
+
+
+def _lane_groups(ages: dict[str, float], now: float) -> dict[policy.GroupKey, policy.PendingGroup]:
+    return {
+        ("m", None, lane): policy.PendingGroup(key=("m", None, lane), first_at=now - age)
+        for lane, age in ages.items()
+    }
+
+
+def test_interactive_before_jobs_before_batches() -> None:
+    groups = _lane_groups({"batch": 1.0, "job": 1.0, "interactive": 0.0}, now=100.0)
+    order = policy.dispatch_order(groups, list(groups), now=100.0, aging_s=30)
+    assert [k[2] for k in order] == ["interactive", "job", "batch"]
+
+
+def test_aging_lifts_a_long_waiting_batch() -> None:
+    groups = _lane_groups({"batch": 90.0, "interactive": 0.0}, now=100.0)
+    order = policy.dispatch_order(groups, list(groups), now=100.0, aging_s=30)
+    assert [k[2] for k in order] == ["batch", "interactive"]
+
+
+def test_batch_leaves_a_reserve_for_interactive() -> None:
+    workers = [_worker("w", capacity=8, running=6)]  # 2 of 8 free
+    assert policy.pick_worker(workers, "m", None, {}, "batch", batch_reserve=0.25) is None
+    assert policy.pick_worker(workers, "m", None, {}, "interactive", batch_reserve=0.25)
+    assert policy.pick_worker(workers, "m", None, {}, "batch", batch_reserve=0.0)
+
+
+@given(st.dictionaries(st.sampled_from(["interactive", "job", "batch"]), st.floats(0, 1000)))
+def test_waiting_longer_never_moves_a_group_back(ages: dict[str, float]) -> None:
+    groups = _lane_groups(ages, now=1000.0)
+    order = policy.dispatch_order(groups, list(groups), now=1000.0, aging_s=30)
+    for lane in ages:
+        older = {**ages, lane: ages[lane] + 100}
+        regrouped = _lane_groups(older, now=1000.0)
+        reorder = policy.dispatch_order(regrouped, list(regrouped), now=1000.0, aging_s=30)
+        assert reorder.index(("m", None, lane)) <= order.index(("m", None, lane))

@@ -157,7 +157,9 @@ class OutputParsers:
         parser = None
         if cls is not None:
             parser = cls(
-                self._tokenizer, vreq.tools, chat_template_kwargs=chat_template_kwargs or {}
+                self._tokenizer,
+                vreq.tools,  # type: ignore[arg-type]
+                chat_template_kwargs=chat_template_kwargs or {},
             )
             try:
                 vreq = parser.adjust_request(vreq)  # type: ignore[assignment]
@@ -219,7 +221,9 @@ class RequestParsing:
         parser = self.first
         if parser is None or getattr(parser, "_berth_used", False):
             parser = self.cls(
-                self.tokenizer, self.vreq.tools, chat_template_kwargs=self.chat_template_kwargs
+                self.tokenizer,
+                self.vreq.tools,  # type: ignore[arg-type]
+                chat_template_kwargs=self.chat_template_kwargs,
             )
         parser._berth_used = True  # type: ignore[attr-defined]
         return ChoiceParser(parser, self.vreq, prompt_token_ids)

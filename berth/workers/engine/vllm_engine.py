@@ -94,7 +94,7 @@ class VllmEngine:
             dtype=cfg.dtype,  # type: ignore[arg-type]
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_model_len,
+            max_model_len=cfg.max_model_len,  # type: ignore[arg-type]
             max_num_seqs=cfg.max_num_seqs,
             enable_prefix_caching=cfg.enable_prefix_caching,
             enforce_eager=cfg.enforce_eager,
