@@ -25,10 +25,18 @@ async def request_events(
     is_alive: Callable[[str], Awaitable[bool]],
     check_every_s: float,
     deadline: float,
+    retry: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[TokenEvent]:
-    """Yield the request's events in order, ending with exactly one terminal event."""
+    """Yield the request's events in order, ending with exactly one terminal event.
+
+    When the worker holding the request dies before any token was produced, ``retry``
+    (if given) queues the request again and the wait goes on, invisible to the client;
+    once tokens flowed, the client gets an error event instead.
+    """
     expected = 0
     worker: str | None = None
+    produced = False
+    dead: set[str] = set()
     while True:
         try:
             event = queue.get_nowait() if not queue.empty() else None
@@ -36,6 +44,10 @@ async def request_events(
                 event = await asyncio.wait_for(queue.get(), timeout=check_every_s)
         except TimeoutError:
             if worker is not None and not await is_alive(worker):
+                dead.add(worker)
+                if not produced and retry is not None and await retry():
+                    worker, expected = None, 0
+                    continue
                 yield synthetic_error(
                     request_id, WorkerLost(f"worker {worker} stopped while serving the request")
                 )
@@ -46,10 +58,16 @@ async def request_events(
                 )
                 return
             continue
+        if event.worker in dead:
+            continue  # a late event of an attempt given up on
+        if event.type == "dispatched":
+            worker = event.worker
+            continue
         if event.seq >= 0 and event.seq < expected:
             continue  # a duplicate; each event counts once
         expected = event.seq + 1
         worker = event.worker or worker
+        produced = produced or bool(event.choices)
         yield event
         if event.terminal:
             return

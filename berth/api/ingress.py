@@ -37,6 +37,11 @@ class Ingress:
         stream = await self.admit(queued)
         await self._redis.xadd(stream, {"r": queued.model_dump_json(exclude_none=True)})
 
+    async def requeue(self, queued: QueuedRequest) -> None:
+        """Queue an admitted request again (its worker died first); no bound applies."""
+        stream = keys.ingress_stream(queued.model, queued.lane)
+        await self._redis.xadd(stream, {"r": queued.model_dump_json(exclude_none=True)})
+
     async def cancel(self, request_id: str) -> None:
         """Mark a request cancelled (the scheduler drops it) and tell the workers."""
         pipe = self._redis.pipeline(transaction=False)

@@ -144,4 +144,3 @@ async def _follow(state: State, job_id: str, tenant: str, after: str) -> AsyncIt
                 # finished, and its events expired or were trimmed: nothing more will come
                 return
         block = _EVENTS_BLOCK_MS
-

@@ -68,9 +68,21 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         queued.lane,
         chat.stream,
     )
+    attempts = [queued]
+
+    async def retry() -> bool:
+        if len(attempts) > state.settings.max_retries:
+            return False
+        again = queued.model_copy(update={"attempt": len(attempts)})
+        attempts.append(again)
+        log.warning("request %s: worker died before any token; queued again", request_id)
+        await state.ingress.requeue(again)
+        return True
+
     events = request_events(
         request_id,
         queue,
+        retry=retry,
         is_alive=state.directory.is_alive,
         check_every_s=state.settings.liveness_check_s,
         deadline=time.monotonic()

@@ -25,6 +25,11 @@ class ApiSettings(CommonSettings):
         gt=0,
         description="With no event for this long, check the request's worker is still alive.",
     )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Times a request whose worker died before its first token is queued again.",
+    )
     registry_refresh_s: float = Field(
         default=0.5, gt=0, description="How often the list of live workers is reread."
     )

@@ -7,7 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-EventType = Literal["started", "delta", "finished", "error", "cancelled"]
+# "dispatched" comes from the scheduler (which worker got the request); "requeued" marks a
+# job's next attempt after its worker died; the rest come from the worker
+EventType = Literal[
+    "dispatched", "started", "delta", "finished", "error", "cancelled", "requeued"
+]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"finished", "error", "cancelled"})
 
 

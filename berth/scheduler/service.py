@@ -46,6 +46,13 @@ def terminal_event(request_id: str, type_: str, err: BerthError | None = None) -
     return json.dumps(event)
 
 
+def _entry_ids(items: list[policy.Pending]) -> dict[str, list[str]]:
+    by_stream: dict[str, list[str]] = {}
+    for p in items:
+        by_stream.setdefault(p.stream, []).append(p.entry_id)
+    return by_stream
+
+
 class Scheduler:
     """One scheduler replica; a consumer in the ingress consumer group of every model."""
 
@@ -138,7 +145,7 @@ class Scheduler:
                 request = QueuedRequest.model_validate_json(fields[b"r"])
             except (ValidationError, KeyError):
                 log.error("dropping malformed ingress entry %s on %s", entry_id, stream)
-                await self._ack(stream, [entry_id])
+                await self._ack({stream: [entry_id]})
                 continue
             self._held.add(entry_id)
             items.append(policy.Pending(stream, entry_id, request, now))
@@ -200,12 +207,20 @@ class Scheduler:
         sent_at = time.time()
         metrics.GROUP_SIZE.observe(len(live))
         metrics.DISPATCHED.labels(model).inc(len(live))
+        pipe = self.redis.pipeline(transaction=False)
         for p in live:
             metrics.DISPATCH_LATENCY.observe(sent_at - p.request.enqueued_at)
             if p.request.job:
-                await self.jobs.mark_dispatched(p.request.id, p.request.attempt, worker.id)
+                await self.jobs.mark_dispatched(
+                    p.request.id, p.request.attempt, worker.id, client=pipe
+                )
+            else:
+                # the waiting API learns the worker, so it notices if that worker dies
+                event = {"id": p.request.id, "seq": -1, "type": "dispatched", "worker": worker.id}
+                pipe.publish(keys.token_channel(p.request.id), json.dumps(event))
+        self._ack_into(pipe, _entry_ids(live))
+        await pipe.execute()
         log.debug("sent %d requests for %s/%s/%s to %s", len(live), model, adapter, lane, worker.id)
-        await self._ack_items(live)
         return []
 
     async def _end(self, item: policy.Pending, reason: str, err: BerthError | None) -> None:
@@ -223,19 +238,19 @@ class Scheduler:
         await self._ack_items([item])
 
     async def _ack_items(self, items: list[policy.Pending]) -> None:
-        by_stream: dict[str, list[str]] = {}
-        for p in items:
-            by_stream.setdefault(p.stream, []).append(p.entry_id)
-        for stream, ids in by_stream.items():
-            await self._ack(stream, ids)
+        await self._ack(_entry_ids(items))
 
-    async def _ack(self, stream: str, ids: list[str]) -> None:
-        # acknowledged entries are deleted too, so XLEN is the queue length the API bounds
+    async def _ack(self, ids_by_stream: dict[str, list[str]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(stream, keys.SCHEDULER_GROUP, *ids)
-        pipe.xdel(stream, *ids)
+        self._ack_into(pipe, ids_by_stream)
         await pipe.execute()
-        self._held.difference_update(ids)
+
+    def _ack_into(self, pipe: Any, ids_by_stream: dict[str, list[str]]) -> None:
+        # acknowledged entries are deleted too, so XLEN is the queue length the API bounds
+        for stream, ids in ids_by_stream.items():
+            pipe.xack(stream, keys.SCHEDULER_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            self._held.difference_update(ids)
 
     # -- recovery -------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ def terminal_status(event_type: str, http_status: int | None) -> str:
     if event_type == "cancelled":
         return "cancelled"
     return "expired" if http_status == 504 else "failed"
+
+
 # events kept per job; a completion of more tokens than this keeps its latest events
 EVENTS_MAXLEN = 20_000
 
@@ -88,6 +90,30 @@ class JobStore:
     ) -> tuple[str, bool]:
         """Record and queue a job. Returns (job id, created); an idempotency key seen
         before returns the job it created and queues nothing."""
+        script, script_keys, args = self.create_call(
+            queued,
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+            metadata=metadata,
+            batch_id=batch_id,
+            custom_id=custom_id,
+        )
+        job_id = await script(keys=script_keys, args=args)
+        job_id = job_id.decode() if isinstance(job_id, bytes) else str(job_id)
+        return job_id, job_id == queued.id
+
+    def create_call(
+        self,
+        queued: QueuedRequest,
+        *,
+        tenant: str,
+        idempotency_key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        batch_id: str | None = None,
+        custom_id: str | None = None,
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
+        """The script call that records and queues a job, for running now or in a pipeline
+        (a batch creates its jobs a pipeline at a time)."""
         now = time.time()
         fields: dict[str, Any] = {
             "id": queued.id,
@@ -106,17 +132,13 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         idem = keys.idempotency_key(tenant, idempotency_key) if idempotency_key else ""
-        job_id = await self._scripts["create_job"](
-            keys=[
-                idem,
-                keys.job_key(queued.id),
-                keys.tenant_jobs(tenant),
-                keys.ingress_stream(queued.model, queued.lane),
-            ],
-            args=args,
-        )
-        job_id = job_id.decode() if isinstance(job_id, bytes) else str(job_id)
-        return job_id, job_id == queued.id
+        script_keys = [
+            idem,
+            keys.job_key(queued.id),
+            keys.tenant_jobs(tenant),
+            keys.ingress_stream(queued.model, queued.lane),
+        ]
+        return self._scripts["create_job"], script_keys, args
 
     async def get(self, job_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """The public view; None when missing or owned by another tenant."""
@@ -154,12 +176,14 @@ class JobStore:
             )
         )
 
-    async def mark_dispatched(self, job_id: str, attempt: int, worker: str) -> bool:
-        return bool(
-            await self._scripts["mark_dispatched"](
-                keys=[keys.job_key(job_id), keys.JOBS_INFLIGHT],
-                args=[job_id, attempt, worker, time.time()],
-            )
+    async def mark_dispatched(
+        self, job_id: str, attempt: int, worker: str, client: Any = None
+    ) -> Any:
+        """Record the worker a job's attempt went to (``client``: a pipeline to run it in)."""
+        return await self._scripts["mark_dispatched"](
+            keys=[keys.job_key(job_id), keys.JOBS_INFLIGHT],
+            args=[job_id, attempt, worker, time.time()],
+            client=client,
         )
 
     def finish_call(

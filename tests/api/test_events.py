@@ -52,3 +52,69 @@ async def test_deadline_yields_timeout_error() -> None:
     got = await _collect(queue, alive=True, deadline_s=0.1)
     assert [e.type for e in got] == ["error"]
     assert got[0].status == 504
+
+
+async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
+    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1"))
+    retried: list[bool] = []
+
+    async def retry() -> bool:
+        retried.append(True)
+        # the next attempt lands on a live worker and finishes; the dead one's late event is dropped
+        queue.put_nowait(_event(5, "delta", worker="w1"))
+        queue.put_nowait(_event(0, "started", worker="w2"))
+        queue.put_nowait(_event(1, "finished", worker="w2"))
+        return True
+
+    async def is_alive(worker: str) -> bool:
+        return worker != "w1"
+
+    got = [
+        e
+        async for e in request_events(
+            "r",
+            queue,
+            is_alive=is_alive,
+            check_every_s=0.05,
+            deadline=time.monotonic() + 5,
+            retry=retry,
+        )
+    ]
+    assert retried == [True]
+    assert [(e.worker, e.type) for e in got] == [("w2", "started"), ("w2", "finished")]
+
+
+async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
+    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue.put_nowait(_event(0, "started"))
+    queue.put_nowait(
+        TokenEvent.model_validate(
+            {
+                "id": "r",
+                "seq": 1,
+                "type": "delta",
+                "worker": "w1",
+                "choices": [{"index": 0, "content": "x"}],
+            }
+        )
+    )
+
+    async def retry() -> bool:
+        raise AssertionError("must not retry after tokens were produced")
+
+    async def is_alive(worker: str) -> bool:
+        return False
+
+    got = [
+        e
+        async for e in request_events(
+            "r",
+            queue,
+            is_alive=is_alive,
+            check_every_s=0.05,
+            deadline=time.monotonic() + 5,
+            retry=retry,
+        )
+    ]
+    assert [e.type for e in got] == ["started", "delta", "error"]

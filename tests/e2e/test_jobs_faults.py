@@ -96,6 +96,8 @@ def test_job_fails_with_reason_after_its_retries(stack: RunningStack) -> None:
     r = redis.Redis.from_url(stack.redis_url)
     for n in range(2):
         stack.start("worker", BERTH_WORKER_ID=f"w-{n}")
+        if n == 0:
+            stack.wait_ready(60)
         deadline = time.monotonic() + 30
         while (
             not r.exists(keys.worker_key(f"w-{n}")) or not client.get("/v1/models").json()["data"]

@@ -336,6 +336,17 @@ async def test_abort_mid_generation(vllm_engine: Any, chat_request: Build) -> No
     )
 
 
+async def test_abort_right_after_submitting(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(max_completion_tokens=400, ignore_eos=True)
+    task = asyncio.create_task(run(vllm_engine, "abort-early", req))
+    await asyncio.sleep(0)  # the request is inside the engine, maybe not yet admitted
+    await vllm_engine.abort("abort-early")
+    steps = await task
+    assert steps[-1].finished and steps[-1].choices[-1].finish_reason == "abort"
+    assert steps[-1].completion_tokens < 400
+    assert vllm_engine.num_running() == 0
+
+
 async def test_abort_unknown_request_is_harmless(vllm_engine: Any) -> None:
     await vllm_engine.abort("never-started")
     assert vllm_engine.num_running() == 0

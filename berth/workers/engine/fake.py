@@ -23,7 +23,11 @@ from berth.workers.engine.checks import check_token_ids, logit_bias_ids, resolve
 if TYPE_CHECKING:
     from berth.protocol.chat import ChatCompletionRequest
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "berth", "serves", "many", "users", "from", "one", "queue", "and", "every", "stream", "ends", "with", "exactly", "one", "terminal", "event"]
+_TEXT = (
+    "the quick brown fox jumps over a lazy dog while berth serves many users "
+    "from one queue and every stream ends with exactly one terminal event"
+)
+WORDS = tuple(_TEXT.split())
 
 FAKE_VOCAB_SIZE = 32_000
 

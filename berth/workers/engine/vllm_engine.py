@@ -141,7 +141,11 @@ class VllmEngine:
     async def abort(self, request_id: str) -> None:
         if request_id not in self._running:
             return
+        log.info("aborting request %s", request_id)
         self._aborted.add(request_id)
+        await self._abort_in_vllm(request_id)
+
+    async def _abort_in_vllm(self, request_id: str) -> None:
         if self._llm is not None:
             await self._llm.abort(request_id)
 
@@ -218,7 +222,7 @@ class VllmEngine:
         n = req.n
         finish: list[FinishReason | None] = [None] * n
         completion_tokens = 0
-        started = False
+        started = abort_sent = False
         while True:
             try:
                 out = await anext(stream)
@@ -233,6 +237,11 @@ class VllmEngine:
             except EngineDeadError as exc:
                 raise EngineFailure("the engine process died") from exc
             started = True
+            if request_id in self._aborted and not abort_sent and not out.finished:
+                # abort() can land while vLLM is still admitting the request, before
+                # it knows the id; repeat it now that the request surely exists
+                abort_sent = True
+                await self._abort_in_vllm(request_id)
             step = EngineStep(prompt_tokens=len(prompt))
             for output in out.outputs:
                 i = output.index
