@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 
 from berth.api.metrics import QUEUE_LENGTH
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
-from berth.protocol.errors import InvalidRequest, ModelNotFound
+from berth.protocol.errors import InvalidRequest, ModelNotFound, Unavailable
 from berth.registry import live_workers, models_served
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,9 @@ class WorkerDirectory:
         self._refresh_s = refresh_s
         self._workers: list[WorkerInfo] = []
         self._models: dict[str, set[str]] = {}
+        # models and adapters that had workers once; without live ones they are unavailable
+        self._known_models: set[str] = set()
+        self._known_adapters: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -39,6 +44,12 @@ class WorkerDirectory:
     async def refresh(self) -> None:
         self._workers = await live_workers(self._redis)
         self._models = models_served(self._workers)
+        known: Any = await self._redis.smembers(keys.MODELS_SET)
+        self._known_models = {m.decode() for m in known}
+        adapters: Any = await self._redis.hgetall(keys.ADAPTERS)
+        self._known_adapters = {
+            name.decode(): json.loads(value)["model"] for name, value in adapters.items()
+        }
         if self._models:
             pipe = self._redis.pipeline(transaction=False)
             for model in self._models:
@@ -80,6 +91,12 @@ class WorkerDirectory:
                         param="lora_path",
                     )
                 return base, model
+        known = model if model in self._known_models else self._known_adapters.get(model)
+        if known is not None:
+            raise Unavailable(
+                f"no worker serving model {known!r} is alive right now; retry shortly",
+                param="model",
+            )
         raise ModelNotFound(f"The model {model!r} does not exist.", param="model")
 
     def model_cards(self) -> list[dict[str, object]]:

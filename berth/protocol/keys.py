@@ -6,8 +6,12 @@ PREFIX = "berth"
 
 # Pub/sub channel on which workers announce cancels to each other; every worker listens.
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
-# Set of model names that ever had an ingress stream, so schedulers know what to read.
+# Set of base models that ever had a worker or a queue: such a model with no live worker
+# is unavailable (503), not unknown (404); schedulers read their ingress streams.
 MODELS_SET = f"{PREFIX}:models"
+# Hash adapter name -> JSON {"model": base model, "path": directory}: the adapter registry,
+# filled from workers' configuration and the admin API.
+ADAPTERS = f"{PREFIX}:adapters"
 # Hash worker_id -> heartbeat JSON; each worker also owns a TTL key (see worker_key).
 WORKER_KEY_PREFIX = f"{PREFIX}:worker:"
 # Consumer group every scheduler replica joins on every ingress stream.

@@ -209,6 +209,7 @@ class EngineHost:
         self._publisher = EventPublisher(self._redis)
         self._publisher.start()
         self._jobs = JobStore(self._redis, self._job_ttl_s)
+        await self._register_model()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._listen_for_cancels(), name="cancels"))
         self._tasks.append(
@@ -220,6 +221,16 @@ class EngineHost:
         log.info(
             "worker %s serves %s (capacity %d)", self.worker_id, self.engine.model, self.capacity
         )
+
+    async def _register_model(self) -> None:
+        """Make the model and its configured adapters known for good: once this worker is
+        gone, requests for them are unavailable (503), not unknown (404)."""
+        assert self._redis is not None
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sadd(keys.MODELS_SET, self.engine.model)
+        for name in self.engine.adapters:
+            pipe.hsetnx(keys.ADAPTERS, name, json.dumps({"model": self.engine.model}))
+        await pipe.execute()
 
     async def _shutdown(self) -> None:
         assert self._redis is not None and self._publisher is not None

@@ -88,3 +88,22 @@ def test_full_queue_answers_429_with_retry_after(stack: RunningStack) -> None:
     assert answer.json()["error"]["code"] == "queue_full"
     for t in holders:
         t.join()
+
+
+def test_known_model_without_live_workers_is_503_unknown_is_404(stack: RunningStack) -> None:
+    stack.start("worker", BERTH_FAKE_ENGINE="true", BERTH_ADAPTERS='{"fake-lora": "/nowhere"}')
+    stack.start("scheduler", "api")
+    stack.wait_ready(60)
+    worker = stack.stack.processes[0][1]
+    os.killpg(worker.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{stack.url}/ready").status_code == 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for model in (MODEL, "fake-lora"):
+        answer = httpx.post(f"{stack.url}/v1/chat/completions", json={**BODY, "model": model})
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"]
+        assert answer.json()["error"]["code"] == "no_workers"
+    unknown = httpx.post(f"{stack.url}/v1/chat/completions", json={**BODY, "model": "nope"})
+    assert unknown.status_code == 404

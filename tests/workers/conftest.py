@@ -7,8 +7,11 @@ test that uses it run on the session loop (``loop_scope="session"``).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,8 +49,22 @@ def chat_request() -> Callable[..., ChatCompletionRequest]:
     return build
 
 
+@pytest.fixture(scope="session")
+def adapter_root(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter root for ``lora_path``: the tiny adapters, and one no engine can load."""
+    root = tmp_path_factory.mktemp("adapters")
+    for name, path in tiny_model.adapters.items():
+        shutil.copytree(path, root / name)
+    # rank 16 is above the engines' max_lora_rank of 8; vLLM finds out when it loads it
+    shutil.copytree(tiny_model.adapters["tiny-lora-a"], root / "too-big")
+    config = json.loads((root / "too-big" / "adapter_config.json").read_text())
+    config["r"] = 16
+    (root / "too-big" / "adapter_config.json").write_text(json.dumps(config))
+    return root
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def vllm_engine(tiny_model: TinyModel) -> AsyncIterator[Any]:
+async def vllm_engine(tiny_model: TinyModel, adapter_root: Path) -> AsyncIterator[Any]:
     """One real vLLM CPU engine serving the tiny model, hermes tool parser, both adapters."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from berth.workers.engine import EngineConfig, make_engine
@@ -59,7 +76,7 @@ async def vllm_engine(tiny_model: TinyModel) -> AsyncIterator[Any]:
         max_loras=2,
         max_lora_rank=8,
         adapters={name: str(path) for name, path in tiny_model.adapters.items()},
-        adapter_root=str(tiny_model.path.parent / "adapters"),
+        adapter_root=str(adapter_root),
         tool_call_parser="hermes",
         kv_cache_space_gib=1,
     )

@@ -312,6 +312,27 @@ async def test_bad_adapter_is_invalid_request(
     assert err.value.param == "lora_path"
 
 
+async def test_adapter_the_engine_cannot_load_is_refused_and_the_engine_lives(
+    vllm_engine: Any, chat_request: Build
+) -> None:
+    for attempt in range(2):  # a failed load is not remembered as loaded
+        with pytest.raises(InvalidRequest, match="max_lora_rank") as err:
+            await run(vllm_engine, f"lora-big-{attempt}", chat_request(lora_path="too-big"))
+        assert err.value.param == "lora_path"
+    steps = await run(vllm_engine, "lora-after", chat_request(max_completion_tokens=2))
+    assert steps[-1].finished and vllm_engine.num_running() == 0
+
+
+async def test_model_may_name_an_adapter(vllm_engine: Any, chat_request: Build) -> None:
+    req = chat_request(max_completion_tokens=16, ignore_eos=True, temperature=0)
+    named = chat_request(
+        model="tiny-lora-a", max_completion_tokens=16, ignore_eos=True, temperature=0
+    )
+    assert text(await run(vllm_engine, "model-a", named)) == text(
+        await run(vllm_engine, "model-a2", req, adapter="tiny-lora-a")
+    )
+
+
 async def test_abort_mid_generation(vllm_engine: Any, chat_request: Build) -> None:
     req = chat_request(n=2, max_completion_tokens=400, ignore_eos=True)
     steps: list[EngineStep] = []

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,10 @@ class VllmEngine:
         self._max_model_len = config.max_model_len or 0
         self._defaults: dict[str, Any] = {}
         self._lora_ids: dict[str, int] = {}
+        # adapter name -> its first load; vLLM validates an adapter when it loads it,
+        # and a failure while a batch runs kills the engine, so each adapter is loaded
+        # (and refused, if need be) once up front, outside any batch
+        self._loads: dict[str, asyncio.Future[bool]] = {}
         self._running: set[str] = set()
         self._aborted: set[str] = set()
 
@@ -166,7 +171,9 @@ class VllmEngine:
             raise InvalidRequest(f"request {request_id} is already running in this engine")
         self._running.add(request_id)
         try:
-            lora = self._lora_request(adapter, req)
+            lora, lora_param = self._lora_request(adapter, req)
+            if lora is not None:
+                await self._load_adapter(lora, lora_param)
             if (
                 sum(len(str(m.get("content") or "")) for m in req.message_dicts())
                 > _INLINE_RENDER_CHARS
@@ -289,20 +296,45 @@ class VllmEngine:
             delta.stop_reason = output.stop_reason
         return delta
 
-    def _lora_request(self, adapter: str | None, req: ChatCompletionRequest) -> LoRARequest | None:
+    def _lora_request(
+        self, adapter: str | None, req: ChatCompletionRequest
+    ) -> tuple[LoRARequest | None, str]:
+        param = "lora_path"
         if adapter:
-            name, path = self._registry.resolve(adapter, param="lora_path")
+            name, path = self._registry.resolve(adapter, param=param)
         elif req.lora_path:
-            name, path = self._registry.resolve(req.lora_path, param="lora_path")
+            name, path = self._registry.resolve(req.lora_path, param=param)
         elif req.model != self.model and req.model in self._registry:
             # like vLLM's server: `model` may name a registered adapter
-            name, path = self._registry.resolve(req.model, param="model")
+            param = "model"
+            name, path = self._registry.resolve(req.model, param=param)
         else:
-            return None
+            return None, param
         if not self.config.enable_lora:
-            raise InvalidRequest("this model is served without LoRA support", param="lora_path")
+            raise InvalidRequest("this model is served without LoRA adapters", param=param)
         lora_id = self._lora_ids.setdefault(name, len(self._lora_ids) + 1)
-        return LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=str(path))
+        return LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=str(path)), param
+
+    async def _load_adapter(self, lora: LoRARequest, param: str) -> None:
+        load = self._loads.get(lora.lora_name)
+        if load is None:
+            assert self._llm is not None
+            log.info("loading LoRA adapter %s from %s", lora.lora_name, lora.lora_path)
+            load = self._loads[lora.lora_name] = asyncio.ensure_future(self._llm.add_lora(lora))
+        try:
+            await asyncio.shield(load)
+        except Exception as exc:
+            # forget the failure: the adapter's files may be fixed and asked for again
+            if self._loads.get(lora.lora_name) is load:
+                del self._loads[lora.lora_name]
+            reason = str(exc)
+            if worker := re.search(r"Worker failed with error '(.*)'", reason, re.DOTALL):
+                reason = worker.group(1)
+            reason = reason.removeprefix("Call to add_lora method failed: ")
+            raise InvalidRequest(
+                f"LoRA adapter {lora.lora_name!r} cannot be served by this engine: {reason}",
+                param=param,
+            ) from None
 
 
 def _finish_reason(reason: str, tools_called: bool, named_tool: bool) -> FinishReason:
