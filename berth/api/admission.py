@@ -75,6 +75,7 @@ def queued_request(
         lane=lane,
         job=job,
         tenant=tenant,
+        affinity=chat.prompt_cache_key,
     )
 
 

@@ -32,8 +32,10 @@ class QueuedRequest(BaseModel):
     job: bool = False
     # which run of a job this is; a job whose worker died runs again with attempt + 1
     attempt: int = 0
-    # the API key's tenant, for accounting
+    # the API key's tenant, for accounting and fairness
     tenant: str | None = None
+    # prompt_cache_key: requests sharing it are placed on the same worker
+    affinity: str | None = None
 
 
 class WorkGroup(BaseModel):
@@ -95,6 +97,13 @@ class WorkerInfo(BaseModel):
     running: int = 0
     # requests inside the engine itself (running or waiting in its scheduler)
     engine_running: int = 0
+    # requests accepted by the worker and not yet inside the engine
+    waiting: int = 0
+    # adapters the engine holds now (least recently used first), and how many it can hold
+    loaded_adapters: list[str] = Field(default_factory=list)
+    max_loras: int = 0
+    # share of the KV cache in use, when the engine reports it
+    kv_cache_usage: float | None = None
     queue: str
     heartbeat_at: float = Field(default_factory=time.time)
     started_at: float = Field(default_factory=time.time)

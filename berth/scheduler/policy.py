@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo
 
-# (model, adapter, lane)
-GroupKey = tuple[str, str | None, str]
+# (model, adapter, lane, affinity key)
+GroupKey = tuple[str, str | None, str, str | None]
 
 # lower dispatches sooner; aging lowers a group's rank by one per aging period waited
 LANE_RANK = {"interactive": 0, "job": 1, "batch": 2}
@@ -36,7 +37,8 @@ class PendingGroup:
 def add_to_groups(groups: dict[GroupKey, PendingGroup], items: Iterable[Pending]) -> None:
     """Put each pending request into the group of its (model, adapter)."""
     for item in items:
-        key = (item.request.model, item.request.adapter, item.request.lane)
+        req = item.request
+        key = (req.model, req.adapter, req.lane, req.affinity)
         group = groups.get(key)
         if group is None:
             group = groups[key] = PendingGroup(key=key, first_at=item.read_at)
@@ -86,28 +88,107 @@ def free_slots(worker: WorkerInfo, dispatched: Mapping[str, int]) -> int:
     return worker.capacity - worker.running - dispatched.get(worker.id, 0)
 
 
-def pick_worker(
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What placing one group depends on, besides the workers."""
+
+    model: str
+    adapter: str | None = None
+    lane: str = "interactive"
+    # prompt_cache_key: requests sharing it go to the same worker, for its prefix cache
+    affinity: str | None = None
+
+
+def _room(
     workers: Iterable[WorkerInfo],
-    model: str,
-    adapter: str | None,
+    target: Target,
     dispatched: Mapping[str, int],
-    lane: str = "interactive",
-    batch_reserve: float = 0.0,
-) -> WorkerInfo | None:
-    """The worker for a group: serves the model and has room; prefers one that holds the
-    adapter, then the least loaded. Batch work only takes a worker while more than
-    ``batch_reserve`` of its capacity stays free for interactive work. None when no such
-    worker exists now."""
-    best: WorkerInfo | None = None
-    best_rank: tuple[bool, int] | None = None
+    batch_reserve: float,
+) -> list[tuple[WorkerInfo, int]]:
+    """Workers serving the model with room, and their free slots. Batch work only takes a
+    worker while more than ``batch_reserve`` of its capacity stays free for interactive."""
+    out = []
     for worker in workers:
-        if worker.model != model:
+        if worker.model != target.model:
             continue
         free = free_slots(worker, dispatched)
-        reserve = worker.capacity * batch_reserve if lane == "batch" else 0
-        if free <= reserve:
-            continue
-        rank = (adapter is None or adapter in worker.adapters, free)
+        reserve = worker.capacity * batch_reserve if target.lane == "batch" else 0
+        if free > reserve:
+            out.append((worker, free))
+    return out
+
+
+def _affinity_score(key: str, worker_id: str) -> int:
+    # rendezvous hashing: a key keeps its worker while the others come and go
+    return int.from_bytes(hashlib.blake2b(f"{key}|{worker_id}".encode(), digest_size=8).digest())
+
+
+def pick_worker(
+    workers: Iterable[WorkerInfo],
+    target: Target,
+    dispatched: Mapping[str, int],
+    *,
+    batch_reserve: float = 0.0,
+    demand: Mapping[str, int] | None = None,
+) -> WorkerInfo | None:
+    """Affinity placement. Among workers serving the model with room, prefer in order:
+    one that holds the group's adapter; one with a free LoRA slot; one whose eviction
+    hurts queued work least (``demand``: queued requests per adapter); the least loaded
+    (in tenths of capacity); the prompt_cache_key's rendezvous-hash favourite.
+    None when no worker can take the group now."""
+    demand = demand or {}
+    best: WorkerInfo | None = None
+    best_rank: tuple[bool, bool, int, int, int] | None = None
+    for worker, free in _room(workers, target, dispatched, batch_reserve):
+        loaded = worker.loaded_adapters
+        holds = target.adapter is None or target.adapter in loaded
+        slot_free = holds or len(loaded) < worker.max_loras or worker.max_loras == 0
+        eviction = 0 if slot_free else min(demand.get(a, 0) for a in loaded)
+        load_tenths = (10 * free) // worker.capacity
+        affinity = _affinity_score(target.affinity, worker.id) if target.affinity else 0
+        rank = (holds, slot_free, -eviction, load_tenths, affinity)
         if best_rank is None or rank > best_rank:
             best, best_rank = worker, rank
     return best
+
+
+def pick_worker_fcfs(
+    workers: Iterable[WorkerInfo],
+    target: Target,
+    dispatched: Mapping[str, int],
+    turn: int,
+    *,
+    batch_reserve: float = 0.0,
+) -> WorkerInfo | None:
+    """First-come-first-served placement, for comparison: the next worker with room in
+    round-robin order, blind to adapters and load."""
+    room = sorted(_room(workers, target, dispatched, batch_reserve), key=lambda wf: wf[0].id)
+    return room[turn % len(room)][0] if room else None
+
+
+def fair_take(items: list[Pending], n: int) -> tuple[list[Pending], list[Pending]]:
+    """Take ``n`` items round-robin across tenants, each tenant's own order kept, so one
+    tenant's flood cannot push the others out of a group. Returns (taken, left)."""
+    if len(items) <= n:
+        return items, []
+    queues: dict[str | None, list[Pending]] = {}
+    for item in items:
+        queues.setdefault(item.request.tenant, []).append(item)
+    taken: list[Pending] = []
+    depth = 0
+    while len(taken) < n:
+        for queue in queues.values():
+            if depth < len(queue) and len(taken) < n:
+                taken.append(queue[depth])
+        depth += 1
+    chosen = {id(item) for item in taken}
+    return taken, [item for item in items if id(item) not in chosen]
+
+
+def adapter_demand(groups: Mapping[GroupKey, PendingGroup]) -> dict[str, int]:
+    """Queued requests per adapter: what evicting that adapter would cost."""
+    demand: dict[str, int] = {}
+    for (_, adapter, _, _), group in groups.items():
+        if adapter is not None:
+            demand[adapter] = demand.get(adapter, 0) + len(group.items)
+    return demand

@@ -70,6 +70,7 @@ class Scheduler:
         self._refreshed_at = 0.0
         self._maintained_at = 0.0
         self.dispatched_total = 0
+        self._turn = 0
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -156,59 +157,86 @@ class Scheduler:
     async def _flush(self, now: float) -> None:
         wait_s = self.settings.max_group_wait_ms / 1000
         ready = policy.ready_groups(self._groups, now, self.settings.max_group_size, wait_s)
+        if not ready:
+            return
+        demand = policy.adapter_demand(self._groups)
         for key in policy.dispatch_order(self._groups, ready, now, self.settings.aging_s):
             group = self._groups.pop(key)
-            for start in range(0, len(group.items), self.settings.max_group_size):
-                chunk = group.items[start : start + self.settings.max_group_size]
-                leftover = await self._dispatch(key, chunk, now)
-                if leftover:
-                    # look again shortly, not on every loop turn
-                    retry_at = now - wait_s + _NO_WORKER_RETRY_S
-                    waiting = self._groups.setdefault(
-                        key, policy.PendingGroup(key=key, first_at=group.first_at)
-                    )
-                    waiting.first_at = min(waiting.first_at, retry_at)
-                    waiting.items.extend(leftover)
+            items = await self._drop_ended(group.items)
+            while items:
+                worker = self._place(key, demand)
+                if worker is None:
+                    items = await self._without_worker(key, items, now)
+                    break
+                room = policy.free_slots(worker, self._dispatched)
+                chunk, items = policy.fair_take(items, min(self.settings.max_group_size, room))
+                await self._send(key, chunk, worker)
+            if items:
+                # look again shortly, not on every loop turn
+                retry_at = now - wait_s + _NO_WORKER_RETRY_S
+                waiting = self._groups.setdefault(
+                    key, policy.PendingGroup(key=key, first_at=group.first_at)
+                )
+                waiting.first_at = min(waiting.first_at, retry_at)
+                waiting.items.extend(items)
 
-    async def _dispatch(
-        self, key: policy.GroupKey, items: list[policy.Pending], now: float
-    ) -> list[policy.Pending]:
-        """Send one group to a worker; returns the items that must wait for one."""
-        model, adapter, lane = key
+    def _place(self, key: policy.GroupKey, demand: dict[str, int]) -> WorkerInfo | None:
+        model, adapter, lane, affinity = key
+        target = policy.Target(model, adapter, lane, affinity)
+        reserve = self.settings.batch_reserve
+        if self.settings.placement == "fcfs":
+            self._turn += 1
+            return policy.pick_worker_fcfs(
+                self._workers, target, self._dispatched, self._turn, batch_reserve=reserve
+            )
+        return policy.pick_worker(
+            self._workers, target, self._dispatched, batch_reserve=reserve, demand=demand
+        )
+
+    async def _drop_ended(self, items: list[policy.Pending]) -> list[policy.Pending]:
+        """End the requests past their deadline or cancelled; the rest go on."""
         items, expired = policy.split_expired(items, time.time())
         for p in expired:
             await self._end(p, "expired", Timeout("the request expired in the queue"))
-        marks = await self.redis.mget([keys.cancelled_key(p.request.id) for p in items])
-        live = [p for p, mark in zip(items, marks, strict=True) if mark is None]
-        dropped = [p for p, mark in zip(items, marks, strict=True) if mark is not None]
-        for p in dropped:
-            await self._end(p, "cancelled", None)
-        if not live:
+        if not items:
             return []
-        worker = policy.pick_worker(
-            self._workers, model, adapter, self._dispatched, lane, self.settings.batch_reserve
-        )
-        if worker is None:
-            if any(w.model == model for w in self._workers):
-                return live  # busy, not absent: wait for room
-            gone = [p for p in live if now - p.read_at >= self.settings.no_worker_timeout_s]
-            for p in gone:
-                await self._end(
-                    p, "no_worker", Unavailable(f"no live worker serves model {model!r}")
-                )
-            return [p for p in live if p not in gone]
-        work = WorkGroup(model=model, adapter=adapter, requests=[p.request for p in live])
+        marks = await self.redis.mget([keys.cancelled_key(p.request.id) for p in items])
+        for p, mark in zip(items, marks, strict=True):
+            if mark is not None:
+                await self._end(p, "cancelled", None)
+        return [p for p, mark in zip(items, marks, strict=True) if mark is None]
+
+    async def _without_worker(
+        self, key: policy.GroupKey, items: list[policy.Pending], now: float
+    ) -> list[policy.Pending]:
+        """Items that must wait: all of them while the model's workers are busy; when none
+        is alive at all, those that waited too long end with an error."""
+        model = key[0]
+        if any(w.model == model for w in self._workers):
+            return items
+        gone = [p for p in items if now - p.read_at >= self.settings.no_worker_timeout_s]
+        for p in gone:
+            await self._end(p, "no_worker", Unavailable(f"no live worker serves model {model!r}"))
+        return [p for p in items if p not in gone]
+
+    async def _send(
+        self, key: policy.GroupKey, items: list[policy.Pending], worker: WorkerInfo
+    ) -> None:
+        """One Celery task for the group, then (in one round trip) the jobs' dispatch marks
+        or the waiting APIs' dispatched events, and the acknowledgements."""
+        model, adapter, lane, _ = key
+        work = WorkGroup(model=model, adapter=adapter, requests=[p.request for p in items])
         # kombu's publish is a quick blocking write to Redis
         self.celery.send_task(
             RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
         )
-        self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(live)
-        self.dispatched_total += len(live)
+        self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(items)
+        self.dispatched_total += len(items)
         sent_at = time.time()
-        metrics.GROUP_SIZE.observe(len(live))
-        metrics.DISPATCHED.labels(model).inc(len(live))
+        metrics.GROUP_SIZE.observe(len(items))
+        metrics.DISPATCHED.labels(model).inc(len(items))
         pipe = self.redis.pipeline(transaction=False)
-        for p in live:
+        for p in items:
             metrics.DISPATCH_LATENCY.observe(sent_at - p.request.enqueued_at)
             if p.request.job:
                 await self.jobs.mark_dispatched(
@@ -218,10 +246,11 @@ class Scheduler:
                 # the waiting API learns the worker, so it notices if that worker dies
                 event = {"id": p.request.id, "seq": -1, "type": "dispatched", "worker": worker.id}
                 pipe.publish(keys.token_channel(p.request.id), json.dumps(event))
-        self._ack_into(pipe, _entry_ids(live))
+        self._ack_into(pipe, _entry_ids(items))
         await pipe.execute()
-        log.debug("sent %d requests for %s/%s/%s to %s", len(live), model, adapter, lane, worker.id)
-        return []
+        log.debug(
+            "sent %d requests for %s/%s/%s to %s", len(items), model, adapter, lane, worker.id
+        )
 
     async def _end(self, item: policy.Pending, reason: str, err: BerthError | None) -> None:
         """End a request that will never reach a worker, with its one terminal event."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import Field
 
@@ -26,6 +27,11 @@ class SchedulerSettings(MetricsSettings):
     read_count: int = Field(default=256, ge=1, description="Entries read per XREADGROUP call.")
     registry_refresh_s: float = Field(
         default=0.25, gt=0, description="How often the worker registry and model list are reread."
+    )
+    placement: Literal["affinity", "fcfs"] = Field(
+        default="affinity",
+        description="affinity: prefer workers holding the adapter, spare adapters queued work "
+        "needs, least loaded, prompt_cache_key affinity. fcfs: round robin, for comparison.",
     )
     aging_s: float = Field(
         default=30.0,

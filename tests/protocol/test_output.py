@@ -6,8 +6,8 @@ import json
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from berth.protocol.output import DONE, ChunkWriter, CompletionAssembler
 from berth.protocol.envelopes import TokenEvent
+from berth.protocol.output import DONE, ChunkWriter, CompletionAssembler
 
 
 def _event(seq: int, type_: str = "delta", **fields: object) -> TokenEvent:

@@ -1,4 +1,4 @@
-"""Grouping and placement policy: pure functions, tested without Redis."""
+"""Grouping, ordering, placement and fairness policy: pure functions, tested without Redis."""
 
 from __future__ import annotations
 
@@ -7,29 +7,57 @@ from hypothesis import strategies as st
 
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo
 from berth.scheduler import policy
+from berth.scheduler.policy import Target
 
 
 def _pending(
-    i: int, model: str = "m", adapter: str | None = None, at: float = 0.0
+    i: int,
+    model: str = "m",
+    adapter: str | None = None,
+    at: float = 0.0,
+    tenant: str | None = None,
+    lane: str = "interactive",
 ) -> policy.Pending:
-    req = QueuedRequest(id=f"r{i}", model=model, adapter=adapter, request={})
+    req = QueuedRequest(
+        id=f"r{i}", model=model, adapter=adapter, request={}, tenant=tenant, lane=lane
+    )
     return policy.Pending(stream=f"s:{model}", entry_id=f"{i}-0", request=req, read_at=at)
 
 
 def _worker(
-    wid: str, model: str = "m", adapters: tuple[str, ...] = (), capacity: int = 8, running: int = 0
+    wid: str,
+    model: str = "m",
+    loaded: tuple[str, ...] = (),
+    capacity: int = 8,
+    running: int = 0,
+    max_loras: int = 2,
 ) -> WorkerInfo:
     return WorkerInfo(
         id=wid,
         model=model,
-        adapters=list(adapters),
+        loaded_adapters=list(loaded),
+        max_loras=max_loras,
         capacity=capacity,
         running=running,
         queue=f"q.{wid}",
     )
 
 
-def test_groups_by_model_and_adapter() -> None:
+def _key(
+    model: str = "m", adapter: str | None = None, lane: str = "interactive"
+) -> policy.GroupKey:
+    return (model, adapter, lane, None)
+
+
+def _pick(workers: list[WorkerInfo], adapter: str | None = None, **kw: object) -> str | None:
+    chosen = policy.pick_worker(workers, Target("m", adapter), {}, **kw)  # type: ignore[arg-type]
+    return chosen.id if chosen else None
+
+
+# -- grouping and ordering -----------------------------------------------------------------
+
+
+def test_groups_by_model_adapter_and_lane() -> None:
     groups: dict[policy.GroupKey, policy.PendingGroup] = {}
     policy.add_to_groups(
         groups,
@@ -39,67 +67,34 @@ def test_groups_by_model_and_adapter() -> None:
             _pending(2),
             _pending(3, model="x"),
             _pending(4, adapter="a"),
+            _pending(5, lane="batch"),
         ],
     )
     assert {k: [p.request.id for p in g.items] for k, g in groups.items()} == {
-        ("m", None, "interactive"): ["r0", "r2"],
-        ("m", "a", "interactive"): ["r1", "r4"],
-        ("x", None, "interactive"): ["r3"],
+        _key(): ["r0", "r2"],
+        _key(adapter="a"): ["r1", "r4"],
+        _key("x"): ["r3"],
+        _key(lane="batch"): ["r5"],
     }
+    assert policy.adapter_demand(groups) == {"a": 2}
 
 
 def test_group_flushes_on_size_or_wait() -> None:
     groups: dict[policy.GroupKey, policy.PendingGroup] = {}
     policy.add_to_groups(groups, [_pending(i, at=10.0) for i in range(3)])
     policy.add_to_groups(groups, [_pending(9, model="x", at=10.0)])
-    assert policy.ready_groups(groups, now=10.001, max_size=3, max_wait=0.002) == [("m", None, "interactive")]
+    assert policy.ready_groups(groups, now=10.001, max_size=3, max_wait=0.002) == [_key()]
     assert sorted(policy.ready_groups(groups, now=10.002, max_size=3, max_wait=0.002)) == [
-        ("m", None, "interactive"),
-        ("x", None, "interactive"),
+        _key(),
+        _key("x"),
     ]
     assert policy.next_deadline(groups, 0.002) == 10.002
     assert policy.next_deadline({}, 0.002) is None
 
 
-def test_pick_worker_serves_model_and_has_room() -> None:
-    workers = [_worker("full", running=8), _worker("other", model="x"), _worker("ok", running=7)]
-    assert policy.pick_worker(workers, "m", None, {}).id == "ok"  # type: ignore[union-attr]
-    assert policy.pick_worker(workers, "m", None, {"ok": 1}) is None
-    assert policy.pick_worker(workers, "nope", None, {}) is None
-
-
-def test_pick_worker_prefers_adapter_then_least_loaded() -> None:
-    workers = [
-        _worker("idle"),
-        _worker("holds", adapters=("a",), running=6),
-        _worker("busy", running=4),
-    ]
-    assert policy.pick_worker(workers, "m", "a", {}).id == "holds"  # type: ignore[union-attr]
-    assert policy.pick_worker(workers, "m", None, {}).id == "idle"  # type: ignore[union-attr]
-    # the adapter holder is full: fall back to the least loaded
-    assert policy.pick_worker(workers, "m", "a", {"holds": 2}).id == "idle"  # type: ignore[union-attr]
-
-
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(["m", "x"]), st.integers(1, 8), st.integers(0, 10)), max_size=12
-    ),
-    st.dictionaries(st.integers(0, 11).map(str), st.integers(0, 8)),
-)
-def test_picked_worker_always_fits(specs: list[tuple[str, int, int]], sent: dict[str, int]) -> None:
-    workers = [_worker(str(i), model=m, capacity=c, running=r) for i, (m, c, r) in enumerate(specs)]
-    chosen = policy.pick_worker(workers, "m", None, sent)
-    fitting = [w for w in workers if w.model == "m" and policy.free_slots(w, sent) > 0]
-    if chosen is None:
-        assert not fitting
-    else:
-        assert chosen in fitting
-        assert policy.free_slots(chosen, sent) == max(policy.free_slots(w, sent) for w in fitting)
-
-
 def _lane_groups(ages: dict[str, float], now: float) -> dict[policy.GroupKey, policy.PendingGroup]:
     return {
-        ("m", None, lane): policy.PendingGroup(key=("m", None, lane), first_at=now - age)
+        _key(lane=lane): policy.PendingGroup(key=_key(lane=lane), first_at=now - age)
         for lane, age in ages.items()
     }
 
@@ -116,19 +111,140 @@ def test_aging_lifts_a_long_waiting_batch() -> None:
     assert [k[2] for k in order] == ["batch", "interactive"]
 
 
-def test_batch_leaves_a_reserve_for_interactive() -> None:
-    workers = [_worker("w", capacity=8, running=6)]  # 2 of 8 free
-    assert policy.pick_worker(workers, "m", None, {}, "batch", batch_reserve=0.25) is None
-    assert policy.pick_worker(workers, "m", None, {}, "interactive", batch_reserve=0.25)
-    assert policy.pick_worker(workers, "m", None, {}, "batch", batch_reserve=0.0)
-
-
 @given(st.dictionaries(st.sampled_from(["interactive", "job", "batch"]), st.floats(0, 1000)))
 def test_waiting_longer_never_moves_a_group_back(ages: dict[str, float]) -> None:
     groups = _lane_groups(ages, now=1000.0)
     order = policy.dispatch_order(groups, list(groups), now=1000.0, aging_s=30)
     for lane in ages:
-        older = {**ages, lane: ages[lane] + 100}
-        regrouped = _lane_groups(older, now=1000.0)
+        regrouped = _lane_groups({**ages, lane: ages[lane] + 100}, now=1000.0)
         reorder = policy.dispatch_order(regrouped, list(regrouped), now=1000.0, aging_s=30)
-        assert reorder.index(("m", None, lane)) <= order.index(("m", None, lane))
+        assert reorder.index(_key(lane=lane)) <= order.index(_key(lane=lane))
+
+
+def test_expired_requests_are_split_off() -> None:
+    fresh, old, timeless = _pending(0), _pending(1), _pending(2)
+    old.request.deadline, fresh.request.deadline = 5.0, 50.0
+    valid, expired = policy.split_expired([fresh, old, timeless], now=10.0)
+    assert (valid, expired) == ([fresh, timeless], [old])
+
+
+# -- placement ------------------------------------------------------------------------------
+
+
+def test_only_workers_serving_the_model_with_room() -> None:
+    workers = [_worker("full", running=8), _worker("other", model="x"), _worker("ok", running=7)]
+    assert _pick(workers) == "ok"
+    assert policy.pick_worker(workers, Target("m"), {"ok": 1}) is None
+    assert policy.pick_worker(workers, Target("nope"), {}) is None
+
+
+def test_prefers_the_worker_holding_the_adapter() -> None:
+    workers = [_worker("idle"), _worker("holds", loaded=("a",), running=6)]
+    assert _pick(workers, "a") == "holds"
+    assert _pick(workers) == "idle"
+
+
+def test_prefers_a_free_lora_slot_over_evicting() -> None:
+    workers = [
+        _worker("full-slots", loaded=("a", "b")),
+        _worker("one-slot", loaded=("c",), running=5),
+    ]
+    assert _pick(workers, "z") == "one-slot"
+
+
+def test_evicts_where_queued_work_needs_the_adapters_least() -> None:
+    workers = [_worker("busy-adapters", loaded=("a", "b")), _worker("cold", loaded=("c", "d"))]
+    assert _pick(workers, "z", demand={"a": 5, "b": 3, "c": 0, "d": 9}) == "cold"
+    assert _pick(workers, "z", demand={"a": 0, "b": 3, "c": 4, "d": 9}) == "busy-adapters"
+
+
+def test_least_loaded_then_prompt_cache_key_affinity() -> None:
+    workers = [_worker(f"w{i}") for i in range(4)]
+    picks = {policy.pick_worker(workers, Target("m", affinity="conv-7"), {}).id for _ in range(5)}  # type: ignore[union-attr]
+    assert len(picks) == 1  # the same key always lands on the same worker
+    keyed = {policy.pick_worker(workers, Target("m", affinity=f"k{i}"), {}).id for i in range(40)}  # type: ignore[union-attr]
+    assert len(keyed) > 1  # different keys spread
+    # but load comes first: the favourite is skipped once it is clearly busier
+    favourite = next(iter(picks))
+    loaded = [_worker(w.id, running=6 if w.id == favourite else 0) for w in workers]
+    assert policy.pick_worker(loaded, Target("m", affinity="conv-7"), {}).id != favourite  # type: ignore[union-attr]
+
+
+def test_batch_leaves_a_reserve_for_interactive() -> None:
+    workers = [_worker("w", capacity=8, running=6)]  # 2 of 8 free
+    assert policy.pick_worker(workers, Target("m", lane="batch"), {}, batch_reserve=0.25) is None
+    assert policy.pick_worker(workers, Target("m"), {}, batch_reserve=0.25)
+    assert policy.pick_worker(workers, Target("m", lane="batch"), {}, batch_reserve=0.0)
+
+
+def test_fcfs_round_robins_blind_to_adapters() -> None:
+    workers = [_worker("b", loaded=("a",)), _worker("a")]
+    picks = [policy.pick_worker_fcfs(workers, Target("m", "a"), {}, t).id for t in range(4)]  # type: ignore[union-attr]
+    assert picks == ["a", "b", "a", "b"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["m", "x"]),
+            st.integers(1, 8),
+            st.integers(0, 10),
+            st.lists(st.sampled_from("abcd"), max_size=2, unique=True),
+        ),
+        max_size=12,
+    ),
+    st.dictionaries(st.integers(0, 11).map(str), st.integers(0, 8)),
+    st.sampled_from([None, "a", "b", "z"]),
+    st.sampled_from(["interactive", "batch"]),
+)
+def test_picked_worker_always_fits_and_prefers_holders(
+    specs: list[tuple[str, int, int, list[str]]],
+    sent: dict[str, int],
+    adapter: str | None,
+    lane: str,
+) -> None:
+    workers = [
+        _worker(str(i), model=m, capacity=c, running=r, loaded=tuple(la))
+        for i, (m, c, r, la) in enumerate(specs)
+    ]
+    chosen = policy.pick_worker(workers, Target("m", adapter, lane), sent, batch_reserve=0.25)
+    reserve = {w.id: (w.capacity * 0.25 if lane == "batch" else 0) for w in workers}
+    fitting = [w for w in workers if w.model == "m" and policy.free_slots(w, sent) > reserve[w.id]]
+    if chosen is None:
+        assert not fitting
+        return
+    assert chosen in fitting
+    if adapter is not None and any(adapter in w.loaded_adapters for w in fitting):
+        assert adapter in chosen.loaded_adapters
+
+
+# -- fairness -------------------------------------------------------------------------------
+
+
+def test_fair_take_round_robins_tenants() -> None:
+    flood = [_pending(i, tenant="hog") for i in range(10)]
+    others = [_pending(100, tenant="t1"), _pending(101, tenant="t2")]
+    taken, left = policy.fair_take(flood + others, 4)
+    assert [p.request.tenant for p in taken].count("hog") == 2
+    assert {p.request.id for p in taken} >= {"r100", "r101"}
+    assert len(left) == 8
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", None]), max_size=40), st.integers(0, 40))
+def test_fair_take_keeps_everything_and_each_tenants_order(
+    tenants: list[str | None], n: int
+) -> None:
+    items = [_pending(i, tenant=t) for i, t in enumerate(tenants)]
+    taken, left = policy.fair_take(items, n)
+    assert len(taken) == min(n, len(items))
+    assert sorted(p.request.id for p in taken + left) == sorted(p.request.id for p in items)
+    for tenant in set(tenants):
+        mine = [p.request.id for p in items if p.request.tenant == tenant]
+        got = [p.request.id for p in taken if p.request.tenant == tenant]
+        assert got == mine[: len(got)]  # a tenant's requests are taken oldest first
+        # nobody gets more than one turn ahead of a tenant that still has requests left
+        if len(got) < len(mine):
+            assert all(
+                len([p for p in taken if p.request.tenant == other]) <= len(got) + 1
+                for other in set(tenants)
+            )

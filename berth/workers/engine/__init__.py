@@ -30,7 +30,11 @@ def make_engine(
         from berth.workers.engine.fake import FakeEngine
 
         name = served_model_name or (config.name if config else None)
-        adapters = sorted(config.adapters) if config else fake_options.pop("adapters", None)
+        adapters = fake_options.pop("adapters", None)
+        if config is not None:
+            adapters = adapters or sorted(config.adapters)
+            if config.max_model_len:
+                fake_options.setdefault("max_model_len", config.max_model_len)
         return FakeEngine(served_model_name=name, adapters=adapters, **fake_options)
     if config is None:
         raise ValueError("the real engine needs an EngineConfig")

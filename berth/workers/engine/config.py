@@ -47,8 +47,9 @@ class EngineConfig(BaseModel):
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
 
-    # CPU build only: KV-cache size (sets VLLM_CPU_KVCACHE_SPACE for the engine process).
-    kv_cache_space_gib: float | None = Field(default=1, gt=0)
+    # CPU build only: KV-cache GiB, set as VLLM_CPU_KVCACHE_SPACE for the engine process
+    # (None leaves the environment, and so vLLM's default, alone).
+    kv_cache_space_gib: float | None = Field(default=None, gt=0)
 
     # Any further vllm.AsyncEngineArgs fields, passed through unchanged.
     engine_args: dict[str, Any] = Field(default_factory=dict)

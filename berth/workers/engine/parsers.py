@@ -190,6 +190,7 @@ class RequestParsing:
     tokenizer: Any
     vreq: VllmChatRequest
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # the parser that adjusted the request; each choice gets a fresh one
     first: Parser | None = None
 
     @property
@@ -218,14 +219,11 @@ class RequestParsing:
         """A fresh parser for one choice (vLLM's parsers keep per-stream state)."""
         if self.cls is None:
             return ChoiceParser(None, self.vreq, prompt_token_ids)
-        parser = self.first
-        if parser is None or getattr(parser, "_berth_used", False):
-            parser = self.cls(
-                self.tokenizer,
-                self.vreq.tools,  # type: ignore[arg-type]
-                chat_template_kwargs=self.chat_template_kwargs,
-            )
-        parser._berth_used = True  # type: ignore[attr-defined]
+        parser = self.cls(
+            self.tokenizer,
+            self.vreq.tools,  # type: ignore[arg-type]
+            chat_template_kwargs=self.chat_template_kwargs,
+        )
         return ChoiceParser(parser, self.vreq, prompt_token_ids)
 
 

@@ -1,0 +1,239 @@
+"""Finalising batches. Once a second each scheduler replica looks at every active batch:
+it counts the batch's ended jobs (request_counts), ends the jobs of a batch being cancelled
+or past its completion window, and once every job has ended writes the output and error
+files in input order and records the outcome.
+
+Any number of replicas may run this at once: progress is recorded compare-and-set and the
+finalisation is taken by one replica (``claim_batch.lua``), so a batch is finalised once.
+The cost per call is bounded: a scan resumes where the last one stopped, so a job is read
+about once while it runs and once more when the files are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from typing import Any
+
+from redis.asyncio import Redis
+
+from berth.protocol import keys
+from berth.protocol.errors import (
+    InvalidRequest,
+    NotFound,
+    QueueFull,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+)
+from berth.store.batches import CHUNK, TERMINAL_BATCH_STATUSES, BatchStore, Scan
+from berth.store.files import OUTPUT_PURPOSE, FileStore
+
+log = logging.getLogger(__name__)
+
+# a batch still validating this long after it was created lost the API process creating it
+STALE_CREATION_S = 600.0
+# a finaliser that took a batch and did not commit within this long is presumed dead
+STALE_CLAIM_S = 300.0
+# jobs one call reads per batch, so a huge batch cannot stall the scheduler's loop
+SCAN_BUDGET = 20 * CHUNK
+
+_HTTP_STATUS = {cls.error_type: cls.status_code for cls in (Unauthorized, QueueFull, Unavailable)}
+_HTTP_STATUS.update({Timeout.error_type: 504, InvalidRequest.error_type: 400})
+_ENDED = {
+    "expired": ("batch_expired", "the request could not run before the batch expired"),
+    "cancelled": ("batch_cancelled", "the request was cancelled before it ran"),
+    None: ("batch_expired", "the request's record expired before the batch finished"),
+}
+
+
+async def finalize_batches(redis: Redis) -> list[str]:
+    """One pass over the active batches; returns the batches this call finalised."""
+    members: Any = await redis.smembers(keys.BATCHES_ACTIVE)
+    finished = []
+    for raw in sorted(members):
+        batch_id = raw.decode()
+        try:
+            if await finalize_batch(redis, batch_id) is not None:
+                finished.append(batch_id)
+        except Exception:  # one broken batch must not stop the others, nor the scheduler
+            log.exception("finalising batch %s failed", batch_id)
+    return finished
+
+
+async def finalize_batch(redis: Redis, batch_id: str) -> str | None:
+    """Advance one batch; returns its final status when this call ended it."""
+    r: Any = redis
+    record: dict[bytes, bytes] = await r.hgetall(keys.batch_key(batch_id))
+    status = record.get(b"status", b"").decode()
+    if not record or status in TERMINAL_BATCH_STATUSES:
+        await r.srem(keys.BATCHES_ACTIVE, batch_id)  # expired, or ended by another replica
+        return None
+    store = BatchStore(redis, int(record[b"ttl_s"]))
+    now = time.time()
+    total = int(record[b"total"])
+    listed = int(await r.llen(keys.batch_jobs(batch_id)))
+    if status == "validating" or listed < total:
+        if now - float(record[b"created_at"]) < STALE_CREATION_S:
+            return None  # still being created
+        return await _fail_interrupted(store, batch_id, listed)
+    ending = None
+    if status == "cancelling":
+        ending = "cancelled"
+    elif now >= float(record[b"expires_at"]):
+        ending = "expired"
+    scan = await _scan(store, batch_id, int(record.get(b"scanned", b"0")), total, ending)
+    if not scan.done:
+        return None
+    return await _finalize(store, batch_id)
+
+
+def _outcome(raw: bytes | None) -> str | None:
+    """A job's terminal status; None while it is queued or running. A job whose record
+    expired counts as expired."""
+    if raw is None:
+        return "expired"
+    status = raw.decode()
+    return None if status in ("queued", "running") else status
+
+
+async def _scan(
+    store: BatchStore, batch_id: str, read: int, total: int, ending: str | None
+) -> Scan:
+    """Count the ended jobs from ``read`` on, stopping at the first live one (jobs run
+    roughly in input order, so few are read twice). With ``ending``, live jobs are ended
+    with that status, and counted on the next call."""
+    done: Counter[str] = Counter()
+    ahead: Counter[str] = Counter()
+    scanned = start = read
+    blocked = False
+    while start < total and start - read < SCAN_BUDGET:
+        ids = await store.job_ids(batch_id, start, start + CHUNK)
+        statuses = [status for (status,) in await store.job_fields(ids, "status")]
+        if ending is not None:
+            await store.end_jobs(ids, statuses, ending)
+        for raw in statuses:
+            outcome = _outcome(raw)
+            if outcome is None:
+                blocked = True
+            elif blocked:
+                ahead[outcome] += 1
+            else:
+                done[outcome] += 1
+                scanned += 1
+        start += len(ids)
+        if blocked and ending is None:
+            break
+    if not await store.record_scan(batch_id, read, scanned, done, ahead):
+        scanned = read  # another replica recorded this stretch first
+    return Scan(scanned=scanned, total=total)
+
+
+async def _finalize(store: BatchStore, batch_id: str) -> str | None:
+    """Write the files and record the outcome, unless another replica holds the batch."""
+    token = secrets.token_hex(16)
+    if not await store.claim(batch_id, token, STALE_CLAIM_S):
+        return None
+    record = await store.record(batch_id)
+    if record is None:
+        return None
+    tenant = record[b"tenant"].decode()
+    output, errors = await _render(store, batch_id, int(record[b"total"]))
+    files = FileStore(store.redis, int(record[b"output_ttl_s"]))
+    written = {
+        name: (await files.create(tenant, f"{batch_id}_{name}.jsonl", OUTPUT_PURPOSE, lines))["id"]
+        for name, lines in (("output", output), ("error", errors))
+        if lines
+    }
+    final = await store.commit(
+        batch_id,
+        token,
+        "expired" if int(record.get(b"done_expired", b"0")) else "completed",
+        ttl_s=store.ttl_s,
+        output_file_id=written.get("output"),
+        error_file_id=written.get("error"),
+    )
+    if final is None:  # held too long and taken over: the other replica's files count
+        for file_id in written.values():
+            await files.delete(file_id, tenant)
+        return None
+    log.info("batch %s %s (%s)", batch_id, final, ", ".join(written.values()) or "no files")
+    return final
+
+
+async def _fail_interrupted(store: BatchStore, batch_id: str, listed: int) -> str | None:
+    """The API process creating the batch died half way: cancel what it queued, fail it."""
+    for start in range(0, listed, CHUNK):
+        ids = await store.job_ids(batch_id, start, start + CHUNK)
+        statuses = [status for (status,) in await store.job_fields(ids, "status")]
+        await store.end_jobs(ids, statuses, "cancelled")
+    token = secrets.token_hex(16)
+    if not await store.claim(batch_id, token, STALE_CLAIM_S):
+        return None
+    message = f"the batch's creation stopped after {listed} requests; resubmit it"
+    log.error("batch %s: %s", batch_id, message)
+    return await store.commit(
+        batch_id,
+        token,
+        "failed",
+        ttl_s=store.ttl_s,
+        errors=[{"code": "batch_creation_interrupted", "message": message}],
+    )
+
+
+async def _render(store: BatchStore, batch_id: str, total: int) -> tuple[bytes, bytes]:
+    """The output and error files' JSONL, in input order. Results are spliced in as
+    stored, never decoded, so a large batch costs little more than reading it."""
+    output: list[bytes] = []
+    errors: list[bytes] = []
+    for start in range(0, total, CHUNK):
+        ids = await store.job_ids(batch_id, start, start + CHUNK)
+        rows = await store.job_fields(ids, "status", "custom_id", "result", "error")
+        for job_id, (status, custom_id, result, error) in zip(ids, rows, strict=True):
+            request_id = json.dumps(job_id).encode()
+            custom = json.dumps(custom_id.decode() if custom_id else None).encode()
+            if status == b"succeeded" and result:
+                output.append(
+                    b'{"id":%s,"custom_id":%s,"response":{"status_code":200,"request_id":%s,'
+                    b'"body":%s},"error":null}' % (request_id, custom, request_id, result)
+                )
+            else:
+                errors.append(_error_line(job_id, custom_id, _outcome(status), error))
+    return _jsonl(output), _jsonl(errors)
+
+
+def _jsonl(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\n" for line in lines)
+
+
+def _error_line(
+    job_id: str, custom_id: bytes | None, outcome: str | None, error: bytes | None
+) -> bytes:
+    """A failed request keeps its HTTP status and error body as ``response``; one that never
+    ran (cancelled, expired) has ``response`` null. Both say why in ``error``."""
+    response = None
+    if outcome in ("failed", "succeeded"):  # succeeded without a result: treat as failed
+        body = json.loads(error) if error else {}
+        detail = body.get("error") or {"message": "the request failed", "type": "server_error"}
+        response = {"status_code": _http_status(detail), "request_id": job_id, "body": body}
+        reason = {"code": detail.get("code") or detail.get("type"), "message": detail["message"]}
+    else:
+        code, message = _ENDED.get(outcome, _ENDED[None])
+        reason = {"code": code, "message": message}
+    line = {
+        "id": job_id,
+        "custom_id": custom_id.decode() if custom_id else None,
+        "response": response,
+        "error": reason,
+    }
+    return json.dumps(line, separators=(",", ":")).encode()
+
+
+def _http_status(detail: dict[str, Any]) -> int:
+    """The HTTP status a failed request would have had, from its error body."""
+    if detail.get("code") in (NotFound.default_code, "model_not_found"):
+        return NotFound.status_code
+    return _HTTP_STATUS.get(str(detail.get("type")), 500)

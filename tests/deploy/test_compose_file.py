@@ -1,0 +1,195 @@
+"""deploy/compose.yaml: valid for Compose, and every service wired to the others as berth
+needs (the services' processes themselves run in test_compose_stack.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from berth.api.settings import ApiSettings
+from tests.deploy import roles
+from tests.deploy.compose import (
+    COMPOSE_FILE,
+    DEPLOY,
+    ENV_EXAMPLE,
+    berth_services,
+    env_example,
+    healthcheck_argv,
+    resolved,
+    run_compose,
+    service,
+)
+
+PROMETHEUS = DEPLOY / "prometheus"
+GRAFANA = DEPLOY / "grafana"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--profile", "cpu"],
+        ["--profile", "gpu"],
+        ["--env-file", str(ENV_EXAMPLE), "--profile", "cpu", "--profile", "gpu"],
+    ],
+    ids=["default", "cpu", "gpu", "env-example"],
+)
+def test_compose_config_is_valid(args: list[str]) -> None:
+    done = run_compose(*args, "config", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" not in done.stderr, done.stderr
+
+
+def test_env_example_documents_every_variable_with_its_default() -> None:
+    documented = env_example()
+    used = re.findall(r"\$\{(\w+)(?::?-([^}]*))?\}", COMPOSE_FILE.read_text())
+    for name, default in used:
+        assert name in documented, f"{name} is not in .env.example"
+        assert default == documented[name], f"{name}: compose default {default!r}"
+    assert set(documented) == {name for name, _ in used}, "unused variables in .env.example"
+
+
+def _duration_s(value: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", value))
+
+
+def test_berth_services_get_what_they_read() -> None:
+    services = berth_services()
+    by_role: dict[str, list[str]] = {}
+    ids = []
+    for name, spec in services.items():
+        role = roles.role_of(spec["command"])
+        by_role.setdefault(role, []).append(name)
+        env = {k: str(v) for k, v in spec["environment"].items()}
+        roles.settings_from(role, env)
+        roles.check_health_command(role, healthcheck_argv(spec), env)
+        if role in roles.ID_VARIABLE:
+            ids.append(env[roles.ID_VARIABLE[role]])
+        if role in ("api", "worker"):
+            timeout_s = ApiSettings.model_fields["request_timeout_s"].default
+            assert _duration_s(spec["stop_grace_period"]) > timeout_s, name
+    assert len(ids) == len(set(ids)), f"two processes share an id: {ids}"
+    assert len(by_role["scheduler"]) >= 2
+    assert {"api", "worker"} <= set(by_role)
+
+
+def test_everything_uses_the_one_password_protected_valkey() -> None:
+    valkey = service("valkey")
+    password = valkey["environment"]["VALKEY_PASSWORD"]
+    script = valkey["command"][-1]
+    for flag in ('--requirepass "$VALKEY_PASSWORD"', "--appendonly yes", "--maxmemory-policy noeviction"):
+        assert flag in script
+    urls = {name: spec["environment"]["REDIS_URL"] for name, spec in berth_services().items()}
+    flower = service("flower")["command"]
+    urls["flower"] = flower[flower.index("--broker") + 1]
+    for name, url in urls.items():
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port, parts.password) == ("valkey", 6379, password), name
+    assert len(set(urls.values())) == 1, "berth's processes and Flower must share one Redis"
+
+
+def test_workers_come_from_profiles_one_gpu_each() -> None:
+    workers = {
+        name: spec
+        for name, spec in berth_services().items()
+        if roles.role_of(spec["command"]) == "worker"
+    }
+    assert {tuple(spec.get("profiles", [])) for spec in workers.values()} == {("cpu",), ("gpu",)}
+    devices: list[str] = []
+    for spec in workers.values():
+        if spec["profiles"] == ["gpu"]:
+            (reservation,) = spec["deploy"]["resources"]["reservations"]["devices"]
+            assert reservation["capabilities"] == ["gpu"]
+            assert len(reservation["device_ids"]) == int(
+                spec["environment"]["BERTH_TENSOR_PARALLEL_SIZE"]
+            )
+            devices += reservation["device_ids"]
+    assert len(devices) == len(set(devices)) >= 2, devices
+
+
+def _targets() -> dict[str, list[str]]:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    return {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in config["scrape_configs"]
+    }
+
+
+def test_prometheus_scrapes_every_berth_process_where_it_listens() -> None:
+    expected = set()
+    for name, spec in berth_services().items():
+        env = spec["environment"]
+        port = env.get("BERTH_METRICS_PORT") or env.get("BERTH_PORT")
+        assert port, f"{name} serves no metrics"
+        expected.add(f"{name}:{port}")
+    scraped = {t for targets in _targets().values() for t in targets}
+    assert scraped == expected
+
+
+def _mounts(name: str) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts."""
+    mounts = {}
+    for volume in service(name).get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("/"):
+            mounts[target] = Path(source)
+    return mounts
+
+
+def test_prometheus_loads_the_rule_files() -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    mounts = _mounts("prometheus")
+    assert mounts["/etc/prometheus"] == PROMETHEUS
+    for pattern in config["rule_files"]:
+        local = pattern.replace("/etc/prometheus", str(PROMETHEUS))
+        assert list(Path("/").glob(local.lstrip("/"))), f"{pattern} matches no rule file"
+
+
+def _dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((GRAFANA / "dashboards" / "berth.json").read_text())
+    return data
+
+
+def test_grafana_provisions_the_datasource_and_dashboard_the_panels_use() -> None:
+    mounts = _mounts("grafana")
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert provisioning == GRAFANA / "provisioning"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "berth.yaml").read_text())[
+        "providers"
+    ]
+    assert mounts[provider["options"]["path"]] == GRAFANA / "dashboards"
+    home = service("grafana")["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (GRAFANA / "dashboards" / Path(home).name).exists()
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
+    # Prometheus listens on its default port
+    assert not any("listen-address" in arg for arg in service("prometheus")["command"])
+    assert source["url"] == "http://prometheus:9090"
+    dashboard = _dashboard()
+    uses = [p["datasource"] for p in dashboard["panels"] if p["type"] != "row"]
+    uses += [t["datasource"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    uses += [v["datasource"] for v in dashboard["templating"]["list"]]
+    assert uses and all(u == {"type": "prometheus", "uid": source["uid"]} for u in uses)
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    taken: set[tuple[int, int]] = set()
+    for panel in _dashboard()["panels"]:
+        pos = panel["gridPos"]
+        cells = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not cells & taken, panel["title"]
+        assert pos["x"] + pos["w"] <= 24
+        taken |= cells
+

