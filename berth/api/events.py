@@ -25,13 +25,14 @@ async def request_events(
     is_alive: Callable[[str], Awaitable[bool]],
     check_every_s: float,
     deadline: float,
-    retry: Callable[[], Awaitable[bool]] | None = None,
+    retry: Callable[[set[str]], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[TokenEvent]:
     """Yield the request's events in order, ending with exactly one terminal event.
 
     When the worker holding the request dies before any token was produced, ``retry``
-    (if given) queues the request again and the wait goes on, invisible to the client;
-    once tokens flowed, the client gets an error event instead.
+    (if given, called with the dead workers to avoid) queues the request again and the
+    wait goes on, invisible to the client; once tokens flowed, the client gets an error
+    event instead.
     """
     expected = 0
     worker: str | None = None
@@ -45,7 +46,7 @@ async def request_events(
         except TimeoutError:
             if worker is not None and not await is_alive(worker):
                 dead.add(worker)
-                if not produced and retry is not None and await retry():
+                if not produced and retry is not None and await retry(dead):
                     worker, expected = None, 0
                     continue
                 yield synthetic_error(

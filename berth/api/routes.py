@@ -70,10 +70,10 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     )
     attempts = [queued]
 
-    async def retry() -> bool:
+    async def retry(dead: set[str]) -> bool:
         if len(attempts) > state.settings.max_retries:
             return False
-        again = queued.model_copy(update={"attempt": len(attempts)})
+        again = queued.model_copy(update={"attempt": len(attempts), "avoid": sorted(dead)})
         attempts.append(again)
         log.warning("request %s: worker died before any token; queued again", request_id)
         await state.ingress.requeue(again)

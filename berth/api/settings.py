@@ -43,12 +43,20 @@ class ApiSettings(CommonSettings):
     api_keys_file: str | None = Field(
         default=None, description="File of tenant:key lines (# comments allowed)."
     )
+    admin_keys: str | None = Field(
+        default=None,
+        description="Comma-separated keys for the admin API (adapter registry). Unset: the "
+        "admin API is open when berth runs without API keys, and off otherwise.",
+    )
     job_ttl_s: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long job, file and batch records are kept."
     )
     max_file_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files."
     )
+
+    def admin_key_list(self) -> list[str]:
+        return [k.strip() for k in (self.admin_keys or "").split(",") if k.strip()]
 
     def limits(self) -> RequestLimits:
         return RequestLimits(max_n=self.max_n, max_body_bytes=self.max_body_bytes)

@@ -9,9 +9,7 @@ from pydantic import BaseModel, Field
 
 # "dispatched" comes from the scheduler (which worker got the request); "requeued" marks a
 # job's next attempt after its worker died; the rest come from the worker
-EventType = Literal[
-    "dispatched", "started", "delta", "finished", "error", "cancelled", "requeued"
-]
+EventType = Literal["dispatched", "started", "delta", "finished", "error", "cancelled", "requeued"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"finished", "error", "cancelled"})
 
 
@@ -36,6 +34,9 @@ class QueuedRequest(BaseModel):
     tenant: str | None = None
     # prompt_cache_key: requests sharing it are placed on the same worker
     affinity: str | None = None
+    # workers that died holding an earlier attempt: their heartbeat may not have expired
+    # yet, so the scheduler must not pick them again
+    avoid: list[str] = Field(default_factory=list)
 
 
 class WorkGroup(BaseModel):

@@ -29,7 +29,13 @@ from berth.protocol.errors import (
     Unauthorized,
     Unavailable,
 )
-from berth.store.batches import CHUNK, TERMINAL_BATCH_STATUSES, BatchStore, Scan
+from berth.store.batches import (
+    CHUNK,
+    LIVE_FIELDS,
+    TERMINAL_BATCH_STATUSES,
+    BatchStore,
+    Scan,
+)
 from berth.store.files import OUTPUT_PURPOSE, FileStore
 
 log = logging.getLogger(__name__)
@@ -41,9 +47,12 @@ STALE_CLAIM_S = 300.0
 # jobs one call reads per batch, so a huge batch cannot stall the scheduler's loop
 SCAN_BUDGET = 20 * CHUNK
 
-_HTTP_STATUS = {cls.error_type: cls.status_code for cls in (Unauthorized, QueueFull, Unavailable)}
-_HTTP_STATUS.update({Timeout.error_type: 504, InvalidRequest.error_type: 400})
-_ENDED = {
+# a failed request's HTTP status from its error body's type (not-found is told by its code)
+_HTTP_STATUS = {
+    cls.error_type: cls.status_code
+    for cls in (InvalidRequest, Unauthorized, QueueFull, Unavailable, Timeout)
+}
+_ENDED: dict[str | None, tuple[str, str]] = {
     "expired": ("batch_expired", "the request could not run before the batch expired"),
     "cancelled": ("batch_cancelled", "the request was cancelled before it ran"),
     None: ("batch_expired", "the request's record expired before the batch finished"),
@@ -112,10 +121,10 @@ async def _scan(
     blocked = False
     while start < total and start - read < SCAN_BUDGET:
         ids = await store.job_ids(batch_id, start, start + CHUNK)
-        statuses = [status for (status,) in await store.job_fields(ids, "status")]
+        rows = await store.job_fields(ids, *LIVE_FIELDS)
         if ending is not None:
-            await store.end_jobs(ids, statuses, ending)
-        for raw in statuses:
+            await store.end_jobs(ids, rows, ending)
+        for raw, _ in rows:
             outcome = _outcome(raw)
             if outcome is None:
                 blocked = True
@@ -166,10 +175,7 @@ async def _finalize(store: BatchStore, batch_id: str) -> str | None:
 
 async def _fail_interrupted(store: BatchStore, batch_id: str, listed: int) -> str | None:
     """The API process creating the batch died half way: cancel what it queued, fail it."""
-    for start in range(0, listed, CHUNK):
-        ids = await store.job_ids(batch_id, start, start + CHUNK)
-        statuses = [status for (status,) in await store.job_fields(ids, "status")]
-        await store.end_jobs(ids, statuses, "cancelled")
+    await store.end_all(batch_id, "cancelled")
     token = secrets.token_hex(16)
     if not await store.claim(batch_id, token, STALE_CLAIM_S):
         return None

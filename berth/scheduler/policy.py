@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo
 
-# (model, adapter, lane, affinity key)
-GroupKey = tuple[str, str | None, str, str | None]
+# (model, adapter, lane, affinity key, workers to avoid)
+GroupKey = tuple[str, str | None, str, str | None, frozenset[str]]
 
 # lower dispatches sooner; aging lowers a group's rank by one per aging period waited
 LANE_RANK = {"interactive": 0, "job": 1, "batch": 2}
@@ -38,7 +38,7 @@ def add_to_groups(groups: dict[GroupKey, PendingGroup], items: Iterable[Pending]
     """Put each pending request into the group of its (model, adapter)."""
     for item in items:
         req = item.request
-        key = (req.model, req.adapter, req.lane, req.affinity)
+        key = (req.model, req.adapter, req.lane, req.affinity, frozenset(req.avoid))
         group = groups.get(key)
         if group is None:
             group = groups[key] = PendingGroup(key=key, first_at=item.read_at)
@@ -97,6 +97,8 @@ class Target:
     lane: str = "interactive"
     # prompt_cache_key: requests sharing it go to the same worker, for its prefix cache
     affinity: str | None = None
+    # workers known dead (before their heartbeat expired): never picked
+    avoid: frozenset[str] = frozenset()
 
 
 def _room(
@@ -109,7 +111,7 @@ def _room(
     worker while more than ``batch_reserve`` of its capacity stays free for interactive."""
     out = []
     for worker in workers:
-        if worker.model != target.model:
+        if worker.model != target.model or worker.id in target.avoid:
             continue
         free = free_slots(worker, dispatched)
         reserve = worker.capacity * batch_reserve if target.lane == "batch" else 0
@@ -188,7 +190,7 @@ def fair_take(items: list[Pending], n: int) -> tuple[list[Pending], list[Pending
 def adapter_demand(groups: Mapping[GroupKey, PendingGroup]) -> dict[str, int]:
     """Queued requests per adapter: what evicting that adapter would cost."""
     demand: dict[str, int] = {}
-    for (_, adapter, _, _), group in groups.items():
+    for (_, adapter, _, _, _), group in groups.items():
         if adapter is not None:
             demand[adapter] = demand.get(adapter, 0) + len(group.items)
     return demand

@@ -26,6 +26,7 @@ from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
 from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
 from berth.registry import live_workers
 from berth.scheduler import metrics, policy
+from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
 from berth.store.jobs import JobStore
 
@@ -53,6 +54,11 @@ def _entry_ids(items: list[policy.Pending]) -> dict[str, list[str]]:
     return by_stream
 
 
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("finalising batches failed", exc_info=task.exception())
+
+
 class Scheduler:
     """One scheduler replica; a consumer in the ingress consumer group of every model."""
 
@@ -71,6 +77,7 @@ class Scheduler:
         self._maintained_at = 0.0
         self.dispatched_total = 0
         self._turn = 0
+        self._finalizing: asyncio.Task[list[str]] | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -84,8 +91,19 @@ class Scheduler:
                 self._maintained_at = now
                 await self._reclaim_from_dead_replicas()
                 await self._requeue_orphaned_jobs()
+                self._finalize_batches_soon()
             await self._read(own_pending=False)
             await self._flush(time.monotonic())
+        if self._finalizing is not None:
+            await asyncio.gather(self._finalizing, return_exceptions=True)
+
+    def _finalize_batches_soon(self) -> None:
+        """One finalisation pass at a time, beside the loop: writing a large batch's files
+        must not hold up dispatch."""
+        if self._finalizing is not None and not self._finalizing.done():
+            return
+        self._finalizing = asyncio.get_running_loop().create_task(finalize_batches(self.redis))
+        self._finalizing.add_done_callback(_log_failure)
 
     # -- registry and streams -----------------------------------------------------------
 
@@ -181,8 +199,8 @@ class Scheduler:
                 waiting.items.extend(items)
 
     def _place(self, key: policy.GroupKey, demand: dict[str, int]) -> WorkerInfo | None:
-        model, adapter, lane, affinity = key
-        target = policy.Target(model, adapter, lane, affinity)
+        model, adapter, lane, affinity, avoid = key
+        target = policy.Target(model, adapter, lane, affinity, avoid)
         reserve = self.settings.batch_reserve
         if self.settings.placement == "fcfs":
             self._turn += 1
@@ -224,7 +242,7 @@ class Scheduler:
     ) -> None:
         """One Celery task for the group, then (in one round trip) the jobs' dispatch marks
         or the waiting APIs' dispatched events, and the acknowledgements."""
-        model, adapter, lane, _ = key
+        model, adapter, lane, _, _ = key
         work = WorkGroup(model=model, adapter=adapter, requests=[p.request for p in items])
         # kombu's publish is a quick blocking write to Redis
         self.celery.send_task(

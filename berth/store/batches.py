@@ -28,6 +28,8 @@ from berth.store.scripts import Scripts
 TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 # jobs created, read or ended per pipeline
 CHUNK = 1000
+# what ending a job needs to know of it: whether it is live, and whether a worker has it
+LIVE_FIELDS = ("status", "worker")
 # the public view's optional timestamps
 _STAMPS = (
     "in_progress_at",
@@ -247,45 +249,46 @@ class BatchStore:
             batch_id, "cancelling", "cancelling_at", ("validating", "in_progress")
         )
         if before in ("validating", "in_progress"):
-            total = await self.redis.llen(keys.batch_jobs(batch_id))
-            for start in range(0, total, CHUNK):
-                ids = await self.job_ids(batch_id, start, start + CHUNK)
-                statuses = [s for (s,) in await self.job_fields(ids, "status")]
-                await self.end_jobs(ids, statuses, "cancelled")
+            await self.end_all(batch_id, "cancelled")
         return before
 
+    async def end_all(self, batch_id: str, status: str) -> None:
+        """End every job of the batch that has not ended (see ``end_jobs``)."""
+        listed = await self.redis.llen(keys.batch_jobs(batch_id))
+        for start in range(0, listed, CHUNK):
+            ids = await self.job_ids(batch_id, start, start + CHUNK)
+            await self.end_jobs(ids, await self.job_fields(ids, *LIVE_FIELDS), status)
+
     async def end_jobs(
-        self, job_ids: list[str], statuses: list[bytes | None], status: str
+        self, job_ids: list[str], rows: list[list[bytes | None]], status: str
     ) -> int:
-        """End the jobs among ``job_ids`` that are not terminal (``statuses`` as read) with
-        ``status`` (cancelled or expired); the scheduler drops the queued ones and workers
-        abort the running ones. Returns how many were ended."""
+        """End the jobs among ``job_ids`` that are not terminal (``rows``: their LIVE_FIELDS
+        as read) with ``status``, cancelled or expired. The scheduler drops a queued one on
+        its cancel marker, a worker claims none that ended, and a worker holding one aborts
+        it when told. Returns how many were ended."""
         err: BerthError
         if status == "cancelled":
             err = BerthError("the batch was cancelled", code="batch_cancelled")
         else:
             err = Timeout("the batch expired before the request ran", code="batch_expired")
-        live = [
-            (job_id, raw.decode())
-            for job_id, raw in zip(job_ids, statuses, strict=True)
-            if raw is not None and raw.decode() not in TERMINAL_STATUSES
-        ]
-        if not live:
-            return 0
         jobs = JobStore(self.redis, self.ttl_s)
         pipe = self.redis.pipeline(transaction=False)
-        for job_id, was in live:
+        ended = 0
+        for job_id, (was, worker) in zip(job_ids, rows, strict=True):
+            if was is None or was.decode() in TERMINAL_STATUSES:
+                continue
+            ended += 1
             script, script_keys, args = jobs.finish_call(
                 job_id, None, status, error=err.body(), event=ending_event(job_id, status, err)
             )
             await script(keys=script_keys, args=args, client=pipe)
             pipe.set(keys.cancelled_key(job_id), b"1", ex=3600)
-            # a queued job is dropped on the marker; only a running one needs its worker told
-            # (one that started since it was read runs on, and its result is not kept)
-            if was == "running":
+            # only workers that may hold it are told: a batch's queued jobs are many
+            if worker or was == b"running":
                 pipe.publish(keys.CANCEL_CHANNEL, job_id)
-        await pipe.execute()
-        return len(live)
+        if ended:
+            await pipe.execute()
+        return ended
 
     async def record_scan(
         self,

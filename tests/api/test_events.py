@@ -59,7 +59,8 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
     queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1"))
     retried: list[bool] = []
 
-    async def retry() -> bool:
+    async def retry(dead: set[str]) -> bool:
+        assert dead == {"w1"}
         retried.append(True)
         # the next attempt lands on a live worker and finishes; the dead one's late event is dropped
         queue.put_nowait(_event(5, "delta", worker="w1"))
@@ -100,7 +101,7 @@ async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
         )
     )
 
-    async def retry() -> bool:
+    async def retry(dead: set[str]) -> bool:
         raise AssertionError("must not retry after tokens were produced")
 
     async def is_alive(worker: str) -> bool:

@@ -86,8 +86,7 @@ def render(directory: Path) -> list[Doc]:
             targets = [
                 d
                 for d in docs
-                if (d["kind"], d["metadata"]["name"])
-                == (patch["kind"], patch["metadata"]["name"])
+                if (d["kind"], d["metadata"]["name"]) == (patch["kind"], patch["metadata"]["name"])
             ]
             assert len(targets) == 1, f"{entry['path']} patches {len(targets)} resources"
             _merge(targets[0], patch, _builtin(patch))

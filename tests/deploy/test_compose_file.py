@@ -21,7 +21,6 @@ from tests.deploy.compose import (
     berth_services,
     env_example,
     healthcheck_argv,
-    resolved,
     run_compose,
     service,
 )
@@ -84,8 +83,8 @@ def test_everything_uses_the_one_password_protected_valkey() -> None:
     valkey = service("valkey")
     password = valkey["environment"]["VALKEY_PASSWORD"]
     script = valkey["command"][-1]
-    for flag in ('--requirepass "$VALKEY_PASSWORD"', "--appendonly yes", "--maxmemory-policy noeviction"):
-        assert flag in script
+    assert '--requirepass "$VALKEY_PASSWORD"' in script
+    assert "--appendonly yes" in script and "--maxmemory-policy noeviction" in script
     urls = {name: spec["environment"]["REDIS_URL"] for name, spec in berth_services().items()}
     flower = service("flower")["command"]
     urls["flower"] = flower[flower.index("--broker") + 1]
@@ -192,4 +191,3 @@ def test_dashboard_panels_do_not_overlap() -> None:
         assert not cells & taken, panel["title"]
         assert pos["x"] + pos["w"] <= 24
         taken |= cells
-

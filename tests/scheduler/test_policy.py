@@ -46,7 +46,7 @@ def _worker(
 def _key(
     model: str = "m", adapter: str | None = None, lane: str = "interactive"
 ) -> policy.GroupKey:
-    return (model, adapter, lane, None)
+    return (model, adapter, lane, None, frozenset())
 
 
 def _pick(workers: list[WorkerInfo], adapter: str | None = None, **kw: object) -> str | None:
@@ -248,3 +248,10 @@ def test_fair_take_keeps_everything_and_each_tenants_order(
                 len([p for p in taken if p.request.tenant == other]) <= len(got) + 1
                 for other in set(tenants)
             )
+
+
+def test_workers_to_avoid_are_never_picked() -> None:
+    workers = [_worker("dead"), _worker("alive", running=7)]
+    chosen = policy.pick_worker(workers, Target("m", avoid=frozenset({"dead"})), {})
+    assert chosen is not None and chosen.id == "alive"
+    assert policy.pick_worker(workers[:1], Target("m", avoid=frozenset({"dead"})), {}) is None

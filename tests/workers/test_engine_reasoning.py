@@ -35,6 +35,7 @@ async def thinking_engine(tiny_model: TinyModel) -> AsyncIterator[Any]:
             enable_lora=False,
             tool_call_parser="hermes",
             reasoning_parser="qwen3",
+            kv_cache_space_gib=1,
         )
     )
     await engine.start()

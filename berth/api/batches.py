@@ -1,0 +1,190 @@
+"""The Batch API: a batch runs every line of an uploaded file as a job in the batch lane
+(lowest priority, never more than the workers' batch share), and is finalised into output
+and error files by the schedulers (``berth/scheduler/batches.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from berth.api.admission import queued_request, read_json
+from berth.api.app import ApiState
+from berth.api.auth import Tenant
+from berth.api.files import BATCH_URL, at_line, list_body, not_found, parse_batch_input
+from berth.api.routes import State
+from berth.protocol.errors import (
+    InvalidRequest,
+    NotFound,
+    field_error,
+    invalid_request_from,
+)
+from berth.store.batches import BatchLine, BatchStore
+from berth.store.files import FileStore
+from berth.store.jobs import new_job_id
+
+router = APIRouter(prefix="/v1/batches")
+
+# completion windows berth accepts, as OpenAI does: only 24 hours
+WINDOWS = {"24h": 24 * 3600}
+_METADATA_BOUNDS = (16, 64, 512)  # keys, characters per key, characters per value
+# cancelling a batch already cancelling or cancelled answers with it, as if it were new
+_CANCELLABLE = ("validating", "in_progress", "cancelling", "cancelled")
+
+
+class OutputExpiresAfter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int
+
+    @field_validator("seconds")
+    @classmethod
+    def _seconds(cls, value: int) -> int:
+        if not 3600 <= value <= 30 * 24 * 3600:
+            raise field_error(f"must be between 3600 and 2592000, got {value}")
+        return value
+
+
+class CreateBatch(BaseModel):
+    """The body of POST /v1/batches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+    output_expires_after: OutputExpiresAfter | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if value != BATCH_URL:
+            raise field_error(f"must be {BATCH_URL!r}, got {value!r}: berth batches chat")
+        return value
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if value not in WINDOWS:
+            raise field_error(f"must be one of {sorted(WINDOWS)}, got {value!r}")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        most, key_chars, value_chars = _METADATA_BOUNDS
+        if value is not None:
+            if len(value) > most:
+                raise field_error(f"may have at most {most} keys, got {len(value)}")
+            for k, v in value.items():
+                if len(k) > key_chars or len(v) > value_chars:
+                    raise field_error(
+                        f"keys are at most {key_chars} characters and values at most "
+                        f"{value_chars}; {k[:70]!r} breaks that"
+                    )
+        return value
+
+
+def _batches(request: Request) -> BatchStore:
+    state = request.app.state.berth
+    return BatchStore(state.redis, state.settings.job_ttl_s)
+
+
+Batches = Annotated[BatchStore, Depends(_batches)]
+
+
+def _not_found(batch_id: str) -> NotFound:
+    return NotFound(f"no batch {batch_id!r}", param="batch_id")
+
+
+def _lines(state: ApiState, content: bytes, tenant: str, deadline: float) -> list[BatchLine]:
+    """Every line as a job envelope; the first line that is invalid or names a model no
+    worker serves fails the whole batch with 400 naming it."""
+    lines = []
+    for number, custom_id, chat in parse_batch_input(content, state.settings.limits()):
+        try:
+            queued = queued_request(
+                state, chat, new_job_id(), tenant=tenant, lane="batch", deadline=deadline, job=True
+            )
+        except (InvalidRequest, NotFound) as err:
+            raise at_line(number, err) from None
+        lines.append(BatchLine(custom_id, queued))
+    return lines
+
+
+@router.post("")
+async def create_batch(
+    request: Request, state: State, tenant: Tenant, batches: Batches
+) -> dict[str, Any]:
+    try:
+        spec = CreateBatch.model_validate(await read_json(request, state.settings.max_body_bytes))
+    except ValidationError as err:
+        raise invalid_request_from(err) from None
+    files = FileStore(state.redis, state.settings.job_ttl_s)
+    found = await files.get(spec.input_file_id, tenant)
+    content = await files.content(spec.input_file_id, tenant) if found else None
+    if found is None or content is None:
+        raise not_found(spec.input_file_id, "input_file_id")
+    if found["purpose"] != "batch":
+        raise InvalidRequest(
+            f"input_file_id must name a file uploaded with purpose 'batch'; "
+            f"{spec.input_file_id!r} has purpose {found['purpose']!r}",
+            param="input_file_id",
+        )
+    created_at = time.time()
+    expires_at = created_at + WINDOWS[spec.completion_window]
+    # parsing and resolving 50k lines takes seconds: off the event loop
+    lines = await asyncio.to_thread(_lines, state, content, tenant, expires_at)
+    return await batches.create(
+        tenant,
+        lines,
+        input_file_id=spec.input_file_id,
+        endpoint=spec.endpoint,
+        completion_window=spec.completion_window,
+        created_at=created_at,
+        expires_at=expires_at,
+        metadata=spec.metadata,
+        output_ttl_s=spec.output_expires_after.seconds if spec.output_expires_after else None,
+    )
+
+
+@router.get("")
+async def list_batches(
+    tenant: Tenant,
+    batches: Batches,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    data, more = await batches.list_batches(tenant, after=after, limit=limit)
+    return list_body(data, more)
+
+
+@router.get("/{batch_id}")
+async def get_batch(batch_id: str, tenant: Tenant, batches: Batches) -> dict[str, Any]:
+    batch = await batches.get(batch_id, tenant)
+    if batch is None:
+        raise _not_found(batch_id)
+    return batch
+
+
+@router.post("/{batch_id}/cancel")
+async def cancel_batch(batch_id: str, tenant: Tenant, batches: Batches) -> dict[str, Any]:
+    if await batches.get(batch_id, tenant) is None:
+        raise _not_found(batch_id)
+    before = await batches.cancel(batch_id)
+    if before not in _CANCELLABLE:
+        raise InvalidRequest(
+            f"batch {batch_id!r} is {before}: only a validating or in-progress batch "
+            "can be cancelled",
+            param="batch_id",
+            code="batch_not_cancellable",
+        )
+    batch = await batches.get(batch_id, tenant)
+    if batch is None:
+        raise _not_found(batch_id)
+    return batch

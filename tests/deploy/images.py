@@ -1,0 +1,41 @@
+"""deploy/docker's Dockerfiles read as instructions, and its control-plane requirements script."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+from tests.deploy.compose import DEPLOY
+
+DOCKER = DEPLOY / "docker"
+Instruction = tuple[str, str]
+
+
+def instructions(path: Path) -> list[Instruction]:
+    """(KEYWORD, arguments) per instruction, continuation lines joined, comments dropped."""
+    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, args = line.strip().partition(" ")
+            result.append((keyword.upper(), args.strip()))
+    return result
+
+
+def final_stage(path: Path) -> list[Instruction]:
+    steps = instructions(path)
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def control_plane_script() -> ModuleType:
+    """deploy/docker/control_plane_requirements.py, which the API image's build runs."""
+    path = DOCKER / "control_plane_requirements.py"
+    spec = importlib.util.spec_from_file_location("control_plane_requirements", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

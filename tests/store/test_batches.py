@@ -1,0 +1,277 @@
+"""Batches against a real server: creation queues every line as a batch-lane job, progress
+is counted once, cancel and expiry end the live jobs, and finalisation writes the output and
+error files once, in input order, however many replicas race."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import redis.asyncio
+
+from berth.protocol import keys
+from berth.protocol.envelopes import QueuedRequest
+from berth.scheduler import batches as finaliser
+from berth.scheduler.batches import finalize_batches
+from berth.store.batches import BatchLine, BatchStore
+from berth.store.files import FileStore
+from berth.store.jobs import JobStore, new_job_id
+
+TTL = 600
+
+
+def _lines(n: int, model: str = "m") -> list[BatchLine]:
+    return [
+        BatchLine(
+            f"req-{i}",
+            QueuedRequest(
+                id=new_job_id(),
+                model=model,
+                request={"model": model, "messages": [{"role": "user", "content": str(i)}]},
+                lane="batch",
+                job=True,
+                tenant="t",
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+async def _create(
+    aredis: redis.asyncio.Redis, n: int, *, window_s: float = 3600, tenant: str = "t"
+) -> tuple[BatchStore, dict[str, Any]]:
+    store = BatchStore(aredis, TTL)
+    now = time.time()
+    batch = await store.create(
+        tenant,
+        _lines(n),
+        input_file_id="file-in",
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        created_at=now,
+        expires_at=now + window_s,
+        metadata={"k": "v"},
+    )
+    return store, batch
+
+
+def _completion(job_id: str) -> dict[str, Any]:
+    return {"id": job_id, "object": "chat.completion", "choices": [], "model": "m"}
+
+
+async def _job_ids(store: BatchStore, batch_id: str) -> list[str]:
+    return await store.job_ids(batch_id, 0, 1 << 30)
+
+
+async def _finish_all(aredis: redis.asyncio.Redis, ids: list[str]) -> None:
+    """Every job succeeds, as workers would report it (pipelined, for speed)."""
+    jobs = JobStore(aredis, TTL)
+    for start in range(0, len(ids), 1000):
+        pipe = aredis.pipeline(transaction=False)
+        for job_id in ids[start : start + 1000]:
+            script, script_keys, args = jobs.finish_call(
+                job_id, None, "succeeded", result=_completion(job_id)
+            )
+            await script(keys=script_keys, args=args, client=pipe)
+        await pipe.execute()
+
+
+async def _content(aredis: redis.asyncio.Redis, file_id: str) -> list[dict[str, Any]]:
+    raw = await FileStore(aredis, TTL).content(file_id, "t")
+    assert raw is not None and raw.endswith(b"\n")
+    return [json.loads(line) for line in raw.splitlines()]
+
+
+async def test_create_queues_every_line_as_a_batch_job(aredis: redis.asyncio.Redis) -> None:
+    store, batch = await _create(aredis, 2500)
+    assert batch["status"] == "in_progress" and batch["in_progress_at"]
+    assert batch["request_counts"] == {"total": 2500, "completed": 0, "failed": 0}
+    assert batch["metadata"] == {"k": "v"} and batch["model"] == "m"
+    assert batch["id"].startswith("batch_") and len(batch["id"]) == 6 + 32
+    assert await aredis.xlen(keys.ingress_stream("m", "batch")) == 2500
+    assert await aredis.xlen(keys.ingress_stream("m")) == 0  # never the interactive lane
+    assert await aredis.sismember(keys.MODELS_SET, "m")
+    assert await aredis.sismember(keys.BATCHES_ACTIVE, batch["id"])
+    ids = await _job_ids(store, batch["id"])
+    job = await JobStore(aredis, TTL).get(ids[1234], "t")
+    assert job is not None and job["status"] == "queued"
+    assert (job["batch_id"], job["custom_id"]) == (batch["id"], "req-1234")
+    assert await store.get(batch["id"], "another-tenant") is None
+
+
+async def test_finalise_writes_output_and_errors_in_input_order(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    store, batch = await _create(aredis, 30)
+    ids = await _job_ids(store, batch["id"])
+    jobs = JobStore(aredis, TTL)
+    # finish out of order, one failure in the middle
+    for i in reversed(range(30)):
+        if i == 7:
+            error = {"error": {"message": "boom", "type": "server_error", "code": "engine_error"}}
+            await jobs.finish(ids[i], None, "failed", error=error)
+        else:
+            await jobs.finish(ids[i], None, "succeeded", result=_completion(ids[i]))
+    assert await finalize_batches(aredis) == [batch["id"]]
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["status"] == "completed" and done["completed_at"]
+    assert done["request_counts"] == {"total": 30, "completed": 29, "failed": 1}
+    assert not await aredis.sismember(keys.BATCHES_ACTIVE, batch["id"])
+
+    output = await _content(aredis, done["output_file_id"])
+    assert [line["custom_id"] for line in output] == [f"req-{i}" for i in range(30) if i != 7]
+    first = output[0]
+    assert first["error"] is None and first["id"] == ids[0]
+    assert first["response"] == {
+        "status_code": 200,
+        "request_id": ids[0],
+        "body": _completion(ids[0]),
+    }
+    (failed,) = await _content(aredis, done["error_file_id"])
+    assert failed["custom_id"] == "req-7" and failed["response"]["status_code"] == 500
+    assert failed["error"] == {"code": "engine_error", "message": "boom"}
+    output_file = await FileStore(aredis, TTL).get(done["output_file_id"], "t")
+    assert output_file is not None and output_file["purpose"] == "batch_output"
+    assert await finalize_batches(aredis) == []  # once
+
+
+async def test_counts_follow_progress_and_wait_for_the_last_job(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    store, batch = await _create(aredis, 10)
+    ids = await _job_ids(store, batch["id"])
+    await _finish_all(aredis, ids[1:])  # the first is still running
+    assert await finalize_batches(aredis) == []
+    counted = await store.get(batch["id"], "t")
+    assert counted is not None and counted["status"] == "in_progress"
+    assert counted["request_counts"] == {"total": 10, "completed": 9, "failed": 0}
+    await _finish_all(aredis, ids[:1])
+    assert await finalize_batches(aredis) == [batch["id"]]
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["request_counts"]["completed"] == 10
+    assert done["error_file_id"] is None
+
+
+async def test_racing_finalisers_finalise_once(redis_url: str, aredis: redis.asyncio.Redis) -> None:
+    store, batch = await _create(aredis, 200)
+    await _finish_all(aredis, await _job_ids(store, batch["id"]))
+    clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(finalize_batches(c) for c in clients))
+    finally:
+        for c in clients:
+            await c.aclose()
+    # the scan is recorded by one of them per step; run until the batch is done
+    while not any(results):
+        results = [await finalize_batches(aredis)]
+    assert sum(len(r) for r in results) == 1
+    files, _ = await FileStore(aredis, TTL).list_files("t", after=None, limit=100)
+    assert len(files) == 1
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["request_counts"]["completed"] == 200
+
+
+async def test_a_stale_claim_is_taken_over_and_its_files_dropped(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    store, batch = await _create(aredis, 3)
+    await _finish_all(aredis, await _job_ids(store, batch["id"]))
+    assert await finalize_batches(aredis) == [batch["id"]]
+    # a finaliser that lost its claim cannot commit
+    assert await store.commit(batch["id"], "not-the-holder", "completed", ttl_s=TTL) is None
+    assert await store.claim(batch["id"], "late", stale_s=0) is False  # already final
+
+
+async def test_cancel_ends_live_jobs_then_the_batch(aredis: redis.asyncio.Redis) -> None:
+    store, batch = await _create(aredis, 6)
+    ids = await _job_ids(store, batch["id"])
+    await _finish_all(aredis, ids[:2])
+    await JobStore(aredis, TTL).claim(ids[2], 0, "w1")  # running
+    assert await store.cancel(batch["id"]) == "in_progress"
+    cancelling = await store.get(batch["id"], "t")
+    assert cancelling is not None and cancelling["status"] == "cancelling"
+    assert cancelling["cancelling_at"]
+    job = await JobStore(aredis, TTL).get(ids[4])
+    assert job is not None and job["status"] == "cancelled"
+    assert await aredis.exists(keys.cancelled_key(ids[3]))  # the scheduler drops it
+    assert await store.cancel(batch["id"]) == "cancelling"  # idempotent
+
+    assert await finalize_batches(aredis) == [batch["id"]]
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["status"] == "cancelled" and done["cancelled_at"]
+    assert done["request_counts"] == {"total": 6, "completed": 2, "failed": 0}
+    assert [line["custom_id"] for line in await _content(aredis, done["output_file_id"])] == [
+        "req-0",
+        "req-1",
+    ]
+    errors = await _content(aredis, done["error_file_id"])
+    assert [line["custom_id"] for line in errors] == ["req-2", "req-3", "req-4", "req-5"]
+    assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
+    assert all(line["response"] is None for line in errors)
+    assert await store.cancel(batch["id"]) == "cancelled"
+
+
+async def test_expiry_ends_what_is_left_and_the_batch(aredis: redis.asyncio.Redis) -> None:
+    store, batch = await _create(aredis, 4, window_s=0.01)
+    ids = await _job_ids(store, batch["id"])
+    await _finish_all(aredis, ids[:1])
+    await asyncio.sleep(0.02)
+    assert await finalize_batches(aredis) == []  # ends the live jobs as expired
+    job = await JobStore(aredis, TTL).get(ids[3])
+    assert job is not None and job["status"] == "expired"
+    assert await finalize_batches(aredis) == [batch["id"]]
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["status"] == "expired" and done["expired_at"]
+    errors = await _content(aredis, done["error_file_id"])
+    assert [line["error"]["code"] for line in errors] == ["batch_expired"] * 3
+
+
+async def test_an_interrupted_creation_fails_the_batch(aredis: redis.asyncio.Redis) -> None:
+    store, batch = await _create(aredis, 5)
+    # as if the API died after queueing two jobs, long ago
+    await aredis.ltrim(keys.batch_jobs(batch["id"]), 0, 1)
+    await aredis.hset(keys.batch_key(batch["id"]), mapping={"status": "validating"})
+    assert await finalize_batches(aredis) == []  # a creation may still be running
+    old = time.time() - finaliser.STALE_CREATION_S - 1
+    await aredis.hset(keys.batch_key(batch["id"]), "created_at", old)
+    assert await finalize_batches(aredis) == [batch["id"]]
+    failed = await store.get(batch["id"], "t")
+    assert failed is not None and failed["status"] == "failed" and failed["failed_at"]
+    assert failed["errors"]["data"][0]["code"] == "batch_creation_interrupted"
+    ids = await _job_ids(store, batch["id"])
+    job = await JobStore(aredis, TTL).get(ids[0])
+    assert job is not None and job["status"] == "cancelled"
+
+
+async def test_a_batch_whose_record_expired_leaves_the_active_set(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    await aredis.sadd(keys.BATCHES_ACTIVE, "batch_gone")
+    assert await finalize_batches(aredis) == []
+    assert not await aredis.sismember(keys.BATCHES_ACTIVE, "batch_gone")
+
+
+async def test_list_pages_newest_first_per_tenant(aredis: redis.asyncio.Redis) -> None:
+    made = [(await _create(aredis, 1))[1]["id"] for _ in range(5)]
+    await _create(aredis, 1, tenant="other")
+    store = BatchStore(aredis, TTL)
+    page, more = await store.list_batches("t", after=None, limit=3)
+    assert [b["id"] for b in page] == made[::-1][:3] and more
+    page, more = await store.list_batches("t", after=page[-1]["id"], limit=3)
+    assert [b["id"] for b in page] == made[::-1][3:] and not more
+
+
+async def test_fifty_thousand_jobs_are_cheap(aredis: redis.asyncio.Redis) -> None:
+    started = time.monotonic()
+    store, batch = await _create(aredis, 50_000)
+    created = time.monotonic() - started
+    await _finish_all(aredis, await _job_ids(store, batch["id"]))
+    started = time.monotonic()
+    while not await finalize_batches(aredis):
+        pass
+    finalised = time.monotonic() - started
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["request_counts"]["completed"] == 50_000
+    assert created < 15 and finalised < 15, (created, finalised)
