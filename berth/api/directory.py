@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 class WorkerDirectory:
     """A cached view of the worker registry, reread every ``refresh_s`` seconds."""
 
-    def __init__(self, redis: Redis, refresh_s: float) -> None:
+    def __init__(self, redis: Redis, refresh_s: float, grace_s: float = 10.0) -> None:
         self._redis = redis
         self._refresh_s = refresh_s
+        # a model whose workers all vanished this recently is still served: a heartbeat
+        # late under load, or a worker restarting, should not bounce requests
+        self._grace_s = grace_s
+        self._last_seen: dict[str, tuple[float, set[str]]] = {}
         self._workers: list[WorkerInfo] = []
         self._models: dict[str, set[str]] = {}
         # models and adapters that had workers once; without live ones they are unavailable
@@ -43,7 +47,14 @@ class WorkerDirectory:
 
     async def refresh(self) -> None:
         self._workers = await live_workers(self._redis)
-        self._models = models_served(self._workers)
+        now = time.monotonic()
+        for model, adapters in models_served(self._workers).items():
+            self._last_seen[model] = (now, adapters)
+        self._models = {
+            model: adapters
+            for model, (seen, adapters) in self._last_seen.items()
+            if now - seen <= self._grace_s
+        }
         known: Any = await self._redis.smembers(keys.MODELS_SET)
         self._known_models = {m.decode() for m in known}
         adapters: Any = await self._redis.hgetall(keys.ADAPTERS)

@@ -33,6 +33,12 @@ class ApiSettings(CommonSettings):
     registry_refresh_s: float = Field(
         default=0.5, gt=0, description="How often the list of live workers is reread."
     )
+    model_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A model whose workers all vanished is still queued for this long (they "
+        "may be late or restarting) before requests get 503.",
+    )
     max_n: int = Field(default=16, ge=1, description="Largest `n` a request may ask for.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Largest request body.")
 

@@ -17,7 +17,8 @@ DONE = "data: [DONE]\n\n"
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    # ASCII only: some SSE readers split lines on U+2028 or U+0085 inside a JSON string
+    return json.dumps(obj, separators=(",", ":"))
 
 
 def event_error(event: TokenEvent) -> BerthError:

@@ -121,6 +121,8 @@ async def _scan(
     blocked = False
     while start < total and start - read < SCAN_BUDGET:
         ids = await store.job_ids(batch_id, start, start + CHUNK)
+        if not ids:  # the job list expired under a batch that outlived its window
+            break
         rows = await store.job_fields(ids, *LIVE_FIELDS)
         if ending is not None:
             await store.end_jobs(ids, rows, ending)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,8 +295,8 @@ class BatchStore:
         batch_id: str,
         read: int,
         scanned: int,
-        done: dict[str, int],
-        ahead: dict[str, int],
+        done: Mapping[str, int],
+        ahead: Mapping[str, int],
     ) -> bool:
         """Store a scan's progress unless another scan from the same position won."""
         return bool(
@@ -305,11 +305,11 @@ class BatchStore:
                 args=[
                     read,
                     scanned,
-                    done["succeeded"],
-                    done["failed"],
-                    done["expired"],
-                    ahead["succeeded"],
-                    ahead["failed"],
+                    done.get("succeeded", 0),
+                    done.get("failed", 0),
+                    done.get("expired", 0),
+                    ahead.get("succeeded", 0),
+                    ahead.get("failed", 0),
                 ],
             )
         )

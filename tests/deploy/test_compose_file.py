@@ -81,10 +81,10 @@ def test_berth_services_get_what_they_read() -> None:
 
 def test_everything_uses_the_one_password_protected_valkey() -> None:
     valkey = service("valkey")
-    password = valkey["environment"]["VALKEY_PASSWORD"]
-    script = valkey["command"][-1]
-    assert '--requirepass "$VALKEY_PASSWORD"' in script
-    assert "--appendonly yes" in script and "--maxmemory-policy noeviction" in script
+    argv = valkey["command"]
+    password = argv[argv.index("--requirepass") + 1]
+    # the healthcheck's valkey-cli authenticates with the same password
+    assert valkey["environment"]["VALKEY_PASSWORD"] == password
     urls = {name: spec["environment"]["REDIS_URL"] for name, spec in berth_services().items()}
     flower = service("flower")["command"]
     urls["flower"] = flower[flower.index("--broker") + 1]
@@ -172,11 +172,16 @@ def test_grafana_provisions_the_datasource_and_dashboard_the_panels_use() -> Non
     # Prometheus listens on its default port
     assert not any("listen-address" in arg for arg in service("prometheus")["command"])
     assert source["url"] == "http://prometheus:9090"
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    # the dashboard asks for a Prometheus data source (this one, being the default)
     dashboard = _dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
     uses = [p["datasource"] for p in dashboard["panels"] if p["type"] != "row"]
     uses += [t["datasource"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    uses += [v["datasource"] for v in dashboard["templating"]["list"]]
-    assert uses and all(u == {"type": "prometheus", "uid": source["uid"]} for u in uses)
+    uses += [v["datasource"] for v in variables.values() if v["type"] == "query"]
+    assert uses and all(u == {"type": "prometheus", "uid": "${datasource}"} for u in uses)
 
 
 def test_dashboard_panels_do_not_overlap() -> None:

@@ -43,7 +43,11 @@ def _dashboard_queries() -> list[tuple[str, str]]:
         for panel in dashboard["panels"]
         for target in panel.get("targets", [])
     ]
-    queries += [(f"${v['name']}", v["query"]["query"]) for v in dashboard["templating"]["list"]]
+    queries += [
+        (f"${v['name']}", v["query"]["query"])
+        for v in dashboard["templating"]["list"]
+        if v["type"] == "query"
+    ]
     return queries
 
 

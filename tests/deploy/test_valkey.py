@@ -4,8 +4,7 @@ opens it, and it persists to an append-only file and never evicts."""
 
 from __future__ import annotations
 
-import os
-import signal
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,24 +39,27 @@ def _k8s() -> tuple[list[str], dict[str, str], str, str]:
         ref = var["valueFrom"]["secretKeyRef"]
         assert ref["name"] == secret["metadata"]["name"]
         env[var["name"]] = secret["stringData"][ref["key"]]
+    # Kubernetes expands $(VAR) in a command from the container's environment
+    command = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["command"]]
     (mount,) = container["volumeMounts"]
-    return container["command"], env, secret["stringData"]["url"], mount["mountPath"]
+    return command, env, secret["stringData"]["url"], mount["mountPath"]
 
 
 @pytest.fixture(params=[_compose, _k8s], ids=["compose", "k8s"])
 def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The configured server running here; yields the URL berth's processes would use."""
     command, env, url, data_dir = request.param()
-    assert command[:2] == ["sh", "-c"] and command[2].startswith("exec valkey-server ")
+    assert command[0] == "valkey-server"
     port = free_port()
-    script = command[2].replace(data_dir, str(tmp_path)) + f" --port {port} --bind 127.0.0.1"
-    env = {**env, "PATH": f"{get_binary_path().parent}:/usr/bin:/bin"}
-    proc = subprocess.Popen(["sh", "-c", script], env=env, cwd=tmp_path, start_new_session=True)
+    argv = [str(get_binary_path())]
+    argv += [str(tmp_path) if arg == data_dir else arg for arg in command[1:]]
+    argv += ["--port", str(port), "--bind", "127.0.0.1"]
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path)
     parts = urlsplit(url)
     try:
         yield url.replace(f"@{parts.hostname}:{parts.port}", f"@127.0.0.1:{port}")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.terminate()
         proc.wait(10)
 
 

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 def cluster(redis_url: str) -> Iterator[RunningStack]:
     running = RunningStack(
         redis_url,
-        env={"BERTH_HEARTBEAT_TTL": "2", "BERTH_LIVENESS_CHECK_S": "0.5", "BERTH_CAPACITY": "16"},
+        env={"BERTH_HEARTBEAT_TTL": "3", "BERTH_LIVENESS_CHECK_S": "0.5", "BERTH_CAPACITY": "16"},
     )
     try:
         running.start("worker", BERTH_WORKER_ID="w-a")
@@ -81,11 +81,11 @@ def test_kill_a_worker_and_a_scheduler_under_load(cluster: RunningStack) -> None
     threads = [threading.Thread(target=client) for _ in range(12)]
     for t in threads:
         t.start()
-    r = redis.Redis.from_url(cluster.redis_url)
+    store = redis.Redis.from_url(cluster.redis_url)
     deadline = time.monotonic() + 60
     # kill once both workers are busy and streams have completed: real load, real victims
     while len(results) < 6 or not all(
-        json.loads(r.get(f"berth:worker:{w}") or b"{}").get("engine_running", 0) > 0
+        json.loads(store.get(f"berth:worker:{w}") or b"{}").get("engine_running", 0) > 0
         for w in ("w-a", "w-b")
     ):
         assert time.monotonic() < deadline and not failures, (len(results), failures)
@@ -110,4 +110,4 @@ def test_kill_a_worker_and_a_scheduler_under_load(cluster: RunningStack) -> None
     assert all(r["tokens"] >= 1 for r in completed)
     # the survivors keep serving after the failures
     assert _one_stream(cluster.url, 8)["finishes"] == 1
-    assert r.exists("berth:worker:w-b") and not r.exists("berth:worker:w-a")
+    assert store.exists("berth:worker:w-b") and not store.exists("berth:worker:w-a")

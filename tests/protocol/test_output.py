@@ -124,3 +124,12 @@ def test_assembled_response_parses_as_openai_completion() -> None:
     assert (call.id, call.function.name, call.function.arguments) == ("call_1", "get", '{"a": 1}')
     assert reply.choices[1].finish_reason == "tool_calls"
     assert reply.usage is not None and reply.usage.total_tokens == 12
+
+
+def test_every_chunk_is_one_line_whatever_the_text() -> None:
+    writer = ChunkWriter("r1", "m", 123, n=1, include_usage=False)
+    odd = "a\u2028b\u0085c\nd\re\u2029"
+    out = writer.render(_event(0, "delta", choices=[{"index": 0, "content": odd}]))
+    chunk = out.split("\n\n")[1]
+    assert chunk.startswith("data: ") and len(chunk.splitlines()) == 1
+    assert json.loads(chunk[6:])["choices"][0]["delta"]["content"] == odd

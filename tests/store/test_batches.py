@@ -173,15 +173,19 @@ async def test_racing_finalisers_finalise_once(redis_url: str, aredis: redis.asy
     assert done is not None and done["request_counts"]["completed"] == 200
 
 
-async def test_a_stale_claim_is_taken_over_and_its_files_dropped(
-    aredis: redis.asyncio.Redis,
-) -> None:
+async def test_a_dead_finalisers_claim_is_taken_over(aredis: redis.asyncio.Redis) -> None:
     store, batch = await _create(aredis, 3)
     await _finish_all(aredis, await _job_ids(store, batch["id"]))
+    assert await store.claim(batch["id"], "dead", finaliser.STALE_CLAIM_S)
+    held = await store.get(batch["id"], "t")
+    assert held is not None and held["status"] == "finalizing" and held["finalizing_at"]
+    assert await finalize_batches(aredis) == []  # held, and not for long yet
+    stale = time.time() - finaliser.STALE_CLAIM_S - 1
+    await aredis.hset(keys.batch_key(batch["id"]), "lock_at", stale)
     assert await finalize_batches(aredis) == [batch["id"]]
-    # a finaliser that lost its claim cannot commit
-    assert await store.commit(batch["id"], "not-the-holder", "completed", ttl_s=TTL) is None
-    assert await store.claim(batch["id"], "late", stale_s=0) is False  # already final
+    # the presumed-dead holder wakes up: its outcome is not recorded
+    assert await store.commit(batch["id"], "dead", "completed", ttl_s=TTL) is None
+    assert not await store.claim(batch["id"], "late", stale_s=0)  # final: nobody claims it
 
 
 async def test_cancel_ends_live_jobs_then_the_batch(aredis: redis.asyncio.Redis) -> None:
@@ -274,4 +278,5 @@ async def test_fifty_thousand_jobs_are_cheap(aredis: redis.asyncio.Redis) -> Non
     finalised = time.monotonic() - started
     done = await store.get(batch["id"], "t")
     assert done is not None and done["request_counts"]["completed"] == 50_000
-    assert created < 15 and finalised < 15, (created, finalised)
+    # generous: a guard against per-job round trips, not a benchmark (CI machines are shared)
+    assert created < 60 and finalised < 60, (created, finalised)
