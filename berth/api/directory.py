@@ -48,11 +48,11 @@ class WorkerDirectory:
     async def refresh(self) -> None:
         self._workers = await live_workers(self._redis)
         now = time.monotonic()
-        for model, adapters in models_served(self._workers).items():
-            self._last_seen[model] = (now, adapters)
+        for model, served in models_served(self._workers).items():
+            self._last_seen[model] = (now, served)
         self._models = {
-            model: adapters
-            for model, (seen, adapters) in self._last_seen.items()
+            model: served
+            for model, (seen, served) in self._last_seen.items()
             if now - seen <= self._grace_s
         }
         known: Any = await self._redis.smembers(keys.MODELS_SET)

@@ -188,6 +188,7 @@ class EngineHost:
 
     def info(self) -> WorkerInfo:
         in_engine = self.engine.num_running()
+        stats = self.engine.stats()
         metrics.RUNNING.set(in_engine)
         metrics.WAITING.set(max(0, len(self._active) - in_engine))
         return WorkerInfo(
@@ -197,6 +198,10 @@ class EngineHost:
             capacity=self.capacity,
             running=len(self._active),
             engine_running=in_engine,
+            waiting=max(0, len(self._active) - in_engine) + stats.waiting,
+            loaded_adapters=stats.loaded_adapters,
+            max_loras=stats.max_loras,
+            kv_cache_usage=stats.kv_cache_usage,
             queue=keys.worker_queue(self.worker_id),
             started_at=self._started_at,
         )
@@ -212,6 +217,7 @@ class EngineHost:
         await self._register_model()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._listen_for_cancels(), name="cancels"))
+        self._tasks.append(loop.create_task(self._follow_adapter_registry(), name="adapters"))
         self._tasks.append(
             loop.create_task(
                 heartbeat_loop(self._redis, self.info, self._hb_interval, self._hb_ttl),
@@ -241,6 +247,22 @@ class EngineHost:
         await self._publisher.close()
         await self.engine.shutdown()
         await self._redis.aclose()
+
+    async def _follow_adapter_registry(self) -> None:
+        """Adapters registered through the admin API become servable here within a beat."""
+        assert self._redis is not None
+        while True:
+            try:
+                raw: Any = await self._redis.hgetall(keys.ADAPTERS)
+                mine = {}
+                for name, value in raw.items():
+                    record = json.loads(value)
+                    if record.get("model") == self.engine.model and record.get("path"):
+                        mine[name.decode()] = record["path"]
+                self.engine.set_registered_adapters(mine)
+            except Exception:
+                log.exception("reading the adapter registry failed")
+            await asyncio.sleep(self._hb_interval)
 
     async def _listen_for_cancels(self) -> None:
         assert self._redis is not None

@@ -24,7 +24,11 @@ BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 def stack(redis_url: str) -> Iterator[RunningStack]:
     running = RunningStack(
         redis_url,
-        env={"BERTH_HEARTBEAT_TTL": "2", "BERTH_LIVENESS_CHECK_S": "0.5", "BERTH_MODEL_GRACE_S": "0"},
+        env={
+            "BERTH_HEARTBEAT_TTL": "2",
+            "BERTH_LIVENESS_CHECK_S": "0.5",
+            "BERTH_MODEL_GRACE_S": "0",
+        },
     )
     try:
         yield running

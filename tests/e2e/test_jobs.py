@@ -158,3 +158,10 @@ def test_bad_job_requests(stack: RunningStack) -> None:
         bad_deadline = client.post("/v1/jobs", json=_body(), headers={"X-Deadline-Seconds": "-1"})
         assert bad_deadline.json()["error"]["param"] == "X-Deadline-Seconds"
         assert client.post("/v1/jobs", json={**_body(), "model": "nope"}).status_code == 404
+
+
+def test_admin_api_is_off_with_keys_but_no_admin_keys(stack: RunningStack) -> None:
+    with _client(stack) as client:
+        answer = client.get("/v1/admin/adapters")
+    assert answer.status_code == 403
+    assert answer.json()["error"]["code"] == "admin_only"

@@ -141,3 +141,35 @@ def test_metrics_are_exported(stack: RunningStack, client: openai.OpenAI) -> Non
     assert 'berth_api_requests_total{route="/v1/chat/completions",status="200"}' in text
     assert "berth_api_time_to_first_token_seconds_count" in text
     assert 'berth_queue_length{model="fake-model"}' in text
+
+
+def test_adapter_registry_admin_api(stack: RunningStack, client: openai.OpenAI) -> None:
+    admin = httpx.Client(base_url=f"{stack.url}/v1/admin", timeout=10)
+    bad = admin.put("/adapters/x", json={"model": MODEL, "path": "../up"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "path"
+    assert admin.put("/adapters/x", json={"model": "nope", "path": "/a"}).status_code == 404
+    added = admin.put("/adapters/support-v2", json={"model": MODEL, "path": "/adapters/s2"})
+    assert added.status_code == 200
+    assert {"name": "support-v2", "model": MODEL, "path": "/adapters/s2"} in admin.get(
+        "/adapters"
+    ).json()["data"]
+    deadline = time.monotonic() + 10
+    while "support-v2" not in {m.id for m in client.models.list()}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    card = next(m for m in client.models.list() if m.id == "support-v2")
+    assert card.model_dump().get("parent") == MODEL
+    reply = client.chat.completions.create(
+        model="support-v2", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.choices[0].finish_reason == "length"
+    # the worker's heartbeat now reports the adapter as loaded, for placement
+    r = redis.Redis.from_url(stack.redis_url)
+    while b"support-v2" not in (r.get(keys.worker_key("w-1")) or b"").split(b"loaded_adapters")[-1]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert admin.delete("/adapters/support-v2").status_code == 200
+    assert admin.delete("/adapters/support-v2").status_code == 404
+    while "support-v2" in {m.id for m in client.models.list()}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

@@ -22,8 +22,13 @@ class AdapterRegistry:
     """Registered adapters by name, plus an optional root for ``lora_path``."""
 
     def __init__(self, adapters: dict[str, str] | None = None, root: str | None = None):
-        self._named = {name: Path(path) for name, path in (adapters or {}).items()}
+        self._configured = {name: Path(path) for name, path in (adapters or {}).items()}
+        self._named = dict(self._configured)
         self._root = Path(root).resolve() if root else None
+
+    def set_registered(self, adapters: dict[str, str]) -> None:
+        """Adapters registered at run time; configured names keep their configured path."""
+        self._named = {name: Path(path) for name, path in adapters.items()} | self._configured
 
     @property
     def names(self) -> list[str]:

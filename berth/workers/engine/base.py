@@ -45,6 +45,37 @@ class EngineStep:
     finished: bool = False
 
 
+@dataclass(slots=True)
+class EngineStats:
+    """What the engine holds now, for the worker's heartbeat and placement."""
+
+    # adapters in the engine's LoRA cache, least recently used first
+    loaded_adapters: list[str] = field(default_factory=list)
+    # adapters one engine step can mix (vLLM's max_loras); 0 when LoRA is off
+    max_loras: int = 0
+    # share of the KV cache in use, when the engine reports it
+    kv_cache_usage: float | None = None
+    # requests waiting inside the engine's own scheduler
+    waiting: int = 0
+
+
+class AdapterLru:
+    """The adapters an engine used most recently, as its LoRA cache (LRU) holds them."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._order: dict[str, None] = {}
+
+    def touch(self, name: str) -> None:
+        self._order.pop(name, None)
+        self._order[name] = None
+        while len(self._order) > self._capacity:
+            del self._order[next(iter(self._order))]
+
+    def names(self) -> list[str]:
+        return list(self._order)
+
+
 class Engine(Protocol):
     """One long-lived inference engine owned by a worker process."""
 
@@ -78,6 +109,15 @@ class Engine(Protocol):
 
     def num_running(self) -> int:
         """Requests currently inside the engine (running or waiting in it)."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Loaded adapters and cache figures for the heartbeat; cheap, called every beat."""
+        ...
+
+    def set_registered_adapters(self, adapters: dict[str, str]) -> None:
+        """Adapters registered at run time (name -> directory), beside the configured ones;
+        replaces the previous set."""
         ...
 
     async def shutdown(self) -> None: ...

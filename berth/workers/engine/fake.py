@@ -17,7 +17,13 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from berth.protocol.errors import InvalidRequest
-from berth.workers.engine.base import ChoiceDelta, EngineStep, FinishReason
+from berth.workers.engine.base import (
+    AdapterLru,
+    ChoiceDelta,
+    EngineStats,
+    EngineStep,
+    FinishReason,
+)
 from berth.workers.engine.checks import check_token_ids, logit_bias_ids, resolve_max_tokens
 
 if TYPE_CHECKING:
@@ -45,9 +51,13 @@ class FakeEngine:
         max_concurrency: int | None = None,
         default_max_tokens: int = 16,
         vocab_size: int = FAKE_VOCAB_SIZE,
+        max_loras: int = 4,
     ):
         self._model = served_model_name or "fake-model"
-        self._adapters = list(adapters or [])
+        self._configured = list(adapters or [])
+        self._adapters = list(self._configured)
+        self._max_loras = max_loras
+        self._lru = AdapterLru(max_loras)
         self._max_model_len = max_model_len
         self._delay = 1.0 / tokens_per_s if tokens_per_s else 0.0
         self._max_concurrency = max_concurrency
@@ -67,6 +77,12 @@ class FakeEngine:
     @property
     def adapters(self) -> list[str]:
         return list(self._adapters)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(loaded_adapters=self._lru.names(), max_loras=self._max_loras)
+
+    def set_registered_adapters(self, adapters: dict[str, str]) -> None:
+        self._adapters = sorted(set(self._configured) | set(adapters))
 
     @property
     def max_model_len(self) -> int:
@@ -106,6 +122,8 @@ class FakeEngine:
                 f"{', '.join(self._adapters) or 'none'}",
                 param="lora_path",
             )
+        if adapter:
+            self._lru.touch(adapter)
         prompt_len = _prompt_len(request)
         requested = request.max_completion_tokens
         max_tokens = resolve_max_tokens(

@@ -24,10 +24,17 @@ from vllm.inputs.engine import tokens_input
 from vllm.lora.request import LoRARequest
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.metrics.loggers import StatLoggerBase
 
 from berth.protocol.errors import EngineFailure, InvalidRequest
 from berth.workers.engine.adapters import AdapterRegistry
-from berth.workers.engine.base import ChoiceDelta, EngineStep, FinishReason
+from berth.workers.engine.base import (
+    AdapterLru,
+    ChoiceDelta,
+    EngineStats,
+    EngineStep,
+    FinishReason,
+)
 from berth.workers.engine.chat import render_prompt, template_kwargs
 from berth.workers.engine.config import EngineConfig
 from berth.workers.engine.mapping import (
@@ -67,6 +74,8 @@ class VllmEngine:
         self._loads: dict[str, asyncio.Future[bool]] = {}
         self._running: set[str] = set()
         self._aborted: set[str] = set()
+        self._lru = AdapterLru(config.max_cpu_loras or config.max_loras)
+        self._gauges: list[_SchedulerGauge] = []
 
     # --- Engine interface ---
 
@@ -84,6 +93,18 @@ class VllmEngine:
 
     def num_running(self) -> int:
         return len(self._running)
+
+    def stats(self) -> EngineStats:
+        usage = [g.kv_cache_usage for g in self._gauges if g.kv_cache_usage is not None]
+        return EngineStats(
+            loaded_adapters=self._lru.names(),
+            max_loras=self.config.max_loras if self.config.enable_lora else 0,
+            kv_cache_usage=max(usage) if usage else None,
+            waiting=sum(g.waiting for g in self._gauges),
+        )
+
+    def set_registered_adapters(self, adapters: dict[str, str]) -> None:
+        self._registry.set_registered(adapters)
 
     async def start(self) -> None:
         if self._llm is not None:
@@ -116,7 +137,12 @@ class VllmEngine:
         log.info("starting vLLM engine for %s (%s)", cfg.name, cfg.model)
         # building the engine blocks for tens of seconds while the engine process
         # loads the model; keep the event loop (heartbeats) running meanwhile
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        def gauge(vllm_config: Any, engine_index: int = 0) -> _SchedulerGauge:
+            made = _SchedulerGauge(vllm_config, engine_index)
+            self._gauges.append(made)
+            return made
+
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[gauge])
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         model_config = llm.model_config
@@ -313,6 +339,7 @@ class VllmEngine:
         if not self.config.enable_lora:
             raise InvalidRequest("this model is served without LoRA adapters", param=param)
         lora_id = self._lora_ids.setdefault(name, len(self._lora_ids) + 1)
+        self._lru.touch(name)
         return LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=str(path)), param
 
     async def _load_adapter(self, lora: LoRARequest, param: str) -> None:
@@ -335,6 +362,28 @@ class VllmEngine:
                 f"LoRA adapter {lora.lora_name!r} cannot be served by this engine: {reason}",
                 param=param,
             ) from None
+
+
+class _SchedulerGauge(StatLoggerBase):
+    """Keeps the engine scheduler's latest KV-cache use and queue length for heartbeats."""
+
+    def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+        self.kv_cache_usage: float | None = None
+        self.waiting = 0
+
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
+        if scheduler_stats is not None:
+            self.kv_cache_usage = float(scheduler_stats.kv_cache_usage)
+            self.waiting = int(scheduler_stats.num_waiting_reqs)
+
+    def log_engine_initialized(self) -> None:
+        pass
 
 
 def _finish_reason(reason: str, tools_called: bool, named_tool: bool) -> FinishReason:
