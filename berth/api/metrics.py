@@ -46,6 +46,11 @@ E2E = Histogram(
     "From the request's arrival to its terminal event.",
     buckets=_LATENCY,
 )
+TOKENS = Counter(
+    "berth_api_tokens_total",
+    "Tokens served to finished requests, by tenant and kind (prompt, completion).",
+    ["tenant", "kind"],
+)
 QUEUE_LENGTH = Gauge(
     "berth_queue_length", "Requests waiting in a model's ingress stream.", ["model"]
 )
@@ -54,11 +59,12 @@ QUEUE_LENGTH = Gauge(
 class RequestTimer:
     """Times one request's tokens; cheap enough to call per event."""
 
-    __slots__ = ("_arrived", "_last")
+    __slots__ = ("_arrived", "_last", "tenant")
 
-    def __init__(self, arrived: float) -> None:
+    def __init__(self, arrived: float, tenant: str = "") -> None:
         self._arrived = arrived
         self._last: float | None = None
+        self.tenant = tenant
 
     def token(self, now: float) -> None:
         if self._last is None:

@@ -42,7 +42,7 @@ async def _until_disconnected(request: Request) -> None:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, state: State, tenant: Tenant) -> Response:
-    timer = metrics.RequestTimer(time.monotonic())
+    timer = metrics.RequestTimer(time.monotonic(), tenant)
     chat = await read_chat(request, state)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     queued = queued_request(
@@ -61,12 +61,15 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         state.relay.release(request_id)
         raise
     log.info(
-        "request %s queued for %s/%s lane=%s stream=%s",
+        "request %s queued for %s/%s lane=%s stream=%s tenant=%s user=%s safety_identifier=%s",
         request_id,
         queued.model,
         queued.adapter,
         queued.lane,
         chat.stream,
+        tenant,
+        chat.user,
+        chat.safety_identifier,
     )
     attempts = [queued]
 
@@ -93,14 +96,28 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     )
     created = int(time.time())
     if chat.stream:
-        writer = ChunkWriter(request_id, chat.model, created, chat.n, chat.wants_usage)
+        writer = ChunkWriter(
+            request_id,
+            chat.model,
+            created,
+            chat.n,
+            chat.wants_usage,
+            stream_reasoning=chat.stream_reasoning,
+            parallel_tool_calls=chat.parallel_tool_calls is not False,
+        )
         metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
         return StreamingResponse(
             _stream(state, request_id, events, writer, timer),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
         )
-    assembler = CompletionAssembler(request_id, chat.model, created, chat.n)
+    assembler = CompletionAssembler(
+        request_id,
+        chat.model,
+        created,
+        chat.n,
+        parallel_tool_calls=chat.parallel_tool_calls is not False,
+    )
     collect = asyncio.ensure_future(_collect(state, request_id, events, assembler, timer))
     disconnect = asyncio.ensure_future(_until_disconnected(request))
     await asyncio.wait({collect, disconnect}, return_when=asyncio.FIRST_COMPLETED)
@@ -116,6 +133,22 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         return error_response(result)
     metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
     return JSONResponse(result, headers={"X-Request-Id": request_id})
+
+
+def _account(request_id: str, tenant: str, event: TokenEvent) -> None:
+    """Per-tenant token counts, and one accounting log line per request."""
+    usage = event.usage
+    prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+    metrics.TOKENS.labels(tenant, "prompt").inc(prompt)
+    metrics.TOKENS.labels(tenant, "completion").inc(completion)
+    log.info(
+        "request %s ended %s: tenant=%s prompt_tokens=%d completion_tokens=%d",
+        request_id,
+        event.type,
+        tenant,
+        prompt,
+        completion,
+    )
 
 
 async def _finish(state: ApiState, request_id: str, completed: bool) -> None:
@@ -151,6 +184,7 @@ async def _collect(
             if event.terminal:
                 completed = True
                 timer.done(time.monotonic())
+                _account(request_id, timer.tenant, event)
                 if event.type == "finished":
                     return assembler.response(event)
                 return event_error(event)
@@ -174,6 +208,7 @@ async def _stream(
             if event.terminal:
                 completed = True
                 timer.done(time.monotonic())
+                _account(request_id, timer.tenant, event)
             yield writer.render(event)
     finally:
         _finish_soon(state, request_id, completed)

@@ -41,7 +41,17 @@ def _usage(event: TokenEvent) -> dict[str, int]:
 class ChunkWriter:
     """Renders one streaming request's events as ``data: ...`` lines."""
 
-    def __init__(self, request_id: str, model: str, created: int, n: int, include_usage: bool):
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        created: int,
+        n: int,
+        include_usage: bool,
+        *,
+        stream_reasoning: bool = True,
+        parallel_tool_calls: bool = True,
+    ):
         self._head = {
             "id": request_id,
             "object": "chat.completion.chunk",
@@ -51,6 +61,10 @@ class ChunkWriter:
         self._n = n
         self._include_usage = include_usage
         self._started = False
+        # stream_reasoning false: reasoning is held back and sent in one piece when the
+        # answer starts (SGLang's behaviour)
+        self._held: dict[int, list[str]] | None = None if stream_reasoning else {}
+        self._single_call = not parallel_tool_calls
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
         return f"data: {_dumps({**self._head, 'choices': choices, **extra})}\n\n"
@@ -74,7 +88,9 @@ class ChunkWriter:
                 for i in range(self._n)
             )
         for choice in event.choices:
-            parts.append(self._chunk([self._choice(choice)]))
+            rendered = self._choice(choice)
+            if rendered is not None:
+                parts.append(self._chunk([rendered]))
         if event.type == "finished":
             if self._include_usage:
                 parts.append(self._chunk([], usage=_usage(event)))
@@ -84,16 +100,30 @@ class ChunkWriter:
             parts.append(DONE)
         return "".join(parts)
 
-    @staticmethod
-    def _choice(choice: EventChoice) -> dict[str, Any]:
+    def _choice(self, choice: EventChoice) -> dict[str, Any] | None:
         delta: dict[str, Any] = {}
+        reasoning = choice.reasoning_content
+        tool_calls = choice.tool_calls
+        if self._single_call and tool_calls:
+            # parallel_tool_calls false: only the first call reaches the client
+            tool_calls = [c for c in tool_calls if c.get("index", 0) == 0]
+        if self._held is not None:
+            held = self._held.setdefault(choice.index, [])
+            if reasoning:
+                held.append(reasoning)
+            answer_started = bool(choice.content or tool_calls or choice.finish_reason)
+            reasoning = "".join(held) if answer_started else ""
+            if answer_started:
+                held.clear()
+        if reasoning:
+            delta["reasoning_content"] = reasoning
         if choice.content:
             delta["content"] = choice.content
-        if choice.reasoning_content:
-            delta["reasoning_content"] = choice.reasoning_content
-        if choice.tool_calls:
-            delta["tool_calls"] = choice.tool_calls
+        if tool_calls:
+            delta["tool_calls"] = tool_calls
         finish = None if choice.finish_reason == "abort" else choice.finish_reason
+        if not delta and finish is None and choice.logprobs is None:
+            return None
         return {
             "index": choice.index,
             "delta": delta,
@@ -116,11 +146,20 @@ class _Choice:
 class CompletionAssembler:
     """Collects one non-streaming request's events into a ``chat.completion``."""
 
-    def __init__(self, request_id: str, model: str, created: int, n: int) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        created: int,
+        n: int,
+        *,
+        parallel_tool_calls: bool = True,
+    ) -> None:
         self._id = request_id
         self._model = model
         self._created = created
         self._choices = [_Choice() for _ in range(n)]
+        self._single_call = not parallel_tool_calls
 
     def add(self, event: TokenEvent) -> None:
         for delta in event.choices:
@@ -130,6 +169,8 @@ class CompletionAssembler:
             if delta.reasoning_content:
                 choice.reasoning.append(delta.reasoning_content)
             for call in delta.tool_calls or ():
+                if self._single_call and call.get("index", 0) != 0:
+                    continue  # parallel_tool_calls false: the first call only
                 merged = choice.tool_calls.setdefault(
                     call.get("index", len(choice.tool_calls)),
                     {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},

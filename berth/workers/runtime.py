@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from berth.protocol import keys
-from berth.protocol.chat import parse_chat_request
+from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import (
     TERMINAL_EVENTS,
     QueuedRequest,
@@ -82,11 +82,16 @@ class _RequestEvents:
         self._assembler: CompletionAssembler | None = None
         self._target = keys.job_events(queued.id) if queued.job else keys.token_channel(queued.id)
 
-    def collect_result(self, n: int) -> None:
-        """Jobs keep their assembled result; call once the request's ``n`` is known."""
+    def collect_result(self, request: ChatCompletionRequest) -> None:
+        """Jobs keep their assembled result; call once the request is parsed."""
         if self._queued.job:
-            model = str(self._queued.request.get("model", self._queued.model))
-            self._assembler = CompletionAssembler(self._id, model, int(time.time()), n)
+            self._assembler = CompletionAssembler(
+                self._id,
+                request.model,
+                int(time.time()),
+                request.n,
+                parallel_tool_calls=request.parallel_tool_calls is not False,
+            )
 
     def emit(self, type_: str, **fields: Any) -> None:
         event = {"id": self._id, "seq": self._seq, "type": type_, "worker": self._worker, **fields}
@@ -310,7 +315,7 @@ class EngineHost:
             metrics.ADAPTER_REQUESTS.labels(queued.adapter).inc()
         try:
             request = parse_chat_request(queued.request, ADMITTED)
-            events.collect_result(request.n)
+            events.collect_result(request)
             finished = False
             async for step in self.engine.generate(queued.id, request, queued.adapter):
                 if not step.finished:

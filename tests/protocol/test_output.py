@@ -133,3 +133,53 @@ def test_every_chunk_is_one_line_whatever_the_text() -> None:
     chunk = out.split("\n\n")[1]
     assert chunk.startswith("data: ") and len(chunk.splitlines()) == 1
     assert json.loads(chunk[6:])["choices"][0]["delta"]["content"] == odd
+
+
+def _deltas(writer: ChunkWriter, events: list[TokenEvent]) -> list[dict[str, object]]:
+    lines = _data_lines("".join(writer.render(e) for e in events))
+    return [json.loads(x)["choices"][0]["delta"] for x in lines[:-1] if json.loads(x)["choices"]]
+
+
+def test_stream_reasoning_false_sends_reasoning_in_one_piece() -> None:
+    events = [
+        _event(0, "started"),
+        _event(1, choices=[{"index": 0, "reasoning_content": "think "}]),
+        _event(2, choices=[{"index": 0, "reasoning_content": "hard"}]),
+        _event(
+            3,
+            "finished",
+            choices=[{"index": 0, "content": "42", "finish_reason": "stop"}],
+            usage={"prompt_tokens": 1, "completion_tokens": 3},
+        ),
+    ]
+    held = _deltas(
+        ChunkWriter("r1", "m", 1, n=1, include_usage=False, stream_reasoning=False), events
+    )
+    assert held[1:] == [{"reasoning_content": "think hard", "content": "42"}]
+    live = _deltas(ChunkWriter("r1", "m", 1, n=1, include_usage=False), events)
+    assert [d.get("reasoning_content") for d in live[1:]] == ["think ", "hard", None]
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
+    calls = [
+        {"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"index": 1, "id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+    ]
+    events = [
+        _event(0, "started"),
+        _event(
+            1,
+            "finished",
+            choices=[{"index": 0, "tool_calls": calls, "finish_reason": "tool_calls"}],
+            usage={"prompt_tokens": 1, "completion_tokens": 3},
+        ),
+    ]
+    streamed = _deltas(
+        ChunkWriter("r1", "m", 1, n=1, include_usage=False, parallel_tool_calls=False), events
+    )
+    assert [c["id"] for c in streamed[1]["tool_calls"]] == ["a"]  # type: ignore[index]
+    assembler = CompletionAssembler("r1", "m", 1, n=1, parallel_tool_calls=False)
+    for e in events:
+        assembler.add(e)
+    reply = ChatCompletion.model_validate(assembler.response(events[-1]))
+    assert [c.id for c in reply.choices[0].message.tool_calls or []] == ["a"]

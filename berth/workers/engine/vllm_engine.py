@@ -135,6 +135,7 @@ class VllmEngine:
             **cfg.engine_args,
         )
         log.info("starting vLLM engine for %s (%s)", cfg.name, cfg.model)
+
         # building the engine blocks for tens of seconds while the engine process
         # loads the model; keep the event loop (heartbeats) running meanwhile
         def gauge(vllm_config: Any, engine_index: int = 0) -> _SchedulerGauge:
