@@ -61,11 +61,13 @@ from benchmarks.sim import (
     chat_body,
     embedded_valkey,
     free_port,
+    dump_tasks_after,
     histogram_quantile,
     log,
     percentile,
     scrape,
     valkey_pid,
+    wait_for_quiet,
 )
 
 TARGET_RPS = 5_000
@@ -181,6 +183,8 @@ async def drain(args: argparse.Namespace, url: str, workers: int, queued: int, l
 
     redis = Redis.from_url(url)
     await redis.flushall()
+    await _quiet(args, url)
+    watchdog = dump_tasks_after(args.timeout + 30, f"drain w{workers} q{queued}")
     run = Run(args, url, workers, logs)
     adapters: list[str | None] = [None] if not args.adapters else [f"ad-{i}" for i in range(args.adapters)]
     load_s = await preload(redis, queued, adapters)
@@ -204,6 +208,7 @@ async def drain(args: argparse.Namespace, url: str, workers: int, queued: int, l
     stop.set()
     await fleet_task
     await redis.aclose()
+    watchdog.cancel()
     got = run.fleet.received
     if not ok:
         log(f"{label}: only {len(got)}/{queued} dispatched\n{proc.tail()}")
@@ -237,6 +242,8 @@ async def steady(args: argparse.Namespace, url: str, workers: int, rate: float, 
     redis = Redis.from_url(url)
     await redis.flushall()
     await redis.sadd(keys.MODELS_SET, MODEL)
+    await _quiet(args, url)
+    watchdog = dump_tasks_after(args.steady_seconds + 90, f"steady w{workers} r{rate:.0f}")
     run = Run(args, url, workers, logs)
     stop = asyncio.Event()
     fleet_task = asyncio.create_task(run.fleet.run(stop))
@@ -290,6 +297,7 @@ async def steady(args: argparse.Namespace, url: str, workers: int, rate: float, 
     stop.set()
     await fleet_task
     await redis.aclose()
+    watchdog.cancel()
     measured = run.fleet.received[warm:]
     lat = [r.received_at - r.enqueued_at for r in measured]
     return {
@@ -305,6 +313,11 @@ async def steady(args: argparse.Namespace, url: str, workers: int, rate: float, 
         "scheduler_hist": hist,
         "cpu_cores": cpu,
     }
+
+
+async def _quiet(args: argparse.Namespace, url: str) -> None:
+    mine = {"bench": os.getpid(), "valkey": valkey_pid(url) or 0}
+    await wait_for_quiet(mine, args.quiet_limit, args.quiet_timeout)
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
@@ -328,7 +341,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
         print(
             f"{'workers':>7} {'slots/w':>7} {'queued':>7} {'req/s':>8} {'vs 5k':>6} "
             f"{'wait p50':>9} {'wait p99':>9} {'grp':>5} {'sched cpu':>9} {'valkey':>7} "
-            f"{'bench':>6} {'machine':>7}"
+            f"{'bench':>6} {'others':>6}"
         )
         for r in drains:
             cpu = r["cpu_cores"]
@@ -338,16 +351,19 @@ def print_tables(results: list[dict[str, Any]]) -> None:
                 f"{r['rate_rps']:>8,.0f} {r['rate_rps'] / TARGET_RPS:>5.2f}x "
                 f"{r['wait_p50_ms']:>7,.0f}ms {r['wait_p99_ms']:>7,.0f}ms "
                 f"{r['mean_group_size']:>5.1f} {cpu['scheduler']:>9.2f} {cpu['valkey']:>7.2f} "
-                f"{cpu['bench']:>6.2f} {cpu['machine']:>7.2f}{mark}"
+                f"{cpu['bench']:>6.2f} {cpu['others']:>6.2f}{mark}"
             )
         print("  wait = from the scheduler's first dispatch to the request's (its queue position);")
-        print("  grp = requests per Celery task; cpu columns in cores (2 on this machine)")
+        print(
+            "  grp = requests per Celery task; cpu columns in cores (2 on this machine); "
+            "others = processes outside the benchmark"
+        )
     steadies = [r for r in results if r["experiment"] == "steady"]
     if steadies:
         print("\nSteady state: Poisson arrivals while the scheduler runs")
         print(
             f"{'workers':>7} {'offered':>8} {'arrived':>8} {'p50':>8} {'p99':>8} "
-            f"{'hist p50':>9} {'hist p99':>9} {'grp':>5} {'sched cpu':>9} {'machine':>7}"
+            f"{'hist p50':>9} {'hist p99':>9} {'grp':>5} {'sched cpu':>9} {'others':>6}"
         )
         for r in steadies:
             cpu, hist = r["cpu_cores"], r["scheduler_hist"]
@@ -357,7 +373,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
                 f"{r['latency_p50_ms']:>6.1f}ms {r['latency_p99_ms']:>6.1f}ms "
                 f"{hist.get('hist_p50_ms', math.nan):>7.1f}ms "
                 f"{hist.get('hist_p99_ms', math.nan):>7.1f}ms "
-                f"{r['mean_group_size']:>5.1f} {cpu['scheduler']:>9.2f} {cpu['machine']:>7.2f}{mark}"
+                f"{r['mean_group_size']:>5.1f} {cpu['scheduler']:>9.2f} {cpu['others']:>6.2f}{mark}"
             )
         print("  p50/p99 = enqueue -> a worker took the Celery message (per request);")
         print("  hist = the scheduler's enqueue -> publish histogram (bucket-interpolated)")
@@ -368,6 +384,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     logs = Path(tempfile.mkdtemp(prefix="berth-sched-bench-"))
     log(f"logs in {logs}")
     with embedded_valkey() as url:
+        # a longer first wait: someone's test suite may be finishing
+        mine = {"bench": os.getpid(), "valkey": valkey_pid(url) or 0}
+        await wait_for_quiet(mine, args.quiet_limit, 6 * args.quiet_timeout)
         if not args.no_drain:
             for workers in _ints(args.workers):
                 for queued in _ints(args.queue):
@@ -395,6 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-drain", action="store_true")
     parser.add_argument("--no-steady", action="store_true")
     parser.add_argument("--timeout", type=float, default=120.0, help="Per drain run.")
+    parser.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=0.3,
+        help="Before each run, wait until other processes use fewer cores than this.",
+    )
+    parser.add_argument(
+        "--quiet-timeout", type=float, default=10.0, help="Longest wait before each run."
+    )
     parser.add_argument("--profile", default=None, help="Folder for py-spy profiles (raw).")
     parser.add_argument(
         "--profile-config",

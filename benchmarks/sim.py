@@ -43,7 +43,7 @@ import psutil
 
 if TYPE_CHECKING:
     from berth.protocol.chat import ChatCompletionRequest
-    from berth.workers.engine.base import EngineStep
+    from berth.workers.engine.base import EngineStats, EngineStep
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -211,14 +211,45 @@ class CpuMeter:
         self._wall = time.monotonic()
 
     def stop(self) -> dict[str, float]:
-        """Cores used by each process over the interval, plus ``machine`` (all processes)."""
+        """Cores used by each process over the interval, plus ``machine`` (all processes)
+        and ``others`` (processes that are not the benchmark's: other users of the box)."""
         wall = max(1e-9, time.monotonic() - self._wall)
         out = {
             label: (self._cpu_of(pid) - self._before.get(label, 0.0)) / wall
             for label, pid in self.pids.items()
         }
         out["machine"] = (self._machine_busy() - self._machine) / wall
+        out["others"] = max(0.0, out["machine"] - sum(v for k, v in out.items() if k != "machine"))
         return out
+
+
+async def wait_for_quiet(pids: dict[str, int], limit: float, timeout_s: float) -> float:
+    """Wait (up to ``timeout_s``) until processes other than ``pids`` use less than ``limit``
+    cores over one second; returns the last such load. This machine is shared, and a
+    scheduler measured next to someone's test suite measures the test suite."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meter = CpuMeter(pids)
+        meter.start()
+        await asyncio.sleep(1.0)
+        others = meter.stop()["others"]
+        if others < limit or time.monotonic() > deadline:
+            if others >= limit:
+                log(f"other processes still use {others:.2f} cores; measuring anyway")
+            return others
+        log(f"waiting for a quieter machine (other processes use {others:.2f} cores)")
+
+
+def dump_tasks_after(seconds: float, what: str) -> asyncio.Task[None]:
+    """A watchdog: if not cancelled within ``seconds``, print every asyncio task's stack."""
+
+    async def watch() -> None:
+        await asyncio.sleep(seconds)
+        log(f"{what} is taking more than {seconds:.0f}s; tasks:")
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+
+    return asyncio.create_task(watch())
 
 
 # --------------------------------------------------------------------------- #
@@ -386,10 +417,10 @@ class SimulatedFleet:
         )
         return keys.worker_key(worker.id), info.model_dump_json(), int(self.hb_ttl * 1000)
 
-    async def _heartbeats(self, redis: Any, worker: SimWorker) -> None:
+    async def _heartbeats(self, redis: Any, worker: SimWorker, stop: asyncio.Event) -> None:
         # independent phases, as independent worker processes would have
         await asyncio.sleep(random.random() * self.hb_interval)
-        while True:
+        while not stop.is_set():
             key, record, ttl_ms = self._record(worker)
             await redis.set(key, record, px=ttl_ms)
             await asyncio.sleep(self.hb_interval)
@@ -406,9 +437,9 @@ class SimulatedFleet:
                 Received(queued["id"], worker.id, queued["enqueued_at"], now, size)
             )
 
-    async def _drain(self, redis: Any) -> None:
+    async def _drain(self, redis: Any, stop: asyncio.Event) -> None:
         queues = list(self._by_queue)
-        while True:
+        while not stop.is_set():
             # block until some queue has a message, then empty every queue in one round trip
             got = await redis.brpop(queues, timeout=0.05)
             if got is None:
@@ -433,15 +464,22 @@ class SimulatedFleet:
         drain_redis = Redis.from_url(self.redis_url)
         try:
             await self.register(redis)
-            tasks = [asyncio.create_task(self._drain(drain_redis))]
-            tasks += [asyncio.create_task(self._heartbeats(redis, w)) for w in self.workers]
+            tasks = [asyncio.create_task(self._drain(drain_redis, stop))]
+            tasks += [
+                asyncio.create_task(self._heartbeats(redis, w, stop)) for w in self.workers
+            ]
             await stop.wait()
-            for task in tasks:
+            # each task ends on its own at its next turn (cancelling a blocking BRPOP can
+            # leave redis-py's connection half-read)
+            _, late = await asyncio.wait(tasks, timeout=5)
+            for task in late:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if late:
+                await asyncio.wait(late, timeout=5)
         finally:
-            await redis.aclose()
-            await drain_redis.aclose()
+            for client in (redis, drain_redis):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.aclose(), 5)
 
 
 # --------------------------------------------------------------------------- #
@@ -476,8 +514,9 @@ class LoraSlotEngine:
       pass; adapters still in a slot are free to use again.
     - Requests finish after ``max_tokens`` tokens (ignore_eos).
 
-    It has the :class:`~berth.workers.engine.base.Engine` interface, and also reports
-    ``loaded_adapters`` (least recently used first) and ``max_loras``.
+    It has the :class:`~berth.workers.engine.base.Engine` interface; ``stats()`` reports
+    the adapters in its slots (least recently used first) and ``max_loras``, which the
+    worker runtime puts in the heartbeat.
     """
 
     def __init__(
@@ -493,6 +532,7 @@ class LoraSlotEngine:
         default_max_tokens: int = 16,
     ) -> None:
         self._model = served_model_name
+        self._configured = list(adapters)
         self._adapters = list(adapters)
         self.max_loras = max_loras
         self.max_num_seqs = max_num_seqs
@@ -528,6 +568,18 @@ class LoraSlotEngine:
     @property
     def loaded_adapters(self) -> list[str]:
         return list(self._slots)
+
+    def stats(self) -> EngineStats:
+        from berth.workers.engine.base import EngineStats
+
+        return EngineStats(
+            loaded_adapters=list(self._slots),
+            max_loras=self.max_loras,
+            waiting=len(self._waiting),
+        )
+
+    def set_registered_adapters(self, adapters: dict[str, str]) -> None:
+        self._adapters = sorted(set(self._configured) | set(adapters))
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -684,7 +736,6 @@ def run_lora_worker(argv: Sequence[str]) -> None:
     import logging
 
     from berth.protocol import keys
-    from berth.protocol.envelopes import WorkerInfo
     from berth.workers.celery_app import create_worker_app
     from berth.workers.runtime import EngineHost
     from berth.workers.settings import WorkerSettings
@@ -706,22 +757,13 @@ def run_lora_worker(argv: Sequence[str]) -> None:
         load_s=args.load_s,
     )
 
-    class Host(EngineHost):
-        def info(self) -> WorkerInfo:
-            record = super().info()
-            # until the runtime reports engine LoRA state itself, report it here
-            if not record.loaded_adapters and not record.max_loras:
-                record.loaded_adapters = engine.loaded_adapters
-                record.max_loras = engine.max_loras
-            return record
-
     def report(*_: Any) -> None:
         stats = {"loads": engine.loads, "steps": engine.steps, "tokens": engine.tokens}
         path = os.environ.get("BENCH_STATS_FILE")
         if path:
             Path(path).write_text(json.dumps(stats))
 
-    host = Host(
+    host = EngineHost(
         engine,
         redis_url=settings.require_redis_url(),
         worker_id=settings.worker_id,

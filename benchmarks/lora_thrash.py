@@ -1,0 +1,472 @@
+"""LoRA thrash: throughput with adapter-affinity placement against first-come-first-served.
+
+    python -m benchmarks.lora_thrash                      # simulated engines, ~3 min
+    python -m benchmarks.lora_thrash --engine real        # two real vLLM CPU workers
+    python -m benchmarks.lora_thrash --seconds 20 --repeats 1
+
+8 adapters, at most 2 LoRAs per worker, 2 workers; requests for the 8 adapters are
+interleaved at random (``--concurrency`` closed-loop clients, each sending its next
+request as soon as the previous one finished, ``model`` = a random adapter, ``max_tokens``
+16 with ``ignore_eos``). The same load runs once with ``BERTH_PLACEMENT=affinity`` (the
+default) and once with ``BERTH_PLACEMENT=fcfs``; with ``--repeats`` the two alternate.
+
+Everything but the engine is berth's real code in its own process: Valkey (embedded),
+``berth api``, ``berth scheduler``, and per worker berth's worker runtime (``EngineHost``
+with its heartbeat, event publisher and Celery worker). The load goes through the API with
+httpx, as a client's would.
+
+Engines (``--engine``):
+
+- ``sim`` (default): :class:`benchmarks.sim.LoraSlotEngine` — continuous batching in
+  steps of ``--step-ms`` (one token per running request per step), ``--max-num-seqs``
+  requests per batch, at most ``max_loras`` (2) adapters in a batch (vLLM's rule), two
+  LRU adapter slots, and ``--load-ms`` of engine time to put an adapter that is not in
+  a slot into one (vLLM loads LoRA weights synchronously before the forward pass). Its
+  ``stats()`` reports the slots, which the runtime puts in the heartbeat
+  (``loaded_adapters``, ``max_loras``) for the scheduler's placement.
+- ``real``: ``berth worker`` with vLLM's CPU build, the generated tiny model and 8 adapters
+  generated for it with peft (``BERTH_MAX_LORAS=2``). On this 2-core machine two engines
+  share the CPU with everything else; see docs/benchmarks.md for what that measures.
+
+A measurement, not a test: it prints a table and the ratio, writes the raw figures to
+``benchmarks/results/lora-thrash-<timestamp>.json``, and exits non-zero only when the
+stack cannot be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.sim import (
+    RESULTS_DIR,
+    CpuMeter,
+    RoleProcess,
+    embedded_valkey,
+    free_port,
+    log,
+    percentile,
+    valkey_pid,
+)
+
+TARGET_RATIO = 1.5
+ADAPTER_PREFIX = "bench-lora-"
+BASE_SIM = "sim-base"
+
+
+# --------------------------------------------------------------------------- #
+# adapters for the real engine
+# --------------------------------------------------------------------------- #
+
+
+def real_adapters(n: int) -> tuple[str, dict[str, str]]:
+    """The tiny model's served name and ``n`` random LoRA adapters for it (generated once
+    into the berth cache, like berth.workers.tinymodel's two)."""
+    from berth.workers.tinymodel import MODEL_NAME, default_cache_dir, ensure_tiny_model
+
+    tiny = ensure_tiny_model()
+    root = default_cache_dir() / "bench-lora-adapters-v1"
+    names = {f"{ADAPTER_PREFIX}{i}": root / f"{ADAPTER_PREFIX}{i}" for i in range(n)}
+    missing = [p for p in names.values() if not (p / "adapter_model.safetensors").exists()]
+    if missing:
+        log(f"generating {len(missing)} LoRA adapters into {root}")
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig.from_pretrained(tiny.path)
+        for i, (_, path) in enumerate(names.items()):
+            if path in missing:
+                torch.manual_seed(1000 + i)
+                lora = LoraConfig(
+                    r=8,
+                    lora_alpha=16,
+                    target_modules=["q_proj", "v_proj"],
+                    lora_dropout=0.0,
+                    bias="none",
+                    task_type="CAUSAL_LM",
+                    init_lora_weights=False,
+                )
+                get_peft_model(LlamaForCausalLM(config), lora).save_pretrained(
+                    str(path), safe_serialization=True
+                )
+                cfg_file = path / "adapter_config.json"
+                cfg = json.loads(cfg_file.read_text())
+                cfg["base_model_name_or_path"] = MODEL_NAME
+                cfg_file.write_text(json.dumps(cfg, indent=2))
+    return MODEL_NAME, {name: str(path) for name, path in names.items()}
+
+
+# --------------------------------------------------------------------------- #
+# the stack
+# --------------------------------------------------------------------------- #
+
+
+class Stack:
+    def __init__(self, args: argparse.Namespace, url: str, logs: Path, adapters: dict[str, str]):
+        self.args = args
+        self.url = url
+        self.logs = logs
+        self.adapters = adapters
+        self.port = free_port()
+        self.workers: list[RoleProcess] = []
+        self.scheduler: RoleProcess | None = None
+        self.api: RoleProcess | None = None
+        self.stats_files: list[Path] = []
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(
+            os.environ,
+            REDIS_URL=self.url,
+            BERTH_PORT=str(self.port),
+            BERTH_LOG_LEVEL="WARNING",
+            VLLM_CPU_KVCACHE_SPACE="1",
+        )
+        env.update(extra)
+        return env
+
+    def start_workers(self, tag: str) -> None:
+        for i in range(self.args.workers):
+            extra = {
+                "BERTH_WORKER_ID": f"bench-w{i}",
+                "BERTH_MAX_LORAS": str(self.args.max_loras),
+                "BERTH_ADAPTERS": json.dumps(self.adapters),
+            }
+            if self.args.capacity:
+                extra["BERTH_CAPACITY"] = str(self.args.capacity)
+            log_path = self.logs / f"worker{i}-{tag}.log"
+            if self.args.engine == "sim":
+                stats = self.logs / f"worker{i}-{tag}.stats.json"
+                self.stats_files.append(stats)
+                extra.update(BERTH_SERVED_MODEL_NAME=BASE_SIM, BENCH_STATS_FILE=str(stats))
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.sim",
+                    "lora-worker",
+                    f"--max-num-seqs={self.args.max_num_seqs}",
+                    f"--step-s={self.args.step_ms / 1000}",
+                    f"--load-s={self.args.load_ms / 1000}",
+                ]
+                self.workers.append(RoleProcess(argv, self.env(**extra), log_path))
+            else:
+                # one core each for the two engines' compute threads
+                extra["VLLM_CPU_OMP_THREADS_BIND"] = str(i % (os.cpu_count() or 1))
+                self.workers.append(RoleProcess.berth("worker", self.env(**extra), log_path))
+
+    def start_control(self, policy: str, tag: str) -> None:
+        env = self.env(BERTH_PLACEMENT=policy, BERTH_SCHEDULER_ID=f"bench-{tag}")
+        self.scheduler = RoleProcess.berth("scheduler", env, self.logs / f"scheduler-{tag}.log")
+        if self.api is None:
+            self.api = RoleProcess.berth("api", self.env(), self.logs / "api.log")
+
+    def stop_control(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop(grace_s=30)
+        self.workers = []
+
+    def stop(self) -> None:
+        self.stop_control()
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+        self.stop_workers()
+
+    def processes(self) -> dict[str, RoleProcess]:
+        out = {f"worker{i}": w for i, w in enumerate(self.workers)}
+        if self.scheduler is not None:
+            out["scheduler"] = self.scheduler
+        if self.api is not None:
+            out["api"] = self.api
+        return out
+
+    def check_alive(self) -> None:
+        for label, proc in self.processes().items():
+            if not proc.alive():
+                raise RuntimeError(f"{label} exited:\n{proc.tail()}")
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/ready", timeout=2) as answer:
+                    if json.load(answer).get("workers", 0) >= self.args.workers:
+                        return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the stack was not ready after {timeout_s:.0f}s")
+
+
+# --------------------------------------------------------------------------- #
+# load
+# --------------------------------------------------------------------------- #
+
+
+async def closed_loop(
+    api_url: str,
+    names: list[str],
+    *,
+    concurrency: int,
+    warmup_s: float,
+    seconds: float,
+    max_tokens: int,
+    seed: int,
+) -> dict[str, Any]:
+    """``concurrency`` clients, each sending its next request as soon as the last ended."""
+    import httpx
+
+    rng = random.Random(seed)
+    done: list[tuple[float, float, str, int]] = []  # (start, end, adapter, tokens)
+    errors: Counter[str] = Counter()
+    t0 = time.monotonic()
+    measure_from, stop_at = t0 + warmup_s, t0 + warmup_s + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while time.monotonic() < stop_at:
+            adapter = rng.choice(names)
+            body = {
+                "model": adapter,
+                "messages": [{"role": "user", "content": "Tell me a story about a boat."}],
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+            }
+            start = time.monotonic()
+            try:
+                answer = await http.post("/v1/chat/completions", json=body)
+            except httpx.HTTPError as err:
+                errors[type(err).__name__] += 1
+                await asyncio.sleep(0.1)
+                continue
+            end = time.monotonic()
+            if answer.status_code != 200:
+                errors[f"HTTP {answer.status_code}: {answer.text[:120]}"] += 1
+                await asyncio.sleep(0.1)
+                continue
+            usage = answer.json().get("usage") or {}
+            done.append((start, end, adapter, int(usage.get("completion_tokens", 0))))
+
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=api_url, timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    # requests that finished inside the window (a closed loop keeps it full)
+    window = [d for d in done if measure_from <= d[1] <= stop_at]
+    latencies = [end - start for start, end, _, _ in window]
+    return {
+        "completed": len(window),
+        "rps": len(window) / seconds,
+        "tok_s": sum(d[3] for d in window) / seconds,
+        "latency_p50_s": percentile(latencies, 0.5),
+        "latency_p99_s": percentile(latencies, 0.99),
+        "per_adapter": dict(sorted(Counter(d[2] for d in window).items())),
+        "errors": dict(errors),
+    }
+
+
+async def probe(api_url: str, names: list[str], max_tokens: int, timeout_s: float) -> None:
+    """One request per adapter until each answers 200 (the API learns adapters from the
+    workers' registrations; a real engine compiles on its first requests)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=api_url, timeout=120) as http:
+        for name in names:
+            while True:
+                body = {
+                    "model": name,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": max_tokens,
+                    "ignore_eos": True,
+                }
+                answer = await http.post("/v1/chat/completions", json=body)
+                if answer.status_code == 200:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"adapter {name}: HTTP {answer.status_code} {answer.text}")
+                await asyncio.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- #
+# main
+# --------------------------------------------------------------------------- #
+
+
+def run_policy(
+    args: argparse.Namespace, stack: Stack, names: list[str], policy: str, tag: str, seed: int
+) -> dict[str, Any]:
+    fresh_workers = args.engine == "sim" or not stack.workers
+    if args.engine == "sim" and stack.workers:
+        stack.stop_workers()
+    if fresh_workers:
+        stack.start_workers(tag)
+    stack.start_control(policy, tag)
+    stack.wait_ready(args.ready_timeout)
+    asyncio.run(probe(stack.api_url, names, args.max_tokens, args.ready_timeout))
+    pids = {label: p.target_pid() for label, p in stack.processes().items()}
+    pids["valkey"] = valkey_pid(stack.url) or 0
+    pids["client"] = os.getpid()
+    meter = CpuMeter(pids)
+    log(f"{tag}: {args.concurrency} clients, {args.warmup:.0f}s warm-up + {args.seconds:.0f}s")
+
+    async def measured() -> dict[str, Any]:
+        async def start_meter() -> None:
+            await asyncio.sleep(args.warmup)
+            meter.start()
+
+        starter = asyncio.create_task(start_meter())
+        result = await closed_loop(
+            stack.api_url,
+            names,
+            concurrency=args.concurrency,
+            warmup_s=args.warmup,
+            seconds=args.seconds,
+            max_tokens=args.max_tokens,
+            seed=seed,
+        )
+        await starter
+        return result
+
+    result = asyncio.run(measured())
+    cpu = meter.stop()
+    stack.check_alive()
+    stack.stop_control()
+    engine_stats: list[dict[str, Any]] = []
+    if args.engine == "sim":
+        stack.stop_workers()
+        for path in stack.stats_files:
+            try:
+                engine_stats.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                engine_stats.append({})
+        stack.stats_files = []
+    result.update(policy=policy, tag=tag, cpu_cores=cpu, engines=engine_stats)
+    loads = sum(s.get("loads", 0) for s in engine_stats)
+    steps = sum(s.get("steps", 0) for s in engine_stats)
+    tokens = sum(s.get("tokens", 0) for s in engine_stats)
+    result["adapter_loads"] = loads if engine_stats else None
+    result["mean_batch"] = tokens / steps if steps else None
+    log(
+        f"  {policy}: {result['rps']:.1f} req/s, {result['tok_s']:.0f} tok/s, "
+        f"p50 {result['latency_p50_s']:.2f}s, errors {sum(result['errors'].values())}, "
+        f"machine {cpu['machine']:.2f} cores (others {cpu['others']:.2f})"
+    )
+    return result
+
+
+def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
+    by_policy: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_policy.setdefault(r["policy"], []).append(r)
+    print(
+        f"\nLoRA thrash: {args.adapters} adapters, max {args.max_loras} LoRAs per worker, "
+        f"{args.workers} workers, {args.concurrency} closed-loop clients, engine={args.engine}"
+    )
+    if args.engine == "sim":
+        print(
+            f"  simulated engine: step {args.step_ms:.0f} ms, {args.max_num_seqs} seqs per batch, "
+            f"adapter load {args.load_ms:.0f} ms, {args.max_tokens} tokens per request"
+        )
+    print(
+        f"{'policy':>9} {'run':>3} {'req/s':>7} {'tok/s':>7} {'p50':>7} {'p99':>7} "
+        f"{'loads':>6} {'batch':>6} {'errors':>6} {'machine':>7} {'others':>6}"
+    )
+    for r in results:
+        loads = "-" if r["adapter_loads"] is None else f"{r['adapter_loads']:>6}"
+        batch = "-" if r["mean_batch"] is None else f"{r['mean_batch']:>6.1f}"
+        print(
+            f"{r['policy']:>9} {r['tag'].rsplit('-', 1)[-1]:>3} {r['rps']:>7.1f} "
+            f"{r['tok_s']:>7.0f} {r['latency_p50_s']:>6.2f}s {r['latency_p99_s']:>6.2f}s "
+            f"{loads:>6} {batch:>6} {sum(r['errors'].values()):>6} "
+            f"{r['cpu_cores']['machine']:>7.2f} {r['cpu_cores']['others']:>6.2f}"
+        )
+    mean = {p: sum(r["rps"] for r in rs) / len(rs) for p, rs in by_policy.items()}
+    ratio = mean.get("affinity", math.nan) / mean.get("fcfs", math.nan)
+    print(
+        f"\nthroughput affinity / fcfs = {mean.get('affinity', math.nan):.1f} / "
+        f"{mean.get('fcfs', math.nan):.1f} req/s = {ratio:.2f}x   (target >= {TARGET_RATIO}x)"
+    )
+    print(
+        "  loads = adapters put into a slot (simulated engines); batch = mean requests per "
+        "engine step; machine/others = cores used by everything / by processes outside the "
+        "benchmark"
+    )
+    return {"mean_rps": mean, "ratio": ratio}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", choices=["sim", "real"], default="sim")
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-loras", type=int, default=2)
+    parser.add_argument("--capacity", type=int, default=0, help="BERTH_CAPACITY (0: default).")
+    parser.add_argument("--concurrency", type=int, default=48)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--repeats", type=int, default=2, help="Alternating runs per policy.")
+    parser.add_argument("--policies", default="affinity,fcfs")
+    parser.add_argument("--step-ms", type=float, default=40.0, help="sim: engine step time.")
+    parser.add_argument("--max-num-seqs", type=int, default=16, help="sim: batch size limit.")
+    parser.add_argument("--load-ms", type=float, default=100.0, help="sim: adapter load time.")
+    parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    logs = Path(tempfile.mkdtemp(prefix="berth-lora-bench-"))
+    log(f"logs in {logs}")
+    if args.engine == "real":
+        _, registered = real_adapters(args.adapters)
+    else:
+        registered = {f"{ADAPTER_PREFIX}{i}": f"/sim/{ADAPTER_PREFIX}{i}" for i in range(args.adapters)}
+    names = sorted(registered)
+    policies = [p for p in args.policies.split(",") if p]
+    results: list[dict[str, Any]] = []
+    with embedded_valkey() as url:
+        stack = Stack(args, url, logs, registered)
+        try:
+            for rep in range(args.repeats):
+                # alternate the order, so drift on a shared machine hits both alike
+                order = policies if rep % 2 == 0 else policies[::-1]
+                for policy in order:
+                    # the same random sequence of adapters for both policies
+                    results.append(
+                        run_policy(args, stack, names, policy, f"{policy}-{rep}", args.seed + rep)
+                    )
+        finally:
+            stack.stop()
+    summary = summarize(args, results)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"lora-thrash-{args.engine}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.write_text(
+        json.dumps({"args": vars(args), "summary": summary, "runs": results}, indent=1, default=float)
+    )
+    print(f"raw results: {out}\nlogs: {logs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
