@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -24,6 +24,7 @@ from berth.protocol.output import ChunkWriter, CompletionAssembler, event_error
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+T = TypeVar("T")
 
 
 def _state(request: Request) -> ApiState:
@@ -96,6 +97,18 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     )
     created = int(time.time())
     if chat.stream:
+        # wait for the first token (or an early error) before answering, so a request the
+        # worker refuses gets a real HTTP error, as a non-streamed one does
+        head = await _unless_client_leaves(request, _head(events))
+        if head is None:
+            _finish_soon(state, request_id, False)
+            metrics.REQUESTS.labels("/v1/chat/completions", "499").inc()
+            return Response(status_code=499)
+        if head[-1].terminal and head[-1].type != "finished":
+            _finish_soon(state, request_id, True)
+            timer.done(time.monotonic())
+            _account(request_id, tenant, head[-1])
+            return error_response(event_error(head[-1]))
         writer = ChunkWriter(
             request_id,
             chat.model,
@@ -107,7 +120,7 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         )
         metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
         return StreamingResponse(
-            _stream(state, request_id, events, writer, timer),
+            _stream(state, request_id, head, events, writer, timer),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
         )
@@ -118,21 +131,51 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         chat.n,
         parallel_tool_calls=chat.parallel_tool_calls is not False,
     )
-    collect = asyncio.ensure_future(_collect(state, request_id, events, assembler, timer))
-    disconnect = asyncio.ensure_future(_until_disconnected(request))
-    await asyncio.wait({collect, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-    if not collect.done():
-        # the client left: stop using the engine on its behalf
-        collect.cancel()
-        await asyncio.gather(collect, return_exceptions=True)
+    result = await _unless_client_leaves(
+        request, _collect(state, request_id, events, assembler, timer)
+    )
+    if result is None:
+        # the client left: _collect's cleanup cancels the request in the engine
         metrics.REQUESTS.labels("/v1/chat/completions", "499").inc()
         return Response(status_code=499)
-    disconnect.cancel()
-    result = collect.result()
     if isinstance(result, BerthError):
         return error_response(result)
     metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
     return JSONResponse(result, headers={"X-Request-Id": request_id})
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None (with ``work`` cancelled) once the client disconnects:
+    nothing should keep the engine busy for a client that is gone."""
+    task = asyncio.ensure_future(work)
+    disconnect = asyncio.ensure_future(_until_disconnected(request))
+    await asyncio.wait({task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+    disconnect.cancel()
+    return task.result()
+
+
+async def _head(events: AsyncIterator[TokenEvent]) -> list[TokenEvent]:
+    """Events up to the first that carries output or ends the request."""
+    head = []
+    async for event in events:
+        head.append(event)
+        if event.choices or event.terminal:
+            break
+    return head
+
+
+async def _chain(
+    head: list[TokenEvent], rest: AsyncIterator[TokenEvent]
+) -> AsyncIterator[TokenEvent]:
+    for event in head:
+        yield event
+    if not head[-1].terminal:
+        async for event in rest:
+            yield event
 
 
 def _account(request_id: str, tenant: str, event: TokenEvent) -> None:
@@ -196,13 +239,14 @@ async def _collect(
 async def _stream(
     state: ApiState,
     request_id: str,
+    head: list[TokenEvent],
     events: AsyncIterator[TokenEvent],
     writer: ChunkWriter,
     timer: metrics.RequestTimer,
 ) -> AsyncIterator[str]:
     completed = False
     try:
-        async for event in events:
+        async for event in _chain(head, events):
             if event.choices:
                 timer.token(time.monotonic())
             if event.terminal:

@@ -173,3 +173,14 @@ def test_adapter_registry_admin_api(stack: RunningStack, client: openai.OpenAI) 
     while "support-v2" in {m.id for m in client.models.list()}:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_worker_side_refusal_of_a_stream_is_a_real_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            logit_bias={"99999999": 1},
+            stream=True,
+        )
+    assert bad.value.body["param"] == "logit_bias"  # type: ignore[index]
