@@ -40,9 +40,12 @@ async def request_events(
     dead: set[str] = set()
     while True:
         try:
-            event = queue.get_nowait() if not queue.empty() else None
-            if event is None:
-                event = await asyncio.wait_for(queue.get(), timeout=check_every_s)
+            if queue.empty():
+                # asyncio.timeout, not wait_for: no extra task per event on this hot path
+                async with asyncio.timeout(check_every_s):
+                    event = await queue.get()
+            else:
+                event = queue.get_nowait()
         except TimeoutError:
             if worker is not None and not await is_alive(worker):
                 dead.add(worker)
