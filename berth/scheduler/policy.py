@@ -132,17 +132,20 @@ def pick_worker(
     *,
     batch_reserve: float = 0.0,
     demand: Mapping[str, int] | None = None,
+    recent: Mapping[str, Iterable[str]] | None = None,
 ) -> WorkerInfo | None:
     """Affinity placement. Among workers serving the model with room, prefer in order:
     one that holds the group's adapter; one with a free LoRA slot; one whose eviction
     hurts queued work least (``demand``: queued requests per adapter); the least loaded
     (in tenths of capacity); the prompt_cache_key's rendezvous-hash favourite.
-    None when no worker can take the group now."""
+    ``recent``: adapters sent to each worker since its last heartbeat, which it holds by
+    now though its record does not say so yet. None when no worker can take the group."""
     demand = demand or {}
+    recent = recent or {}
     best: WorkerInfo | None = None
     best_rank: tuple[bool, bool, int, int, int] | None = None
     for worker, free in _room(workers, target, dispatched, batch_reserve):
-        loaded = worker.loaded_adapters
+        loaded = list(dict.fromkeys([*worker.loaded_adapters, *recent.get(worker.id, ())]))
         holds = target.adapter is None or target.adapter in loaded
         slot_free = holds or len(loaded) < worker.max_loras or worker.max_loras == 0
         eviction = 0 if slot_free else min(demand.get(a, 0) for a in loaded)

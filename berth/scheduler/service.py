@@ -37,6 +37,8 @@ _NO_WORKER_RETRY_S = 0.05
 # a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
 # and to the other replicas, which then claim its entries
 _ALIVE_TTL_MS = 10_000
+# how long an adapter sent to a worker counts as held before its heartbeat confirms it
+_RECENT_ADAPTER_S = 3.0
 
 
 def terminal_event(request_id: str, type_: str, err: BerthError | None = None) -> str:
@@ -71,6 +73,8 @@ class Scheduler:
         self._workers: list[WorkerInfo] = []
         self._heartbeats: dict[str, float] = {}
         self._dispatched: dict[str, int] = {}
+        # adapters sent to each worker that its heartbeat does not list yet (-> when sent)
+        self._recent_adapters: dict[str, dict[str, float]] = {}
         self._groups: dict[policy.GroupKey, policy.PendingGroup] = {}
         self._held: set[str] = set()
         self._refreshed_at = 0.0
@@ -117,6 +121,15 @@ class Scheduler:
             if self._heartbeats.get(worker.id) != worker.heartbeat_at:
                 self._heartbeats[worker.id] = worker.heartbeat_at
                 self._dispatched.pop(worker.id, None)
+            recent = self._recent_adapters.get(worker.id)
+            if recent:
+                now = time.monotonic()
+                for name in [
+                    a
+                    for a, t in recent.items()
+                    if a in worker.loaded_adapters or now - t > _RECENT_ADAPTER_S
+                ]:
+                    del recent[name]
         self._workers = workers
         members: Any = await self.redis.smembers(keys.MODELS_SET)
         models = {m.decode() for m in members} | {w.model for w in workers}
@@ -208,7 +221,12 @@ class Scheduler:
                 self._workers, target, self._dispatched, self._turn, batch_reserve=reserve
             )
         return policy.pick_worker(
-            self._workers, target, self._dispatched, batch_reserve=reserve, demand=demand
+            self._workers,
+            target,
+            self._dispatched,
+            batch_reserve=reserve,
+            demand=demand,
+            recent={w: list(sent) for w, sent in self._recent_adapters.items() if sent},
         )
 
     async def _drop_ended(self, items: list[policy.Pending]) -> list[policy.Pending]:
@@ -249,6 +267,10 @@ class Scheduler:
             RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
         )
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(items)
+        if adapter is not None:
+            sent = self._recent_adapters.setdefault(worker.id, {})
+            sent.pop(adapter, None)
+            sent[adapter] = time.monotonic()
         self.dispatched_total += len(items)
         sent_at = time.time()
         metrics.GROUP_SIZE.observe(len(items))

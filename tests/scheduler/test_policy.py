@@ -255,3 +255,10 @@ def test_workers_to_avoid_are_never_picked() -> None:
     chosen = policy.pick_worker(workers, Target("m", avoid=frozenset({"dead"})), {})
     assert chosen is not None and chosen.id == "alive"
     assert policy.pick_worker(workers[:1], Target("m", avoid=frozenset({"dead"})), {}) is None
+
+
+def test_adapters_sent_since_the_last_heartbeat_count_as_held() -> None:
+    workers = [_worker("a"), _worker("b")]
+    assert _pick(workers, "z", recent={"b": ["z"]}) == "b"
+    # and they fill slots: b has sent two other adapters, so a has a free slot for z
+    assert _pick(workers, "z", recent={"b": ["x", "y"]}) == "a"
