@@ -60,6 +60,7 @@ from benchmarks.sim import (
     log,
     percentile,
     valkey_pid,
+    wait_for_quiet,
 )
 
 TARGET_RATIO = 1.5
@@ -115,15 +116,15 @@ def real_adapters(n: int) -> tuple[str, dict[str, str]]:
 # --------------------------------------------------------------------------- #
 
 
-def _pick_worker_home(workers, target, dispatched, *, batch_reserve=0.0, demand=None):  # type: ignore[no-untyped-def]
+def _pick_worker_home(workers, target, dispatched, **options):  # type: ignore[no-untyped-def]
     """``home``: an adapter's requests go to its rendezvous-hash favourite among the
     workers with room, so each worker sees a stable share of the adapters (4 of 8 here)
     instead of all of them; base-model requests keep berth's affinity placement."""
     from berth.scheduler import policy
 
     if target.adapter is None:
-        return _ORIGINAL_PICK(workers, target, dispatched, batch_reserve=batch_reserve, demand=demand)
-    room = policy._room(workers, target, dispatched, batch_reserve)
+        return _ORIGINAL_PICK(workers, target, dispatched, **options)
+    room = policy._room(workers, target, dispatched, options.get("batch_reserve", 0.0))
     if not room:
         return None
     return max(room, key=lambda wf: policy._affinity_score(target.adapter, wf[0].id))[0]
@@ -327,13 +328,13 @@ async def closed_loop(
     }
 
 
-async def probe(api_url: str, names: list[str], max_tokens: int, timeout_s: float) -> None:
+async def probe(stack: Stack, names: list[str], max_tokens: int, timeout_s: float) -> None:
     """One request per adapter until each answers 200 (the API learns adapters from the
     workers' registrations; a real engine compiles on its first requests)."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=api_url, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
         for name in names:
             while True:
                 body = {
@@ -342,11 +343,16 @@ async def probe(api_url: str, names: list[str], max_tokens: int, timeout_s: floa
                     "max_tokens": max_tokens,
                     "ignore_eos": True,
                 }
-                answer = await http.post("/v1/chat/completions", json=body)
+                try:
+                    answer = await http.post("/v1/chat/completions", json=body)
+                except httpx.TimeoutException:
+                    stack.check_alive()
+                    raise
                 if answer.status_code == 200:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"adapter {name}: HTTP {answer.status_code} {answer.text}")
+                stack.check_alive()
                 await asyncio.sleep(0.5)
 
 
@@ -365,19 +371,29 @@ def run_policy(
         stack.start_workers(tag)
     stack.start_control(policy, tag)
     stack.wait_ready(args.ready_timeout)
-    asyncio.run(probe(stack.api_url, names, args.max_tokens, args.ready_timeout))
+    asyncio.run(probe(stack, names, args.max_tokens, args.ready_timeout))
     pids = {label: p.target_pid() for label, p in stack.processes().items()}
     pids["valkey"] = valkey_pid(stack.url) or 0
     pids["client"] = os.getpid()
+    asyncio.run(wait_for_quiet(pids, args.quiet_limit, args.quiet_timeout))
     meter = CpuMeter(pids)
     log(f"{tag}: {args.concurrency} clients, {args.warmup:.0f}s warm-up + {args.seconds:.0f}s")
+    engine_before: list[dict[str, Any]] = []
+    engine_after: list[dict[str, Any]] = []
+    cpu: dict[str, float] = {}
 
     async def measured() -> dict[str, Any]:
-        async def start_meter() -> None:
+        async def window() -> None:
+            # the engines write their counters every 0.5 s; CPU and counters cover the
+            # measured window only, not the warm-up or the stragglers after it
             await asyncio.sleep(args.warmup)
             meter.start()
+            engine_before.extend(_read_stats(stack.stats_files))
+            await asyncio.sleep(args.seconds)
+            cpu.update(meter.stop())
+            engine_after.extend(_read_stats(stack.stats_files))
 
-        starter = asyncio.create_task(start_meter())
+        starter = asyncio.create_task(window())
         result = await closed_loop(
             stack.api_url,
             names,
@@ -391,30 +407,46 @@ def run_policy(
         return result
 
     result = asyncio.run(measured())
-    cpu = meter.stop()
+    # the engines' counters over the measured window
+    engine_stats = [
+        {k: after.get(k, 0) - before.get(k, 0) for k in ("loads", "steps", "tokens", "busy_s")}
+        for before, after in zip(engine_before, engine_after, strict=True)
+    ]
     stack.check_alive()
     stack.stop_control()
-    engine_stats: list[dict[str, Any]] = []
     if args.engine == "sim":
         stack.stop_workers()
-        for path in stack.stats_files:
-            try:
-                engine_stats.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                engine_stats.append({})
         stack.stats_files = []
     result.update(policy=policy, tag=tag, cpu_cores=cpu, engines=engine_stats)
-    loads = sum(s.get("loads", 0) for s in engine_stats)
-    steps = sum(s.get("steps", 0) for s in engine_stats)
-    tokens = sum(s.get("tokens", 0) for s in engine_stats)
+    loads = sum(s["loads"] for s in engine_stats)
+    steps = sum(s["steps"] for s in engine_stats)
+    tokens = sum(s["tokens"] for s in engine_stats)
+    busy = sum(s["busy_s"] for s in engine_stats)
     result["adapter_loads"] = loads if engine_stats else None
     result["mean_batch"] = tokens / steps if steps else None
+    # output tokens per second of engine time at the nominal step and load costs, summed
+    # over the engines: what the cluster would produce if every step took its nominal time
+    result["engine_tok_s"] = tokens / busy * len(engine_stats) if busy else None
+    # share of the window each engine was stepping (an idle engine: placement left it
+    # without work it could run)
+    result["engine_busy"] = [s["busy_s"] / args.seconds for s in engine_stats]
+    result["engine_tokens"] = [s["tokens"] for s in engine_stats]
     log(
         f"  {policy}: {result['rps']:.1f} req/s, {result['tok_s']:.0f} tok/s, "
         f"p50 {result['latency_p50_s']:.2f}s, errors {sum(result['errors'].values())}, "
         f"machine {cpu['machine']:.2f} cores (others {cpu['others']:.2f})"
     )
     return result
+
+
+def _read_stats(paths: list[Path]) -> list[dict[str, Any]]:
+    out = []
+    for path in paths:
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            out.append({})
+    return out
 
 
 def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -432,16 +464,20 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
         )
     print(
         f"{'policy':>9} {'run':>3} {'req/s':>7} {'tok/s':>7} {'p50':>7} {'p99':>7} "
-        f"{'loads':>6} {'batch':>6} {'errors':>6} {'machine':>7} {'others':>6}"
+        f"{'loads':>6} {'batch':>6} {'busy':>9} {'tokens split':>13} {'errors':>6} "
+        f"{'mine':>5} {'others':>6}"
     )
     for r in results:
-        loads = "-" if r["adapter_loads"] is None else f"{r['adapter_loads']:>6}"
-        batch = "-" if r["mean_batch"] is None else f"{r['mean_batch']:>6.1f}"
+        loads = "-" if r["adapter_loads"] is None else f"{r['adapter_loads']}"
+        batch = "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}"
+        busy = "/".join(f"{b:.2f}" for b in r.get("engine_busy", [])) or "-"
+        split = "/".join(str(t) for t in r.get("engine_tokens", [])) or "-"
+        cpu = r["cpu_cores"]
         print(
             f"{r['policy']:>9} {r['tag'].rsplit('-', 1)[-1]:>3} {r['rps']:>7.1f} "
             f"{r['tok_s']:>7.0f} {r['latency_p50_s']:>6.2f}s {r['latency_p99_s']:>6.2f}s "
-            f"{loads:>6} {batch:>6} {sum(r['errors'].values()):>6} "
-            f"{r['cpu_cores']['machine']:>7.2f} {r['cpu_cores']['others']:>6.2f}"
+            f"{loads:>6} {batch:>6} {busy:>9} {split:>13} {sum(r['errors'].values()):>6} "
+            f"{cpu['machine'] - cpu['others']:>5.2f} {cpu['others']:>6.2f}"
         )
     mean = {p: sum(r["rps"] for r in rs) / len(rs) for p, rs in by_policy.items()}
     fcfs = mean.get("fcfs", math.nan)
@@ -457,9 +493,9 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
                 f"{mean[name] / fcfs:.2f}x   (not berth's policy: a suggested change)"
             )
     print(
-        "  loads = adapters put into a slot (simulated engines); batch = mean requests per "
-        "engine step; machine/others = cores used by everything / by processes outside the "
-        "benchmark"
+        "  loads = adapters put into a slot; batch = mean requests per engine step; busy = "
+        "share of the window each engine was stepping; tokens split = tokens per engine; "
+        "mine/others = cores used by the benchmark's processes / by everything else"
     )
     return {
         "mean_rps": mean,
@@ -478,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-loras", type=int, default=2)
     parser.add_argument("--capacity", type=int, default=0, help="BERTH_CAPACITY (0: default).")
-    parser.add_argument("--concurrency", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -489,10 +525,18 @@ def main(argv: list[str] | None = None) -> int:
         help="BERTH_PLACEMENT values, and 'home' (a placement prototype, see the docs).",
     )
     parser.add_argument("--step-ms", type=float, default=40.0, help="sim: engine step time.")
-    parser.add_argument("--max-num-seqs", type=int, default=16, help="sim: batch size limit.")
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="sim: batch size limit.")
     parser.add_argument("--load-ms", type=float, default=100.0, help="sim: adapter load time.")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=0.3,
+        help="Before each run, wait until other processes use fewer cores than this.",
+    )
+    parser.add_argument("--quiet-timeout", type=float, default=20.0)
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
 
     logs = Path(tempfile.mkdtemp(prefix="berth-lora-bench-"))
@@ -518,8 +562,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stack.stop()
     summary = summarize(args, results)
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / f"lora-thrash-{args.engine}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"lora-thrash-{args.engine}-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(
         json.dumps({"args": vars(args), "summary": summary, "runs": results}, indent=1, default=float)
     )

@@ -229,6 +229,9 @@ async def drain(args: argparse.Namespace, url: str, workers: int, queued: int, l
         "wait_p50_ms": 1000 * percentile(waits, 0.5),
         "wait_p99_ms": 1000 * percentile(waits, 0.99),
         "mean_group_size": len(got) / max(1, run.fleet.messages),
+        # scheduler CPU per dispatched request: what the rate would be on a whole core
+        # does not depend on what else ran on the machine
+        "cpu_us_per_request": 1e6 * cpu["scheduler"] * (last - first) / max(1, len(got)),
         "scheduler_hist": hist,
         "cpu_cores": cpu,
     }
@@ -340,7 +343,8 @@ def print_tables(results: list[dict[str, Any]]) -> None:
         print("\nDrain: Q requests queued first, then one scheduler process dispatches them all")
         print(
             f"{'workers':>7} {'slots/w':>7} {'queued':>7} {'req/s':>8} {'vs 5k':>6} "
-            f"{'wait p50':>9} {'wait p99':>9} {'grp':>5} {'sched cpu':>9} {'valkey':>7} "
+            f"{'wait p50':>9} {'wait p99':>9} {'grp':>5} {'us/req':>6} {'per core':>8} "
+            f"{'sched cpu':>9} {'valkey':>7} "
             f"{'bench':>6} {'others':>6}"
         )
         for r in drains:
@@ -350,13 +354,15 @@ def print_tables(results: list[dict[str, Any]]) -> None:
                 f"{r['workers']:>7} {r['capacity_per_worker']:>7} {r['queued']:>7} "
                 f"{r['rate_rps']:>8,.0f} {r['rate_rps'] / TARGET_RPS:>5.2f}x "
                 f"{r['wait_p50_ms']:>7,.0f}ms {r['wait_p99_ms']:>7,.0f}ms "
-                f"{r['mean_group_size']:>5.1f} {cpu['scheduler']:>9.2f} {cpu['valkey']:>7.2f} "
+                f"{r['mean_group_size']:>5.1f} {r['cpu_us_per_request']:>6.0f} "
+                f"{1e6 / r['cpu_us_per_request']:>8,.0f} {cpu['scheduler']:>9.2f} {cpu['valkey']:>7.2f} "
                 f"{cpu['bench']:>6.2f} {cpu['others']:>6.2f}{mark}"
             )
         print("  wait = from the scheduler's first dispatch to the request's (its queue position);")
         print(
-            "  grp = requests per Celery task; cpu columns in cores (2 on this machine); "
-            "others = processes outside the benchmark"
+            "  grp = requests per Celery task; us/req = scheduler CPU per dispatched request; "
+            "per core = 1e6 / us/req, the rate with a whole core;\n  cpu columns in cores "
+            "(2 on this machine); others = processes outside the benchmark"
         )
     steadies = [r for r in results if r["experiment"] == "steady"]
     if steadies:
@@ -383,7 +389,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     logs = Path(tempfile.mkdtemp(prefix="berth-sched-bench-"))
     log(f"logs in {logs}")
-    with embedded_valkey() as url:
+    with embedded_valkey(args.valkey_hz) as url:
         # a longer first wait: someone's test suite may be finishing
         mine = {"bench": os.getpid(), "valkey": valkey_pid(url) or 0}
         await wait_for_quiet(mine, args.quiet_limit, 6 * args.quiet_timeout)
@@ -408,7 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,8,64", help="Simulated worker counts.")
     parser.add_argument("--queue", default="1000,10000,50000", help="Queue lengths to drain.")
-    parser.add_argument("--rates", default="1000,4000", help="Steady-state arrival rates.")
+    parser.add_argument("--rates", default="20,1000,4000", help="Steady-state arrival rates.")
+    parser.add_argument(
+        "--valkey-hz",
+        type=int,
+        default=None,
+        help="Valkey's hz (default 10, as Redis); blocking-read timeouts fire on its ticks.",
+    )
     parser.add_argument("--steady-seconds", type=float, default=6.0)
     parser.add_argument("--adapters", type=int, default=0, help="Spread requests over N adapters.")
     parser.add_argument("--no-drain", action="store_true")
@@ -423,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-timeout", type=float, default=10.0, help="Longest wait before each run."
     )
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     parser.add_argument("--profile", default=None, help="Folder for py-spy profiles (raw).")
     parser.add_argument(
         "--profile-config",
@@ -432,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = asyncio.run(main_async(args))
     print_tables(results)
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / f"scheduler-capacity-{datetime.now():%Y%m%d-%H%M%S}.json"
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"scheduler-capacity-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(results, indent=1, default=float))
     print(f"\nraw results: {out}")
     return 0 if all(r["complete"] for r in results) else 1

@@ -85,6 +85,9 @@ DETAILED_KEYS = ("itls", "generated_texts")
 
 CLIENT = "bench client"
 
+# berth's worker runs vLLM with LoRA enabled (berth.workers.engine.config.EngineConfig)
+LORA_ARGS = ["--enable-lora", "--max-loras=4", "--max-lora-rank=16"]
+
 # Pause before each measured run: vLLM's engine worker busy-polls its shared-memory
 # queue for 1 s after its last step (shm_broadcast busy_loop_s), which would otherwise
 # eat a core at the start of the other side's run.
@@ -253,7 +256,8 @@ class Profiler:
             if pid == os.getpid():
                 continue
             try:
-                if "python" not in " ".join(proc.cmdline()[:1]).lower():
+                # by executable: celery and vLLM rewrite their process titles
+                if not os.path.basename(proc.exe()).startswith("python"):
                     continue  # valkey: not Python
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
@@ -535,7 +539,8 @@ class VllmServer(Server):
 
     name = "vllm"
 
-    def __init__(self, tiny: Any, log_dir: Path, extra: list[str]) -> None:
+    def __init__(self, tiny: Any, log_dir: Path, extra: list[str], name: str = "vllm") -> None:
+        self.name = name
         super().__init__(tiny, log_dir)
         self.cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
         self.cmd += ["--model", str(tiny.path), "--served-model-name", tiny.name]
@@ -545,16 +550,16 @@ class VllmServer(Server):
     def launch(self) -> None:
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        log(f"vllm: starting its OpenAI server on port {self.port}")
+        log(f"{self.name}: starting vLLM's OpenAI server on port {self.port}")
         self.started_at = time.monotonic()
-        with open(self.log_dir / "vllm-server.log", "wb") as out:
+        with open(self.log_dir / f"{self.name}-server.log", "wb") as out:
             self.proc = subprocess.Popen(
                 self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     def roots(self) -> dict[str, int]:
         assert self.proc is not None
-        return {"vllm/api server": self.proc.pid}
+        return {f"{self.name}/api server": self.proc.pid}
 
     def dead(self) -> str | None:
         return "vLLM's server" if self.proc is not None and self.proc.poll() is not None else None
@@ -564,7 +569,7 @@ class VllmServer(Server):
 
     def stop(self) -> None:
         if self.proc is not None:
-            log("vllm: stopping the server and its engine")
+            log(f"{self.name}: stopping the server and its engine")
             stop_group(self.proc)
 
     def describe(self) -> dict[str, Any]:
@@ -763,16 +768,18 @@ def show_logs(server: Server) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def compare(vllm: dict[str, Any], berth: dict[str, Any]) -> dict[str, Any]:
+def compare(base: dict[str, Any], berth: dict[str, Any]) -> dict[str, Any]:
+    """berth against a baseline side: throughput ratio, added TTFT and ITL, and the targets."""
+
     def get(side: dict[str, Any], key: str) -> float:
         return float(side["result"].get(key, float("nan")))
 
-    ratio = get(berth, "output_throughput") / get(vllm, "output_throughput")
-    ttft = get(berth, "median_ttft_ms") - get(vllm, "median_ttft_ms")
-    itl = get(berth, "median_itl_ms") - get(vllm, "median_itl_ms")
+    ratio = get(berth, "output_throughput") / get(base, "output_throughput")
+    ttft = get(berth, "median_ttft_ms") - get(base, "median_ttft_ms")
+    itl = get(berth, "median_itl_ms") - get(base, "median_itl_ms")
     paired = [
         b["output_throughput"] / v["output_throughput"]
-        for v, b in zip(vllm["runs"], berth["runs"], strict=False)
+        for v, b in zip(base["runs"], berth["runs"], strict=False)
     ]
     return {
         "output_throughput_ratio": round(ratio, 4),
@@ -796,42 +803,44 @@ def fmt(value: Any, decimals: int) -> str:
     return "-" if value is None else f"{float(value):,.{decimals}f}"
 
 
-def report(sides: dict[str, dict[str, Any]], comparison: dict[str, Any] | None) -> str:
+def report(sides: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, Any]]) -> str:
+    """The side-by-side table, berth against each baseline, and the CPU per process."""
     names = list(sides)
-    both = len(names) == 2
+    bases = [n for n in comparisons if n in sides]
     header = f"{'metric':<28}" + "".join(f"{n:>12}" for n in names)
-    if both:
-        header += f"{'berth - vllm':>15}{'berth / vllm':>14}"
+    for base in bases:
+        header += f"{'berth - ' + base:>18}{'berth / ' + base:>18}"
     rounds = max(int(sides[n]["result"].get("runs", 1)) for n in names)
     lines = [f"median of {rounds} measured run(s) per side", header, "-" * len(header)]
     for label, key, unit, decimals in ROWS:
-        values = [sides[n]["result"].get(key) for n in names]
         row = f"{label + (f' ({unit})' if unit else ''):<28}"
-        row += "".join(f"{fmt(v, decimals):>12}" for v in values)
-        if both and None not in values and key not in ("completed", "failed"):
-            diff = float(values[1]) - float(values[0])
-            ratio = float(values[1]) / float(values[0]) if float(values[0]) else float("nan")
-            row += f"{diff:>+15,.{decimals}f}{ratio:>14.3f}"
+        row += "".join(f"{fmt(sides[n]['result'].get(key), decimals):>12}" for n in names)
+        for base in bases:
+            b, v = sides["berth"]["result"].get(key), sides[base]["result"].get(key)
+            if key in ("completed", "failed") or b is None or v is None:
+                continue
+            ratio = float(b) / float(v) if float(v) else float("nan")
+            row += f"{float(b) - float(v):>+18,.{decimals}f}{ratio:>18.3f}"
         lines.append(row)
     for name in names:
         per_run = ", ".join(f"{r.get('output_throughput', 0):,.0f}" for r in sides[name]["runs"])
         lines.append(f"{name} output tok/s per round: {per_run}")
-    if comparison is not None:
-        met = comparison["met"]
 
-        def mark(ok: bool) -> str:
-            return "met" if ok else "MISSED"
+    def mark(ok: bool) -> str:
+        return "met" if ok else "MISSED"
 
-        paired = ", ".join(f"{r:.2f}" for r in comparison["paired_output_throughput_ratios"])
+    for base in bases:
+        c, met = comparisons[base], comparisons[base]["met"]
+        paired = ", ".join(f"{r:.2f}" for r in c["paired_output_throughput_ratios"])
         lines += [
             "",
-            "targets:",
-            f"  output tok/s ratio {comparison['output_throughput_ratio']:8.3f}"
+            f"berth against {base}" + (" (the targets)" if base == "vllm" else "") + ":",
+            f"  output tok/s ratio {c['output_throughput_ratio']:8.3f}"
             f"     (>= {TARGET_THROUGHPUT_RATIO})   {mark(met['output_throughput'])}"
             f"   [per round: {paired}]",
-            f"  added TTFT p50     {comparison['added_ttft_p50_ms']:+8.2f} ms"
+            f"  added TTFT p50     {c['added_ttft_p50_ms']:+8.2f} ms"
             f"  (<= {TARGET_ADDED_TTFT_P50_MS:g} ms)   {mark(met['ttft_p50'])}",
-            f"  added ITL p50      {comparison['added_itl_p50_ms']:+8.3f} ms"
+            f"  added ITL p50      {c['added_itl_p50_ms']:+8.3f} ms"
             f"  (<= {TARGET_ADDED_ITL_P50_MS:g} ms)    {mark(met['itl_p50'])}",
         ]
     for name in names:
@@ -844,9 +853,8 @@ def report(sides: dict[str, dict[str, Any]], comparison: dict[str, Any] | None) 
         for label, used in cpu["processes"].items():
             lines.append(f"  {label:<40}{used['cores']:>6.2f} cores  {used['cpu_s']:>7.2f} s")
         if cpu["idle_other_side_cores"]:
-            lines.append(
-                f"  {'(the other side, idle)':<40}{cpu['idle_other_side_cores']:>6.2f} cores"
-            )
+            idle = cpu["idle_other_side_cores"]
+            lines.append(f"  {'(the other sides, idle)':<40}{idle:>6.2f} cores")
         lines.append(f"  {'(processes outside the benchmark)':<40}{cpu['other_cores']:>6.2f} cores")
         tokens = sum(r.get("total_output_tokens", 0) for r in sides[name]["runs"])
         own_s = sum(u["cpu_s"] for label, u in cpu["processes"].items() if label != CLIENT)
@@ -906,10 +914,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--num-prompts", type=int, default=200, help="prompts per measured run (200)")
     add("--concurrency", type=int, default=32, help="max concurrent requests (32)")
-    add("--only", choices=("vllm", "berth"), help="run one side only")
+    add("--only", choices=("vllm", "berth", "vllm-lora"), help="run one side only")
     add("--input-len", type=int, default=64, help="prompt tokens (64)")
     add("--output-len", type=int, default=64, help="output tokens, EOS ignored (64)")
-    add("--warmup-prompts", type=int, default=16, help="unreported warm-up run (16; 0: none)")
+    add("--warmup-prompts", type=int, default=None,
+        help="unreported warm-up run per side (default: 2 x concurrency; 0: none)")  # fmt: skip
+    add("--lora-baseline", action="store_true",
+        help="also measure vLLM's server with LoRA enabled as berth's worker runs it "
+        f"({' '.join(LORA_ARGS)}): separates berth's own overhead from LoRA's")  # fmt: skip
     add("--rounds", type=int, default=5, help="measured runs per side, alternating (5)")
     add("--seed", type=int, default=0, help="dataset seed of round 1; round i adds 100*(i-1)")
     add("--ready-timeout", type=float, default=300.0, metavar="S", help="server start limit")
@@ -939,7 +951,9 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         input_len=args.input_len,
         output_len=args.output_len,
-        warmup_prompts=args.warmup_prompts,
+        warmup_prompts=(
+            2 * args.concurrency if args.warmup_prompts is None else args.warmup_prompts
+        ),
         seed=args.seed,
         rounds=args.rounds,
         run_timeout_s=args.run_timeout,
@@ -953,12 +967,18 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     if args.only in (None, "vllm"):
         servers.append(VllmServer(tiny, log_dir, args.vllm_arg))
+    if (args.lora_baseline and args.only is None) or args.only == "vllm-lora":
+        servers.append(VllmServer(tiny, log_dir, [*LORA_ARGS, *args.vllm_arg], "vllm-lora"))
     if args.only in (None, "berth"):
         servers.append(BerthServer(tiny, log_dir, args.fake_engine))
     sides, failures = benchmark(servers, w, args, log_dir)
-    comparison = compare(sides["vllm"], sides["berth"]) if len(sides) == 2 else None
+    comparisons: dict[str, dict[str, Any]] = {
+        base: compare(sides[base], sides["berth"])
+        for base in ("vllm", "vllm-lora")
+        if base in sides and "berth" in sides
+    }
     if sides:
-        print(f"\n{report(sides, comparison)}\n", flush=True)
+        print(f"\n{report(sides, comparisons)}\n", flush=True)
     record = {
         "timestamp": stamp,
         "machine": machine_info(),
@@ -978,7 +998,8 @@ def main(argv: list[str] | None = None) -> int:
             "model": tiny.name,
         },
         **sides,
-        "comparison": comparison,
+        "comparison": comparisons.get("vllm"),
+        "comparison_vllm_lora": comparisons.get("vllm-lora"),
         "failures": failures or None,
         "logs": str(log_dir),
     }
