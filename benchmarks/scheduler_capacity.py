@@ -65,6 +65,7 @@ from benchmarks.sim import (
     histogram_quantile,
     log,
     percentile,
+    raise_priority,
     scrape,
     valkey_pid,
     wait_for_quiet,
@@ -127,9 +128,9 @@ class Run:
         self.fleet = SimulatedFleet(
             url,
             n=workers,
-            capacity=math.ceil(TOTAL_CAPACITY / workers),
+            capacity=math.ceil(args.total_capacity / workers),
             model=MODEL,
-            tokens_per_s=TOKENS_PER_S,
+            tokens_per_s=args.tokens_per_s,
         )
         self.metrics_port = free_port()
         self.scheduler: RoleProcess | None = None
@@ -337,7 +338,8 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def print_tables(results: list[dict[str, Any]]) -> None:
+def print_tables(results: list[dict[str, Any]], nice: int = 0) -> None:
+    print(f"\n(one scheduler process; benchmark processes at nice {nice})")
     drains = [r for r in results if r["experiment"] == "drain"]
     if drains:
         print("\nDrain: Q requests queued first, then one scheduler process dispatches them all")
@@ -422,6 +424,18 @@ def main(argv: list[str] | None = None) -> int:
         help="Valkey's hz (default 10, as Redis); blocking-read timeouts fire on its ticks.",
     )
     parser.add_argument("--steady-seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--total-capacity",
+        type=int,
+        default=TOTAL_CAPACITY,
+        help="Slots of the whole simulated cluster, split among the workers.",
+    )
+    parser.add_argument(
+        "--tokens-per-s",
+        type=float,
+        default=TOKENS_PER_S,
+        help=f"Simulated generation speed per request ({MAX_TOKENS} tokens each).",
+    )
     parser.add_argument("--adapters", type=int, default=0, help="Spread requests over N adapters.")
     parser.add_argument("--no-drain", action="store_true")
     parser.add_argument("--no-steady", action="store_true")
@@ -436,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quiet-timeout", type=float, default=10.0, help="Longest wait before each run."
     )
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=-5,
+        help="Nice value of the benchmark and every process it starts (0: leave it).",
+    )
     parser.add_argument("--profile", default=None, help="Folder for py-spy profiles (raw).")
     parser.add_argument(
         "--profile-config",
@@ -443,8 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Profile only this run label, e.g. drain-w64-q50000 (default: every run).",
     )
     args = parser.parse_args(argv)
+    args.nice = raise_priority(args.nice)
     results = asyncio.run(main_async(args))
-    print_tables(results)
+    print_tables(results, args.nice)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / f"scheduler-capacity-{datetime.now():%Y%m%d-%H%M%S}.json"

@@ -571,6 +571,7 @@ class VllmServer(Server):
         if self.proc is not None:
             log(f"{self.name}: stopping the server and its engine")
             stop_group(self.proc)
+            self.proc = None
 
     def describe(self) -> dict[str, Any]:
         return {"command": self.cmd[1:]}
@@ -627,6 +628,7 @@ class BerthServer(Server):
         if self.stack is not None:
             log("berth: stopping the stack")
             self.stack.stop(grace_s=15)
+            self.stack = None
 
     def describe(self) -> dict[str, Any]:
         return {"fake_engine": self.fake_engine} if self.fake_engine else {}
@@ -640,7 +642,17 @@ class BerthServer(Server):
 def benchmark(
     servers: list[Server], w: Workload, args: argparse.Namespace, log_dir: Path
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Start the servers, warm each up, then alternate measured runs between them."""
+    """Start the servers, warm each up, alternate measured runs between them, stop them."""
+    try:
+        return _benchmark(servers, w, args, log_dir)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _benchmark(
+    servers: list[Server], w: Workload, args: argparse.Namespace, log_dir: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     failures: dict[str, str] = {}
     live: list[Server] = []
     for server in servers:
@@ -727,8 +739,6 @@ def benchmark(
                 )
     finally:
         profile = profiler.stop() if profiler is not None else None
-        for server in servers:
-            server.stop()
 
     sides: dict[str, dict[str, Any]] = {}
     for server in live:
