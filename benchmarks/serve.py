@@ -873,6 +873,26 @@ def report(sides: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, An
     return "\n".join(lines)
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def to_json(record: dict[str, Any]) -> str:
+    """Indented JSON with each list of numbers on one line (the per-request figures)."""
+    text = json.dumps(_rounded(record), indent=1, default=str)
+
+    def one_line(match: re.Match[str]) -> str:
+        return "[" + ", ".join(x.strip() for x in match.group(1).split(",")) + "]"
+
+    return re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]", one_line, text) + "\n"
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cores": psutil.cpu_count(),
@@ -1015,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"serve-{stamp}.json"
-    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    path.write_text(to_json(record))
     log(f"results: {path}")
     for name, failure in failures.items():
         log(f"{name}: FAILED: {failure}")

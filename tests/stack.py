@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from berth.local import Stack
 
@@ -43,16 +46,22 @@ class RunningStack:
             self.stack.start(role, self.role_env(**extra))
 
     def wait_ready(self, timeout_s: float = 300.0, workers: int = 1) -> None:
+        """Until GET /ready answers 200 with ``workers`` live workers (and a scheduler)."""
+        self._wait(timeout_s, "/ready", lambda body: body.get("workers", 0) >= workers)
+
+    def wait_served(self, timeout_s: float = 300.0) -> None:
+        """Until the API lists a model: for stacks started without a scheduler."""
+        self._wait(timeout_s, "/v1/models", lambda body: bool(body.get("data")))
+
+    def _wait(self, timeout_s: float, path: str, done: Callable[[dict[str, Any]], bool]) -> None:
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
             if (role := self.stack.dead()) is not None:
                 raise RuntimeError(f"{role} exited while the stack started")
             try:
-                with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as answer:
-                    import json
-
-                    if json.load(answer).get("workers", 0) >= workers:
+                with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as answer:
+                    if done(json.load(answer)):
                         return
             except (urllib.error.URLError, OSError) as err:
                 last = str(err)

@@ -32,7 +32,7 @@ class Forbidden(BerthError):
     default_code = "admin_only"
 
 
-def _admin(request: Request, state: State) -> None:
+async def _admin(request: Request, state: State) -> None:
     admin_keys = state.settings.admin_key_list()
     if not admin_keys:
         if state.keys.open:

@@ -61,7 +61,7 @@ class KeyRing:
         return found
 
 
-def _tenant(request: Request) -> str:
+async def _tenant(request: Request) -> str:
     ring: KeyRing = request.app.state.berth.keys
     return ring.tenant(request.headers.get("authorization"))
 

@@ -18,6 +18,7 @@ from berth.api.admission import deadline_from, lane_for, queued_request, read_ch
 from berth.api.app import ApiState, error_response
 from berth.api.auth import Tenant
 from berth.api.events import request_events
+from berth.protocol import keys
 from berth.protocol.envelopes import TokenEvent
 from berth.protocol.errors import BerthError
 from berth.protocol.output import ChunkWriter, CompletionAssembler, event_error
@@ -27,7 +28,8 @@ router = APIRouter()
 T = TypeVar("T")
 
 
-def _state(request: Request) -> ApiState:
+# async: FastAPI runs sync dependencies in its thread pool, once per request
+async def _state(request: Request) -> ApiState:
     return request.app.state.berth  # type: ignore[no-any-return]
 
 
@@ -276,7 +278,7 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(state: State) -> JSONResponse:
-    """Readiness: Redis answers and at least one worker is alive."""
+    """Readiness: Redis answers, and at least one worker and one scheduler are alive."""
     try:
         await state.redis.ping()
         await state.directory.refresh()
@@ -285,4 +287,7 @@ async def ready(state: State) -> JSONResponse:
     workers = len(state.directory.workers)
     if workers == 0:
         return JSONResponse({"status": "unready", "reason": "no live worker"}, status_code=503)
-    return JSONResponse({"status": "ready", "workers": workers})
+    schedulers = [k async for k in state.redis.scan_iter(match=f"{keys.SCHEDULER_KEY_PREFIX}*")]
+    if not schedulers:
+        return JSONResponse({"status": "unready", "reason": "no live scheduler"}, status_code=503)
+    return JSONResponse({"status": "ready", "workers": workers, "schedulers": len(schedulers)})

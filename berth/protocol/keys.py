@@ -101,9 +101,12 @@ def worker_key(worker_id: str) -> str:
     return f"{WORKER_KEY_PREFIX}{worker_id}"
 
 
+SCHEDULER_KEY_PREFIX = f"{PREFIX}:scheduler:"
+
+
 def scheduler_key(scheduler_id: str) -> str:
     """A scheduler replica's liveness record, refreshed by its loop; read by `berth check`."""
-    return f"{PREFIX}:scheduler:{scheduler_id}"
+    return f"{SCHEDULER_KEY_PREFIX}{scheduler_id}"
 
 
 def worker_queue(worker_id: str) -> str:

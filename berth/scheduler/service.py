@@ -143,27 +143,40 @@ class Scheduler:
                     raise
             self._streams.add(stream)
 
-    def _block_ms(self) -> int:
+    def _wait_s(self) -> tuple[float, bool]:
+        """How long to wait for new entries, and whether a group falls due by then."""
         due = policy.next_deadline(self._groups, self.settings.max_group_wait_ms / 1000)
-        until_refresh = self._refreshed_at + self.settings.registry_refresh_s - time.monotonic()
-        wait = until_refresh if due is None else min(due - time.monotonic(), until_refresh)
-        return max(1, int(wait * 1000))
+        now = time.monotonic()
+        until_refresh = self._refreshed_at + self.settings.registry_refresh_s - now
+        if due is None or due - now >= until_refresh:
+            return max(0.0, until_refresh), False
+        return max(0.0, due - now), True
 
     async def _read(self, own_pending: bool) -> None:
         if not self._streams:
             await asyncio.sleep(self.settings.registry_refresh_s)
             return
-        start = "0" if own_pending else ">"
+        wait_s, group_due = (0.0, False) if own_pending else self._wait_s()
+        # Redis and Valkey time blocked reads out on their hz tick (100 ms by default), so
+        # a BLOCK of a few ms would hold a waiting group for ~100 ms: while a group falls
+        # due, read without blocking and sleep here instead
+        block = None if own_pending or group_due else max(1, int(wait_s * 1000))
+        reply = await self._xreadgroup("0" if own_pending else ">", block)
+        if not reply and group_due and wait_s > 0:
+            await asyncio.sleep(wait_s)
+            reply = await self._xreadgroup(">", None)
+        for stream, entries in reply or []:
+            await self._take(stream.decode(), entries)
+
+    async def _xreadgroup(self, start: str, block: int | None) -> Any:
         # redis-py types replies loosely; with bytes responses this is [(stream, [(id, fields)])]
-        reply: Any = await self.redis.xreadgroup(
+        return await self.redis.xreadgroup(
             keys.SCHEDULER_GROUP,
             self.settings.scheduler_id,
             {s: start for s in self._streams},
             count=self.settings.read_count,
-            block=None if own_pending else self._block_ms(),
+            block=block,
         )
-        for stream, entries in reply or []:
-            await self._take(stream.decode(), entries)
 
     async def _take(self, stream: str, entries: Any) -> None:
         """Put read (or claimed) entries into their groups, once each."""

@@ -29,8 +29,12 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
         model, served = str(tiny.path), served or tiny.name
         adapters = {name: str(path) for name, path in tiny.adapters.items()} | adapters
         tool_parser = tool_parser or "hermes"
+    enable_lora = settings.enable_lora
+    if enable_lora is None:
+        enable_lora = bool(adapters or settings.adapter_root)
     return EngineConfig(
         model=model,
+        enable_lora=enable_lora,
         served_model_name=served or os.path.basename(model.rstrip("/")),
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,

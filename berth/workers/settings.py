@@ -43,6 +43,12 @@ class WorkerSettings(MetricsSettings):
     )
     max_model_len: int | None = Field(default=None, description="Context length (model default).")
     enable_prefix_caching: bool = Field(default=True, description="vLLM prefix caching.")
+    enable_lora: bool | None = Field(
+        default=None,
+        description="Run the engine with LoRA. Unset: on when adapters or an adapter root "
+        "are configured (LoRA layers cost engine throughput even when no request uses them; "
+        "turn it on to accept adapters registered at run time).",
+    )
     max_loras: int = Field(default=4, ge=1, description="LoRA adapters held at once.")
     max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank accepted.")
     adapters: dict[str, str] = Field(

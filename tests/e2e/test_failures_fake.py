@@ -72,7 +72,7 @@ def test_full_queue_answers_429_with_retry_after(stack: RunningStack) -> None:
     stack.env["BERTH_MAX_QUEUE_PER_MODEL"] = "2"
     stack.start("worker", BERTH_FAKE_ENGINE="true")
     stack.start("api")
-    stack.wait_ready(60)
+    stack.wait_served(60)
     stop = threading.Event()
 
     def hold() -> None:

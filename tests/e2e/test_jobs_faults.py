@@ -119,7 +119,7 @@ def test_job_fails_with_reason_after_its_retries(stack: RunningStack) -> None:
 
 def test_queued_job_past_its_deadline_expires(stack: RunningStack) -> None:
     stack.start("worker", "api")
-    stack.wait_ready(60)
+    stack.wait_served(60)
     client = httpx.Client(base_url=stack.url, timeout=30)
     job = client.post("/v1/jobs", json=_body(3), headers={"X-Deadline-Seconds": "0.3"}).json()
     time.sleep(0.5)
