@@ -1,6 +1,6 @@
 """LoRA thrash: throughput with adapter-affinity placement against first-come-first-served.
 
-    python -m benchmarks.lora_thrash                      # simulated engines, ~3 min
+    python -m benchmarks.lora_thrash                      # simulated engines, ~5 min
     python -m benchmarks.lora_thrash --engine real        # two real vLLM CPU workers
     python -m benchmarks.lora_thrash --seconds 20 --repeats 1
 
@@ -564,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "real":
         _, registered = real_adapters(args.adapters)
     else:
-        registered = {f"{ADAPTER_PREFIX}{i}": f"/sim/{ADAPTER_PREFIX}{i}" for i in range(args.adapters)}
+        registered = {
+            f"{ADAPTER_PREFIX}{i}": f"/sim/{ADAPTER_PREFIX}{i}" for i in range(args.adapters)
+        }
     names = sorted(registered)
     policies = [p for p in args.policies.split(",") if p]
     results: list[dict[str, Any]] = []
@@ -586,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / f"lora-thrash-{args.engine}-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(
-        json.dumps({"args": vars(args), "summary": summary, "runs": results}, indent=1, default=float)
+        json.dumps(
+            {"args": vars(args), "summary": summary, "runs": results}, indent=1, default=float
+        )
     )
     print(f"raw results: {out}\nlogs: {logs}")
     return 0

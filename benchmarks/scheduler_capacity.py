@@ -1,6 +1,6 @@
 """Scheduler capacity: dispatched requests per second of ONE scheduler process.
 
-    python -m benchmarks.scheduler_capacity                 # all configurations, ~2-3 min
+    python -m benchmarks.scheduler_capacity                 # all configurations, ~4-5 min
     python -m benchmarks.scheduler_capacity --workers 64 --queue 50000 --no-steady
     python -m benchmarks.scheduler_capacity --profile /tmp/prof   # py-spy the scheduler
 
@@ -59,9 +59,9 @@ from benchmarks.sim import (
     RoleProcess,
     SimulatedFleet,
     chat_body,
+    dump_tasks_after,
     embedded_valkey,
     free_port,
-    dump_tasks_after,
     histogram_quantile,
     log,
     percentile,
@@ -179,7 +179,9 @@ async def _wait_for(fleet: SimulatedFleet, n: int, timeout_s: float, proc: RoleP
     return True
 
 
-async def drain(args: argparse.Namespace, url: str, workers: int, queued: int, logs: Path) -> dict[str, Any]:
+async def drain(
+    args: argparse.Namespace, url: str, workers: int, queued: int, logs: Path
+) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     redis = Redis.from_url(url)
@@ -187,7 +189,9 @@ async def drain(args: argparse.Namespace, url: str, workers: int, queued: int, l
     await _quiet(args, url)
     watchdog = dump_tasks_after(args.timeout + 30, f"drain w{workers} q{queued}")
     run = Run(args, url, workers, logs)
-    adapters: list[str | None] = [None] if not args.adapters else [f"ad-{i}" for i in range(args.adapters)]
+    adapters: list[str | None] = (
+        [None] if not args.adapters else [f"ad-{i}" for i in range(args.adapters)]
+    )
     load_s = await preload(redis, queued, adapters)
     stop = asyncio.Event()
     fleet_task = asyncio.create_task(run.fleet.run(stop))
@@ -238,7 +242,9 @@ async def drain(args: argparse.Namespace, url: str, workers: int, queued: int, l
     }
 
 
-async def steady(args: argparse.Namespace, url: str, workers: int, rate: float, logs: Path) -> dict[str, Any]:
+async def steady(
+    args: argparse.Namespace, url: str, workers: int, rate: float, logs: Path
+) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     from berth.protocol import keys
@@ -263,7 +269,9 @@ async def steady(args: argparse.Namespace, url: str, workers: int, rate: float, 
             await asyncio.sleep(0.1)
     body = chat_body(MODEL, MAX_TOKENS)
     stream = keys.ingress_stream(MODEL)
-    adapters: list[str | None] = [None] if not args.adapters else [f"ad-{i}" for i in range(args.adapters)]
+    adapters: list[str | None] = (
+        [None] if not args.adapters else [f"ad-{i}" for i in range(args.adapters)]
+    )
     rng = random.Random(0)
     tick = 0.005
     sent = 0
@@ -273,7 +281,7 @@ async def steady(args: argparse.Namespace, url: str, workers: int, rate: float, 
         count = 0
         start = time.monotonic()
         next_at = start
-        while (now := time.monotonic()) - start < seconds:
+        while time.monotonic() - start < seconds:
             k = _poisson(rng, rate * tick)
             if k:
                 await _xadd_many(
@@ -357,7 +365,8 @@ def print_tables(results: list[dict[str, Any]], nice: int = 0) -> None:
                 f"{r['rate_rps']:>8,.0f} {r['rate_rps'] / TARGET_RPS:>5.2f}x "
                 f"{r['wait_p50_ms']:>7,.0f}ms {r['wait_p99_ms']:>7,.0f}ms "
                 f"{r['mean_group_size']:>5.1f} {r['cpu_us_per_request']:>6.0f} "
-                f"{1e6 / r['cpu_us_per_request']:>8,.0f} {cpu['scheduler']:>9.2f} {cpu['valkey']:>7.2f} "
+                f"{1e6 / r['cpu_us_per_request']:>8,.0f} {cpu['scheduler']:>9.2f} "
+                f"{cpu['valkey']:>7.2f} "
                 f"{cpu['bench']:>6.2f} {cpu['others']:>6.2f}{mark}"
             )
         print("  wait = from the scheduler's first dispatch to the request's (its queue position);")
@@ -400,7 +409,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for queued in _ints(args.queue):
                     log(f"drain: {workers} workers, {queued:,} queued")
                     r = await drain(args, url, workers, queued, logs)
-                    log(f"  {r['rate_rps']:,.0f} req/s, scheduler {r['cpu_cores']['scheduler']:.2f} cores")
+                    sched = r["cpu_cores"]["scheduler"]
+                    log(f"  {r['rate_rps']:,.0f} req/s, scheduler {sched:.2f} cores")
                     results.append(r)
         if not args.no_steady:
             for workers in _ints(args.workers):

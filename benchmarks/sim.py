@@ -141,9 +141,7 @@ class RoleProcess:
         )
 
     @classmethod
-    def berth(
-        cls, role: str, env: dict[str, str], log_path: Path, **options: Any
-    ) -> RoleProcess:
+    def berth(cls, role: str, env: dict[str, str], log_path: Path, **options: Any) -> RoleProcess:
         return cls([sys.executable, "-m", "berth.cli", role], env, log_path, **options)
 
     @property
@@ -317,7 +315,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 # --------------------------------------------------------------------------- #
 
 
-def chat_body(model: str, max_tokens: int, prompt: str = "Hello there, how are you today?") -> dict[str, Any]:
+def chat_body(
+    model: str, max_tokens: int, prompt: str = "Hello there, how are you today?"
+) -> dict[str, Any]:
     """A request body as the API stores it in QueuedRequest.request (validated, normalised)."""
     from berth.protocol.chat import parse_chat_request
     from berth.protocol.limits import ADMITTED
@@ -478,9 +478,7 @@ class SimulatedFleet:
         try:
             await self.register(redis)
             tasks = [asyncio.create_task(self._drain(drain_redis, stop))]
-            tasks += [
-                asyncio.create_task(self._heartbeats(redis, w, stop)) for w in self.workers
-            ]
+            tasks += [asyncio.create_task(self._heartbeats(redis, w, stop)) for w in self.workers]
             await stop.wait()
             # each task ends on its own at its next turn (cancelling a blocking BRPOP can
             # leave redis-py's connection half-read)
