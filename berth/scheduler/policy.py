@@ -135,15 +135,17 @@ def pick_worker(
     recent: Mapping[str, Iterable[str]] | None = None,
 ) -> WorkerInfo | None:
     """Affinity placement. Among workers serving the model with room, prefer in order:
-    one that holds the group's adapter; one with a free LoRA slot; one whose eviction
-    hurts queued work least (``demand``: queued requests per adapter); the least loaded
-    (in tenths of capacity); the prompt_cache_key's rendezvous-hash favourite.
+    one that holds the group's adapter; one where loading it evicts no adapter that
+    queued work still needs (``demand``: queued requests per adapter); the adapter's
+    home (its rendezvous-hash favourite, so each worker sees a stable share of the
+    adapters and every replica agrees); one with a free LoRA slot; the cheapest eviction;
+    the least loaded (in tenths of capacity); the prompt_cache_key's favourite.
     ``recent``: adapters sent to each worker since its last heartbeat, which it holds by
     now though its record does not say so yet. None when no worker can take the group."""
     demand = demand or {}
     recent = recent or {}
     best: WorkerInfo | None = None
-    best_rank: tuple[bool, bool, int, int, int] | None = None
+    best_rank: tuple[bool, bool, int, bool, int, int, int] | None = None
     for worker, free in _room(workers, target, dispatched, batch_reserve):
         loaded = list(dict.fromkeys([*worker.loaded_adapters, *recent.get(worker.id, ())]))
         holds = target.adapter is None or target.adapter in loaded
@@ -151,7 +153,8 @@ def pick_worker(
         eviction = 0 if slot_free else min(demand.get(a, 0) for a in loaded)
         load_tenths = (10 * free) // worker.capacity
         affinity = _affinity_score(target.affinity, worker.id) if target.affinity else 0
-        rank = (holds, slot_free, -eviction, load_tenths, affinity)
+        home = _affinity_score(target.adapter, worker.id) if target.adapter else 0
+        rank = (holds, eviction == 0, home, slot_free, -eviction, load_tenths, affinity)
         if best_rank is None or rank > best_rank:
             best, best_rank = worker, rank
     return best

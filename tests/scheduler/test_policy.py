@@ -149,7 +149,8 @@ def test_prefers_a_free_lora_slot_over_evicting() -> None:
         _worker("full-slots", loaded=("a", "b")),
         _worker("one-slot", loaded=("c",), running=5),
     ]
-    assert _pick(workers, "z") == "one-slot"
+    # loading z on full-slots would evict an adapter queued work still needs
+    assert _pick(workers, "z", demand={"a": 2, "b": 1}) == "one-slot"
 
 
 def test_evicts_where_queued_work_needs_the_adapters_least() -> None:
@@ -260,5 +261,12 @@ def test_workers_to_avoid_are_never_picked() -> None:
 def test_adapters_sent_since_the_last_heartbeat_count_as_held() -> None:
     workers = [_worker("a"), _worker("b")]
     assert _pick(workers, "z", recent={"b": ["z"]}) == "b"
-    # and they fill slots: b has sent two other adapters, so a has a free slot for z
-    assert _pick(workers, "z", recent={"b": ["x", "y"]}) == "a"
+    # and they fill slots: b holds two adapters queued work needs, so z goes to a
+    assert _pick(workers, "z", recent={"b": ["x", "y"]}, demand={"x": 1, "y": 1}) == "a"
+
+
+def test_an_adapter_without_a_holder_goes_to_its_stable_home() -> None:
+    workers = [_worker(f"w{i}", loaded=(f"h{i}a", f"h{i}b")) for i in range(4)]
+    homes = {a: _pick(workers, a) for a in ("p", "q", "r", "s", "t", "u", "v", "w")}
+    assert homes == {a: _pick(list(reversed(workers)), a) for a in homes}  # order-free
+    assert len(set(homes.values())) > 1  # adapters spread over the workers
