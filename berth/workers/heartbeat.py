@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
@@ -32,5 +33,9 @@ async def heartbeat_loop(
 
 
 async def deregister(redis: Redis, worker_id: str) -> None:
-    """Remove the worker's record at a clean shutdown, so nobody sends it more work."""
-    await redis.delete(keys.worker_key(worker_id))
+    """Remove the worker's record at a clean shutdown, so nobody sends it more work; if
+    Redis is already gone the record expires by itself."""
+    try:
+        await redis.delete(keys.worker_key(worker_id))
+    except RedisError as err:
+        log.warning("could not deregister worker %s (%s); its record will expire", worker_id, err)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import openai
@@ -22,11 +23,15 @@ def test_up_serves_and_stops_everything() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BERTH_REDIS_URL")}
     env["BERTH_LOG_LEVEL"] = "WARNING"
+    errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (outlives the process)
     up = subprocess.Popen(
         [sys.executable, "-m", "berth.cli", "up", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
+        stderr=errors,
         text=True,
+        # its own process group, so the Ctrl-C below reaches the group as a terminal's would
+        start_new_session=True,
     )
     started: list[psutil.Process] = []
     try:
@@ -52,9 +57,11 @@ def test_up_serves_and_stops_everything() -> None:
         names = " ".join(" ".join(p.cmdline()) for p in started)
         assert all(role in names for role in ("worker", "scheduler", "api", "valkey"))
     finally:
-        up.send_signal(signal.SIGINT)
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets SIGINT
         code = up.wait(60)
     assert code == 0
+    errors.seek(0)
+    assert "Traceback" not in errors.read()
     time.sleep(0.5)
     left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == [], [p.cmdline() for p in left]
