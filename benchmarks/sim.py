@@ -749,9 +749,7 @@ def run_lora_worker(argv: Sequence[str]) -> None:
     import argparse
     import logging
 
-    from berth.protocol import keys
-    from berth.workers.celery_app import create_worker_app
-    from berth.workers.runtime import EngineHost
+    from berth.workers.main import run_worker
     from berth.workers.settings import WorkerSettings
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sim lora-worker")
@@ -793,33 +791,10 @@ def run_lora_worker(argv: Sequence[str]) -> None:
 
     threading.Thread(target=report_often, name="bench-stats", daemon=True).start()
 
-    host = EngineHost(
-        engine,
-        redis_url=settings.require_redis_url(),
-        worker_id=settings.worker_id,
-        capacity=settings.capacity,
-        heartbeat_interval=settings.heartbeat_interval,
-        heartbeat_ttl=settings.heartbeat_ttl,
-    )
-    host.start()
-    app = create_worker_app(settings.require_redis_url(), host)
     try:
-        app.worker_main(
-            [
-                "worker",
-                "--pool=threads",
-                f"--concurrency={settings.group_concurrency}",
-                f"--queues={keys.worker_queue(settings.worker_id)}",
-                f"--hostname={settings.worker_id}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                f"--loglevel={settings.log_level}",
-            ]
-        )
+        run_worker(settings, engine)
     finally:
         report()
-        host.stop()
 
 
 if __name__ == "__main__":

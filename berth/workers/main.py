@@ -62,10 +62,11 @@ def build_engine(settings: WorkerSettings) -> Engine:
     return make_engine(engine_config(settings))
 
 
-def run_worker(settings: WorkerSettings) -> None:
+def run_worker(settings: WorkerSettings, engine: Engine | None = None) -> None:
+    """Serve until stopped; ``engine`` replaces the configured one (simulations)."""
     redis_url = settings.require_redis_url()
     host = EngineHost(
-        build_engine(settings),
+        engine if engine is not None else build_engine(settings),
         redis_url=redis_url,
         worker_id=settings.worker_id,
         capacity=settings.capacity,
