@@ -77,7 +77,12 @@ BASE_SIM = "sim-base"
 def real_adapters(n: int) -> tuple[str, dict[str, str]]:
     """The tiny model's served name and ``n`` random LoRA adapters for it (generated once
     into the berth cache, like berth.workers.tinymodel's two)."""
-    from berth.workers.tinymodel import MODEL_NAME, default_cache_dir, ensure_tiny_model
+    from berth.workers.tinymodel import (
+        MODEL_NAME,
+        default_cache_dir,
+        ensure_tiny_model,
+        write_random_adapter,
+    )
 
     tiny = ensure_tiny_model()
     root = default_cache_dir() / "bench-lora-adapters-v1"
@@ -85,30 +90,12 @@ def real_adapters(n: int) -> tuple[str, dict[str, str]]:
     missing = [p for p in names.values() if not (p / "adapter_model.safetensors").exists()]
     if missing:
         log(f"generating {len(missing)} LoRA adapters into {root}")
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig
 
         config = LlamaConfig.from_pretrained(tiny.path)
         for i, (_, path) in enumerate(names.items()):
             if path in missing:
-                torch.manual_seed(1000 + i)
-                lora = LoraConfig(
-                    r=8,
-                    lora_alpha=16,
-                    target_modules=["q_proj", "v_proj"],
-                    lora_dropout=0.0,
-                    bias="none",
-                    task_type="CAUSAL_LM",
-                    init_lora_weights=False,
-                )
-                get_peft_model(LlamaForCausalLM(config), lora).save_pretrained(
-                    str(path), safe_serialization=True
-                )
-                cfg_file = path / "adapter_config.json"
-                cfg = json.loads(cfg_file.read_text())
-                cfg["base_model_name_or_path"] = MODEL_NAME
-                cfg_file.write_text(json.dumps(cfg, indent=2))
+                write_random_adapter(config, path, 1000 + i)
     return MODEL_NAME, {name: str(path) for name, path in names.items()}
 
 

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,6 @@ _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 def _build(root: Path) -> None:
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -228,26 +228,36 @@ def _build(root: Path) -> None:
     model.save_pretrained(layout.path, safe_serialization=True)
 
     for seed, (name, path) in enumerate(layout.adapters.items(), start=1):
-        torch.manual_seed(seed)
-        lora = LoraConfig(
-            r=8,
-            lora_alpha=16,
-            target_modules=["q_proj", "v_proj"],
-            lora_dropout=0.0,
-            bias="none",
-            task_type="CAUSAL_LM",
-            # Random A and B, so the adapter visibly changes the output.
-            init_lora_weights=False,
-        )
-        peft_model = get_peft_model(LlamaForCausalLM(config), lora)
-        peft_model.save_pretrained(str(path), safe_serialization=True)
-        # The base path recorded by peft is the temporary folder; point it at
-        # the served name instead so nothing tries to resolve the temp path.
-        cfg_file = path / "adapter_config.json"
-        cfg = json.loads(cfg_file.read_text())
-        cfg["base_model_name_or_path"] = MODEL_NAME
-        cfg_file.write_text(json.dumps(cfg, indent=2))
+        write_random_adapter(config, path, seed)
         logger.debug("generated adapter %s", name)
+
+
+def write_random_adapter(config: Any, path: Path, seed: int) -> None:
+    """A rank-8 LoRA adapter on q_proj/v_proj with random A and B (so it visibly changes
+    the output), saved as safetensors for the tiny model's ``config``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj"],
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
+    )
+    get_peft_model(LlamaForCausalLM(config), lora).save_pretrained(
+        str(path), safe_serialization=True
+    )
+    # peft records the folder the base model came from; point it at the served name
+    # instead so nothing tries to resolve a temporary path
+    cfg_file = path / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["base_model_name_or_path"] = MODEL_NAME
+    cfg_file.write_text(json.dumps(cfg, indent=2))
 
 
 def _build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
