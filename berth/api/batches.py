@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from berth.api.admission import queued_request, read_json
 from berth.api.app import ApiState
 from berth.api.auth import Tenant
-from berth.api.files import BATCH_URL, at_line, list_body, not_found, parse_batch_input
+from berth.api.files import BATCH_URL, at_line, not_found, parse_batch_input
 from berth.api.routes import State
 from berth.protocol.errors import (
     InvalidRequest,
@@ -22,6 +22,7 @@ from berth.protocol.errors import (
     field_error,
     invalid_request_from,
 )
+from berth.protocol.response import list_page
 from berth.store.batches import BatchLine, BatchStore
 from berth.store.files import FileStore
 from berth.store.jobs import new_job_id
@@ -161,7 +162,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     data, more = await batches.list_batches(tenant, after=after, limit=limit)
-    return list_body(data, more)
+    return list_page(data, more)
 
 
 @router.get("/{batch_id}")

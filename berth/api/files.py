@@ -17,6 +17,7 @@ from berth.api.routes import State
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound
 from berth.protocol.limits import RequestLimits
+from berth.protocol.response import list_page
 from berth.store.files import UPLOAD_PURPOSES, FileStore
 
 router = APIRouter(prefix="/v1/files")
@@ -40,17 +41,6 @@ Files = Annotated[FileStore, Depends(_files)]
 
 def not_found(file_id: str, param: str = "file_id") -> NotFound:
     return NotFound(f"no file {file_id!r}", param=param)
-
-
-def list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    """A page of a list endpoint, as OpenAI's cursor pages read it."""
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
 
 
 # -- batch input ----------------------------------------------------------------------------
@@ -199,7 +189,7 @@ async def list_files(
     data, more = await files.list_files(
         tenant, after=after, limit=limit, descending=order == "desc", purpose=purpose
     )
-    return list_body(data, more)
+    return list_page(data, more)
 
 
 @router.get("/{file_id}")

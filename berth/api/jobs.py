@@ -13,6 +13,7 @@ from berth.api.admission import deadline_from, lane_for, queued_request, read_ch
 from berth.api.auth import Tenant
 from berth.api.routes import State
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound
+from berth.protocol.response import list_page
 from berth.store.jobs import TERMINAL_STATUSES, new_job_id
 
 router = APIRouter(prefix="/v1/jobs")
@@ -70,13 +71,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     jobs, more = await state.jobs.list_jobs(tenant, after=after, limit=limit)
-    return {
-        "object": "list",
-        "data": jobs,
-        "first_id": jobs[0]["id"] if jobs else None,
-        "last_id": jobs[-1]["id"] if jobs else None,
-        "has_more": more,
-    }
+    return list_page(jobs, more)
 
 
 @router.get("/{job_id}")

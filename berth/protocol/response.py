@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -199,3 +199,14 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[Model] = Field(default_factory=list)
+
+
+def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A page of a list endpoint (jobs, files, batches), as OpenAI's cursor pages read it."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
