@@ -100,40 +100,6 @@ def real_adapters(n: int) -> tuple[str, dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- #
-# a placement prototype (evidence for a suggested change; not berth's policy)
-# --------------------------------------------------------------------------- #
-
-
-def _pick_worker_home(workers, target, dispatched, **options):  # type: ignore[no-untyped-def]
-    """``home``: an adapter's requests go to its rendezvous-hash favourite among the
-    workers with room, so each worker sees a stable share of the adapters (4 of 8 here)
-    instead of all of them; base-model requests keep berth's affinity placement."""
-    from berth.scheduler import policy
-
-    if target.adapter is None:
-        return _ORIGINAL_PICK(workers, target, dispatched, **options)
-    room = policy._room(workers, target, dispatched, options.get("batch_reserve", 0.0))
-    if not room:
-        return None
-    return max(room, key=lambda wf: policy._affinity_score(target.adapter, wf[0].id))[0]
-
-
-PROTOTYPES = {"home": _pick_worker_home}
-_ORIGINAL_PICK: Any = None
-
-
-def run_prototype_scheduler(name: str) -> int:
-    """``berth scheduler`` with ``policy.pick_worker`` replaced by a prototype."""
-    global _ORIGINAL_PICK
-    from berth import cli
-    from berth.scheduler import policy
-
-    _ORIGINAL_PICK = policy.pick_worker
-    policy.pick_worker = PROTOTYPES[name]  # type: ignore[assignment]
-    return cli.main(["scheduler"])
-
-
-# --------------------------------------------------------------------------- #
 # the stack
 # --------------------------------------------------------------------------- #
 
@@ -196,14 +162,8 @@ class Stack:
 
     def start_control(self, policy: str, tag: str) -> None:
         log_path = self.logs / f"scheduler-{tag}.log"
-        if policy in PROTOTYPES:
-            # berth's scheduler with its affinity placement function swapped for a prototype
-            env = self.env(BERTH_PLACEMENT="affinity", BERTH_SCHEDULER_ID=f"bench-{tag}")
-            argv = [sys.executable, "-m", "benchmarks.lora_thrash", "--prototype-scheduler", policy]
-            self.scheduler = RoleProcess(argv, env, log_path)
-        else:
-            env = self.env(BERTH_PLACEMENT=policy, BERTH_SCHEDULER_ID=f"bench-{tag}")
-            self.scheduler = RoleProcess.berth("scheduler", env, log_path)
+        env = self.env(BERTH_PLACEMENT=policy, BERTH_SCHEDULER_ID=f"bench-{tag}")
+        self.scheduler = RoleProcess.berth("scheduler", env, log_path)
         if self.api is None:
             self.api = RoleProcess.berth("api", self.env(), self.logs / "api.log")
 
@@ -485,12 +445,6 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
             f"{p} {v:.1f} ({v / quiet_mean['fcfs']:.2f}x)" for p, v in quiet_mean.items()
         )
         print(f"undisturbed runs only (others < {args.quiet_limit} cores): {shown}")
-    for name in PROTOTYPES:
-        if name in mean:
-            print(
-                f"prototype {name} / fcfs = {mean[name]:.1f} / {fcfs:.1f} req/s = "
-                f"{mean[name] / fcfs:.2f}x   (not berth's policy: a suggested change)"
-            )
     print(
         "  loads = adapters put into a slot; batch = mean requests per engine step; busy = "
         "share of the window each engine was stepping; tokens split = tokens per engine; "
@@ -500,14 +454,11 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
         "quiet_mean_rps": quiet_mean,
         "mean_rps": mean,
         "ratio": ratio,
-        **{f"ratio_{n}": mean[n] / fcfs for n in PROTOTYPES if n in mean},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--prototype-scheduler"]:
-        return run_prototype_scheduler(argv[1])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", choices=["sim", "real"], default="sim")
     parser.add_argument("--adapters", type=int, default=8)
@@ -521,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="Alternating runs per policy.")
     parser.add_argument(
         "--policies",
-        default="affinity,fcfs,home",
-        help="BERTH_PLACEMENT values, and 'home' (a placement prototype, see the docs).",
+        default="affinity,fcfs",
+        help="BERTH_PLACEMENT values to compare.",
     )
     parser.add_argument("--step-ms", type=float, default=40.0, help="sim: engine step time.")
     parser.add_argument("--max-num-seqs", type=int, default=64, help="sim: batch size limit.")

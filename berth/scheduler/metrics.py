@@ -22,3 +22,8 @@ DROPPED = Counter(
     "Requests ended before dispatch, by reason (cancelled, no_worker).",
     ["reason"],
 )
+ADAPTER_SWITCHES = Counter(
+    "berth_scheduler_adapter_switches_total",
+    "LoRA slots handed from one adapter to another (an adapter closed on a worker for a "
+    "waiting one).",
+)

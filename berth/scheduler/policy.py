@@ -32,6 +32,8 @@ class PendingGroup:
     key: GroupKey
     first_at: float
     items: list[Pending] = field(default_factory=list)
+    # a group that found no worker is not looked at again before this
+    not_before: float = 0.0
 
 
 def add_to_groups(groups: dict[GroupKey, PendingGroup], items: Iterable[Pending]) -> None:
@@ -48,11 +50,13 @@ def add_to_groups(groups: dict[GroupKey, PendingGroup], items: Iterable[Pending]
 def ready_groups(
     groups: Mapping[GroupKey, PendingGroup], now: float, max_size: int, max_wait: float
 ) -> list[GroupKey]:
-    """Groups to flush now: full ones, and ones whose oldest request waited ``max_wait``."""
+    """Groups to flush now: full ones, and ones whose oldest request waited ``max_wait``;
+    not those told to wait (``not_before``)."""
     return [
         key
         for key, group in groups.items()
-        if len(group.items) >= max_size or now - group.first_at >= max_wait
+        if now >= group.not_before
+        and (len(group.items) >= max_size or now - group.first_at >= max_wait)
     ]
 
 
@@ -80,7 +84,7 @@ def next_deadline(groups: Mapping[GroupKey, PendingGroup], max_wait: float) -> f
     """When the next group becomes due on time, or None when nothing waits."""
     if not groups:
         return None
-    return min(group.first_at for group in groups.values()) + max_wait
+    return min(max(group.first_at + max_wait, group.not_before) for group in groups.values())
 
 
 def free_slots(worker: WorkerInfo, dispatched: Mapping[str, int]) -> int:
@@ -125,39 +129,126 @@ def _affinity_score(key: str, worker_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{key}|{worker_id}".encode(), digest_size=8).digest())
 
 
+def _free_tenths(worker: WorkerInfo, free: int) -> int:
+    return (10 * free) // worker.capacity
+
+
 def pick_worker(
     workers: Iterable[WorkerInfo],
     target: Target,
     dispatched: Mapping[str, int],
     *,
     batch_reserve: float = 0.0,
-    demand: Mapping[str, int] | None = None,
-    recent: Mapping[str, Iterable[str]] | None = None,
 ) -> WorkerInfo | None:
-    """Affinity placement. Among workers serving the model with room, prefer in order:
-    one that holds the group's adapter; one where loading it evicts no adapter that
-    queued work still needs (``demand``: queued requests per adapter); the adapter's
-    home (its rendezvous-hash favourite, so each worker sees a stable share of the
-    adapters and every replica agrees); one with a free LoRA slot; the cheapest eviction;
-    the least loaded (in tenths of capacity); the prompt_cache_key's favourite.
-    ``recent``: adapters sent to each worker since its last heartbeat, which it holds by
-    now though its record does not say so yet. None when no worker can take the group."""
-    demand = demand or {}
-    recent = recent or {}
+    """Placement of base-model work: among workers serving the model with room, the least
+    loaded (in tenths of capacity), then the prompt_cache_key's favourite. None when no
+    worker can take the group."""
     best: WorkerInfo | None = None
-    best_rank: tuple[bool, bool, int, bool, int, int, int] | None = None
+    best_rank: tuple[int, int] | None = None
     for worker, free in _room(workers, target, dispatched, batch_reserve):
-        loaded = list(dict.fromkeys([*worker.loaded_adapters, *recent.get(worker.id, ())]))
-        holds = target.adapter is None or target.adapter in loaded
-        slot_free = holds or len(loaded) < worker.max_loras or worker.max_loras == 0
-        eviction = 0 if slot_free else min(demand.get(a, 0) for a in loaded)
-        load_tenths = (10 * free) // worker.capacity
         affinity = _affinity_score(target.affinity, worker.id) if target.affinity else 0
-        home = _affinity_score(target.adapter, worker.id) if target.adapter else 0
-        rank = (holds, eviction == 0, home, slot_free, -eviction, load_tenths, affinity)
+        rank = (_free_tenths(worker, free), affinity)
         if best_rank is None or rank > best_rank:
             best, best_rank = worker, rank
     return best
+
+
+@dataclass(slots=True)
+class Residency:
+    """The adapters one scheduler replica has opened on one worker. A worker is sent
+    requests only for its open adapters, at most ``max_loras`` of them, so its engine
+    never has more adapters wanted than it has slots and never swaps one mid-batch.
+    ``closed``: adapters no longer sent there whose requests may still be running."""
+
+    open: dict[str, float] = field(default_factory=dict)  # adapter -> opened at
+    closed: dict[str, float] = field(default_factory=dict)  # adapter -> closed at
+
+    def slots_used(self, worker: WorkerInfo) -> int:
+        """Open adapters, plus adapters running there that this replica did not send
+        (another replica's): they hold a slot too."""
+        others = {a for a, n in worker.adapter_running.items() if n > 0}
+        others -= self.open.keys() | self.closed.keys()
+        return len(self.open) + len(others)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterPlacement:
+    worker: WorkerInfo
+    # the adapter is opened on the worker by this placement
+    opens: bool = False
+    # the open adapter it replaces there
+    closes: str | None = None
+
+
+# the quantum of a worker that has not finished a request yet, in seconds of request time
+DEFAULT_REQUEST_S = 1.0
+# an adapter open on a worker takes another worker's spare slot too when that one is
+# this many tenths of capacity less loaded
+_SPREAD_TENTHS = 2
+
+
+def quantum_s(worker: WorkerInfo, quantum: float) -> float:
+    """How long an adapter keeps a worker's slot while other adapters wait: ``quantum``
+    times the worker's mean request time."""
+    return quantum * (worker.mean_request_s or DEFAULT_REQUEST_S)
+
+
+def place_adapter(
+    workers: Iterable[WorkerInfo],
+    target: Target,
+    dispatched: Mapping[str, int],
+    residency: Mapping[str, Residency],
+    now: float,
+    quantum: float,
+    *,
+    batch_reserve: float = 0.0,
+) -> AdapterPlacement | None:
+    """Placement of adapter work. Among workers serving the model with room:
+
+    1. one where the adapter is open, the least loaded, then the prompt_cache_key's
+       favourite;
+    2. else (or when such a worker is clearly less loaded) one with a spare slot: the
+       adapter is opened there; one that still holds its weights first, then the least
+       loaded, then the adapter's home (its rendezvous-hash favourite: stable, and every
+       replica agrees);
+    3. else the slot of the adapter that has been open longest, once it has been open for
+       its quantum (see :func:`quantum_s`): that adapter is closed there and this one
+       opened. Its running requests finish; the engine starts the new adapter's as soon
+       as the slot drains (vLLM admits a new adapter when the batch has room for it).
+
+    None when the group must wait: no room, or every slot is taken by an adapter within
+    its quantum. Waiting groups go in age order, so each waits at most about one quantum
+    per slot turn."""
+    adapter = target.adapter
+    assert adapter is not None
+    best_open: tuple[tuple[int, int], WorkerInfo] | None = None
+    best_spare: tuple[tuple[bool, int, int], WorkerInfo] | None = None
+    victim: tuple[float, WorkerInfo, str] | None = None
+    for worker, free in _room(workers, target, dispatched, batch_reserve):
+        slots = residency.get(worker.id) or Residency()
+        tenths = _free_tenths(worker, free)
+        if adapter in slots.open:
+            affinity = _affinity_score(target.affinity, worker.id) if target.affinity else 0
+            if best_open is None or (tenths, affinity) > best_open[0]:
+                best_open = ((tenths, affinity), worker)
+        elif worker.max_loras == 0 or slots.slots_used(worker) < worker.max_loras:
+            rank = (adapter in worker.loaded_adapters, tenths, _affinity_score(adapter, worker.id))
+            if best_spare is None or rank > best_spare[0]:
+                best_spare = (rank, worker)
+        else:
+            expiry = now - quantum_s(worker, quantum)
+            for name, opened_at in slots.open.items():
+                if opened_at <= expiry and (victim is None or opened_at < victim[0]):
+                    victim = (opened_at, worker, name)
+    if best_open is not None and (
+        best_spare is None or best_spare[0][1] < best_open[0][0] + _SPREAD_TENTHS
+    ):
+        return AdapterPlacement(best_open[1])
+    if best_spare is not None:
+        return AdapterPlacement(best_spare[1], opens=True)
+    if victim is not None:
+        return AdapterPlacement(victim[1], opens=True, closes=victim[2])
+    return None
 
 
 def pick_worker_fcfs(
@@ -191,12 +282,3 @@ def fair_take(items: list[Pending], n: int) -> tuple[list[Pending], list[Pending
         depth += 1
     chosen = {id(item) for item in taken}
     return taken, [item for item in items if id(item) not in chosen]
-
-
-def adapter_demand(groups: Mapping[GroupKey, PendingGroup]) -> dict[str, int]:
-    """Queued requests per adapter: what evicting that adapter would cost."""
-    demand: dict[str, int] = {}
-    for (_, adapter, _, _, _), group in groups.items():
-        if adapter is not None:
-            demand[adapter] = demand.get(adapter, 0) + len(group.items)
-    return demand

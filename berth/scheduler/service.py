@@ -32,13 +32,11 @@ from berth.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
-# how soon a group that found no worker with room is looked at again
-_NO_WORKER_RETRY_S = 0.05
+# how soon a group that found no worker (or no LoRA slot) is looked at again
+_NO_WORKER_RETRY_S = 0.02
 # a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
 # and to the other replicas, which then claim its entries
 _ALIVE_TTL_MS = 10_000
-# how long an adapter sent to a worker counts as held before its heartbeat confirms it
-_RECENT_ADAPTER_S = 3.0
 
 
 def terminal_event(request_id: str, type_: str, err: BerthError | None = None) -> str:
@@ -73,8 +71,8 @@ class Scheduler:
         self._workers: list[WorkerInfo] = []
         self._heartbeats: dict[str, float] = {}
         self._dispatched: dict[str, int] = {}
-        # adapters sent to each worker that its heartbeat does not list yet (-> when sent)
-        self._recent_adapters: dict[str, dict[str, float]] = {}
+        # the adapters this replica opened on each worker (LoRA placement)
+        self._residency: dict[str, policy.Residency] = {}
         self._groups: dict[policy.GroupKey, policy.PendingGroup] = {}
         self._held: set[str] = set()
         self._refreshed_at = 0.0
@@ -121,15 +119,15 @@ class Scheduler:
             if self._heartbeats.get(worker.id) != worker.heartbeat_at:
                 self._heartbeats[worker.id] = worker.heartbeat_at
                 self._dispatched.pop(worker.id, None)
-            recent = self._recent_adapters.get(worker.id)
-            if recent:
-                now = time.monotonic()
-                for name in [
-                    a
-                    for a, t in recent.items()
-                    if a in worker.loaded_adapters or now - t > _RECENT_ADAPTER_S
-                ]:
-                    del recent[name]
+            slots = self._residency.get(worker.id)
+            if slots is not None:
+                # a closed adapter is forgotten once a later heartbeat shows it drained
+                for name, closed_at in list(slots.closed.items()):
+                    if worker.heartbeat_at > closed_at and name not in worker.adapter_running:
+                        del slots.closed[name]
+        alive = {w.id for w in workers}
+        for gone in self._residency.keys() - alive:
+            del self._residency[gone]
         self._workers = workers
         members: Any = await self.redis.smembers(keys.MODELS_SET)
         models = {m.decode() for m in members} | {w.model for w in workers}
@@ -203,12 +201,11 @@ class Scheduler:
         ready = policy.ready_groups(self._groups, now, self.settings.max_group_size, wait_s)
         if not ready:
             return
-        demand = policy.adapter_demand(self._groups)
         for key in policy.dispatch_order(self._groups, ready, now, self.settings.aging_s):
             group = self._groups.pop(key)
             items = await self._drop_ended(group.items)
             while items:
-                worker = self._place(key, demand)
+                worker = self._place(key)
                 if worker is None:
                     items = await self._without_worker(key, items, now)
                     break
@@ -216,15 +213,15 @@ class Scheduler:
                 chunk, items = policy.fair_take(items, min(self.settings.max_group_size, room))
                 await self._send(key, chunk, worker)
             if items:
-                # look again shortly, not on every loop turn
-                retry_at = now - wait_s + _NO_WORKER_RETRY_S
+                # look again shortly, not on every loop turn; it keeps its age
                 waiting = self._groups.setdefault(
                     key, policy.PendingGroup(key=key, first_at=group.first_at)
                 )
-                waiting.first_at = min(waiting.first_at, retry_at)
+                waiting.first_at = min(waiting.first_at, group.first_at)
+                waiting.not_before = now + _NO_WORKER_RETRY_S
                 waiting.items.extend(items)
 
-    def _place(self, key: policy.GroupKey, demand: dict[str, int]) -> WorkerInfo | None:
+    def _place(self, key: policy.GroupKey) -> WorkerInfo | None:
         model, adapter, lane, affinity, avoid = key
         target = policy.Target(model, adapter, lane, affinity, avoid)
         reserve = self.settings.batch_reserve
@@ -233,14 +230,37 @@ class Scheduler:
             return policy.pick_worker_fcfs(
                 self._workers, target, self._dispatched, self._turn, batch_reserve=reserve
             )
-        return policy.pick_worker(
+        if adapter is None:
+            return policy.pick_worker(
+                self._workers, target, self._dispatched, batch_reserve=reserve
+            )
+        now = time.time()
+        placement = policy.place_adapter(
             self._workers,
             target,
             self._dispatched,
+            self._residency,
+            now,
+            self.settings.adapter_quantum,
             batch_reserve=reserve,
-            demand=demand,
-            recent={w: list(sent) for w, sent in self._recent_adapters.items() if sent},
         )
+        if placement is None:
+            return None
+        if placement.opens:
+            slots = self._residency.setdefault(placement.worker.id, policy.Residency())
+            if placement.closes is not None:
+                del slots.open[placement.closes]
+                slots.closed[placement.closes] = now
+                metrics.ADAPTER_SWITCHES.inc()
+            slots.open[adapter] = now
+            slots.closed.pop(adapter, None)
+            log.debug(
+                "adapter %s opened on %s (closing %s)",
+                adapter,
+                placement.worker.id,
+                placement.closes,
+            )
+        return placement.worker
 
     async def _drop_ended(self, items: list[policy.Pending]) -> list[policy.Pending]:
         """End the requests past their deadline or cancelled; the rest go on."""
@@ -280,10 +300,6 @@ class Scheduler:
             RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
         )
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(items)
-        if adapter is not None:
-            sent = self._recent_adapters.setdefault(worker.id, {})
-            sent.pop(adapter, None)
-            sent[adapter] = time.monotonic()
         self.dispatched_total += len(items)
         sent_at = time.time()
         metrics.GROUP_SIZE.observe(len(items))

@@ -30,8 +30,15 @@ class SchedulerSettings(MetricsSettings):
     )
     placement: Literal["affinity", "fcfs"] = Field(
         default="affinity",
-        description="affinity: prefer workers holding the adapter, spare adapters queued work "
-        "needs, least loaded, prompt_cache_key affinity. fcfs: round robin, for comparison.",
+        description="affinity: send a worker requests only for the adapters opened on it (at "
+        "most max_loras, handed over after a quantum), least loaded, prompt_cache_key "
+        "affinity. fcfs: round robin, for comparison.",
+    )
+    adapter_quantum: float = Field(
+        default=1.0,
+        gt=0,
+        description="affinity: while other adapters wait, an adapter keeps a worker's LoRA "
+        "slot for this many times the worker's mean request time.",
     )
     aging_s: float = Field(
         default=30.0,

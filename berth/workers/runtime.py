@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # how long a cancel for a request this worker has not seen yet is remembered
 _CANCEL_MEMORY_S = 120.0
+# weight of each finished request in the mean request time the heartbeat reports
+_MEAN_WEIGHT = 0.02
 
 
 def _choice_json(delta: ChoiceDelta) -> dict[str, Any]:
@@ -163,6 +166,8 @@ class EngineHost:
             target=self._loop.run_forever, name="engine-loop", daemon=True
         )
         self._active: set[str] = set()
+        self._adapter_running: Counter[str] = Counter()
+        self._mean_request_s: float | None = None
         self._cancels: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Redis | None = None
@@ -206,6 +211,8 @@ class EngineHost:
             waiting=max(0, len(self._active) - in_engine) + stats.waiting,
             loaded_adapters=stats.loaded_adapters,
             max_loras=stats.max_loras,
+            adapter_running={a: n for a, n in self._adapter_running.items() if n > 0},
+            mean_request_s=self._mean_request_s,
             kv_cache_usage=stats.kv_cache_usage,
             queue=keys.worker_queue(self.worker_id),
             started_at=self._started_at,
@@ -311,12 +318,14 @@ class EngineHost:
             events.error(Timeout(f"request {queued.id} expired in the queue before it started"))
             return
         self._active.add(queued.id)
+        started = time.monotonic()
         if queued.adapter is not None:
+            self._adapter_running[queued.adapter] += 1
             metrics.ADAPTER_REQUESTS.labels(queued.adapter).inc()
+        finished = False
         try:
             request = parse_chat_request(queued.request, ADMITTED)
             events.collect_result(request)
-            finished = False
             async for step in self.engine.generate(queued.id, request, queued.adapter):
                 if not step.finished:
                     events.step(step)
@@ -336,3 +345,16 @@ class EngineHost:
             events.error(EngineFailure("the engine failed while serving the request"))
         finally:
             self._active.discard(queued.id)
+            self._ended(queued.adapter, time.monotonic() - started if finished else None)
+
+    def _ended(self, adapter: str | None, took_s: float | None) -> None:
+        """Per-adapter counts, and the mean time of requests that ran to their end (a
+        refused or failed request says nothing about how long serving takes)."""
+        if adapter is not None:
+            self._adapter_running[adapter] -= 1
+            if self._adapter_running[adapter] <= 0:
+                del self._adapter_running[adapter]
+        mean = self._mean_request_s
+        if took_s is None:
+            return
+        self._mean_request_s = took_s if mean is None else mean + _MEAN_WEIGHT * (took_s - mean)

@@ -18,8 +18,12 @@ from berth.scheduler.service import Scheduler
 from berth.scheduler.settings import SchedulerSettings
 
 
-async def _register(r: redis.asyncio.Redis, wid: str, model: str = "m", capacity: int = 64) -> None:
-    info = WorkerInfo(id=wid, model=model, capacity=capacity, queue=keys.worker_queue(wid))
+async def _register(
+    r: redis.asyncio.Redis, wid: str, model: str = "m", capacity: int = 64, **fields: Any
+) -> None:
+    info = WorkerInfo(
+        id=wid, model=model, capacity=capacity, queue=keys.worker_queue(wid), **fields
+    )
     await r.set(keys.worker_key(wid), info.model_dump_json(), ex=30)
 
 
@@ -119,3 +123,42 @@ async def test_group_size_bounds_each_task(aredis: redis.asyncio.Redis, redis_ur
     await _run_for(aredis, redis_url, 0.5, max_group_size=4)
     sizes = sorted(len(g["requests"]) for g in await _sent_groups(aredis, "w1"))
     assert sum(sizes) == 10 and max(sizes) <= 4
+
+
+async def test_an_adapter_waits_for_a_lora_slot_until_the_quantum_ends(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """One worker with one LoRA slot: adapter a opens it; b's requests stay queued (not
+    sent to make the engine swap adapters mid-batch) until a has had its quantum
+    (adapter_quantum x the worker's mean request time = 0.6 s), then take the slot."""
+    await _register(aredis, "w1", max_loras=1, mean_request_s=0.3)
+    settings = SchedulerSettings(redis_url=redis_url, scheduler_id="s1", adapter_quantum=2.0)
+    celery = Celery("test")
+    celery.conf.update(celery_settings(redis_url))
+    scheduler = Scheduler(settings, aredis, celery)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    try:
+        await _enqueue(aredis, QueuedRequest(id="a0", model="m", adapter="a", request={}))
+        await asyncio.sleep(0.1)
+        await _enqueue(aredis, QueuedRequest(id="b0", model="m", adapter="b", request={}))
+        await asyncio.sleep(0.2)
+        sent = [q["id"] for g in await _sent_groups(aredis, "w1") for q in g["requests"]]
+        assert sent == ["a0"]
+        pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
+        assert pending["pending"] == 1
+        # more of a still goes where a is open, within the quantum
+        await _enqueue(aredis, QueuedRequest(id="a1", model="m", adapter="a", request={}))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3
+        while len(await _sent_groups(aredis, "w1")) < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        groups = await _sent_groups(aredis, "w1")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    # kombu pushes on the left: the newest message first
+    order = [q["id"] for g in reversed(groups) for q in g["requests"]]
+    assert order == ["a0", "a1", "b0"]
+    assert scheduler._residency["w1"].open.keys() == {"b"}
+    assert scheduler._residency["w1"].closed.keys() == {"a"}

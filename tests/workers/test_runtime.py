@@ -20,7 +20,9 @@ from berth.workers.runtime import EngineHost
 
 @pytest.fixture
 def host(redis_url: str) -> Iterator[EngineHost]:
-    engine = make_engine(None, fake=True, served_model_name="m", tokens_per_s=100)
+    engine = make_engine(
+        None, fake=True, served_model_name="m", tokens_per_s=100, adapters=["lora-a"]
+    )
     running = EngineHost(
         engine,
         redis_url=redis_url,
@@ -36,9 +38,12 @@ def host(redis_url: str) -> Iterator[EngineHost]:
         running.stop()
 
 
-def _group(*bodies: dict[str, Any]) -> dict[str, Any]:
-    reqs = [QueuedRequest(id=f"r{i}", model="m", request=b) for i, b in enumerate(bodies)]
-    return WorkGroup(model="m", requests=reqs).model_dump(mode="json")
+def _group(*bodies: dict[str, Any], adapter: str | None = None) -> dict[str, Any]:
+    reqs = [
+        QueuedRequest(id=f"r{i}", model="m", adapter=adapter, request=b)
+        for i, b in enumerate(bodies)
+    ]
+    return WorkGroup(model="m", adapter=adapter, requests=reqs).model_dump(mode="json")
 
 
 def _body(**extra: Any) -> dict[str, Any]:
@@ -119,3 +124,33 @@ def test_heartbeat_registers_and_expires(host: EngineHost, redis_url: str) -> No
     assert 0 < r.pttl(keys.worker_key("w1")) <= 1000
     host.stop()
     assert not r.exists(keys.worker_key("w1"))
+
+
+def test_heartbeat_reports_requests_per_adapter_and_the_mean_request_time(
+    host: EngineHost, redis_url: str
+) -> None:
+    """What the scheduler's LoRA placement reads: requests held per adapter while they run,
+    and how long requests take once some have ended."""
+    r = redis.Redis.from_url(redis_url)
+
+    def record() -> dict[str, Any]:
+        return json.loads(r.get(keys.worker_key("w1")) or b"{}")
+
+    runner = threading.Thread(
+        target=host.run_group,
+        args=(_group(_body(max_tokens=60), _body(max_tokens=60), adapter="lora-a"),),
+    )
+    runner.start()
+    deadline = time.monotonic() + 5
+    while record().get("adapter_running") != {"lora-a": 2} and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert record()["adapter_running"] == {"lora-a": 2}
+    assert record()["mean_request_s"] is None  # nothing has ended yet
+    runner.join(10)
+    deadline = time.monotonic() + 2
+    while record().get("adapter_running") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    final = record()
+    assert final["adapter_running"] == {}
+    # 60 tokens at 100 tokens/s
+    assert 0.5 <= final["mean_request_s"] < 5
