@@ -103,10 +103,10 @@ class WorkerInfo(BaseModel):
     # adapters the engine holds now (least recently used first), and how many it can hold
     loaded_adapters: list[str] = Field(default_factory=list)
     max_loras: int = 0
-    # requests the worker holds per adapter (running or waiting), and the mean time from
-    # taking a request to its end (None until one ended): the scheduler's LoRA placement
+    # requests the worker holds per adapter (running or waiting), and the mean time from a
+    # request's first output to its end (None until one ended): for LoRA placement
     adapter_running: dict[str, int] = Field(default_factory=dict)
-    mean_request_s: float | None = None
+    mean_run_s: float | None = None
     # share of the KV cache in use, when the engine reports it
     kv_cache_usage: float | None = None
     queue: str

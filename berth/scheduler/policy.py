@@ -160,8 +160,10 @@ class Residency:
     never has more adapters wanted than it has slots and never swaps one mid-batch.
     ``closed``: adapters no longer sent there whose requests may still be running."""
 
-    open: dict[str, float] = field(default_factory=dict)  # adapter -> opened at
+    # adapter -> when its quantum started (once the adapter it replaced had drained)
+    open: dict[str, float] = field(default_factory=dict)
     closed: dict[str, float] = field(default_factory=dict)  # adapter -> closed at
+    sent: dict[str, float] = field(default_factory=dict)  # adapter -> last sent at
 
     def slots_used(self, worker: WorkerInfo) -> int:
         """Open adapters, plus adapters running there that this replica did not send
@@ -169,6 +171,28 @@ class Residency:
         others = {a for a, n in worker.adapter_running.items() if n > 0}
         others -= self.open.keys() | self.closed.keys()
         return len(self.open) + len(others)
+
+    def apply(self, placement: AdapterPlacement, adapter: str, now: float) -> None:
+        """Record a placement that opens ``adapter`` here. When it replaces an adapter,
+        the engine starts the new one's requests only once the old one's have ended, so
+        its quantum starts then: when the request last sent for the old one should have
+        run its course."""
+        starts = now
+        if placement.closes is not None:
+            del self.open[placement.closes]
+            self.closed[placement.closes] = now
+            last = self.sent.get(placement.closes)
+            if last is not None:
+                starts = max(now, last + run_s(placement.worker))
+        self.open[adapter] = starts
+        self.closed.pop(adapter, None)
+
+    def forget_drained(self, worker: WorkerInfo) -> None:
+        """Forget closed adapters that a heartbeat newer than their closing shows drained."""
+        for name, closed_at in list(self.closed.items()):
+            if worker.heartbeat_at > closed_at and name not in worker.adapter_running:
+                del self.closed[name]
+                self.sent.pop(name, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,17 +204,23 @@ class AdapterPlacement:
     closes: str | None = None
 
 
-# the quantum of a worker that has not finished a request yet, in seconds of request time
-DEFAULT_REQUEST_S = 1.0
+# the run time assumed for a worker that has not finished a request yet
+DEFAULT_RUN_S = 1.0
 # an adapter open on a worker takes another worker's spare slot too when that one is
 # this many tenths of capacity less loaded
 _SPREAD_TENTHS = 2
 
 
+def run_s(worker: WorkerInfo) -> float:
+    """How long a request runs on the worker, first output to end (a default until one
+    request ended there)."""
+    return worker.mean_run_s or DEFAULT_RUN_S
+
+
 def quantum_s(worker: WorkerInfo, quantum: float) -> float:
     """How long an adapter keeps a worker's slot while other adapters wait: ``quantum``
-    times the worker's mean request time."""
-    return quantum * (worker.mean_request_s or DEFAULT_REQUEST_S)
+    times the worker's mean run time."""
+    return quantum * run_s(worker)
 
 
 def place_adapter(
@@ -214,7 +244,8 @@ def place_adapter(
     3. else the slot of the adapter that has been open longest, once it has been open for
        its quantum (see :func:`quantum_s`): that adapter is closed there and this one
        opened. Its running requests finish; the engine starts the new adapter's as soon
-       as the slot drains (vLLM admits a new adapter when the batch has room for it).
+       as the slot drains (vLLM admits a new adapter when the batch has room for it), and
+       the new adapter's quantum counts from then (:meth:`Residency.apply`).
 
     None when the group must wait: no room, or every slot is taken by an adapter within
     its quantum. Waiting groups go in age order, so each waits at most about one quantum

@@ -121,10 +121,7 @@ class Scheduler:
                 self._dispatched.pop(worker.id, None)
             slots = self._residency.get(worker.id)
             if slots is not None:
-                # a closed adapter is forgotten once a later heartbeat shows it drained
-                for name, closed_at in list(slots.closed.items()):
-                    if worker.heartbeat_at > closed_at and name not in worker.adapter_running:
-                        del slots.closed[name]
+                slots.forget_drained(worker)
         alive = {w.id for w in workers}
         for gone in self._residency.keys() - alive:
             del self._residency[gone]
@@ -248,12 +245,9 @@ class Scheduler:
             return None
         if placement.opens:
             slots = self._residency.setdefault(placement.worker.id, policy.Residency())
+            slots.apply(placement, adapter, now)
             if placement.closes is not None:
-                del slots.open[placement.closes]
-                slots.closed[placement.closes] = now
                 metrics.ADAPTER_SWITCHES.inc()
-            slots.open[adapter] = now
-            slots.closed.pop(adapter, None)
             log.debug(
                 "adapter %s opened on %s (closing %s)",
                 adapter,
@@ -300,6 +294,9 @@ class Scheduler:
             RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
         )
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(items)
+        slots = self._residency.get(worker.id)
+        if adapter is not None and slots is not None:
+            slots.sent[adapter] = time.time()
         self.dispatched_total += len(items)
         sent_at = time.time()
         metrics.GROUP_SIZE.observe(len(items))

@@ -167,7 +167,7 @@ class EngineHost:
         )
         self._active: set[str] = set()
         self._adapter_running: Counter[str] = Counter()
-        self._mean_request_s: float | None = None
+        self._mean_run_s: float | None = None
         self._cancels: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Redis | None = None
@@ -212,7 +212,7 @@ class EngineHost:
             loaded_adapters=stats.loaded_adapters,
             max_loras=stats.max_loras,
             adapter_running={a: n for a, n in self._adapter_running.items() if n > 0},
-            mean_request_s=self._mean_request_s,
+            mean_run_s=self._mean_run_s,
             kv_cache_usage=stats.kv_cache_usage,
             queue=keys.worker_queue(self.worker_id),
             started_at=self._started_at,
@@ -318,7 +318,7 @@ class EngineHost:
             events.error(Timeout(f"request {queued.id} expired in the queue before it started"))
             return
         self._active.add(queued.id)
-        started = time.monotonic()
+        first_output: float | None = None
         if queued.adapter is not None:
             self._adapter_running[queued.adapter] += 1
             metrics.ADAPTER_REQUESTS.labels(queued.adapter).inc()
@@ -327,6 +327,8 @@ class EngineHost:
             request = parse_chat_request(queued.request, ADMITTED)
             events.collect_result(request)
             async for step in self.engine.generate(queued.id, request, queued.adapter):
+                if first_output is None:
+                    first_output = time.monotonic()
                 if not step.finished:
                     events.step(step)
                     continue
@@ -345,16 +347,18 @@ class EngineHost:
             events.error(EngineFailure("the engine failed while serving the request"))
         finally:
             self._active.discard(queued.id)
-            self._ended(queued.adapter, time.monotonic() - started if finished else None)
+            ran = time.monotonic() - first_output if finished and first_output else None
+            self._ended(queued.adapter, ran)
 
-    def _ended(self, adapter: str | None, took_s: float | None) -> None:
-        """Per-adapter counts, and the mean time of requests that ran to their end (a
-        refused or failed request says nothing about how long serving takes)."""
+    def _ended(self, adapter: str | None, ran_s: float | None) -> None:
+        """Per-adapter counts, and the mean time from first output to end of requests that
+        ran to their end (how long one keeps its adapter busy once it runs; a refused or
+        failed request says nothing about that)."""
         if adapter is not None:
             self._adapter_running[adapter] -= 1
             if self._adapter_running[adapter] <= 0:
                 del self._adapter_running[adapter]
-        mean = self._mean_request_s
-        if took_s is None:
+        mean = self._mean_run_s
+        if ran_s is None:
             return
-        self._mean_request_s = took_s if mean is None else mean + _MEAN_WEIGHT * (took_s - mean)
+        self._mean_run_s = ran_s if mean is None else mean + _MEAN_WEIGHT * (ran_s - mean)

@@ -32,7 +32,7 @@ def _worker(
     running: int = 0,
     max_loras: int = 2,
     adapter_running: dict[str, int] | None = None,
-    mean_request_s: float | None = None,
+    mean_run_s: float | None = None,
 ) -> WorkerInfo:
     return WorkerInfo(
         id=wid,
@@ -40,7 +40,7 @@ def _worker(
         loaded_adapters=list(loaded),
         max_loras=max_loras,
         adapter_running=adapter_running or {},
-        mean_request_s=mean_request_s,
+        mean_run_s=mean_run_s,
         capacity=capacity,
         running=running,
         queue=f"q.{wid}",
@@ -250,7 +250,7 @@ def test_a_spare_slot_goes_to_the_least_loaded_then_the_adapters_home() -> None:
 
 
 def test_a_full_worker_hands_over_its_longest_open_slot_after_the_quantum() -> None:
-    workers = [_worker("w0", mean_request_s=2.0), _worker("w1", mean_request_s=2.0)]
+    workers = [_worker("w0", mean_run_s=2.0), _worker("w1", mean_run_s=2.0)]
     opened = {"w0": {"a": 96.0, "b": 90.0}, "w1": {"c": 95.0, "d": 98.0}}
     # quantum 1.5 x 2 s: every slot was opened less than 3 s ago at t=92 -> wait
     assert _place(workers, "z", opened, now=92.0) is None
@@ -311,10 +311,10 @@ def test_placements_never_open_more_adapters_than_slots(
         assert policy.free_slots(chosen.worker, {}) > 0
         slots = residency.setdefault(chosen.worker.id, policy.Residency())
         if chosen.closes:
-            assert now - slots.open.pop(chosen.closes) >= 1.5
-            slots.closed[chosen.closes] = now
+            assert now - slots.open[chosen.closes] >= 1.5
         if chosen.opens:
-            slots.open[adapter] = now
+            slots.apply(chosen, adapter, now)
+        slots.sent[adapter] = now
         assert adapter in slots.open
         assert len(slots.open) <= chosen.worker.max_loras
 
@@ -345,10 +345,7 @@ def _apply(
 ) -> policy.AdapterPlacement | None:
     chosen = policy.place_adapter(workers, Target("m", adapter), {}, residency, now, 1.5)
     if chosen is not None and chosen.opens:
-        slots = residency.setdefault(chosen.worker.id, policy.Residency())
-        if chosen.closes:
-            del slots.open[chosen.closes]
-        slots.open[adapter] = now
+        residency.setdefault(chosen.worker.id, policy.Residency()).apply(chosen, adapter, now)
     return chosen
 
 
@@ -389,3 +386,15 @@ def test_workers_to_avoid_are_never_picked() -> None:
     chosen = policy.pick_worker(workers, Target("m", avoid=frozenset({"dead"})), {})
     assert chosen is not None and chosen.id == "alive"
     assert policy.pick_worker(workers[:1], Target("m", avoid=frozenset({"dead"})), {}) is None
+
+
+def test_a_replacing_adapters_quantum_starts_when_the_old_one_drains() -> None:
+    worker = _worker("w0", mean_run_s=0.8)
+    slots = policy.Residency(open={"a": 90.0, "b": 99.0}, sent={"a": 99.5})
+    slots.apply(policy.AdapterPlacement(worker, opens=True, closes="a"), "z", 100.0)
+    # a's last request went out at 99.5 and runs 0.8 s: z starts in the engine at 100.3
+    assert slots.open == {"b": 99.0, "z": 100.3}
+    assert slots.closed == {"a": 100.0}
+    # a heartbeat written after the close that shows no request of a: a is forgotten
+    slots.forget_drained(worker.model_copy(update={"heartbeat_at": 100.2}))
+    assert slots.closed == {} and "a" not in slots.sent

@@ -131,7 +131,7 @@ async def test_an_adapter_waits_for_a_lora_slot_until_the_quantum_ends(
     """One worker with one LoRA slot: adapter a opens it; b's requests stay queued (not
     sent to make the engine swap adapters mid-batch) until a has had its quantum
     (adapter_quantum x the worker's mean request time = 0.6 s), then take the slot."""
-    await _register(aredis, "w1", max_loras=1, mean_request_s=0.3)
+    await _register(aredis, "w1", max_loras=1, mean_run_s=0.3)
     settings = SchedulerSettings(redis_url=redis_url, scheduler_id="s1", adapter_quantum=2.0)
     celery = Celery("test")
     celery.conf.update(celery_settings(redis_url))

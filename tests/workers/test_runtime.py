@@ -145,7 +145,7 @@ def test_heartbeat_reports_requests_per_adapter_and_the_mean_request_time(
     while record().get("adapter_running") != {"lora-a": 2} and time.monotonic() < deadline:
         time.sleep(0.02)
     assert record()["adapter_running"] == {"lora-a": 2}
-    assert record()["mean_request_s"] is None  # nothing has ended yet
+    assert record()["mean_run_s"] is None  # nothing has ended yet
     runner.join(10)
     deadline = time.monotonic() + 2
     while record().get("adapter_running") and time.monotonic() < deadline:
@@ -153,4 +153,4 @@ def test_heartbeat_reports_requests_per_adapter_and_the_mean_request_time(
     final = record()
     assert final["adapter_running"] == {}
     # 60 tokens at 100 tokens/s
-    assert 0.5 <= final["mean_request_s"] < 5
+    assert 0.5 <= final["mean_run_s"] < 5
