@@ -6,6 +6,10 @@ import logging
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio import BlockingConnectionPool, Redis
+
+# how long a command waits for a free connection when all of a process's are busy
+_POOL_WAIT_S = 30.0
 
 
 class CommonSettings(BaseSettings):
@@ -20,6 +24,11 @@ class CommonSettings(BaseSettings):
         "Valkey when it is not set.",
     )
     log_level: str = Field(default="INFO", description="Logging level.")
+    redis_max_connections: int = Field(
+        default=256,
+        ge=4,
+        description="Connections to Redis per process; beyond them commands wait for one.",
+    )
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
@@ -28,6 +37,18 @@ class CommonSettings(BaseSettings):
                 "(`berth up` starts an embedded Valkey for you)"
             )
         return self.redis_url
+
+    def redis(self) -> Redis:
+        """A client whose pool waits for a free connection instead of failing when all are
+        busy, so a burst of requests queues for a moment rather than ending in errors."""
+        return redis_client(self.require_redis_url(), self.redis_max_connections)
+
+
+def redis_client(url: str, max_connections: int = 256) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=_POOL_WAIT_S
+    )
+    return Redis.from_pool(pool)
 
 
 class MetricsSettings(CommonSettings):

@@ -57,7 +57,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.require_redis_url())
+        redis = settings.redis()
         relay = TokenRelay(redis)
         directory = WorkerDirectory(redis, settings.registry_refresh_s, settings.model_grace_s)
         await relay.start()

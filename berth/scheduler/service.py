@@ -408,7 +408,7 @@ class Scheduler:
 
 async def serve(settings: SchedulerSettings) -> None:
     """Run one scheduler replica until SIGTERM or SIGINT."""
-    redis = Redis.from_url(settings.require_redis_url())
+    redis = settings.redis()
     celery = Celery("berth-scheduler")
     celery.conf.update(celery_settings(settings.require_redis_url()))
     scheduler = Scheduler(settings, redis, celery)

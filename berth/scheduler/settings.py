@@ -38,7 +38,7 @@ class SchedulerSettings(MetricsSettings):
         default=1.0,
         gt=0,
         description="affinity: while other adapters wait, an adapter keeps a worker's LoRA "
-        "slot for this many times the worker's mean request time.",
+        "slot for this many times the worker's mean run time (first output to end).",
     )
     aging_s: float = Field(
         default=30.0,

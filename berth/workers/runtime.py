@@ -28,6 +28,7 @@ from berth.protocol.envelopes import (
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.protocol.output import CompletionAssembler
+from berth.settings import redis_client
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
@@ -221,7 +222,7 @@ class EngineHost:
     # -- inside the loop --------------------------------------------------------------------
 
     async def _startup(self) -> None:
-        self._redis = Redis.from_url(self._redis_url)
+        self._redis = redis_client(self._redis_url)
         await self.engine.start()
         self._publisher = EventPublisher(self._redis)
         self._publisher.start()

@@ -7,6 +7,7 @@ test_serving.py.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from berth.protocol import keys
 from tests.stack import RunningStack
 
 MODEL = "fake-model"
+API_CONNECTIONS = 6
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def stack(redis_server_url: str) -> Iterator[RunningStack]:
         "worker", BERTH_FAKE_ENGINE="true", BERTH_FAKE_TOKENS_PER_S="200", BERTH_WORKER_ID="w-1"
     )
     running.start("scheduler", BERTH_SCHEDULER_ID="s-1")
-    running.start("api")
+    # a small pool: a burst of requests must wait for connections, not fail
+    running.start("api", BERTH_REDIS_MAX_CONNECTIONS=str(API_CONNECTIONS))
     try:
         running.wait_ready(60)
         yield running
@@ -184,3 +187,22 @@ def test_worker_side_refusal_of_a_stream_is_a_real_400(client: openai.OpenAI) ->
             stream=True,
         )
     assert bad.value.body["param"] == "logit_bias"  # type: ignore[index]
+
+
+def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(stack: RunningStack) -> None:
+    """Far more concurrent requests than the API has Redis connections: each one is
+    answered, none with a 500 from an exhausted pool."""
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 4,
+            }
+            answers = await asyncio.gather(
+                *(http.post("/v1/chat/completions", json=body) for _ in range(12 * API_CONNECTIONS))
+            )
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(burst()) == [200] * (12 * API_CONNECTIONS)
