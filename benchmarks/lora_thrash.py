@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import json
 import math
+import multiprocessing
 import os
 import random
 import sys
@@ -225,14 +226,17 @@ async def closed_loop(
     seconds: float,
     max_tokens: int,
     seed: int,
+    t0: float,
 ) -> dict[str, Any]:
-    """``concurrency`` clients, each sending its next request as soon as the last ended."""
+    """``concurrency`` clients, each sending its next request as soon as the last ended,
+    from monotonic time ``t0`` (shared by all client processes) for ``warmup_s`` +
+    ``seconds``. Returns the raw requests that ended in the measured window, and errors."""
     import httpx
 
     rng = random.Random(seed)
     done: list[tuple[float, float, str, int]] = []  # (start, end, adapter, tokens)
     errors: Counter[str] = Counter()
-    t0 = time.monotonic()
+    await asyncio.sleep(max(0.0, t0 - time.monotonic()))
     measure_from, stop_at = t0 + warmup_s, t0 + warmup_s + seconds
 
     async def client(http: httpx.AsyncClient) -> None:
@@ -264,6 +268,20 @@ async def closed_loop(
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     # requests that finished inside the window (a closed loop keeps it full)
     window = [d for d in done if measure_from <= d[1] <= stop_at]
+    return {"done": window, "errors": dict(errors)}
+
+
+def _client_process(options: dict[str, Any], results: Any) -> None:
+    """One load-generating process (``--client-procs``): a single Python process cannot
+    keep more than ~100 clients going on this machine without becoming the bottleneck."""
+    results.put(asyncio.run(closed_loop(**options)))
+
+
+def load_figures(parts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    window = [d for part in parts for d in part["done"]]
+    errors: Counter[str] = Counter()
+    for part in parts:
+        errors.update(part["errors"])
     latencies = [end - start for start, end, _, _ in window]
     return {
         "completed": len(window),
@@ -324,6 +342,31 @@ def run_policy(
     pids["valkey"] = valkey_pid(stack.url) or 0
     pids["client"] = os.getpid()
     asyncio.run(wait_for_quiet(pids, args.quiet_limit, args.quiet_timeout))
+    # more load-generating processes (--client-procs) start now; all begin at t0
+    procs = max(1, args.client_procs)
+    t0 = time.monotonic() + (3.0 if procs > 1 else 0.0)
+    shares = [args.concurrency // procs + (i < args.concurrency % procs) for i in range(procs)]
+    options = [
+        dict(
+            api_url=stack.api_url,
+            names=names,
+            concurrency=share,
+            warmup_s=args.warmup,
+            seconds=args.seconds,
+            max_tokens=args.max_tokens,
+            seed=seed * 1000 + i,
+            t0=t0,
+        )
+        for i, share in enumerate(shares)
+    ]
+    spawn = multiprocessing.get_context("spawn")
+    results: Any = spawn.Queue()
+    clients = [
+        spawn.Process(target=_client_process, args=(o, results), daemon=True) for o in options[1:]
+    ]
+    for client in clients:
+        client.start()
+    pids.update({f"client{i + 1}": c.pid or 0 for i, c in enumerate(clients)})
     meter = CpuMeter(pids)
     log(f"{tag}: {args.concurrency} clients, {args.warmup:.0f}s warm-up + {args.seconds:.0f}s")
     engine_before: list[dict[str, Any]] = []
@@ -334,7 +377,7 @@ def run_policy(
         async def window() -> None:
             # the engines write their counters every 0.5 s; CPU and counters cover the
             # measured window only, not the warm-up or the stragglers after it
-            await asyncio.sleep(args.warmup)
+            await asyncio.sleep(max(0.0, t0 - time.monotonic()) + args.warmup)
             meter.start()
             engine_before.extend(_read_stats(stack.stats_files))
             await asyncio.sleep(args.seconds)
@@ -342,19 +385,13 @@ def run_policy(
             engine_after.extend(_read_stats(stack.stats_files))
 
         starter = asyncio.create_task(window())
-        result = await closed_loop(
-            stack.api_url,
-            names,
-            concurrency=args.concurrency,
-            warmup_s=args.warmup,
-            seconds=args.seconds,
-            max_tokens=args.max_tokens,
-            seed=seed,
-        )
+        mine = await closed_loop(**options[0])
         await starter
-        return result
+        return load_figures([mine, *(results.get(timeout=60) for _ in clients)], args.seconds)
 
     result = asyncio.run(measured())
+    for client in clients:
+        client.join(10)
     # the engines' counters over the measured window
     engine_stats = [
         {k: after.get(k, 0) - before.get(k, 0) for k in ("loads", "steps", "tokens", "busy_s")}
@@ -466,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-loras", type=int, default=2)
     parser.add_argument("--capacity", type=int, default=0, help="BERTH_CAPACITY (0: default).")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="Processes generating the load (one keeps up with ~64 clients here).",
+    )
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=20.0)
