@@ -34,6 +34,8 @@ class PendingGroup:
     items: list[Pending] = field(default_factory=list)
     # a group that found no worker is not looked at again before this
     not_before: float = 0.0
+    # when its requests were last checked for cancels and deadlines
+    checked_at: float = float("-inf")
 
 
 def add_to_groups(groups: dict[GroupKey, PendingGroup], items: Iterable[Pending]) -> None:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # how soon a group that found no worker (or no LoRA slot) is looked at again
 _NO_WORKER_RETRY_S = 0.02
+# how often a waiting group's requests are checked for cancels and deadlines
+_HELD_CHECK_S = 0.5
 # a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
 # and to the other replicas, which then claim its entries
 _ALIVE_TTL_MS = 10_000
@@ -200,7 +202,12 @@ class Scheduler:
             return
         for key in policy.dispatch_order(self._groups, ready, now, self.settings.aging_s):
             group = self._groups.pop(key)
-            items = await self._drop_ended(group.items)
+            items = group.items
+            # a waiting group is checked for cancels and deadlines now and then, not on
+            # every retry (workers check both again before they start a request)
+            checked = group.checked_at
+            if now - checked >= _HELD_CHECK_S:
+                items, checked = await self._drop_ended(items), now
             while items:
                 worker = self._place(key)
                 if worker is None:
@@ -216,6 +223,7 @@ class Scheduler:
                 )
                 waiting.first_at = min(waiting.first_at, group.first_at)
                 waiting.not_before = now + _NO_WORKER_RETRY_S
+                waiting.checked_at = checked
                 waiting.items.extend(items)
 
     def _place(self, key: policy.GroupKey) -> WorkerInfo | None:

@@ -162,3 +162,41 @@ async def test_an_adapter_waits_for_a_lora_slot_until_the_quantum_ends(
     assert order == ["a0", "a1", "b0"]
     assert scheduler._residency["w1"].open.keys() == {"b"}
     assert scheduler._residency["w1"].closed.keys() == {"a"}
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_ends_there(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """A request held for a LoRA slot is still checked for cancels: it ends with its one
+    terminal event from the scheduler and never reaches the worker."""
+    await _register(aredis, "w1", max_loras=1, mean_run_s=1.0)
+    settings = SchedulerSettings(redis_url=redis_url, scheduler_id="s1", adapter_quantum=100)
+    celery = Celery("test")
+    celery.conf.update(celery_settings(redis_url))
+    scheduler = Scheduler(settings, aredis, celery)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe(keys.token_channel("b0"))
+    try:
+        await _enqueue(aredis, QueuedRequest(id="a0", model="m", adapter="a", request={}))
+        await asyncio.sleep(0.1)
+        await _enqueue(aredis, QueuedRequest(id="b0", model="m", adapter="b", request={}))
+        await asyncio.sleep(0.2)
+        await aredis.set(keys.cancelled_key("b0"), 1)
+        message = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while message is None and loop.time() < deadline:
+            m = await pubsub.get_message(timeout=0.5)
+            if m is not None and m["type"] == "message":
+                message = json.loads(m["data"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await pubsub.aclose()
+    assert message == {"id": "b0", "seq": 0, "type": "cancelled"}
+    sent = [q["id"] for g in await _sent_groups(aredis, "w1") for q in g["requests"]]
+    assert sent == ["a0"]
+    pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
+    assert pending["pending"] == 0
