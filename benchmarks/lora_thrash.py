@@ -113,7 +113,7 @@ class Stack:
         self.adapters = adapters
         self.port = free_port()
         self.workers: list[RoleProcess] = []
-        self.scheduler: RoleProcess | None = None
+        self.schedulers: list[RoleProcess] = []
         self.api: RoleProcess | None = None
         self.stats_files: list[Path] = []
 
@@ -162,16 +162,17 @@ class Stack:
                 self.workers.append(RoleProcess.berth("worker", self.env(**extra), log_path))
 
     def start_control(self, policy: str, tag: str) -> None:
-        log_path = self.logs / f"scheduler-{tag}.log"
-        env = self.env(BERTH_PLACEMENT=policy, BERTH_SCHEDULER_ID=f"bench-{tag}")
-        self.scheduler = RoleProcess.berth("scheduler", env, log_path)
+        for i in range(self.args.schedulers):
+            log_path = self.logs / f"scheduler{i}-{tag}.log"
+            env = self.env(BERTH_PLACEMENT=policy, BERTH_SCHEDULER_ID=f"bench-{tag}-{i}")
+            self.schedulers.append(RoleProcess.berth("scheduler", env, log_path))
         if self.api is None:
             self.api = RoleProcess.berth("api", self.env(), self.logs / "api.log")
 
     def stop_control(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.stop()
-            self.scheduler = None
+        for scheduler in self.schedulers:
+            scheduler.stop()
+        self.schedulers = []
 
     def stop_workers(self) -> None:
         for worker in self.workers:
@@ -187,8 +188,8 @@ class Stack:
 
     def processes(self) -> dict[str, RoleProcess]:
         out = {f"worker{i}": w for i, w in enumerate(self.workers)}
-        if self.scheduler is not None:
-            out["scheduler"] = self.scheduler
+        for i, scheduler in enumerate(self.schedulers):
+            out["scheduler" if i == 0 else f"scheduler{i}"] = scheduler
         if self.api is not None:
             out["api"] = self.api
         return out
@@ -501,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-loras", type=int, default=2)
+    parser.add_argument("--schedulers", type=int, default=1, help="Scheduler replicas.")
     parser.add_argument("--capacity", type=int, default=0, help="BERTH_CAPACITY (0: default).")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(

@@ -101,6 +101,12 @@ def worker_key(worker_id: str) -> str:
     return f"{WORKER_KEY_PREFIX}{worker_id}"
 
 
+def open_adapters(worker_id: str) -> str:
+    """The LoRA adapters the schedulers have opened on a worker (adapter -> when its
+    quantum starts), shared by every scheduler replica; deleted when the worker is gone."""
+    return f"{PREFIX}:lora:{worker_id}"
+
+
 SCHEDULER_KEY_PREFIX = f"{PREFIX}:scheduler:"
 
 

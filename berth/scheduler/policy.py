@@ -157,10 +157,12 @@ def pick_worker(
 
 @dataclass(slots=True)
 class Residency:
-    """The adapters one scheduler replica has opened on one worker. A worker is sent
-    requests only for its open adapters, at most ``max_loras`` of them, so its engine
-    never has more adapters wanted than it has slots and never swaps one mid-batch.
-    ``closed``: adapters no longer sent there whose requests may still be running."""
+    """The adapters opened on one worker, as one scheduler replica knows them. A worker
+    is sent requests only for its open adapters, at most ``max_loras`` of them, so its
+    engine never has more adapters wanted than it has slots and never swaps one
+    mid-batch. The open adapters are shared by all replicas (``keys.open_adapters``);
+    ``closed`` (adapters this replica stopped sending there whose requests may still
+    run) and ``sent`` are the replica's own."""
 
     # adapter -> when its quantum started (once the adapter it replaced had drained)
     open: dict[str, float] = field(default_factory=dict)
@@ -174,18 +176,19 @@ class Residency:
         others -= self.open.keys() | self.closed.keys()
         return len(self.open) + len(others)
 
+    def quantum_start(self, placement: AdapterPlacement, now: float) -> float:
+        """When the quantum of the adapter a placement opens starts. When it replaces an
+        adapter, the engine starts the new one's requests only once the old one's have
+        ended: when the request last sent for the old one should have run its course."""
+        last = self.sent.get(placement.closes) if placement.closes is not None else None
+        return now if last is None else max(now, last + run_s(placement.worker))
+
     def apply(self, placement: AdapterPlacement, adapter: str, now: float) -> None:
-        """Record a placement that opens ``adapter`` here. When it replaces an adapter,
-        the engine starts the new one's requests only once the old one's have ended, so
-        its quantum starts then: when the request last sent for the old one should have
-        run its course."""
-        starts = now
+        """Record a placement that opens ``adapter`` here."""
+        starts = self.quantum_start(placement, now)
         if placement.closes is not None:
-            del self.open[placement.closes]
+            self.open.pop(placement.closes, None)
             self.closed[placement.closes] = now
-            last = self.sent.get(placement.closes)
-            if last is not None:
-                starts = max(now, last + run_s(placement.worker))
         self.open[adapter] = starts
         self.closed.pop(adapter, None)
 

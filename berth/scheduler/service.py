@@ -29,6 +29,7 @@ from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
 from berth.store.jobs import JobStore
+from berth.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Scheduler:
         self.redis = redis
         self.celery = celery
         self.jobs = JobStore(redis, settings.job_ttl_s)
+        self._scripts = Scripts(redis)
         self._streams: set[str] = set()
         self._workers: list[WorkerInfo] = []
         self._heartbeats: dict[str, float] = {}
@@ -125,8 +127,12 @@ class Scheduler:
             if slots is not None:
                 slots.forget_drained(worker)
         alive = {w.id for w in workers}
-        for gone in self._residency.keys() - alive:
-            del self._residency[gone]
+        gone = self._residency.keys() - alive
+        for worker_id in gone:
+            del self._residency[worker_id]
+        if gone:
+            await self.redis.delete(*(keys.open_adapters(w) for w in gone))
+        await self._read_open_adapters([w.id for w in workers if w.max_loras])
         self._workers = workers
         members: Any = await self.redis.smembers(keys.MODELS_SET)
         models = {m.decode() for m in members} | {w.model for w in workers}
@@ -139,6 +145,17 @@ class Scheduler:
                 if "BUSYGROUP" not in str(err):
                     raise
             self._streams.add(stream)
+
+    async def _read_open_adapters(self, worker_ids: list[str]) -> None:
+        """The adapters every replica has opened on these workers."""
+        if not worker_ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in worker_ids:
+            pipe.hgetall(keys.open_adapters(worker_id))
+        for worker_id, table in zip(worker_ids, await pipe.execute(), strict=True):
+            slots = self._residency.setdefault(worker_id, policy.Residency())
+            slots.open = {name.decode(): float(start) for name, start in table.items()}
 
     def _wait_s(self) -> tuple[float, bool]:
         """How long to wait for new entries, and whether a group falls due by then."""
@@ -209,7 +226,7 @@ class Scheduler:
             if now - checked >= _HELD_CHECK_S:
                 items, checked = await self._drop_ended(items), now
             while items:
-                worker = self._place(key)
+                worker = await self._place(key)
                 if worker is None:
                     items = await self._without_worker(key, items, now)
                     break
@@ -226,7 +243,7 @@ class Scheduler:
                 waiting.checked_at = checked
                 waiting.items.extend(items)
 
-    def _place(self, key: policy.GroupKey) -> WorkerInfo | None:
+    async def _place(self, key: policy.GroupKey) -> WorkerInfo | None:
         model, adapter, lane, affinity, avoid = key
         target = policy.Target(model, adapter, lane, affinity, avoid)
         reserve = self.settings.batch_reserve
@@ -252,9 +269,25 @@ class Scheduler:
         if placement is None:
             return None
         if placement.opens:
-            slots = self._residency.setdefault(placement.worker.id, policy.Residency())
+            worker = placement.worker
+            slots = self._residency.setdefault(worker.id, policy.Residency())
+            closes = placement.closes
+            opened = await self._scripts["open_adapter"](
+                keys=[keys.open_adapters(worker.id)],
+                args=[
+                    adapter,
+                    repr(slots.quantum_start(placement, now)),
+                    closes or "",
+                    repr(slots.open.get(closes, 0.0)) if closes else "0",
+                    worker.max_loras,
+                ],
+            )
+            if not opened:
+                # another replica changed the worker's adapters first: look again
+                await self._read_open_adapters([worker.id])
+                return None
             slots.apply(placement, adapter, now)
-            if placement.closes is not None:
+            if closes is not None:
                 metrics.ADAPTER_SWITCHES.inc()
             log.debug(
                 "adapter %s opened on %s (closing %s)",

@@ -200,3 +200,43 @@ async def test_a_request_cancelled_while_waiting_for_a_slot_ends_there(
     assert sent == ["a0"]
     pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
     assert pending["pending"] == 0
+
+
+async def test_replicas_share_a_workers_lora_slots(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """Two replicas, one worker with one LoRA slot, requests for two adapters read by
+    either replica: only one adapter is open on the worker (one table for all replicas,
+    changed atomically), so only its requests are sent while it has its quantum."""
+    await _register(aredis, "w1", max_loras=1, mean_run_s=1.0)
+    celery = Celery("test")
+    celery.conf.update(celery_settings(redis_url))
+    stop = asyncio.Event()
+    replicas = [
+        Scheduler(
+            SchedulerSettings(redis_url=redis_url, scheduler_id=f"s{i}", adapter_quantum=100),
+            aredis,
+            celery,
+        )
+        for i in range(2)
+    ]
+    tasks = [asyncio.create_task(s.run(stop)) for s in replicas]
+    try:
+        await asyncio.sleep(0.1)
+        await _enqueue(
+            aredis,
+            *[
+                QueuedRequest(id=f"r{i}", model="m", adapter="ab"[i % 2], request={})
+                for i in range(8)
+            ],
+        )
+        await asyncio.sleep(0.6)
+    finally:
+        stop.set()
+        await asyncio.gather(*(asyncio.wait_for(t, 5) for t in tasks))
+    sent = {g["adapter"] for g in await _sent_groups(aredis, "w1")}
+    table = await aredis.hgetall(keys.open_adapters("w1"))
+    assert len(sent) == 1
+    assert {name.decode() for name in table} == sent
+    pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
+    assert pending["pending"] == 4  # the other adapter's requests wait
