@@ -10,6 +10,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 # how long a command waits for a free connection when all of a process's are busy
 _POOL_WAIT_S = 30.0
+DEFAULT_REDIS_CONNECTIONS = 256
 
 
 class CommonSettings(BaseSettings):
@@ -25,7 +26,7 @@ class CommonSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Logging level.")
     redis_max_connections: int = Field(
-        default=256,
+        default=DEFAULT_REDIS_CONNECTIONS,
         ge=4,
         description="Connections to Redis per process; beyond them commands wait for one.",
     )
@@ -44,7 +45,7 @@ class CommonSettings(BaseSettings):
         return redis_client(self.require_redis_url(), self.redis_max_connections)
 
 
-def redis_client(url: str, max_connections: int = 256) -> Redis:
+def redis_client(url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS) -> Redis:
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=_POOL_WAIT_S
     )

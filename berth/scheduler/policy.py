@@ -183,9 +183,9 @@ class Residency:
         last = self.sent.get(placement.closes) if placement.closes is not None else None
         return now if last is None else max(now, last + run_s(placement.worker))
 
-    def apply(self, placement: AdapterPlacement, adapter: str, now: float) -> None:
-        """Record a placement that opens ``adapter`` here."""
-        starts = self.quantum_start(placement, now)
+    def apply(self, placement: AdapterPlacement, adapter: str, now: float, starts: float) -> None:
+        """Record a placement that opens ``adapter`` here, its quantum starting at
+        ``starts`` (:meth:`quantum_start`)."""
         if placement.closes is not None:
             self.open.pop(placement.closes, None)
             self.closed[placement.closes] = now

@@ -272,11 +272,12 @@ class Scheduler:
             worker = placement.worker
             slots = self._residency.setdefault(worker.id, policy.Residency())
             closes = placement.closes
+            starts = slots.quantum_start(placement, now)
             opened = await self._scripts["open_adapter"](
                 keys=[keys.open_adapters(worker.id)],
                 args=[
                     adapter,
-                    repr(slots.quantum_start(placement, now)),
+                    repr(starts),
                     closes or "",
                     repr(slots.open.get(closes, 0.0)) if closes else "0",
                     worker.max_loras,
@@ -286,7 +287,7 @@ class Scheduler:
                 # another replica changed the worker's adapters first: look again
                 await self._read_open_adapters([worker.id])
                 return None
-            slots.apply(placement, adapter, now)
+            slots.apply(placement, adapter, now, starts)
             if closes is not None:
                 metrics.ADAPTER_SWITCHES.inc()
             log.debug(
@@ -335,11 +336,11 @@ class Scheduler:
             RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
         )
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(items)
+        sent_at = time.time()
         slots = self._residency.get(worker.id)
         if adapter is not None and slots is not None:
-            slots.sent[adapter] = time.time()
+            slots.sent[adapter] = sent_at
         self.dispatched_total += len(items)
-        sent_at = time.time()
         metrics.GROUP_SIZE.observe(len(items))
         metrics.DISPATCHED.labels(model).inc(len(items))
         pipe = self.redis.pipeline(transaction=False)

@@ -72,6 +72,7 @@ def run_worker(settings: WorkerSettings, engine: Engine | None = None) -> None:
         capacity=settings.capacity,
         heartbeat_interval=settings.heartbeat_interval,
         heartbeat_ttl=settings.heartbeat_ttl,
+        redis_max_connections=settings.redis_max_connections,
     )
     host.start()
     if settings.metrics_port is not None:

@@ -28,7 +28,7 @@ from berth.protocol.envelopes import (
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.protocol.output import CompletionAssembler
-from berth.settings import redis_client
+from berth.settings import DEFAULT_REDIS_CONNECTIONS, redis_client
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # how long a cancel for a request this worker has not seen yet is remembered
 _CANCEL_MEMORY_S = 120.0
-# weight of each finished request in the mean request time the heartbeat reports
+# weight of each finished request in the mean run time the heartbeat reports
 _MEAN_WEIGHT = 0.02
 
 
@@ -154,11 +154,13 @@ class EngineHost:
         heartbeat_interval: float = 1.0,
         heartbeat_ttl: float = 5.0,
         job_ttl_s: int = 7 * 24 * 3600,
+        redis_max_connections: int = DEFAULT_REDIS_CONNECTIONS,
     ) -> None:
         self.engine = engine
         self.worker_id = worker_id
         self.capacity = capacity
         self._redis_url = redis_url
+        self._redis_max_connections = redis_max_connections
         self._hb_interval = heartbeat_interval
         self._hb_ttl = heartbeat_ttl
         self._job_ttl_s = job_ttl_s
@@ -212,7 +214,7 @@ class EngineHost:
             waiting=max(0, len(self._active) - in_engine) + stats.waiting,
             loaded_adapters=stats.loaded_adapters,
             max_loras=stats.max_loras,
-            adapter_running={a: n for a, n in self._adapter_running.items() if n > 0},
+            adapter_running=dict(self._adapter_running),
             mean_run_s=self._mean_run_s,
             kv_cache_usage=stats.kv_cache_usage,
             queue=keys.worker_queue(self.worker_id),
@@ -222,7 +224,7 @@ class EngineHost:
     # -- inside the loop --------------------------------------------------------------------
 
     async def _startup(self) -> None:
-        self._redis = redis_client(self._redis_url)
+        self._redis = redis_client(self._redis_url, self._redis_max_connections)
         await self.engine.start()
         self._publisher = EventPublisher(self._redis)
         self._publisher.start()
