@@ -313,7 +313,7 @@ def test_placements_never_open_more_adapters_than_slots(
         if chosen.closes:
             assert now - slots.open[chosen.closes] >= 1.5
         if chosen.opens:
-            slots.apply(chosen, adapter, now)
+            slots.apply(chosen, adapter, now, slots.quantum_start(chosen, now))
         slots.sent[adapter] = now
         assert adapter in slots.open
         assert len(slots.open) <= chosen.worker.max_loras
@@ -345,7 +345,8 @@ def _apply(
 ) -> policy.AdapterPlacement | None:
     chosen = policy.place_adapter(workers, Target("m", adapter), {}, residency, now, 1.5)
     if chosen is not None and chosen.opens:
-        residency.setdefault(chosen.worker.id, policy.Residency()).apply(chosen, adapter, now)
+        slots = residency.setdefault(chosen.worker.id, policy.Residency())
+        slots.apply(chosen, adapter, now, slots.quantum_start(chosen, now))
     return chosen
 
 
@@ -391,8 +392,13 @@ def test_workers_to_avoid_are_never_picked() -> None:
 def test_a_replacing_adapters_quantum_starts_when_the_old_one_drains() -> None:
     worker = _worker("w0", mean_run_s=0.8)
     slots = policy.Residency(open={"a": 90.0, "b": 99.0}, sent={"a": 99.5})
-    slots.apply(policy.AdapterPlacement(worker, opens=True, closes="a"), "z", 100.0)
+    placement = policy.AdapterPlacement(worker, opens=True, closes="a")
     # a's last request went out at 99.5 and runs 0.8 s: z starts in the engine at 100.3
+    starts = slots.quantum_start(placement, 100.0)
+    assert starts == 100.3
+    # with nothing sent for the adapter it replaces, it starts at once
+    assert policy.Residency(open={"a": 90.0}).quantum_start(placement, 100.0) == 100.0
+    slots.apply(placement, "z", 100.0, starts)
     assert slots.open == {"b": 99.0, "z": 100.3}
     assert slots.closed == {"a": 100.0}
     # a heartbeat written after the close that shows no request of a: a is forgotten

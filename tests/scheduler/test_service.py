@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
@@ -125,41 +127,71 @@ async def test_group_size_bounds_each_task(aredis: redis.asyncio.Redis, redis_ur
     assert sum(sizes) == 10 and max(sizes) <= 4
 
 
+@contextlib.asynccontextmanager
+async def _running(
+    r: redis.asyncio.Redis, url: str, scheduler_id: str = "s1", **overrides: Any
+) -> AsyncIterator[Scheduler]:
+    """A scheduler replica running beside the test until the block ends."""
+    settings = SchedulerSettings(redis_url=url, scheduler_id=scheduler_id, **overrides)
+    celery = Celery("test")
+    celery.conf.update(celery_settings(url))
+    scheduler = Scheduler(settings, r, celery)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    try:
+        yield scheduler
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 5) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def _sent_ids(r: redis.asyncio.Redis, wid: str) -> list[str]:
+    """Request ids sent to a worker, oldest first (kombu pushes on the left)."""
+    return [q["id"] for g in reversed(await _sent_groups(r, wid)) for q in g["requests"]]
+
+
+async def _pending(r: redis.asyncio.Redis) -> int:
+    return int((await r.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP))["pending"])
+
+
+async def _has_sent(r: redis.asyncio.Redis, n: int) -> bool:
+    return len(await _sent_ids(r, "w1")) >= n
+
+
+async def _pending_is(r: redis.asyncio.Redis, n: int) -> bool:
+    return await _pending(r) == n
+
+
+def _lora(request_id: str) -> QueuedRequest:
+    return QueuedRequest(id=request_id, model="m", adapter=request_id[0], request={})
+
+
 async def test_an_adapter_waits_for_a_lora_slot_until_the_quantum_ends(
     aredis: redis.asyncio.Redis, redis_url: str
 ) -> None:
     """One worker with one LoRA slot: adapter a opens it; b's requests stay queued (not
     sent to make the engine swap adapters mid-batch) until a has had its quantum
-    (adapter_quantum x the worker's mean request time = 0.6 s), then take the slot."""
+    (adapter_quantum x the worker's mean run time = 0.6 s), then take the slot."""
     await _register(aredis, "w1", max_loras=1, mean_run_s=0.3)
-    settings = SchedulerSettings(redis_url=redis_url, scheduler_id="s1", adapter_quantum=2.0)
-    celery = Celery("test")
-    celery.conf.update(celery_settings(redis_url))
-    scheduler = Scheduler(settings, aredis, celery)
-    stop = asyncio.Event()
-    task = asyncio.create_task(scheduler.run(stop))
-    try:
-        await _enqueue(aredis, QueuedRequest(id="a0", model="m", adapter="a", request={}))
-        await asyncio.sleep(0.1)
-        await _enqueue(aredis, QueuedRequest(id="b0", model="m", adapter="b", request={}))
-        await asyncio.sleep(0.2)
-        sent = [q["id"] for g in await _sent_groups(aredis, "w1") for q in g["requests"]]
-        assert sent == ["a0"]
-        pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
-        assert pending["pending"] == 1
+    async with _running(aredis, redis_url, adapter_quantum=2.0) as scheduler:
+        await _enqueue(aredis, _lora("a0"))
+        await _until(lambda: _has_sent(aredis, 1))
+        await _enqueue(aredis, _lora("b0"))
+        await _until(lambda: _pending_is(aredis, 1))  # read, and held
+        await asyncio.sleep(0.2)  # well inside a's quantum
+        assert await _sent_ids(aredis, "w1") == ["a0"]
         # more of a still goes where a is open, within the quantum
-        await _enqueue(aredis, QueuedRequest(id="a1", model="m", adapter="a", request={}))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 3
-        while len(await _sent_groups(aredis, "w1")) < 3 and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        groups = await _sent_groups(aredis, "w1")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-    # kombu pushes on the left: the newest message first
-    order = [q["id"] for g in reversed(groups) for q in g["requests"]]
-    assert order == ["a0", "a1", "b0"]
+        await _enqueue(aredis, _lora("a1"))
+        await _until(lambda: _has_sent(aredis, 3))
+    assert await _sent_ids(aredis, "w1") == ["a0", "a1", "b0"]
     assert scheduler._residency["w1"].open.keys() == {"b"}
     assert scheduler._residency["w1"].closed.keys() == {"a"}
 
@@ -170,73 +202,45 @@ async def test_a_request_cancelled_while_waiting_for_a_slot_ends_there(
     """A request held for a LoRA slot is still checked for cancels: it ends with its one
     terminal event from the scheduler and never reaches the worker."""
     await _register(aredis, "w1", max_loras=1, mean_run_s=1.0)
-    settings = SchedulerSettings(redis_url=redis_url, scheduler_id="s1", adapter_quantum=100)
-    celery = Celery("test")
-    celery.conf.update(celery_settings(redis_url))
-    scheduler = Scheduler(settings, aredis, celery)
-    stop = asyncio.Event()
-    task = asyncio.create_task(scheduler.run(stop))
     pubsub = aredis.pubsub()
     await pubsub.subscribe(keys.token_channel("b0"))
+    messages: list[dict[str, Any]] = []
+
+    async def ended() -> bool:
+        m = await pubsub.get_message(timeout=0.1)
+        if m is not None and m["type"] == "message":
+            messages.append(json.loads(m["data"]))
+        return bool(messages)
+
     try:
-        await _enqueue(aredis, QueuedRequest(id="a0", model="m", adapter="a", request={}))
-        await asyncio.sleep(0.1)
-        await _enqueue(aredis, QueuedRequest(id="b0", model="m", adapter="b", request={}))
-        await asyncio.sleep(0.2)
-        await aredis.set(keys.cancelled_key("b0"), 1)
-        message = None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while message is None and loop.time() < deadline:
-            m = await pubsub.get_message(timeout=0.5)
-            if m is not None and m["type"] == "message":
-                message = json.loads(m["data"])
+        async with _running(aredis, redis_url, adapter_quantum=100):
+            await _enqueue(aredis, _lora("a0"))
+            await _until(lambda: _has_sent(aredis, 1))
+            await _enqueue(aredis, _lora("b0"))
+            await _until(lambda: _pending_is(aredis, 1))
+            await aredis.set(keys.cancelled_key("b0"), 1)
+            await _until(ended)
+            await _until(lambda: _pending_is(aredis, 0))
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
         await pubsub.aclose()
-    assert message == {"id": "b0", "seq": 0, "type": "cancelled"}
-    sent = [q["id"] for g in await _sent_groups(aredis, "w1") for q in g["requests"]]
-    assert sent == ["a0"]
-    pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
-    assert pending["pending"] == 0
+    assert messages == [{"id": "b0", "seq": 0, "type": "cancelled"}]
+    assert await _sent_ids(aredis, "w1") == ["a0"]
 
 
 async def test_replicas_share_a_workers_lora_slots(
     aredis: redis.asyncio.Redis, redis_url: str
 ) -> None:
-    """Two replicas, one worker with one LoRA slot, requests for two adapters read by
-    either replica: only one adapter is open on the worker (one table for all replicas,
-    changed atomically), so only its requests are sent while it has its quantum."""
+    """One worker with one LoRA slot. Replica s0 opens adapter a there; replica s1, which
+    never sent anything for a, then reads requests for b: it finds the slot taken in the
+    table all replicas share, and holds them for a's quantum."""
     await _register(aredis, "w1", max_loras=1, mean_run_s=1.0)
-    celery = Celery("test")
-    celery.conf.update(celery_settings(redis_url))
-    stop = asyncio.Event()
-    replicas = [
-        Scheduler(
-            SchedulerSettings(redis_url=redis_url, scheduler_id=f"s{i}", adapter_quantum=100),
-            aredis,
-            celery,
-        )
-        for i in range(2)
-    ]
-    tasks = [asyncio.create_task(s.run(stop)) for s in replicas]
-    try:
-        await asyncio.sleep(0.1)
-        await _enqueue(
-            aredis,
-            *[
-                QueuedRequest(id=f"r{i}", model="m", adapter="ab"[i % 2], request={})
-                for i in range(8)
-            ],
-        )
-        await asyncio.sleep(0.6)
-    finally:
-        stop.set()
-        await asyncio.gather(*(asyncio.wait_for(t, 5) for t in tasks))
-    sent = {g["adapter"] for g in await _sent_groups(aredis, "w1")}
-    table = await aredis.hgetall(keys.open_adapters("w1"))
-    assert len(sent) == 1
-    assert {name.decode() for name in table} == sent
-    pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
-    assert pending["pending"] == 4  # the other adapter's requests wait
+    async with _running(aredis, redis_url, "s0", adapter_quantum=100):
+        await _enqueue(aredis, _lora("a0"), _lora("a1"))
+        await _until(lambda: _has_sent(aredis, 2))
+    async with _running(aredis, redis_url, "s1", adapter_quantum=100) as other:
+        await _enqueue(aredis, _lora("b0"), _lora("b1"))
+        await _until(lambda: _pending_is(aredis, 2))  # s1 read them and holds them
+        await asyncio.sleep(0.3)
+    assert await _sent_ids(aredis, "w1") == ["a0", "a1"]
+    assert other._residency["w1"].open.keys() == {"a"}
+    assert await aredis.hkeys(keys.open_adapters("w1")) == [b"a"]
