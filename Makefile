@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up test lint bench clean
+.PHONY: install up test test-fast lint bench clean
+
+# everything ruff and mypy check
+CODE := berth tests benchmarks scripts
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,15 +26,18 @@ install: $(STAMP)
 up: $(STAMP)
 	$(BIN)/berth up
 
-## Run the whole test suite (lint and type checks included).
-test: $(STAMP)
-	$(BIN)/ruff check berth tests
-	$(BIN)/python -m mypy
+## Run the whole test suite (lint, format and type checks included).
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## The unit tests only: no vLLM engine, no stack of processes (under a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not engine and not e2e' $(PYTEST_ARGS)
+
+## ruff (lint and format check) and mypy over berth, tests, benchmarks and scripts.
 lint: $(STAMP)
-	$(BIN)/ruff check berth tests
-	$(BIN)/ruff format --check berth tests
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/python -m mypy
 
 ## Throughput and latency against vLLM's own server (prints figures; not a test).

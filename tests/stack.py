@@ -10,9 +10,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
+import redis
+
 from berth.local import Stack
+
+# a role to start: its name, or its name and environment of its own
+Role = str | tuple[str, dict[str, str]]
 
 
 def free_port() -> int:
@@ -45,6 +51,13 @@ class RunningStack:
         for role in roles:
             self.stack.start(role, self.role_env(**extra))
 
+    def start_roles(self, *roles: Role) -> None:
+        for role in roles:
+            if isinstance(role, str):
+                self.start(role)
+            else:
+                self.start(role[0], **role[1])
+
     def wait_ready(self, timeout_s: float = 300.0, workers: int = 1) -> None:
         """Until GET /ready answers 200 with ``workers`` live workers (and a scheduler)."""
         self._wait(timeout_s, "/ready", lambda body: body.get("workers", 0) >= workers)
@@ -69,4 +82,56 @@ class RunningStack:
         raise TimeoutError(f"stack not ready after {timeout_s}s: {last}")
 
     def stop(self) -> None:
+        """Stop every role started so far; a second call finds nothing left to stop."""
         self.stack.stop(grace_s=15)
+        self.stack.processes.clear()
+
+    def __enter__(self) -> RunningStack:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# the fake engine, for plumbing tests that need no model
+FAKE_ENGINE = {"BERTH_FAKE_ENGINE": "true"}
+
+
+class StackFactory:
+    """Builds RunningStacks on one Redis server and remembers them, to stop them all."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.started: list[RunningStack] = []
+
+    def __call__(
+        self,
+        *roles: Role,
+        env: dict[str, str] | None = None,
+        ready: bool = True,
+        timeout_s: float = 60,
+        workers: int = 1,
+    ) -> RunningStack:
+        """A stack running ``roles`` (a name, or a name and its own environment) on a flushed
+        database; with ``ready``, once /ready counts ``workers`` live workers."""
+        with redis.Redis.from_url(self.redis_url) as client:
+            client.flushdb()
+        running = RunningStack(self.redis_url, env=dict(env or {}))
+        self.started.append(running)
+        try:
+            running.start_roles(*roles)
+            if ready:
+                running.wait_ready(timeout_s, workers=workers)
+        except BaseException:
+            running.stop()
+            raise
+        return running
+
+    def stop_all(self) -> None:
+        for running in self.started:
+            running.stop()

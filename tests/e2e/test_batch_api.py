@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,13 +16,11 @@ import redis
 from openai.types import Batch, FileObject
 
 from berth.protocol import keys
-from tests.stack import RunningStack
+from tests.stack import FAKE_ENGINE, RunningStack, StackFactory
 
 pytestmark = pytest.mark.e2e
 
 FAKE_MODEL = "fake-model"
-# stacks this module started, so the real-engine stack can stop the fake one first
-_STACKS: list[RunningStack] = []
 
 
 def _line(i: int, model: str = FAKE_MODEL, **body: Any) -> dict[str, Any]:
@@ -95,17 +93,13 @@ def _run_to_completion(client: openai.OpenAI, n: int, model: str, timeout_s: flo
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server_url: str) -> Iterator[RunningStack]:
-    redis.Redis.from_url(redis_server_url).flushdb()
-    running = RunningStack(redis_server_url, env={"BERTH_API_KEYS": "a:key-a,b:key-b"})
-    _STACKS.append(running)
-    running.start("worker", BERTH_FAKE_ENGINE="true", BERTH_FAKE_TOKENS_PER_S="200")
-    running.start("scheduler", "api")
-    try:
-        running.wait_ready(60)
-        yield running
-    finally:
-        running.stop()
+def stack(make_stack: StackFactory) -> RunningStack:
+    return make_stack(
+        ("worker", {**FAKE_ENGINE, "BERTH_FAKE_TOKENS_PER_S": "200"}),
+        "scheduler",
+        "api",
+        env={"BERTH_API_KEYS": "a:key-a,b:key-b"},
+    )
 
 
 @pytest.fixture
@@ -243,17 +237,9 @@ def test_tenants_cannot_see_each_others_files_or_batches(
 
 
 @pytest.fixture(scope="module")
-def engine_stack(redis_server_url: str) -> Iterator[RunningStack]:
-    for earlier in _STACKS:
-        earlier.stop()
-    redis.Redis.from_url(redis_server_url).flushdb()
-    running = RunningStack(redis_server_url)
-    running.start("worker", "scheduler", "api")
-    try:
-        running.wait_ready(400)
-        yield running
-    finally:
-        running.stop()
+def engine_stack(make_stack: StackFactory) -> RunningStack:
+    make_stack.stop_all()  # the fake-engine stack would take CPU from the engine's start
+    return make_stack("worker", "scheduler", "api", timeout_s=400)
 
 
 @pytest.mark.engine

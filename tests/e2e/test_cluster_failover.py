@@ -16,27 +16,24 @@ import httpx
 import pytest
 import redis
 
-from tests.stack import RunningStack
+from tests.stack import RunningStack, StackFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
 
 @pytest.fixture
-def cluster(redis_url: str) -> Iterator[RunningStack]:
-    running = RunningStack(
-        redis_url,
+def cluster(make_stack: StackFactory) -> Iterator[RunningStack]:
+    with make_stack(
+        ("worker", {"BERTH_WORKER_ID": "w-a"}),
+        ("worker", {"BERTH_WORKER_ID": "w-b"}),
+        ("scheduler", {"BERTH_SCHEDULER_ID": "s-a"}),
+        ("scheduler", {"BERTH_SCHEDULER_ID": "s-b"}),
+        "api",
         env={"BERTH_HEARTBEAT_TTL": "3", "BERTH_LIVENESS_CHECK_S": "0.5", "BERTH_CAPACITY": "16"},
-    )
-    try:
-        running.start("worker", BERTH_WORKER_ID="w-a")
-        running.start("worker", BERTH_WORKER_ID="w-b")
-        running.start("scheduler", BERTH_SCHEDULER_ID="s-a")
-        running.start("scheduler", BERTH_SCHEDULER_ID="s-b")
-        running.start("api")
-        running.wait_ready(400, workers=2)
+        timeout_s=400,
+        workers=2,
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _one_stream(url: str, tokens: int) -> dict[str, Any]:

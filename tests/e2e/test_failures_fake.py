@@ -14,26 +14,19 @@ import httpx
 import pytest
 import redis
 
-from tests.stack import RunningStack
+from tests.stack import RunningStack, StackFactory
+
+pytestmark = pytest.mark.e2e
 
 MODEL = "fake-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500}
 
 
 @pytest.fixture
-def stack(redis_url: str) -> Iterator[RunningStack]:
-    running = RunningStack(
-        redis_url,
-        env={
-            "BERTH_HEARTBEAT_TTL": "2",
-            "BERTH_LIVENESS_CHECK_S": "0.5",
-            "BERTH_MODEL_GRACE_S": "0",
-        },
-    )
-    try:
+def stack(make_stack: StackFactory) -> Iterator[RunningStack]:
+    env = {"BERTH_HEARTBEAT_TTL": "2", "BERTH_LIVENESS_CHECK_S": "0.5", "BERTH_MODEL_GRACE_S": "0"}
+    with make_stack(env=env, ready=False) as running:  # each test starts its own roles
         yield running
-    finally:
-        running.stop()
 
 
 def _sse_data(lines: Iterator[str]) -> Iterator[str]:

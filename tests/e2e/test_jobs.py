@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.stack import RunningStack
+from tests.stack import FAKE_ENGINE, RunningStack, StackFactory
+
+pytestmark = pytest.mark.e2e
 
 MODEL = "fake-model"
 KEYS = {"a": "key-a", "b": "key-b"}
@@ -22,20 +23,13 @@ def _body(**extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server_url: str) -> Iterator[RunningStack]:
-    import redis
-
-    redis.Redis.from_url(redis_server_url).flushdb()
-    running = RunningStack(
-        redis_server_url, env={"BERTH_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items())}
+def stack(make_stack: StackFactory) -> RunningStack:
+    return make_stack(
+        ("worker", {**FAKE_ENGINE, "BERTH_FAKE_TOKENS_PER_S": "100"}),
+        "scheduler",
+        "api",
+        env={"BERTH_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items())},
     )
-    running.start("worker", BERTH_FAKE_ENGINE="true", BERTH_FAKE_TOKENS_PER_S="100")
-    running.start("scheduler", "api")
-    try:
-        running.wait_ready(60)
-        yield running
-    finally:
-        running.stop()
 
 
 def _client(stack: RunningStack, tenant: str = "a") -> httpx.Client:

@@ -16,7 +16,9 @@ import pytest
 import redis
 
 from berth.protocol import keys
-from tests.stack import RunningStack
+from tests.stack import RunningStack, StackFactory
+
+pytestmark = pytest.mark.e2e
 
 MODEL = "fake-model"
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
@@ -27,20 +29,15 @@ def _body(tokens: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def stack(redis_url: str) -> Iterator[RunningStack]:
-    running = RunningStack(
-        redis_url,
-        env={
-            "BERTH_HEARTBEAT_TTL": "2",
-            "BERTH_MAINTENANCE_INTERVAL_S": "0.5",
-            "BERTH_FAKE_ENGINE": "true",
-            "BERTH_FAKE_TOKENS_PER_S": "20",
-        },
-    )
-    try:
+def stack(make_stack: StackFactory) -> Iterator[RunningStack]:
+    env = {
+        "BERTH_HEARTBEAT_TTL": "2",
+        "BERTH_MAINTENANCE_INTERVAL_S": "0.5",
+        "BERTH_FAKE_ENGINE": "true",
+        "BERTH_FAKE_TOKENS_PER_S": "20",
+    }
+    with make_stack(env=env, ready=False) as running:  # each test starts its own roles
         yield running
-    finally:
-        running.stop()
 
 
 def _proc(stack: RunningStack, role: str, nth: int = 0) -> Any:

@@ -11,7 +11,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -19,27 +18,22 @@ import pytest
 import redis
 
 from berth.protocol import keys
-from tests.stack import RunningStack
+from tests.stack import FAKE_ENGINE, RunningStack, StackFactory
+
+pytestmark = pytest.mark.e2e
 
 MODEL = "fake-model"
 API_CONNECTIONS = 6
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server_url: str) -> Iterator[RunningStack]:
-    redis.Redis.from_url(redis_server_url).flushdb()
-    running = RunningStack(redis_server_url)
-    running.start(
-        "worker", BERTH_FAKE_ENGINE="true", BERTH_FAKE_TOKENS_PER_S="200", BERTH_WORKER_ID="w-1"
+def stack(make_stack: StackFactory) -> RunningStack:
+    return make_stack(
+        ("worker", {**FAKE_ENGINE, "BERTH_FAKE_TOKENS_PER_S": "200", "BERTH_WORKER_ID": "w-1"}),
+        ("scheduler", {"BERTH_SCHEDULER_ID": "s-1"}),
+        # a small pool: a burst of requests must wait for connections, not fail
+        ("api", {"BERTH_REDIS_MAX_CONNECTIONS": str(API_CONNECTIONS)}),
     )
-    running.start("scheduler", BERTH_SCHEDULER_ID="s-1")
-    # a small pool: a burst of requests must wait for connections, not fail
-    running.start("api", BERTH_REDIS_MAX_CONNECTIONS=str(API_CONNECTIONS))
-    try:
-        running.wait_ready(60)
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -17,7 +16,7 @@ import redis
 
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
-from tests.stack import RunningStack
+from tests.stack import RunningStack, StackFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
@@ -26,15 +25,8 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server_url: str) -> Iterator[RunningStack]:
-    redis.Redis.from_url(redis_server_url).flushdb()
-    running = RunningStack(redis_server_url)
-    running.start("worker", "scheduler", "api")
-    try:
-        running.wait_ready(400)
-        yield running
-    finally:
-        running.stop()
+def stack(make_stack: StackFactory) -> RunningStack:
+    return make_stack("worker", "scheduler", "api", timeout_s=400)
 
 
 @pytest.fixture
