@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from berth.api.settings import ApiSettings
@@ -30,7 +31,7 @@ def settings_from(role: str, env: dict[str, str]) -> CommonSettings:
     berth ignores unknown variables, so a misspelt one would silently do nothing.
     """
     cls = SETTINGS[role]
-    given = {}
+    given: dict[str, Any] = {}
     for name, value in env.items():
         if name in ("REDIS_URL", "BERTH_REDIS_URL"):
             given["redis_url"] = value

@@ -79,7 +79,8 @@ def test_jobs_survive_killed_scheduler_and_worker(stack: RunningStack) -> None:
     for job in jobs:
         assert job["result"]["usage"]["completion_tokens"] == 30
         # one result, and one terminal event, whatever ran twice
-        events = [json.loads(f[b"e"]) for _, f in r.xrange(keys.job_events(job["id"]))]
+        entries: Any = r.xrange(keys.job_events(job["id"]))
+        events = [json.loads(f[b"e"]) for _, f in entries]
         assert sum(e["type"] in ("finished", "error", "cancelled") for e in events) == 1
     # the jobs that were running on the killed worker ran again
     assert any(j["attempts"] == 2 for j in jobs)

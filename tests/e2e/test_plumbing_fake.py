@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from typing import cast
 
 import httpx
 import openai
@@ -162,7 +163,11 @@ def test_adapter_registry_admin_api(stack: RunningStack, client: openai.OpenAI) 
     assert reply.choices[0].finish_reason == "length"
     # the worker's heartbeat now reports the adapter as loaded, for placement
     r = redis.Redis.from_url(stack.redis_url)
-    while b"support-v2" not in (r.get(keys.worker_key("w-1")) or b"").split(b"loaded_adapters")[-1]:
+
+    def record() -> bytes:
+        return cast(bytes, r.get(keys.worker_key("w-1")) or b"")  # the client does not decode
+
+    while b"support-v2" not in record().split(b"loaded_adapters")[-1]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert admin.delete("/adapters/support-v2").status_code == 200

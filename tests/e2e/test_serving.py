@@ -8,11 +8,13 @@ import os
 import re
 import signal
 import time
+from typing import Any
 
 import httpx
 import openai
 import pytest
 import redis
+from openai.types.chat import ChatCompletionMessageParam
 
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
@@ -21,7 +23,7 @@ from tests.stack import RunningStack, StackFactory
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
 MODEL = "berth-tiny"
-HELLO = [{"role": "user", "content": "Hello there"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ def test_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_json_schema_output_matches(client: openai.OpenAI) -> None:
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
         "required": ["n", "ok"],

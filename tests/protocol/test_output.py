@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -120,7 +121,7 @@ def test_assembled_response_parses_as_openai_completion() -> None:
     reply = ChatCompletion.model_validate(assembler.response(EVENTS[-1]))
     assert reply.choices[0].message.content == "Hello"
     assert [t.token for t in reply.choices[0].logprobs.content] == ["Hel", "lo"]  # type: ignore[union-attr]
-    call = reply.choices[1].message.tool_calls[0]  # type: ignore[index]
+    call: Any = reply.choices[1].message.tool_calls[0]  # type: ignore[index]
     assert (call.id, call.function.name, call.function.arguments) == ("call_1", "get", '{"a": 1}')
     assert reply.choices[1].finish_reason == "tool_calls"
     assert reply.usage is not None and reply.usage.total_tokens == 12
@@ -177,7 +178,7 @@ def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
     streamed = _deltas(
         ChunkWriter("r1", "m", 1, n=1, include_usage=False, parallel_tool_calls=False), events
     )
-    assert [c["id"] for c in streamed[1]["tool_calls"]] == ["a"]  # type: ignore[index]
+    assert [c["id"] for c in streamed[1]["tool_calls"]] == ["a"]  # type: ignore[index, attr-defined]
     assembler = CompletionAssembler("r1", "m", 1, n=1, parallel_tool_calls=False)
     for e in events:
         assembler.add(e)

@@ -50,7 +50,7 @@ async def test_stale_attempt_cannot_finish(aredis: redis.asyncio.Redis) -> None:
     assert not await store.finish("job_1", 0, "failed", error={"e": 1})
     job = await store.get("job_1")
     assert job is not None and job["status"] == "succeeded" and job["result"] == {"x": 1}
-    assert len(await aredis.xrange(keys.job_events("job_1"))) == 1
+    assert len(await aredis.xrange(keys.job_events("job_1"))) == 1  # type: ignore[arg-type]
 
 
 async def test_requeue_once_then_fail_after_max_attempts(aredis: redis.asyncio.Redis) -> None:

@@ -22,7 +22,7 @@ from berth.workers.engine.parsers import OutputParsers, ParsedDelta
 
 Build = Callable[..., ChatCompletionRequest]
 
-TOOLS = [
+TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {

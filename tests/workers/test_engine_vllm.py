@@ -230,7 +230,7 @@ async def test_invalid_regex_is_invalid_request(vllm_engine: Any, chat_request: 
 
 # A pattern keeps the random model's strings free of control characters, which
 # xgrammar admits in JSON strings but which trip vLLM's streaming hermes parser.
-TOOLS = [
+TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {

@@ -198,7 +198,7 @@ def test_last_token_of_the_vocabulary_is_fine() -> None:
 
 # --- property: every request the protocol accepts maps without error ----------------------
 
-_finite = {"allow_nan": False, "allow_infinity": False}
+_finite: dict[str, Any] = {"allow_nan": False, "allow_infinity": False}
 _optional = {
     "temperature": st.floats(0, 2, **_finite),
     "top_p": st.floats(0.01, 1, **_finite),
@@ -258,7 +258,7 @@ def test_valid_requests_always_map(body: dict[str, Any]) -> None:
     max_tokens=st.one_of(st.none(), st.integers(1, 2 * CONTEXT)),
 )
 def test_context_check_is_exact(prompt_len: int, max_tokens: int | None) -> None:
-    fields = {} if max_tokens is None else {"max_completion_tokens": max_tokens}
+    fields: dict[str, Any] = {} if max_tokens is None else {"max_completion_tokens": max_tokens}
     if prompt_len >= CONTEXT:
         with pytest.raises(InvalidRequest, match="context") as err:
             params(prompt_len=prompt_len, **fields)
