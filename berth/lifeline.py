@@ -21,10 +21,10 @@ import ctypes.util
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
-import subprocess
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ class SentinelSet:
         directory = self.workdir / name
         directory.mkdir(exist_ok=True)
         conf = directory / "valkey.conf"
-        conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {directory}\nsave \"\"\n{config}")
+        conf.write_text(f'port {port}\nbind 127.0.0.1\ndir {directory}\nsave ""\n{config}')
         self.processes[name] = subprocess.Popen(
             [str(get_binary_path()), str(conf), *extra],
             stdout=(directory / "log").open("wb"),
@@ -97,9 +97,7 @@ class SentinelSet:
         return True
 
     def primary_port(self) -> int:
-        _, port = redis.Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(
-            MASTER
-        )
+        _, port = redis.Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER)
         return int(port)
 
     def failover(self) -> tuple[int, int]:

@@ -33,7 +33,10 @@ def test_sentinel_password_can_differ_or_be_none() -> None:
     target = parse_sentinel_url(url)
     assert (target.username, target.password, target.sentinel_password) == ("app", "pw", "other")
     assert target.db == 0
-    assert parse_sentinel_url("redis+sentinel://:pw@h1:1/m?sentinel_password=").sentinel_password is None
+    assert (
+        parse_sentinel_url("redis+sentinel://:pw@h1:1/m?sentinel_password=").sentinel_password
+        is None
+    )
 
 
 @pytest.mark.parametrize(

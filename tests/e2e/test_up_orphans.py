@@ -20,7 +20,10 @@ pytestmark = pytest.mark.e2e
 
 
 def _port_free(port: int) -> bool:
+    """Free for a new server, as uvicorn binds: SO_REUSEADDR, so the closed connections
+    still in TIME_WAIT do not count, a listener left behind does."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
