@@ -12,6 +12,7 @@ import urllib.request
 import redis
 
 from berth.protocol import keys
+from berth.redisconn import sync_redis_client
 
 
 def check_api(url: str) -> bool:
@@ -23,7 +24,12 @@ def check_api(url: str) -> bool:
 
 
 def check_record(redis_url: str, key: str) -> bool:
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    # a probe answers within its own timeout: one quick retry, not a failover's worth
+    try:
+        client = sync_redis_client(redis_url, retries=1, timeout_s=5)
+    except ValueError as err:  # a malformed URL
+        sys.stderr.write(f"{err}\n")
+        return False
     try:
         return bool(client.exists(key))
     except redis.RedisError:

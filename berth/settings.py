@@ -6,11 +6,11 @@ import logging
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
-# how long a command waits for a free connection when all of a process's are busy
-_POOL_WAIT_S = 30.0
-DEFAULT_REDIS_CONNECTIONS = 256
+from berth.redisconn import DEFAULT_REDIS_CONNECTIONS, redis_client
+
+__all__ = ["DEFAULT_REDIS_CONNECTIONS", "CommonSettings", "MetricsSettings", "redis_client"]
 
 
 class CommonSettings(BaseSettings):
@@ -43,13 +43,6 @@ class CommonSettings(BaseSettings):
         """A client whose pool waits for a free connection instead of failing when all are
         busy, so a burst of requests queues for a moment rather than ending in errors."""
         return redis_client(self.require_redis_url(), self.redis_max_connections)
-
-
-def redis_client(url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS) -> Redis:
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=_POOL_WAIT_S
-    )
-    return Redis.from_pool(pool)
 
 
 class MetricsSettings(CommonSettings):

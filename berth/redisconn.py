@@ -1,0 +1,252 @@
+"""Every Redis client berth builds comes from here: one place for the URL forms, the
+retry and timeout policy, and Sentinel.
+
+Two URL forms are understood wherever berth takes a REDIS_URL:
+
+- ``redis://[[user]:password@]host:port[/db]`` (and ``rediss://``, ``unix://``): one server,
+  as redis-py reads it;
+- ``redis+sentinel://[[user]:password@]host1:port1,host2:port2/master_name[/db]``: a
+  Sentinel-managed primary. The sentinels are asked where ``master_name`` lives, and asked
+  again after a failover. The password is the primary's; sentinels get the same one unless
+  ``?sentinel_password=...`` names another (``?sentinel_password=`` for none). A sentinel
+  without a port listens on 26379.
+
+The policy: a command that fails with a connection error or a timeout is retried with
+exponential backoff and jitter for long enough to ride out a Sentinel failover; idle
+connections are pinged before use and TCP keepalive finds half-open ones; the socket
+timeout is far above the longest blocking read berth issues (pub/sub ``listen()`` waits
+without it), so only a dead server trips it.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+
+SENTINEL_SCHEME = "redis+sentinel"
+DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_REDIS_CONNECTIONS = 256
+
+# how long a command waits for a free connection when all of a process's are busy
+POOL_WAIT_S = 30.0
+# the longest blocking read berth issues is a 5 s XREAD of job events (api/jobs.py) and
+# the scheduler's XREADGROUP, bounded by its registry refresh; pub/sub listen() is exempt
+SOCKET_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5.0
+# idle connections are PINGed before reuse after this long
+HEALTH_CHECK_INTERVAL_S = 10
+# backoff 0.1 s doubling to 2 s, with jitter; 12 retries wait up to ~18 s in all, longer
+# than a Sentinel failover takes with down-after-milliseconds of 5 s
+RETRY_BASE_S = 0.1
+RETRY_CAP_S = 2.0
+RETRIES = 12
+
+
+def _keepalive_options() -> dict[int, int]:
+    """Probe an idle connection after 10 s, every 5 s, give up after 3 misses (Linux)."""
+    options: dict[int, int] = {}
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options[getattr(socket, name)] = value
+    return options
+
+
+def retry_policy(retries: int = RETRIES) -> redis.asyncio.retry.Retry:
+    """The async clients' retry: exponential backoff with jitter, on connection errors and
+    timeouts. A retried write may run twice if the first reached the server before the
+    connection dropped; berth's writes are idempotent or tolerate that (see item 6)."""
+    return redis.asyncio.retry.Retry(
+        ExponentialWithJitterBackoff(cap=RETRY_CAP_S, base=RETRY_BASE_S),
+        retries,
+        supported_errors=(ConnectionError, TimeoutError),
+    )
+
+
+def sync_retry_policy(retries: int = RETRIES) -> redis.retry.Retry:
+    return redis.retry.Retry(
+        ExponentialWithJitterBackoff(cap=RETRY_CAP_S, base=RETRY_BASE_S),
+        retries,
+        supported_errors=(ConnectionError, TimeoutError),
+    )
+
+
+def socket_options() -> dict[str, Any]:
+    """Socket settings shared by every connection, to servers and to sentinels."""
+    return {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    }
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A ``redis+sentinel://`` URL taken apart."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Take a ``redis+sentinel://`` URL apart; ValueError says what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    sentinels = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
+        host = host.strip("[]")
+        if not host:
+            raise ValueError(f"{SENTINEL_SCHEME} URL names an empty sentinel host: {url!r}")
+        try:
+            sentinels.append((host, int(port) if port else DEFAULT_SENTINEL_PORT))
+        except ValueError:
+            raise ValueError(f"sentinel port must be a number, got {port!r} in {url!r}") from None
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise ValueError(
+            f"{SENTINEL_SCHEME} URL must end in /master_name or /master_name/db, got {url!r}"
+        )
+    try:
+        db = int(path[1]) if len(path) == 2 else 0
+    except ValueError:
+        raise ValueError(f"database must be a number, got {path[1]!r} in {url!r}") from None
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    sentinel_password = query.pop("sentinel_password", password)
+    return SentinelTarget(
+        sentinels=sentinels,
+        master=unquote(path[0]),
+        db=db,
+        username=username,
+        password=password,
+        sentinel_password=sentinel_password or None,
+        options=query,
+    )
+
+
+def _sentinel_kwargs(target: SentinelTarget) -> dict[str, Any]:
+    """How berth talks to the sentinels themselves: short timeouts, so a dead sentinel is
+    skipped quickly for the next one."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": CONNECT_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
+    }
+    if target.sentinel_password:
+        kwargs["password"] = target.sentinel_password
+    return kwargs
+
+
+class BlockingSentinelConnectionPool(
+    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
+):
+    """A Sentinel-managed pool that, like BlockingConnectionPool, waits for a free
+    connection instead of failing when all are busy."""
+
+
+def redis_client(
+    url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS, *, retries: int = RETRIES
+) -> redis.asyncio.Redis:
+    """The async client for ``url``. Its pool waits for a free connection instead of failing
+    when all are busy, so a burst queues for a moment rather than ending in errors; after a
+    failover the same client reaches the new primary."""
+    options = socket_options() | {"retry": retry_policy(retries)}
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            target.sentinels, sentinel_kwargs=_sentinel_kwargs(target)
+        )
+        client: redis.asyncio.Redis = sentinel.master_for(
+            target.master,
+            connection_pool_class=BlockingSentinelConnectionPool,
+            max_connections=max_connections,
+            timeout=POOL_WAIT_S,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **options,
+        )
+        return client
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=POOL_WAIT_S, **options
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+def sync_redis_client(
+    url: str, *, retries: int = RETRIES, timeout_s: float = SOCKET_TIMEOUT_S
+) -> redis.Redis:
+    """A synchronous client for ``url`` (probes, scripts), with the same policy; a probe
+    passes a short ``timeout_s`` and few ``retries``."""
+    options = socket_options() | {"retry": sync_retry_policy(retries), "socket_timeout": timeout_s}
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        sentinel = redis.sentinel.Sentinel(
+            target.sentinels, sentinel_kwargs=_sentinel_kwargs(target)
+        )
+        client: redis.Redis = sentinel.master_for(
+            target.master,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **options,
+        )
+        return client
+    return redis.Redis.from_url(url, **options)
+
+
+def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
+    """Celery's broker URL and the transport options that go with it: kombu's ``sentinel://``
+    transport (one URL per sentinel, joined by ``;``, plus ``master_name``) for a
+    ``redis+sentinel://`` URL, the URL as it is otherwise."""
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry_on_timeout": True,
+    }
+    if not is_sentinel_url(url):
+        return url, options
+    target = parse_sentinel_url(url)
+    auth = ""
+    if target.username or target.password:
+        auth = f"{quote(target.username or '', safe='')}:{quote(target.password or '', safe='')}@"
+    broker = ";".join(
+        f"sentinel://{auth}{_host(host)}:{port}/{target.db}" for host, port in target.sentinels
+    )
+    options["master_name"] = target.master
+    options["sentinel_kwargs"] = _sentinel_kwargs(target)
+    return broker, options
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

