@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -15,6 +13,7 @@ from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
 from berth.protocol.errors import InvalidRequest, ModelNotFound, Unavailable
 from berth.registry import live_workers, models_served
+from berth.store.adapters import AdapterStore
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +23,7 @@ class WorkerDirectory:
 
     def __init__(self, redis: Redis, refresh_s: float, grace_s: float = 10.0) -> None:
         self._redis = redis
+        self._registry = AdapterStore(redis)
         self._refresh_s = refresh_s
         # a model whose workers all vanished this recently is still served: a heartbeat
         # late under load, or a worker restarting, should not bounce requests
@@ -55,12 +55,8 @@ class WorkerDirectory:
             for model, (seen, served) in self._last_seen.items()
             if now - seen <= self._grace_s
         }
-        known: Any = await self._redis.smembers(keys.MODELS_SET)
-        self._known_models = {m.decode() for m in known}
-        adapters: Any = await self._redis.hgetall(keys.ADAPTERS)
-        self._known_adapters = {
-            name.decode(): json.loads(value)["model"] for name, value in adapters.items()
-        }
+        self._known_models = await self._registry.known_models()
+        self._known_adapters = await self._registry.parents()
         if self._models:
             pipe = self._redis.pipeline(transaction=False)
             for model in self._models:

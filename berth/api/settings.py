@@ -61,8 +61,5 @@ class ApiSettings(CommonSettings):
         default=100 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files."
     )
 
-    def admin_key_list(self) -> list[str]:
-        return [k.strip() for k in (self.admin_keys or "").split(",") if k.strip()]
-
     def limits(self) -> RequestLimits:
         return RequestLimits(max_n=self.max_n, max_body_bytes=self.max_body_bytes)

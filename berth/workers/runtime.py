@@ -29,6 +29,7 @@ from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.protocol.output import CompletionAssembler
 from berth.settings import DEFAULT_REDIS_CONNECTIONS, redis_client
+from berth.store.adapters import AdapterStore
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
@@ -247,11 +248,7 @@ class EngineHost:
         """Make the model and its configured adapters known for good: once this worker is
         gone, requests for them are unavailable (503), not unknown (404)."""
         assert self._redis is not None
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.sadd(keys.MODELS_SET, self.engine.model)
-        for name in self.engine.adapters:
-            pipe.hsetnx(keys.ADAPTERS, name, json.dumps({"model": self.engine.model}))
-        await pipe.execute()
+        await AdapterStore(self._redis).announce(self.engine.model, self.engine.adapters)
 
     async def _shutdown(self) -> None:
         assert self._redis is not None and self._publisher is not None
@@ -266,15 +263,10 @@ class EngineHost:
     async def _follow_adapter_registry(self) -> None:
         """Adapters registered through the admin API become servable here within a beat."""
         assert self._redis is not None
+        registry = AdapterStore(self._redis)
         while True:
             try:
-                raw: Any = await self._redis.hgetall(keys.ADAPTERS)
-                mine = {}
-                for name, value in raw.items():
-                    record = json.loads(value)
-                    if record.get("model") == self.engine.model and record.get("path"):
-                        mine[name.decode()] = record["path"]
-                self.engine.set_registered_adapters(mine)
+                self.engine.set_registered_adapters(await registry.paths_for(self.engine.model))
             except Exception:
                 log.exception("reading the adapter registry failed")
             await asyncio.sleep(self._hb_interval)
