@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from berth.protocol import keys
-from berth.protocol.envelopes import QueuedRequest
+from berth.protocol.envelopes import QueuedRequest, event_json
 from berth.protocol.errors import BerthError, Timeout
 from berth.store.files import index_page
 from berth.store.jobs import TERMINAL_STATUSES, JobStore
@@ -107,12 +107,7 @@ class Scan:
 
 def ending_event(job_id: str, status: str, err: BerthError) -> str:
     """The terminal event of a job ended from outside (the batch was cancelled or expired)."""
-    event: dict[str, Any] = {"id": job_id, "seq": -1, "error": err.body()}
-    if status == "cancelled":
-        event["type"] = "cancelled"
-    else:
-        event.update(type="error", status=err.status_code)
-    return json.dumps(event)
+    return event_json(job_id, "cancelled" if status == "cancelled" else "error", error=err)
 
 
 class BatchStore:

@@ -7,7 +7,6 @@ and waits, so every group feeds the same engine and it batches across them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -20,10 +19,12 @@ from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import (
     TERMINAL_EVENTS,
+    EventType,
     QueuedRequest,
     TokenEvent,
     WorkerInfo,
     WorkGroup,
+    event_json,
 )
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
@@ -98,17 +99,18 @@ class _RequestEvents:
                 parallel_tool_calls=request.parallel_tool_calls is not False,
             )
 
-    def emit(self, type_: str, **fields: Any) -> None:
-        event = {"id": self._id, "seq": self._seq, "type": type_, "worker": self._worker, **fields}
+    def emit(self, type_: EventType, *, error: BerthError | None = None, **fields: Any) -> None:
+        payload = event_json(
+            self._id, type_, seq=self._seq, worker=self._worker, error=error, **fields
+        )
         self._seq += 1
-        payload = json.dumps(event, separators=(",", ":"))
         terminal = type_ in TERMINAL_EVENTS
         if terminal:
             metrics.FINISHED.labels(type_).inc()
         if not self._queued.job:
             self._publisher.publish(self._target, payload)
             return
-        parsed = TokenEvent.model_validate(event)
+        parsed = TokenEvent.model_validate_json(payload)
         if self._assembler is not None:
             self._assembler.add(parsed)
         if not terminal:
@@ -120,14 +122,14 @@ class _RequestEvents:
         script, script_keys, args = self._jobs.finish_call(
             self._id,
             self._queued.attempt,
-            terminal_status(type_, fields.get("status")),
+            terminal_status(type_, parsed.status),
             result=result,
-            error=fields.get("error"),
+            error=parsed.error,
             event=payload,
         )
         self._publisher.script(script, script_keys, args)
 
-    def step(self, step: EngineStep, type_: str = "delta") -> None:
+    def step(self, step: EngineStep, type_: EventType = "delta") -> None:
         fields: dict[str, Any] = {"choices": [_choice_json(c) for c in step.choices]}
         if type_ != "delta":
             metrics.PROMPT_TOKENS.inc(step.prompt_tokens)
@@ -139,7 +141,7 @@ class _RequestEvents:
         self.emit(type_, **fields)
 
     def error(self, err: BerthError) -> None:
-        self.emit("error", error=err.body(), status=err.status_code)
+        self.emit("error", error=err)
 
 
 class EngineHost:
