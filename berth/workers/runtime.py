@@ -29,13 +29,13 @@ from berth.protocol.envelopes import (
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.protocol.output import CompletionAssembler
-from berth.settings import DEFAULT_REDIS_CONNECTIONS, redis_client
 from berth.store.adapters import AdapterStore
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
 from berth.workers.heartbeat import deregister, heartbeat_loop
 from berth.workers.publisher import EventPublisher
+from berth.workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -147,26 +147,11 @@ class _RequestEvents:
 class EngineHost:
     """Runs the engine, the event publisher, the cancel listener and the heartbeat."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        redis_url: str,
-        worker_id: str,
-        capacity: int,
-        heartbeat_interval: float = 1.0,
-        heartbeat_ttl: float = 5.0,
-        job_ttl_s: int = 7 * 24 * 3600,
-        redis_max_connections: int = DEFAULT_REDIS_CONNECTIONS,
-    ) -> None:
+    def __init__(self, engine: Engine, settings: WorkerSettings) -> None:
         self.engine = engine
-        self.worker_id = worker_id
-        self.capacity = capacity
-        self._redis_url = redis_url
-        self._redis_max_connections = redis_max_connections
-        self._hb_interval = heartbeat_interval
-        self._hb_ttl = heartbeat_ttl
-        self._job_ttl_s = job_ttl_s
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.capacity = settings.capacity
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
@@ -227,18 +212,23 @@ class EngineHost:
     # -- inside the loop --------------------------------------------------------------------
 
     async def _startup(self) -> None:
-        self._redis = redis_client(self._redis_url, self._redis_max_connections)
+        self._redis = self.settings.redis()
         await self.engine.start()
         self._publisher = EventPublisher(self._redis)
         self._publisher.start()
-        self._jobs = JobStore(self._redis, self._job_ttl_s)
+        self._jobs = JobStore(self._redis, self.settings.job_ttl_s)
         await self._register_model()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._listen_for_cancels(), name="cancels"))
         self._tasks.append(loop.create_task(self._follow_adapter_registry(), name="adapters"))
         self._tasks.append(
             loop.create_task(
-                heartbeat_loop(self._redis, self.info, self._hb_interval, self._hb_ttl),
+                heartbeat_loop(
+                    self._redis,
+                    self.info,
+                    self.settings.heartbeat_interval,
+                    self.settings.heartbeat_ttl,
+                ),
                 name="heartbeat",
             )
         )
@@ -271,7 +261,7 @@ class EngineHost:
                 self.engine.set_registered_adapters(await registry.paths_for(self.engine.model))
             except Exception:
                 log.exception("reading the adapter registry failed")
-            await asyncio.sleep(self._hb_interval)
+            await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _listen_for_cancels(self) -> None:
         assert self._redis is not None
