@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, event_json
 from berth.protocol.errors import BerthError, Timeout
-from berth.store.files import index_page
 from berth.store.jobs import TERMINAL_STATUSES, JobStore
+from berth.store.paging import index_page
 from berth.store.scripts import Scripts
 
 TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
