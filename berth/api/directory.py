@@ -107,28 +107,27 @@ class WorkerDirectory:
         raise ModelNotFound(f"The model {model!r} does not exist.", param="model")
 
     def model_cards(self) -> list[dict[str, object]]:
-        """GET /v1/models entries: base models, then adapters naming their parent."""
-        created = int(time.time())
-        cards: list[dict[str, object]] = []
-        for base in sorted(self._models):
+        """GET /v1/models entries for the models served now."""
+        return model_cards(self._models, int(time.time()))
+
+
+def model_cards(models: dict[str, set[str]], created: int) -> list[dict[str, object]]:
+    """GET /v1/models entries: base models, then adapters naming their parent (plain dicts,
+    the shape the ``openai`` client's ``Model`` reads; no per-request model building)."""
+    cards: list[dict[str, object]] = []
+    for base in sorted(models):
+        cards.append(
+            {"id": base, "object": "model", "created": created, "owned_by": "berth", "root": base}
+        )
+        for adapter in sorted(models[base]):
             cards.append(
                 {
-                    "id": base,
+                    "id": adapter,
                     "object": "model",
                     "created": created,
                     "owned_by": "berth",
-                    "root": base,
+                    "root": adapter,
+                    "parent": base,
                 }
             )
-            for adapter in sorted(self._models[base]):
-                cards.append(
-                    {
-                        "id": adapter,
-                        "object": "model",
-                        "created": created,
-                        "owned_by": "berth",
-                        "root": adapter,
-                        "parent": base,
-                    }
-                )
-        return cards
+    return cards
