@@ -27,6 +27,7 @@ from berth.registry import live_workers
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
+from berth.store.adapters import AdapterStore
 from berth.store.jobs import JobStore
 from berth.store.scripts import Scripts
 
@@ -125,8 +126,7 @@ class Scheduler:
             await self.redis.delete(*(keys.open_adapters(w) for w in gone))
         await self._read_open_adapters([w.id for w in workers if w.max_loras])
         self._workers = workers
-        members: Any = await self.redis.smembers(keys.MODELS_SET)
-        models = {m.decode() for m in members} | {w.model for w in workers}
+        models = await AdapterStore(self.redis).known_models() | {w.model for w in workers}
         wanted = {keys.ingress_stream(m, lane) for m in models for lane in keys.LANES}
         for stream in wanted - self._streams:
             try:

@@ -1,7 +1,8 @@
 """The model and adapter registry: every base model a worker ever served (``keys.MODELS_SET``)
 and every named LoRA adapter (``keys.ADAPTERS``: name -> JSON {"model", "path"}).
 
-Workers announce their model and configured adapters at start; the admin API registers
+Workers announce their model and configured adapters at start, and the API adds a model
+when it first queues a request for it; the admin API registers
 and removes adapters; workers follow the registry to load adapters by name; the API reads
 it to tell an unavailable model (503) from an unknown one (404). No record expires.
 """
@@ -30,6 +31,11 @@ class AdapterStore:
         for name in adapters:
             pipe.hsetnx(keys.ADAPTERS, name, json.dumps({"model": model}))
         await pipe.execute()
+
+    @staticmethod
+    def add_models(client: Any, models: set[str]) -> Any:
+        """Make models known (``client``: the store's Redis, or a pipeline to add it to)."""
+        return client.sadd(keys.MODELS_SET, *models)
 
     async def known_models(self) -> set[str]:
         raw: Any = await self.redis.smembers(keys.MODELS_SET)

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, event_json
 from berth.protocol.errors import BerthError, Timeout
+from berth.store.adapters import AdapterStore
 from berth.store.jobs import TERMINAL_STATUSES, JobStore
 from berth.store.paging import index_page
 from berth.store.scripts import Scripts
@@ -166,7 +167,7 @@ class BatchStore:
         pipe.sadd(keys.BATCHES_ACTIVE, batch_id)
         # the scheduler reads the lanes of every model in this set
         if lines:
-            pipe.sadd(keys.MODELS_SET, *{line.queued.model for line in lines})
+            AdapterStore.add_models(pipe, {line.queued.model for line in lines})
         await pipe.execute()
 
         jobs = JobStore(self.redis, ttl)
