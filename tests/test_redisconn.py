@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from berth.api.jobs import _EVENTS_BLOCK_MS
+from berth.api.routes.jobs import _EVENTS_BLOCK_MS
 from berth.protocol.celeryconf import celery_settings
 from berth.redisconn import (
     SOCKET_TIMEOUT_S,
@@ -103,6 +103,7 @@ async def test_sentinel_client_pool_waits_for_a_free_connection() -> None:
         pool = client.connection_pool
         assert isinstance(pool, BlockingSentinelConnectionPool)
         assert isinstance(pool, redis.asyncio.BlockingConnectionPool)
-        assert pool.max_connections == 4 and pool.timeout > 0
+        assert pool.max_connections == 4
+        assert pool.timeout is not None and pool.timeout > 0
     finally:
         await client.aclose()

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import Request
 
-from berth.api.app import ApiState
+from berth.api.state import ApiState
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import InvalidRequest

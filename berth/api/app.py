@@ -5,20 +5,23 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
 
-from berth.api import metrics
-from berth.api.auth import KeyRing, parse_keys
+from berth.api.auth import KeyRing, admin_ring, parse_keys
 from berth.api.directory import WorkerDirectory
+from berth.api.errors import error_response
 from berth.api.ingress import Ingress
 from berth.api.relay import TokenRelay
+from berth.api.routes import admin, batches, chat, files, health, jobs, models
 from berth.api.settings import ApiSettings
-from berth.protocol.errors import BerthError, InvalidRequest, QueueFull, Unavailable
+from berth.api.state import ApiState
+from berth.protocol.errors import BerthError, InvalidRequest
+from berth.store.adapters import AdapterStore
+from berth.store.batches import BatchStore
+from berth.store.files import FileStore
 from berth.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -30,30 +33,11 @@ def _route(request: Request) -> str:
     return str(getattr(route, "path", request.url.path))
 
 
-@dataclass
-class ApiState:
-    """What every route needs, built once per process."""
-
-    settings: ApiSettings
-    redis: Redis
-    relay: TokenRelay
-    directory: WorkerDirectory
-    ingress: Ingress
-    keys: KeyRing
-    jobs: JobStore
-
-
-def error_response(err: BerthError, route: str = "/v1/chat/completions") -> JSONResponse:
-    """The one place a berth error becomes an HTTP answer."""
-    metrics.REQUESTS.labels(route, str(err.status_code)).inc()
-    headers = {}
-    if isinstance(err, QueueFull | Unavailable):
-        headers["Retry-After"] = str(err.retry_after)
-    return JSONResponse(err.body(), status_code=err.status_code, headers=headers)
-
-
 def create_app(settings: ApiSettings) -> FastAPI:
     keyring = KeyRing(parse_keys(settings.api_keys, settings.api_keys_file))
+    if keyring.open:
+        log.warning("no API keys configured: berth is open to anyone who can reach it")
+    admin_keys = admin_ring(settings.admin_keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,7 +53,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
             directory=directory,
             ingress=Ingress(redis, settings.max_queue_per_model, settings.retry_after_s),
             keys=keyring,
+            admin_keys=admin_keys,
             jobs=JobStore(redis, settings.job_ttl_s),
+            files=FileStore(redis, settings.job_ttl_s),
+            batches=BatchStore(redis, settings.job_ttl_s),
+            adapters=AdapterStore(redis),
         )
         log.info("api ready on %s:%d", settings.host, settings.port)
         try:
@@ -92,15 +80,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
         invalid = InvalidRequest(str(first.get("msg", "invalid request")), param=param)
         return error_response(invalid, _route(request))
 
-    from berth.api.admin import router as admin_router
-    from berth.api.batches import router as batches_router
-    from berth.api.files import router as files_router
-    from berth.api.jobs import router as jobs_router
-    from berth.api.routes import router
-
-    app.include_router(router)
-    app.include_router(jobs_router)
-    app.include_router(admin_router)
-    app.include_router(files_router)
-    app.include_router(batches_router)
+    for feature in (chat, models, health, jobs, admin, files, batches):
+        app.include_router(feature.router)
     return app

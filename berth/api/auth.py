@@ -5,11 +5,8 @@ from __future__ import annotations
 import hmac
 import logging
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, Request
-
-from berth.protocol.errors import Unauthorized
+from berth.protocol.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +30,28 @@ def parse_keys(spec: str | None, file: str | None) -> dict[str, str]:
 
 
 class KeyRing:
-    """Maps a presented key to its tenant in time independent of where (or if) it matches."""
+    """Maps a presented bearer key to its owner in time independent of where (or if) it
+    matches. Serves both the API keys (owner: a tenant) and the admin keys."""
 
     def __init__(self, keys: dict[str, str]) -> None:
         self._keys = [(k.encode(), t) for k, t in keys.items()]
-        if not self._keys:
-            log.warning("no API keys configured: berth is open to anyone who can reach it")
 
     @property
     def open(self) -> bool:
         return not self._keys
+
+    def owner(self, authorization: str | None) -> str | None:
+        """The owner of the key in an ``Authorization: Bearer <key>`` header, or None."""
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return None
+        candidate = presented.strip().encode()
+        found: str | None = None
+        for key, owner in self._keys:
+            # compare with every key, so timing does not tell which one (or whether) matched
+            if hmac.compare_digest(candidate, key):
+                found = owner
+        return found
 
     def tenant(self, authorization: str | None) -> str:
         if self.open:
@@ -50,20 +59,21 @@ class KeyRing:
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not presented:
             raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-        candidate = presented.strip().encode()
-        found: str | None = None
-        for key, tenant in self._keys:
-            # compare with every key, so timing does not tell which one (or whether) matched
-            if hmac.compare_digest(candidate, key):
-                found = tenant
+        found = self.owner(authorization)
         if found is None:
             raise Unauthorized("incorrect API key provided")
         return found
 
+    def admit_admin(self, api_keys: KeyRing, authorization: str | None) -> None:
+        """Pass an admin request (this ring holds the admin keys) or raise why not."""
+        if self.open:
+            if api_keys.open:
+                return  # an open, local deployment: its operator is the only user
+            raise Forbidden("the admin API is disabled: set BERTH_ADMIN_KEYS to enable it")
+        if self.owner(authorization) is None:
+            raise Unauthorized("an admin key is required: send Authorization: Bearer <admin key>")
 
-async def _tenant(request: Request) -> str:
-    ring: KeyRing = request.app.state.berth.keys
-    return ring.tenant(request.headers.get("authorization"))
 
-
-Tenant = Annotated[str, Depends(_tenant)]
+def admin_ring(spec: str | None) -> KeyRing:
+    """The admin keys (comma-separated) as a ring."""
+    return KeyRing({k.strip(): "admin" for k in (spec or "").split(",") if k.strip()})

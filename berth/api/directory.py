@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -15,6 +13,7 @@ from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
 from berth.protocol.errors import InvalidRequest, ModelNotFound, Unavailable
 from berth.registry import live_workers, models_served
+from berth.store.adapters import AdapterStore
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +23,7 @@ class WorkerDirectory:
 
     def __init__(self, redis: Redis, refresh_s: float, grace_s: float = 10.0) -> None:
         self._redis = redis
+        self._registry = AdapterStore(redis)
         self._refresh_s = refresh_s
         # a model whose workers all vanished this recently is still served: a heartbeat
         # late under load, or a worker restarting, should not bounce requests
@@ -55,12 +55,8 @@ class WorkerDirectory:
             for model, (seen, served) in self._last_seen.items()
             if now - seen <= self._grace_s
         }
-        known: Any = await self._redis.smembers(keys.MODELS_SET)
-        self._known_models = {m.decode() for m in known}
-        adapters: Any = await self._redis.hgetall(keys.ADAPTERS)
-        self._known_adapters = {
-            name.decode(): json.loads(value)["model"] for name, value in adapters.items()
-        }
+        self._known_models = await self._registry.known_models()
+        self._known_adapters = await self._registry.parents()
         if self._models:
             pipe = self._redis.pipeline(transaction=False)
             for model in self._models:
@@ -111,28 +107,27 @@ class WorkerDirectory:
         raise ModelNotFound(f"The model {model!r} does not exist.", param="model")
 
     def model_cards(self) -> list[dict[str, object]]:
-        """GET /v1/models entries: base models, then adapters naming their parent."""
-        created = int(time.time())
-        cards: list[dict[str, object]] = []
-        for base in sorted(self._models):
+        """GET /v1/models entries for the models served now."""
+        return model_cards(self._models, int(time.time()))
+
+
+def model_cards(models: dict[str, set[str]], created: int) -> list[dict[str, object]]:
+    """GET /v1/models entries: base models, then adapters naming their parent (plain dicts,
+    the shape the ``openai`` client's ``Model`` reads; no per-request model building)."""
+    cards: list[dict[str, object]] = []
+    for base in sorted(models):
+        cards.append(
+            {"id": base, "object": "model", "created": created, "owned_by": "berth", "root": base}
+        )
+        for adapter in sorted(models[base]):
             cards.append(
                 {
-                    "id": base,
+                    "id": adapter,
                     "object": "model",
                     "created": created,
                     "owned_by": "berth",
-                    "root": base,
+                    "root": adapter,
+                    "parent": base,
                 }
             )
-            for adapter in sorted(self._models[base]):
-                cards.append(
-                    {
-                        "id": adapter,
-                        "object": "model",
-                        "created": created,
-                        "owned_by": "berth",
-                        "root": adapter,
-                        "parent": base,
-                    }
-                )
-        return cards
+    return cards

@@ -10,12 +10,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from berth.protocol.envelopes import TokenEvent
+from berth.protocol.envelopes import OUTSIDE_SEQ, TokenEvent
 from berth.protocol.errors import BerthError, Timeout, WorkerLost
 
 
 def synthetic_error(request_id: str, err: BerthError) -> TokenEvent:
-    return TokenEvent(id=request_id, seq=-1, type="error", error=err.body(), status=err.status_code)
+    """An error event made up here (the worker cannot send one); never written to Redis."""
+    return TokenEvent(
+        id=request_id, seq=OUTSIDE_SEQ, type="error", error=err.body(), status=err.status_code
+    )
 
 
 async def request_events(

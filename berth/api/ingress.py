@@ -7,6 +7,7 @@ from redis.asyncio import Redis
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import QueueFull
+from berth.store.adapters import AdapterStore
 
 
 class Ingress:
@@ -29,7 +30,7 @@ class Ingress:
                 retry_after=self._retry_after_s,
             )
         if queued.model not in self._known_models:
-            await self._redis.sadd(keys.MODELS_SET, queued.model)
+            await AdapterStore.add_models(self._redis, {queued.model})
             self._known_models.add(queued.model)
         return stream
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from berth.protocol.limits import RequestLimits
-from berth.settings import CommonSettings
+from berth.settings import CommonSettings, JobRecordSettings
 
 
-class ApiSettings(CommonSettings):
+class ApiSettings(CommonSettings, JobRecordSettings):
     """HTTP front end: where it listens, how much it queues, how long it waits."""
 
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
@@ -54,15 +54,9 @@ class ApiSettings(CommonSettings):
         description="Comma-separated keys for the admin API (adapter registry). Unset: the "
         "admin API is open when berth runs without API keys, and off otherwise.",
     )
-    job_ttl_s: int = Field(
-        default=7 * 24 * 3600, ge=60, description="How long job, file and batch records are kept."
-    )
     max_file_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files."
     )
-
-    def admin_key_list(self) -> list[str]:
-        return [k.strip() for k in (self.admin_keys or "").split(",") if k.strip()]
 
     def limits(self) -> RequestLimits:
         return RequestLimits(max_n=self.max_n, max_body_bytes=self.max_body_bytes)

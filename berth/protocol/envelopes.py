@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from berth.protocol.errors import BerthError
+
 # "dispatched" comes from the scheduler (which worker got the request); "requeued" marks a
 # job's next attempt after its worker died; the rest come from the worker
 EventType = Literal["dispatched", "started", "delta", "finished", "error", "cancelled", "requeued"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"finished", "error", "cancelled"})
+# the seq of an event not written by the worker running the request (see event_json)
+OUTSIDE_SEQ = -1
 
 
 class QueuedRequest(BaseModel):
@@ -66,10 +71,9 @@ class EventUsage(BaseModel):
 
 
 class TokenEvent(BaseModel):
-    """What a worker publishes on a request's token channel.
-
-    ``seq`` increases by one per event of a request, so a reader can tell a gap
-    or a duplicate. Exactly one event per request has a terminal ``type``.
+    """One event of a request, on its token channel (interactive) or in its job's event
+    stream. Written only through ``event_json``, whose docstring defines ``seq``. Exactly
+    one event per request (per job) has a terminal ``type``.
     """
 
     id: str
@@ -112,3 +116,36 @@ class WorkerInfo(BaseModel):
     queue: str
     heartbeat_at: float = Field(default_factory=time.time)
     started_at: float = Field(default_factory=time.time)
+
+
+def event_json(
+    request_id: str,
+    type_: EventType,
+    *,
+    seq: int = OUTSIDE_SEQ,
+    worker: str | None = None,
+    error: BerthError | None = None,
+    **fields: Any,
+) -> str:
+    """The JSON of one ``TokenEvent``: every token event and job event is built here.
+
+    ``seq``: the worker running an attempt numbers that attempt's events 0, 1, 2, ... in the
+    order it writes them, so a reader can drop a duplicate (a seq at or below one it has
+    seen). Every event written by anyone else (the scheduler's ``dispatched`` and
+    ``requeued``, a terminal event for a request that never reached a worker, a job
+    cancelled through the API or ended with its batch) has ``OUTSIDE_SEQ`` (-1): it is
+    outside the worker's numbering and never taken for a duplicate.
+
+    ``error`` gives the OpenAI error body; on an ``error`` event its HTTP status too.
+    ``fields`` are the other ``TokenEvent`` fields (``choices``, ``usage``) as JSON-ready
+    values: the worker's hot path builds them without a model.
+    """
+    event: dict[str, Any] = {"id": request_id, "seq": seq, "type": type_}
+    if worker is not None:
+        event["worker"] = worker
+    event.update(fields)
+    if error is not None:
+        event["error"] = error.body()
+        if type_ == "error":
+            event["status"] = error.status_code
+    return json.dumps(event, separators=(",", ":"))

@@ -73,6 +73,14 @@ class Unauthorized(BerthError):
     default_code = "invalid_api_key"
 
 
+class Forbidden(BerthError):
+    """The caller may not use the admin API."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "admin_only"
+
+
 class NotFound(BerthError):
     """The model, adapter or object does not exist."""
 

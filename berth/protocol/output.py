@@ -1,8 +1,7 @@
 """Turns token events into OpenAI output: SSE chunks for streams, one response otherwise.
 
-Chunks are built as plain dicts and dumped once: this runs per token. Their
-shape is the one ``berth.protocol.response`` defines and tests check it against
-the ``openai`` client's own types.
+Chunks are built as plain dicts and dumped once: this runs per token. Tests
+check their shape against the official ``openai`` client's own types.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ as expired, cancelled ones are dropped, jobs whose worker died are queued again
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
@@ -22,12 +21,13 @@ from redis.exceptions import ResponseError
 
 from berth.protocol import keys
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
-from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
+from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
 from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
 from berth.registry import live_workers
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
+from berth.store.adapters import AdapterStore
 from berth.store.jobs import JobStore
 from berth.store.scripts import Scripts
 
@@ -40,14 +40,6 @@ _HELD_CHECK_S = 0.5
 # a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
 # and to the other replicas, which then claim its entries
 _ALIVE_TTL_MS = 10_000
-
-
-def terminal_event(request_id: str, type_: str, err: BerthError | None = None) -> str:
-    """A terminal event for a request that never reached a worker (seq 0: it is the only one)."""
-    event: dict[str, Any] = {"id": request_id, "seq": 0, "type": type_}
-    if err is not None:
-        event["error"], event["status"] = err.body(), err.status_code
-    return json.dumps(event)
 
 
 def _entry_ids(items: list[policy.Pending]) -> dict[str, list[str]]:
@@ -134,8 +126,7 @@ class Scheduler:
             await self.redis.delete(*(keys.open_adapters(w) for w in gone))
         await self._read_open_adapters([w.id for w in workers if w.max_loras])
         self._workers = workers
-        members: Any = await self.redis.smembers(keys.MODELS_SET)
-        models = {m.decode() for m in members} | {w.model for w in workers}
+        models = await AdapterStore(self.redis).known_models() | {w.model for w in workers}
         wanted = {keys.ingress_stream(m, lane) for m in models for lane in keys.LANES}
         for stream in wanted - self._streams:
             try:
@@ -352,8 +343,8 @@ class Scheduler:
                 )
             else:
                 # the waiting API learns the worker, so it notices if that worker dies
-                event = {"id": p.request.id, "seq": -1, "type": "dispatched", "worker": worker.id}
-                pipe.publish(keys.token_channel(p.request.id), json.dumps(event))
+                event = event_json(p.request.id, "dispatched", worker=worker.id)
+                pipe.publish(keys.token_channel(p.request.id), event)
         self._ack_into(pipe, _entry_ids(items))
         await pipe.execute()
         log.debug(
@@ -364,8 +355,7 @@ class Scheduler:
         """End a request that will never reach a worker, with its one terminal event."""
         metrics.DROPPED.labels(reason).inc()
         request = item.request
-        type_ = "cancelled" if err is None else "error"
-        event = terminal_event(request.id, type_, err)
+        event = event_json(request.id, "cancelled" if err is None else "error", error=err)
         if request.job:
             status = {"cancelled": "cancelled", "expired": "expired"}.get(reason, "failed")
             body = err.body() if err is not None else None
@@ -433,12 +423,8 @@ class Scheduler:
                 worker,
                 self.settings.max_attempts,
                 failure=lost.body(),
-                failure_event=json.dumps(
-                    {"id": job_id, "seq": -1, "type": "error", "error": lost.body(), "status": 500}
-                ),
-                requeue_event=json.dumps(
-                    {"id": job_id, "seq": -1, "type": "requeued", "worker": worker}
-                ),
+                failure_event=event_json(job_id, "error", error=lost),
+                requeue_event=event_json(job_id, "requeued", worker=worker),
             )
             if outcome == 1:
                 log.warning(

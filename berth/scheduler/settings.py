@@ -8,10 +8,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from berth.settings import MetricsSettings
+from berth.settings import JobRecordSettings, MetricsSettings
 
 
-class SchedulerSettings(MetricsSettings):
+class SchedulerSettings(MetricsSettings, JobRecordSettings):
     """Grouping and dispatch knobs; several replicas may run with the same settings."""
 
     scheduler_id: str = Field(
@@ -58,9 +58,6 @@ class SchedulerSettings(MetricsSettings):
         default=1.0,
         gt=0,
         description="How often dead replicas' entries and dead workers' jobs are recovered.",
-    )
-    job_ttl_s: int = Field(
-        default=7 * 24 * 3600, ge=60, description="How long job records are kept."
     )
     no_worker_timeout_s: float = Field(
         default=60.0,

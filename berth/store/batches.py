@@ -19,10 +19,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from berth.protocol import keys
-from berth.protocol.envelopes import QueuedRequest
+from berth.protocol.envelopes import QueuedRequest, event_json
 from berth.protocol.errors import BerthError, Timeout
-from berth.store.files import index_page
+from berth.store.adapters import AdapterStore
 from berth.store.jobs import TERMINAL_STATUSES, JobStore
+from berth.store.paging import index_page
 from berth.store.scripts import Scripts
 
 TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -107,12 +108,7 @@ class Scan:
 
 def ending_event(job_id: str, status: str, err: BerthError) -> str:
     """The terminal event of a job ended from outside (the batch was cancelled or expired)."""
-    event: dict[str, Any] = {"id": job_id, "seq": -1, "error": err.body()}
-    if status == "cancelled":
-        event["type"] = "cancelled"
-    else:
-        event.update(type="error", status=err.status_code)
-    return json.dumps(event)
+    return event_json(job_id, "cancelled" if status == "cancelled" else "error", error=err)
 
 
 class BatchStore:
@@ -171,7 +167,7 @@ class BatchStore:
         pipe.sadd(keys.BATCHES_ACTIVE, batch_id)
         # the scheduler reads the lanes of every model in this set
         if lines:
-            pipe.sadd(keys.MODELS_SET, *{line.queued.model for line in lines})
+            AdapterStore.add_models(pipe, {line.queued.model for line in lines})
         await pipe.execute()
 
         jobs = JobStore(self.redis, ttl)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
 from berth.protocol import keys
+from berth.store.paging import index_page
 
 # what a client may upload, and what berth writes for a finished batch
 UPLOAD_PURPOSES = ("batch",)
@@ -36,47 +36,6 @@ def file_view(record: dict[bytes, bytes]) -> dict[str, Any]:
         "status": "processed",
         "status_details": None,
     }
-
-
-Loader = Callable[[list[bytes]], Awaitable[list[dict[str, Any] | None]]]
-
-
-async def index_page(
-    redis: Any,
-    index: str,
-    load: Loader,
-    *,
-    after: str | None,
-    limit: int,
-    descending: bool = True,
-    keep: Callable[[dict[str, Any]], bool] = lambda _: True,
-) -> tuple[list[dict[str, Any]], bool]:
-    """Up to ``limit`` objects of a tenant's index (a sorted set by creation time) after the id
-    ``after``, and whether more follow. ``load`` turns ids into objects (None: expired, and
-    then dropped from the index); ``keep`` filters them."""
-    start = 0
-    if after is not None:
-        rank = await (redis.zrevrank if descending else redis.zrank)(index, after)
-        if rank is None:
-            return [], False
-        start = rank + 1
-    read = redis.zrevrange if descending else redis.zrange
-    out: list[dict[str, Any]] = []
-    while True:
-        ids = await read(index, start, start + limit)
-        if not ids:
-            return out, False
-        start += len(ids)
-        loaded = await load(ids)
-        gone = [raw for raw, obj in zip(ids, loaded, strict=True) if obj is None]
-        if gone:
-            await redis.zrem(index, *gone)
-        for obj in loaded:
-            if obj is None or not keep(obj):
-                continue
-            if len(out) == limit:
-                return out, True
-            out.append(obj)
 
 
 class FileStore:

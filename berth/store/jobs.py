@@ -13,6 +13,8 @@ from redis.commands.core import AsyncScript
 
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
+from berth.store.paging import index_page
+from berth.store.scripts import Scripts
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
 
@@ -70,8 +72,6 @@ class JobStore:
     """Every job operation; ``scripts`` are the package's Lua scripts on the same client."""
 
     def __init__(self, redis: Redis, ttl_s: int) -> None:
-        from berth.store.scripts import Scripts
-
         # redis-py types replies as unions of str, bytes and awaitables; this client
         # always answers bytes, so the store reads replies untyped
         self.redis: Any = redis
@@ -151,22 +151,13 @@ class JobStore:
         self, tenant: str, *, after: str | None, limit: int
     ) -> tuple[list[dict[str, Any]], bool]:
         """A tenant's jobs, newest first, starting after the job id ``after``."""
-        index = keys.tenant_jobs(tenant)
-        start = 0
-        if after is not None:
-            rank = await self.redis.zrevrank(index, after)
-            if rank is None:
-                return [], False
-            start = rank + 1
-        ids = await self.redis.zrevrange(index, start, start + limit)
-        jobs = []
-        for raw in ids[:limit]:
-            job = await self.get(raw.decode(), tenant)
-            if job is None:  # expired: drop it from the index too
-                await self.redis.zrem(index, raw)
-                continue
-            jobs.append(job)
-        return jobs, len(ids) > limit
+
+        async def load(ids: list[bytes]) -> list[dict[str, Any] | None]:
+            return [await self.get(raw.decode(), tenant) for raw in ids]
+
+        return await index_page(
+            self.redis, keys.tenant_jobs(tenant), load, after=after, limit=limit
+        )
 
     async def claim(self, job_id: str, attempt: int, worker: str) -> bool:
         return bool(

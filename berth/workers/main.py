@@ -65,15 +65,7 @@ def build_engine(settings: WorkerSettings) -> Engine:
 def run_worker(settings: WorkerSettings, engine: Engine | None = None) -> None:
     """Serve until stopped; ``engine`` replaces the configured one (simulations)."""
     redis_url = settings.require_redis_url()
-    host = EngineHost(
-        engine if engine is not None else build_engine(settings),
-        redis_url=redis_url,
-        worker_id=settings.worker_id,
-        capacity=settings.capacity,
-        heartbeat_interval=settings.heartbeat_interval,
-        heartbeat_ttl=settings.heartbeat_ttl,
-        redis_max_connections=settings.redis_max_connections,
-    )
+    host = EngineHost(engine if engine is not None else build_engine(settings), settings)
     host.start()
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)

@@ -7,7 +7,6 @@ and waits, so every group feeds the same engine and it batches across them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -20,20 +19,23 @@ from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import (
     TERMINAL_EVENTS,
+    EventType,
     QueuedRequest,
     TokenEvent,
     WorkerInfo,
     WorkGroup,
+    event_json,
 )
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.protocol.output import CompletionAssembler
-from berth.settings import DEFAULT_REDIS_CONNECTIONS, redis_client
+from berth.store.adapters import AdapterStore
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
 from berth.workers.heartbeat import deregister, heartbeat_loop
 from berth.workers.publisher import EventPublisher
+from berth.workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +99,18 @@ class _RequestEvents:
                 parallel_tool_calls=request.parallel_tool_calls is not False,
             )
 
-    def emit(self, type_: str, **fields: Any) -> None:
-        event = {"id": self._id, "seq": self._seq, "type": type_, "worker": self._worker, **fields}
+    def emit(self, type_: EventType, *, error: BerthError | None = None, **fields: Any) -> None:
+        payload = event_json(
+            self._id, type_, seq=self._seq, worker=self._worker, error=error, **fields
+        )
         self._seq += 1
-        payload = json.dumps(event, separators=(",", ":"))
         terminal = type_ in TERMINAL_EVENTS
         if terminal:
             metrics.FINISHED.labels(type_).inc()
         if not self._queued.job:
             self._publisher.publish(self._target, payload)
             return
-        parsed = TokenEvent.model_validate(event)
+        parsed = TokenEvent.model_validate_json(payload)
         if self._assembler is not None:
             self._assembler.add(parsed)
         if not terminal:
@@ -119,14 +122,14 @@ class _RequestEvents:
         script, script_keys, args = self._jobs.finish_call(
             self._id,
             self._queued.attempt,
-            terminal_status(type_, fields.get("status")),
+            terminal_status(type_, parsed.status),
             result=result,
-            error=fields.get("error"),
+            error=parsed.error,
             event=payload,
         )
         self._publisher.script(script, script_keys, args)
 
-    def step(self, step: EngineStep, type_: str = "delta") -> None:
+    def step(self, step: EngineStep, type_: EventType = "delta") -> None:
         fields: dict[str, Any] = {"choices": [_choice_json(c) for c in step.choices]}
         if type_ != "delta":
             metrics.PROMPT_TOKENS.inc(step.prompt_tokens)
@@ -138,32 +141,17 @@ class _RequestEvents:
         self.emit(type_, **fields)
 
     def error(self, err: BerthError) -> None:
-        self.emit("error", error=err.body(), status=err.status_code)
+        self.emit("error", error=err)
 
 
 class EngineHost:
     """Runs the engine, the event publisher, the cancel listener and the heartbeat."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        redis_url: str,
-        worker_id: str,
-        capacity: int,
-        heartbeat_interval: float = 1.0,
-        heartbeat_ttl: float = 5.0,
-        job_ttl_s: int = 7 * 24 * 3600,
-        redis_max_connections: int = DEFAULT_REDIS_CONNECTIONS,
-    ) -> None:
+    def __init__(self, engine: Engine, settings: WorkerSettings) -> None:
         self.engine = engine
-        self.worker_id = worker_id
-        self.capacity = capacity
-        self._redis_url = redis_url
-        self._redis_max_connections = redis_max_connections
-        self._hb_interval = heartbeat_interval
-        self._hb_ttl = heartbeat_ttl
-        self._job_ttl_s = job_ttl_s
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.capacity = settings.capacity
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
@@ -224,18 +212,23 @@ class EngineHost:
     # -- inside the loop --------------------------------------------------------------------
 
     async def _startup(self) -> None:
-        self._redis = redis_client(self._redis_url, self._redis_max_connections)
+        self._redis = self.settings.redis()
         await self.engine.start()
         self._publisher = EventPublisher(self._redis)
         self._publisher.start()
-        self._jobs = JobStore(self._redis, self._job_ttl_s)
+        self._jobs = JobStore(self._redis, self.settings.job_ttl_s)
         await self._register_model()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._listen_for_cancels(), name="cancels"))
         self._tasks.append(loop.create_task(self._follow_adapter_registry(), name="adapters"))
         self._tasks.append(
             loop.create_task(
-                heartbeat_loop(self._redis, self.info, self._hb_interval, self._hb_ttl),
+                heartbeat_loop(
+                    self._redis,
+                    self.info,
+                    self.settings.heartbeat_interval,
+                    self.settings.heartbeat_ttl,
+                ),
                 name="heartbeat",
             )
         )
@@ -247,11 +240,7 @@ class EngineHost:
         """Make the model and its configured adapters known for good: once this worker is
         gone, requests for them are unavailable (503), not unknown (404)."""
         assert self._redis is not None
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.sadd(keys.MODELS_SET, self.engine.model)
-        for name in self.engine.adapters:
-            pipe.hsetnx(keys.ADAPTERS, name, json.dumps({"model": self.engine.model}))
-        await pipe.execute()
+        await AdapterStore(self._redis).announce(self.engine.model, self.engine.adapters)
 
     async def _shutdown(self) -> None:
         assert self._redis is not None and self._publisher is not None
@@ -266,18 +255,13 @@ class EngineHost:
     async def _follow_adapter_registry(self) -> None:
         """Adapters registered through the admin API become servable here within a beat."""
         assert self._redis is not None
+        registry = AdapterStore(self._redis)
         while True:
             try:
-                raw: Any = await self._redis.hgetall(keys.ADAPTERS)
-                mine = {}
-                for name, value in raw.items():
-                    record = json.loads(value)
-                    if record.get("model") == self.engine.model and record.get("path"):
-                        mine[name.decode()] = record["path"]
-                self.engine.set_registered_adapters(mine)
+                self.engine.set_registered_adapters(await registry.paths_for(self.engine.model))
             except Exception:
                 log.exception("reading the adapter registry failed")
-            await asyncio.sleep(self._hb_interval)
+            await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _listen_for_cancels(self) -> None:
         assert self._redis is not None

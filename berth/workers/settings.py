@@ -10,14 +10,14 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from berth.settings import MetricsSettings
+from berth.settings import JobRecordSettings, MetricsSettings
 
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class WorkerSettings(MetricsSettings):
+class WorkerSettings(MetricsSettings, JobRecordSettings):
     """One worker: one engine on one GPU group, fed by its own Celery queue."""
 
     worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker id.")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -57,7 +58,8 @@ async def test_clients_follow_a_failover(ha: SentinelSet) -> None:
 def _wait_done(client: redis.Redis, tokens: set[str], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        done = {t.decode() for t in client.lrange(DONE_KEY, 0, -1)}
+        members: Any = client.lrange(DONE_KEY, 0, -1)
+        done = {t.decode() for t in members}
         if tokens <= done:
             return
         time.sleep(0.2)

@@ -1,8 +1,8 @@
 """What the official ``openai`` client sends parses; what berth answers, the client reads.
 
 The client runs for real; only its HTTP transport is replaced by an
-``httpx.MockTransport`` that captures the request body and replies with
-berth's own response models.
+``httpx.MockTransport`` that captures the request body and replies with what
+berth's serving code (``protocol/output.py``, the model directory) writes.
 """
 
 from __future__ import annotations
@@ -17,52 +17,47 @@ import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 from pydantic import BaseModel
 
+from berth.api.directory import model_cards
 from berth.protocol.chat import ChatCompletionRequest, NamedToolChoice, parse_chat_request
+from berth.protocol.envelopes import TokenEvent
 from berth.protocol.errors import Unsupported
-from berth.protocol.response import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatMessage,
-    Choice,
-    ChunkChoice,
-    Delta,
-    FunctionCall,
-    FunctionCallDelta,
-    Model,
-    ModelList,
-    ToolCall,
-    ToolCallDelta,
-    Usage,
-    completion_id,
-)
+from berth.protocol.output import ChunkWriter, CompletionAssembler
 
 Handler = Callable[[httpx.Request], httpx.Response]
 USER = {"role": "user", "content": "hi"}
 
 
-def completion() -> ChatCompletion:
-    return ChatCompletion(
-        id=completion_id(),
-        model="tiny",
-        choices=[Choice(index=0, message=ChatMessage(content="hello"), finish_reason="stop")],
-        usage=Usage.of(3, 1),
+def event(seq: int, type_: str = "delta", **fields: Any) -> TokenEvent:
+    return TokenEvent.model_validate({"id": "r1", "seq": seq, "type": type_, **fields})
+
+
+def assembled(*events: TokenEvent) -> dict[str, Any]:
+    """The non-streamed body berth answers for these events."""
+    assembler = CompletionAssembler("chatcmpl-1", "tiny", 123, n=1)
+    for e in events:
+        assembler.add(e)
+    return assembler.response(events[-1])
+
+
+def completion(content: str = "hello") -> dict[str, Any]:
+    return assembled(
+        event(
+            0,
+            "finished",
+            choices=[{"index": 0, "content": content, "finish_reason": "stop"}],
+            usage={"prompt_tokens": 3, "completion_tokens": 1},
+        )
     )
 
 
-def json_response(model: BaseModel) -> httpx.Response:
-    return httpx.Response(
-        200,
-        content=model.model_dump_json(exclude_none=True),
-        headers={"content-type": "application/json"},
-    )
+def json_response(body: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(200, json=body)
 
 
-def sse_response(chunks: list[ChatCompletionChunk]) -> httpx.Response:
-    events = [f"data: {c.model_dump_json(exclude_none=True)}\n\n" for c in chunks]
-    events.append("data: [DONE]\n\n")
-    return httpx.Response(
-        200, content="".join(events).encode(), headers={"content-type": "text/event-stream"}
-    )
+def sse_response(events: list[TokenEvent]) -> httpx.Response:
+    writer = ChunkWriter("chatcmpl-1", "tiny", 123, n=1, include_usage=True, stream_reasoning=True)
+    text = "".join(writer.render(e) for e in events)
+    return httpx.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
 
 
 def client_for(handler: Handler) -> openai.OpenAI:
@@ -232,9 +227,7 @@ def test_parse_with_a_pydantic_model(capture: Capture) -> None:
         celsius: float
 
     def reply() -> httpx.Response:
-        done = completion()
-        done.choices[0].message.content = '{"city": "Oslo", "celsius": 4.5}'
-        return json_response(done)
+        return json_response(completion('{"city": "Oslo", "celsius": 4.5}'))
 
     capture.reply = reply
     with client_for(capture) as client:
@@ -275,29 +268,41 @@ def test_image_parts_are_refused(client: openai.OpenAI, capture: Capture) -> Non
     assert info.value.param == "messages[0].content[0].type"
 
 
-def call_delta(**fields: Any) -> Delta:
-    """A delta carrying one piece of tool call 0."""
-    return Delta(tool_calls=[ToolCallDelta(index=0, **fields)])
-
-
 def test_streaming_round_trip(capture: Capture) -> None:
-    cid = completion_id()
-    steps = [
-        ChunkChoice(index=0, delta=Delta(role="assistant")),
-        ChunkChoice(index=0, delta=Delta(reasoning_content="think ")),
-        ChunkChoice(index=0, delta=Delta(content="Hel")),
-        ChunkChoice(
-            index=0,
-            delta=call_delta(
-                id="call_1", type="function", function=FunctionCallDelta(name="f", arguments='{"a"')
-            ),
+    events = [
+        event(0, "started", worker="w"),
+        event(1, choices=[{"index": 0, "reasoning_content": "think "}]),
+        event(2, choices=[{"index": 0, "content": "Hel"}]),
+        event(
+            3,
+            choices=[
+                {
+                    "index": 0,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"a"'},
+                        }
+                    ],
+                }
+            ],
         ),
-        ChunkChoice(index=0, delta=call_delta(function=FunctionCallDelta(arguments=": 1}"))),
-        ChunkChoice(index=0, finish_reason="tool_calls"),
+        event(
+            4,
+            "finished",
+            choices=[
+                {
+                    "index": 0,
+                    "tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}],
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            usage={"prompt_tokens": 5, "completion_tokens": 4},
+        ),
     ]
-    chunks = [ChatCompletionChunk(id=cid, model="tiny", choices=[step]) for step in steps]
-    chunks.append(ChatCompletionChunk(id=cid, model="tiny", usage=Usage.of(5, 4)))
-    capture.reply = lambda: sse_response(chunks)
+    capture.reply = lambda: sse_response(events)
     with client_for(capture) as client:
         stream = client.chat.completions.create(
             model="tiny",
@@ -308,7 +313,7 @@ def test_streaming_round_trip(capture: Capture) -> None:
         got = list(stream)
     req = parse_chat_request(capture.bodies[-1])
     assert req.stream and req.wants_usage
-    assert [c.id for c in got] == [cid] * len(chunks)
+    assert {c.id for c in got} == {"chatcmpl-1"}
     assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == "Hel"
     reasoning = [getattr(c.choices[0].delta, "reasoning_content", None) for c in got if c.choices]
     assert "think " in reasoning
@@ -320,28 +325,35 @@ def test_streaming_round_trip(capture: Capture) -> None:
         if tc.function
     )
     assert json.loads(args) == {"a": 1}
-    assert got[-2].choices[0].finish_reason == "tool_calls"
+    finishes = [c.choices[0].finish_reason for c in got if c.choices]
+    assert finishes[-1] == "tool_calls"
     assert got[-1].choices == [] and got[-1].usage is not None
     assert got[-1].usage.total_tokens == 9
 
 
 def test_non_streaming_response_with_tool_calls(capture: Capture) -> None:
-    done = ChatCompletion(
-        id=completion_id(),
-        model="tiny",
-        choices=[
-            Choice(
-                index=0,
-                message=ChatMessage(
-                    reasoning_content="need weather",
-                    tool_calls=[
-                        ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))
+    done = assembled(
+        event(0, "started", worker="w"),
+        event(1, choices=[{"index": 0, "reasoning_content": "need weather"}]),
+        event(
+            2,
+            "finished",
+            choices=[
+                {
+                    "index": 0,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
                     ],
-                ),
-                finish_reason="tool_calls",
-            )
-        ],
-        usage=Usage.of(10, 5),
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            usage={"prompt_tokens": 10, "completion_tokens": 5},
+        ),
     )
     capture.reply = lambda: json_response(done)
     with client_for(capture) as client:
@@ -358,13 +370,8 @@ def test_non_streaming_response_with_tool_calls(capture: Capture) -> None:
 
 
 def test_model_list(capture: Capture) -> None:
-    models = ModelList(
-        data=[
-            Model(id="tiny", root="tiny", max_model_len=2048),
-            Model(id="sql-adapter", root="/adapters/sql", parent="tiny"),
-        ]
-    )
-    capture.reply = lambda: json_response(models)
+    body = {"object": "list", "data": model_cards({"tiny": {"sql-adapter"}}, 123)}
+    capture.reply = lambda: json_response(body)
     with client_for(capture) as client:
         got = list(client.models.list())
     assert [m.id for m in got] == ["tiny", "sql-adapter"]

@@ -3,6 +3,7 @@ errors and the heartbeat, without Celery in between."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -11,11 +12,17 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, WorkGroup
+from berth.store.jobs import JobStore
 from berth.workers.engine import make_engine
 from berth.workers.runtime import EngineHost
+from berth.workers.settings import WorkerSettings
+
+# far below the 7-day default, so a record that got the default instead is told apart
+JOB_TTL_S = 3600
 
 
 @pytest.fixture
@@ -23,14 +30,15 @@ def host(redis_url: str) -> Iterator[EngineHost]:
     engine = make_engine(
         None, fake=True, served_model_name="m", tokens_per_s=100, adapters=["lora-a"]
     )
-    running = EngineHost(
-        engine,
+    settings = WorkerSettings(
         redis_url=redis_url,
         worker_id="w1",
         capacity=8,
         heartbeat_interval=0.1,
         heartbeat_ttl=1,
+        job_ttl_s=JOB_TTL_S,
     )
+    running = EngineHost(engine, settings)
     running.start()
     try:
         yield running
@@ -154,3 +162,21 @@ def test_heartbeat_reports_requests_per_adapter_and_the_mean_request_time(
     assert final["adapter_running"] == {}
     # 60 tokens at 100 tokens/s
     assert 0.5 <= final["mean_run_s"] < 5
+
+
+def test_a_finished_job_keeps_the_configured_ttl(host: EngineHost, redis_url: str) -> None:
+    """The worker's finish script sets the job record's expiry from BERTH_JOB_TTL_S."""
+    queued = QueuedRequest(id="job-ttl", model="m", request=_body(max_tokens=2), job=True)
+
+    async def create() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await JobStore(client, JOB_TTL_S).create(queued, tenant="t")
+        finally:
+            await client.aclose()
+
+    asyncio.run(create())
+    host.run_group(WorkGroup(model="m", requests=[queued]).model_dump(mode="json"))
+    r = redis.Redis.from_url(redis_url)
+    assert r.hget(keys.job_key("job-ttl"), "status") == b"succeeded"
+    assert 0 < r.ttl(keys.job_key("job-ttl")) <= JOB_TTL_S

@@ -8,14 +8,13 @@ import asyncio
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from berth.api.admission import queued_request, read_json
-from berth.api.app import ApiState
-from berth.api.auth import Tenant
-from berth.api.files import BATCH_URL, at_line, not_found, parse_batch_input
-from berth.api.routes import State
+from berth.api.deps import State, Tenant
+from berth.api.state import ApiState
+from berth.protocol.batch_input import BATCH_URL, at_line, parse_batch_input
 from berth.protocol.errors import (
     InvalidRequest,
     NotFound,
@@ -23,8 +22,7 @@ from berth.protocol.errors import (
     invalid_request_from,
 )
 from berth.protocol.response import list_page
-from berth.store.batches import BatchLine, BatchStore
-from berth.store.files import FileStore
+from berth.store.batches import BatchLine
 from berth.store.jobs import new_job_id
 
 router = APIRouter(prefix="/v1/batches")
@@ -91,14 +89,6 @@ class CreateBatch(BaseModel):
         return value
 
 
-def _batches(request: Request) -> BatchStore:
-    state = request.app.state.berth
-    return BatchStore(state.redis, state.settings.job_ttl_s)
-
-
-Batches = Annotated[BatchStore, Depends(_batches)]
-
-
 def _not_found(batch_id: str) -> NotFound:
     return NotFound(f"no batch {batch_id!r}", param="batch_id")
 
@@ -119,18 +109,15 @@ def _lines(state: ApiState, content: bytes, tenant: str, deadline: float) -> lis
 
 
 @router.post("")
-async def create_batch(
-    request: Request, state: State, tenant: Tenant, batches: Batches
-) -> dict[str, Any]:
+async def create_batch(request: Request, state: State, tenant: Tenant) -> dict[str, Any]:
     try:
         spec = CreateBatch.model_validate(await read_json(request, state.settings.max_body_bytes))
     except ValidationError as err:
         raise invalid_request_from(err) from None
-    files = FileStore(state.redis, state.settings.job_ttl_s)
-    found = await files.get(spec.input_file_id, tenant)
-    content = await files.content(spec.input_file_id, tenant) if found else None
+    found = await state.files.get(spec.input_file_id, tenant)
+    content = await state.files.content(spec.input_file_id, tenant) if found else None
     if found is None or content is None:
-        raise not_found(spec.input_file_id, "input_file_id")
+        raise NotFound(f"no file {spec.input_file_id!r}", param="input_file_id")
     if found["purpose"] != "batch":
         raise InvalidRequest(
             f"input_file_id must name a file uploaded with purpose 'batch'; "
@@ -141,7 +128,7 @@ async def create_batch(
     expires_at = created_at + WINDOWS[spec.completion_window]
     # parsing and resolving 50k lines takes seconds: off the event loop
     lines = await asyncio.to_thread(_lines, state, content, tenant, expires_at)
-    return await batches.create(
+    return await state.batches.create(
         tenant,
         lines,
         input_file_id=spec.input_file_id,
@@ -157,27 +144,27 @@ async def create_batch(
 @router.get("")
 async def list_batches(
     tenant: Tenant,
-    batches: Batches,
+    state: State,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    data, more = await batches.list_batches(tenant, after=after, limit=limit)
+    data, more = await state.batches.list_batches(tenant, after=after, limit=limit)
     return list_page(data, more)
 
 
 @router.get("/{batch_id}")
-async def get_batch(batch_id: str, tenant: Tenant, batches: Batches) -> dict[str, Any]:
-    batch = await batches.get(batch_id, tenant)
+async def get_batch(batch_id: str, tenant: Tenant, state: State) -> dict[str, Any]:
+    batch = await state.batches.get(batch_id, tenant)
     if batch is None:
         raise _not_found(batch_id)
     return batch
 
 
 @router.post("/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, tenant: Tenant, batches: Batches) -> dict[str, Any]:
-    if await batches.get(batch_id, tenant) is None:
+async def cancel_batch(batch_id: str, tenant: Tenant, state: State) -> dict[str, Any]:
+    if await state.batches.get(batch_id, tenant) is None:
         raise _not_found(batch_id)
-    before = await batches.cancel(batch_id)
+    before = await state.batches.cancel(batch_id)
     if before not in _CANCELLABLE:
         raise InvalidRequest(
             f"batch {batch_id!r} is {before}: only a validating or in-progress batch "
@@ -185,7 +172,7 @@ async def cancel_batch(batch_id: str, tenant: Tenant, batches: Batches) -> dict[
             param="batch_id",
             code="batch_not_cancellable",
         )
-    batch = await batches.get(batch_id, tenant)
+    batch = await state.batches.get(batch_id, tenant)
     if batch is None:
         raise _not_found(batch_id)
     return batch

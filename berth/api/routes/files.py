@@ -4,26 +4,21 @@ list, delete. Batch output and error files are read here too."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from berth.api.auth import Tenant
-from berth.api.routes import State
-from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
-from berth.protocol.errors import BerthError, InvalidRequest, NotFound
-from berth.protocol.limits import RequestLimits
+from berth.api.deps import State, Tenant
+from berth.protocol.batch_input import parse_batch_input
+from berth.protocol.errors import InvalidRequest, NotFound
 from berth.protocol.response import list_page
-from berth.store.files import UPLOAD_PURPOSES, FileStore
+from berth.store.files import UPLOAD_PURPOSES
 
 router = APIRouter(prefix="/v1/files")
 
-BATCH_URL = "/v1/chat/completions"
-_LINE_FIELDS = ("custom_id", "method", "url", "body")
 # multipart framing around the file's bytes: boundaries, headers, the purpose field
 _FORM_OVERHEAD = 64 * 1024
 # OpenAI's bounds on expires_after[seconds]: one hour to thirty days
@@ -31,88 +26,8 @@ _EXPIRES_AFTER_S = (3600, 30 * 24 * 3600)
 _FORM_FIELDS = ("file", "purpose", "expires_after[anchor]", "expires_after[seconds]")
 
 
-def _files(request: Request) -> FileStore:
-    state = request.app.state.berth
-    return FileStore(state.redis, state.settings.job_ttl_s)
-
-
-Files = Annotated[FileStore, Depends(_files)]
-
-
 def not_found(file_id: str, param: str = "file_id") -> NotFound:
     return NotFound(f"no file {file_id!r}", param=param)
-
-
-# -- batch input ----------------------------------------------------------------------------
-
-
-def at_line(number: int, err: BerthError) -> InvalidRequest:
-    """An error in one line of a batch file, naming the line."""
-    return InvalidRequest(f"line {number}: {err.message}", param=f"line {number}", code=err.code)
-
-
-def parse_batch_input(
-    content: bytes, limits: RequestLimits
-) -> list[tuple[int, str, ChatCompletionRequest]]:
-    """(line number, custom_id, request) of every line of a batch input file; the first bad
-    line raises InvalidRequest naming it. Blank lines are skipped (and still counted)."""
-    out = []
-    seen: set[str] = set()
-    for number, raw in enumerate(content.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            custom_id, chat = _parse_line(raw, limits, seen)
-        except InvalidRequest as err:
-            raise at_line(number, err) from None
-        out.append((number, custom_id, chat))
-    if not out:
-        raise InvalidRequest(
-            "the file holds no requests; a batch file has one JSON request per line",
-            param="file",
-        )
-    return out
-
-
-def _parse_line(
-    raw: bytes, limits: RequestLimits, seen: set[str]
-) -> tuple[str, ChatCompletionRequest]:
-    if len(raw) > limits.max_body_bytes:
-        raise InvalidRequest(
-            f"the line is {len(raw)} bytes; at most {limits.max_body_bytes} are allowed",
-            code="request_too_large",
-        )
-    try:
-        item = json.loads(raw)
-    except ValueError as err:
-        raise InvalidRequest(f"not valid JSON: {err}") from None
-    if not isinstance(item, dict):
-        raise InvalidRequest("must be a JSON object with custom_id, method, url and body")
-    for name in item:
-        if name not in _LINE_FIELDS:
-            raise InvalidRequest(
-                f"unknown field {name!r}; a line has custom_id, method, url and body"
-            )
-    custom_id = item.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
-        raise InvalidRequest(f"custom_id must be a non-empty string, got {custom_id!r}")
-    if custom_id in seen:
-        raise InvalidRequest(f"custom_id {custom_id!r} is used by an earlier line")
-    seen.add(custom_id)
-    if item.get("method") != "POST":
-        raise InvalidRequest(f"method must be 'POST', got {item.get('method')!r}")
-    if item.get("url") != BATCH_URL:
-        raise InvalidRequest(f"url must be {BATCH_URL!r}, got {item.get('url')!r}")
-    body = item.get("body")
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a chat-completion request object")
-    chat = parse_chat_request(body, limits)
-    if chat.stream:
-        raise InvalidRequest("stream must be false: a batch collects results, it does not stream")
-    return custom_id, chat
-
-
-# -- routes ---------------------------------------------------------------------------------
 
 
 def _too_large(size: int, limit: int) -> InvalidRequest:
@@ -142,7 +57,7 @@ def _expiry(anchor: Any, seconds: Any) -> int | None:
 
 
 @router.post("")
-async def upload_file(request: Request, state: State, tenant: Tenant, files: Files) -> Any:
+async def upload_file(request: Request, state: State, tenant: Tenant) -> Any:
     limit = state.settings.max_file_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
@@ -174,42 +89,42 @@ async def upload_file(request: Request, state: State, tenant: Tenant, files: Fil
         raise _too_large(len(content), limit)
     # validating 50k lines takes seconds: off the event loop, so streams keep flowing
     await asyncio.to_thread(parse_batch_input, content, state.settings.limits())
-    return await files.create(tenant, filename, str(purpose), content, ttl_s=ttl)
+    return await state.files.create(tenant, filename, str(purpose), content, ttl_s=ttl)
 
 
 @router.get("")
 async def list_files(
     tenant: Tenant,
-    files: Files,
+    state: State,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
 ) -> dict[str, Any]:
-    data, more = await files.list_files(
+    data, more = await state.files.list_files(
         tenant, after=after, limit=limit, descending=order == "desc", purpose=purpose
     )
     return list_page(data, more)
 
 
 @router.get("/{file_id}")
-async def get_file(file_id: str, tenant: Tenant, files: Files) -> dict[str, Any]:
-    found = await files.get(file_id, tenant)
+async def get_file(file_id: str, tenant: Tenant, state: State) -> dict[str, Any]:
+    found = await state.files.get(file_id, tenant)
     if found is None:
         raise not_found(file_id)
     return found
 
 
 @router.get("/{file_id}/content")
-async def file_content(file_id: str, tenant: Tenant, files: Files) -> Response:
-    content = await files.content(file_id, tenant)
+async def file_content(file_id: str, tenant: Tenant, state: State) -> Response:
+    content = await state.files.content(file_id, tenant)
     if content is None:
         raise not_found(file_id)
     return Response(content, media_type="application/octet-stream")
 
 
 @router.delete("/{file_id}")
-async def delete_file(file_id: str, tenant: Tenant, files: Files) -> dict[str, Any]:
-    if not await files.delete(file_id, tenant):
+async def delete_file(file_id: str, tenant: Tenant, state: State) -> dict[str, Any]:
+    if not await state.files.delete(file_id, tenant):
         raise not_found(file_id)
     return {"id": file_id, "object": "file", "deleted": True}

@@ -1,4 +1,4 @@
-"""HTTP routes: chat completions, models, health and readiness."""
+"""POST /v1/chat/completions: queue the request, then stream or collect its events."""
 
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from berth.api import metrics
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
-from berth.api.app import ApiState, error_response
-from berth.api.auth import Tenant
+from berth.api.deps import State, Tenant
+from berth.api.errors import error_response
 from berth.api.events import request_events
-from berth.protocol import keys
+from berth.api.state import ApiState
 from berth.protocol.envelopes import TokenEvent
 from berth.protocol.errors import BerthError
 from berth.protocol.output import ChunkWriter, CompletionAssembler, event_error
@@ -26,14 +25,6 @@ from berth.protocol.output import ChunkWriter, CompletionAssembler, event_error
 log = logging.getLogger(__name__)
 router = APIRouter()
 T = TypeVar("T")
-
-
-# async: FastAPI runs sync dependencies in its thread pool, once per request
-async def _state(request: Request) -> ApiState:
-    return request.app.state.berth  # type: ignore[no-any-return]
-
-
-State = Annotated[ApiState, Depends(_state)]
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -258,36 +249,3 @@ async def _stream(
             yield writer.render(event)
     finally:
         _finish_soon(state, request_id, completed)
-
-
-@router.get("/v1/models")
-async def list_models(state: State, tenant: Tenant) -> dict[str, Any]:
-    return {"object": "list", "data": state.directory.model_cards()}
-
-
-@router.get("/metrics")
-async def prometheus_metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
-
-
-@router.get("/ready")
-async def ready(state: State) -> JSONResponse:
-    """Readiness: Redis answers, and at least one worker and one scheduler are alive."""
-    try:
-        await state.redis.ping()
-        await state.directory.refresh()
-    except Exception as err:
-        return JSONResponse({"status": "unready", "reason": f"redis: {err}"}, status_code=503)
-    workers = len(state.directory.workers)
-    if workers == 0:
-        return JSONResponse({"status": "unready", "reason": "no live worker"}, status_code=503)
-    schedulers = [k async for k in state.redis.scan_iter(match=f"{keys.SCHEDULER_KEY_PREFIX}*")]
-    if not schedulers:
-        return JSONResponse({"status": "unready", "reason": "no live scheduler"}, status_code=503)
-    return JSONResponse({"status": "ready", "workers": workers, "schedulers": len(schedulers)})

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
-from berth.api.auth import Tenant
-from berth.api.routes import State
+from berth.api.deps import State, Tenant
+from berth.api.state import ApiState
+from berth.protocol.envelopes import event_json
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound
 from berth.protocol.response import list_page
 from berth.store.jobs import TERMINAL_STATUSES, new_job_id
@@ -89,7 +90,7 @@ async def cancel_job(job_id: str, state: State, tenant: Tenant) -> dict[str, Any
         raise _not_found(job_id)
     if job["status"] not in TERMINAL_STATUSES:
         err = BerthError("the job was cancelled", code="cancelled")
-        event = json.dumps({"id": job_id, "seq": -1, "type": "cancelled", "error": err.body()})
+        event = event_json(job_id, "cancelled", error=err)
         await state.jobs.finish(job_id, None, "cancelled", error=err.body(), event=event)
         # a queued attempt is dropped by the scheduler, a running one aborted by its worker
         await state.ingress.cancel(job_id)
@@ -123,7 +124,7 @@ def _is_stream_id(value: str) -> bool:
     return ms.isdigit() and (not sep or seq.isdigit())
 
 
-async def _follow(state: State, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
+async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
     """Every event after ``after``, once each, ending after the terminal one."""
     block: int | None = None  # first the backlog, then wait for more
     while True:

@@ -1,0 +1,33 @@
+"""Typed route dependencies: ``State`` (the process's clients and stores), ``Tenant`` (who the
+API key belongs to) and ``Admin`` (an admin key was presented)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from berth.api.state import ApiState
+
+# async, all of them: FastAPI runs sync dependencies in its thread pool, once per request
+
+
+async def _state(request: Request) -> ApiState:
+    return request.app.state.berth  # type: ignore[no-any-return]
+
+
+State = Annotated[ApiState, Depends(_state)]
+
+
+async def _tenant(request: Request, state: State) -> str:
+    return state.keys.tenant(request.headers.get("authorization"))
+
+
+Tenant = Annotated[str, Depends(_tenant)]
+
+
+async def _admin(request: Request, state: State) -> None:
+    state.admin_keys.admit_admin(state.keys, request.headers.get("authorization"))
+
+
+Admin = Annotated[None, Depends(_admin)]

@@ -1,0 +1,17 @@
+"""The one place a berth error becomes an HTTP answer."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from berth.api import metrics
+from berth.protocol.errors import BerthError, QueueFull, Unavailable
+
+
+def error_response(err: BerthError, route: str = "/v1/chat/completions") -> JSONResponse:
+    """The OpenAI error body with the error's status (and Retry-After when retrying helps)."""
+    metrics.REQUESTS.labels(route, str(err.status_code)).inc()
+    headers = {}
+    if isinstance(err, QueueFull | Unavailable):
+        headers["Retry-After"] = str(err.retry_after)
+    return JSONResponse(err.body(), status_code=err.status_code, headers=headers)

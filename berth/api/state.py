@@ -1,0 +1,35 @@
+"""What every route needs, built once per API process in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from berth.api.auth import KeyRing
+from berth.api.directory import WorkerDirectory
+from berth.api.ingress import Ingress
+from berth.api.relay import TokenRelay
+from berth.api.settings import ApiSettings
+from berth.store.adapters import AdapterStore
+from berth.store.batches import BatchStore
+from berth.store.files import FileStore
+from berth.store.jobs import JobStore
+
+
+@dataclass
+class ApiState:
+    """The long-lived clients and stores of one API process."""
+
+    settings: ApiSettings
+    redis: Redis
+    relay: TokenRelay
+    directory: WorkerDirectory
+    ingress: Ingress
+    # API keys -> tenants, and the admin keys (empty: see deps.admin)
+    keys: KeyRing
+    admin_keys: KeyRing
+    jobs: JobStore
+    files: FileStore
+    batches: BatchStore
+    adapters: AdapterStore

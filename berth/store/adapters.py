@@ -1,0 +1,72 @@
+"""The model and adapter registry: every base model a worker ever served (``keys.MODELS_SET``)
+and every named LoRA adapter (``keys.ADAPTERS``: name -> JSON {"model", "path"}).
+
+Workers announce their model and configured adapters at start, and the API adds a model
+when it first queues a request for it; the admin API registers
+and removes adapters; workers follow the registry to load adapters by name; the API reads
+it to tell an unavailable model (503) from an unknown one (404). No record expires.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+
+from berth.protocol import keys
+
+
+class AdapterStore:
+    """Every read and write of the model set and the adapter registry."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def announce(self, model: str, adapters: list[str]) -> None:
+        """A worker's model and configured adapters, known for good (an adapter already
+        registered keeps its record: the admin's path wins over a worker's default)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(keys.MODELS_SET, model)
+        for name in adapters:
+            pipe.hsetnx(keys.ADAPTERS, name, json.dumps({"model": model}))
+        await pipe.execute()
+
+    @staticmethod
+    def add_models(client: Any, models: set[str]) -> Any:
+        """Make models known (``client``: the store's Redis, or a pipeline to add it to)."""
+        return client.sadd(keys.MODELS_SET, *models)
+
+    async def known_models(self) -> set[str]:
+        raw: Any = await self.redis.smembers(keys.MODELS_SET)
+        return {m.decode() for m in raw}
+
+    async def is_known_model(self, model: str) -> bool:
+        return bool(await self.redis.sismember(keys.MODELS_SET, model))
+
+    async def records(self) -> dict[str, dict[str, Any]]:
+        """Adapter name -> {"model": base model, "path": directory (absent for an adapter a
+        worker configured itself)}."""
+        raw: Any = await self.redis.hgetall(keys.ADAPTERS)
+        return {name.decode(): json.loads(value) for name, value in raw.items()}
+
+    async def parents(self) -> dict[str, str]:
+        """Adapter name -> the base model it applies to."""
+        return {name: record["model"] for name, record in (await self.records()).items()}
+
+    async def paths_for(self, model: str) -> dict[str, str]:
+        """Adapter name -> directory, of the adapters registered with a path for ``model``."""
+        return {
+            name: record["path"]
+            for name, record in (await self.records()).items()
+            if record.get("model") == model and record.get("path")
+        }
+
+    async def register(self, name: str, model: str, path: str) -> dict[str, str]:
+        record = {"model": model, "path": path}
+        await self.redis.hset(keys.ADAPTERS, name, json.dumps(record))
+        return record
+
+    async def remove(self, name: str) -> bool:
+        """False when no adapter had that name."""
+        return bool(await self.redis.hdel(keys.ADAPTERS, name))
