@@ -60,9 +60,7 @@ def stack(redis_server_url: str) -> Iterator[RunningStack]:
 
 
 def test_hostile_schema_costs_neither_heartbeat_nor_other_requests(stack: RunningStack) -> None:
-    client = openai.OpenAI(
-        base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120
-    )
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120)
     r = redis.Redis.from_url(stack.redis_url)
     gaps: list[float] = []
     done = threading.Event()
