@@ -41,6 +41,12 @@ class ApiSettings(CommonSettings, JobRecordSettings):
     )
     max_n: int = Field(default=16, ge=1, description="Largest `n` a request may ask for.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Largest request body.")
+    request_limits: RequestLimits = Field(
+        default_factory=RequestLimits,
+        description="Bounds on one request as JSON, e.g. "
+        '{"max_json_schema_repetition": 5000}; names and defaults in docs/security.md '
+        "(max_n and max_body_bytes come from their own settings).",
+    )
 
     api_keys: str | None = Field(
         default=None,
@@ -59,4 +65,6 @@ class ApiSettings(CommonSettings, JobRecordSettings):
     )
 
     def limits(self) -> RequestLimits:
-        return RequestLimits(max_n=self.max_n, max_body_bytes=self.max_body_bytes)
+        return self.request_limits.model_copy(
+            update={"max_n": self.max_n, "max_body_bytes": self.max_body_bytes}
+        )

@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from berth.protocol.constraints import repetition_violation, schema_violation
 from berth.protocol.errors import InvalidRequest, field_error, invalid_request_from
 from berth.protocol.limits import DEFAULT_LIMITS, RequestLimits
 from berth.protocol.messages import (
@@ -172,11 +173,20 @@ def _limits(info: ValidationInfo) -> RequestLimits:
     return limits if isinstance(limits, RequestLimits) else DEFAULT_LIMITS
 
 
-def _check_depth(schema: Any, info: ValidationInfo, subpath: str) -> None:
-    limit = _limits(info).max_json_schema_depth
+def _check_schema(schema: Any, info: ValidationInfo, subpath: str) -> None:
+    """Depth, size, counts and repetitions of a JSON schema the worker will compile."""
+    if schema is None:
+        return
+    limits = _limits(info)
     depth = schema_depth(schema)
-    if depth > limit:
-        raise field_error(f"must nest at most {limit} levels deep, got {depth}", subpath=subpath)
+    if depth > limits.max_json_schema_depth:
+        raise field_error(
+            f"must nest at most {limits.max_json_schema_depth} levels deep, got {depth}",
+            subpath=subpath,
+        )
+    if problem := schema_violation(schema, limits):
+        # ":" so the message reads "<param>: minItems must be at most ..."
+        raise field_error(f": {problem}", subpath=subpath)
 
 
 class _Model(BaseModel):
@@ -531,7 +541,7 @@ class ChatCompletionRequest(_Model):
     @classmethod
     def _schema_bounded(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, JsonSchemaFormat):
-            _check_depth(value.json_schema.schema_, info, ".json_schema.schema")
+            _check_schema(value.json_schema.schema_, info, ".json_schema.schema")
         return value
 
     @field_validator(*_LENGTH_LIMITS)
@@ -544,6 +554,15 @@ class ChatCompletionRequest(_Model):
                 raise field_error(f"must have at most {limit} {unit}, got {len(value)}")
         return value
 
+    @field_validator("regex", "ebnf")
+    @classmethod
+    def _repetitions_bounded(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            limit = _limits(info).max_regex_repetition
+            if problem := repetition_violation(value, limit, ebnf=info.field_name == "ebnf"):
+                raise field_error(f": {problem}")
+        return value
+
     @field_validator("tools", "functions")
     @classmethod
     def _tools_checked(cls, value: Any, info: ValidationInfo) -> Any:
@@ -551,7 +570,7 @@ class ChatCompletionRequest(_Model):
         for i, item in enumerate(value or []):
             function = item.function if isinstance(item, Tool) else item
             prefix = f"[{i}].function" if isinstance(item, Tool) else f"[{i}]"
-            _check_depth(function.parameters, info, f"{prefix}.parameters")
+            _check_schema(function.parameters, info, f"{prefix}.parameters")
             if function.name in seen:
                 raise field_error(
                     f"duplicates the name {function.name!r}", subpath=f"{prefix}.name"

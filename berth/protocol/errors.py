@@ -239,7 +239,8 @@ def invalid_request_from(exc: ValidationError) -> InvalidRequest:
     name = param or "request body"
     kind = err["type"]
     if kind in (FIELD_ERROR, UNSUPPORTED_ERROR):
-        message = f"{name} {ctx['detail']}"
+        detail = ctx["detail"]
+        message = f"{name}{'' if detail.startswith(':') else ' '}{detail}"
         if kind == UNSUPPORTED_ERROR:
             return Unsupported(message, param=param)
         return InvalidRequest(message, param=param)

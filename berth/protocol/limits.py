@@ -4,6 +4,7 @@ The API builds one :class:`RequestLimits` from its settings and passes it to
 :func:`berth.protocol.chat.parse_chat_request`; every bound here is checked
 before the request is queued, so the worker never compiles a huge grammar or
 tokenizes a thousand-message prompt on behalf of a request that breaks them.
+``docs/security.md`` lists each bound with the threat it answers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,19 @@ class RequestLimits(BaseModel):
     max_grammar_chars: int = Field(default=16384, ge=1)
     # nesting depth of a JSON schema (response_format or a tool's parameters)
     max_json_schema_depth: int = Field(default=32, ge=1)
+    # a JSON schema (response_format, or one tool's parameters), serialised compactly
+    max_json_schema_bytes: int = Field(default=64 * 1024, ge=2)
+    # all `properties` entries of one schema, summed over its subschemas
+    max_json_schema_properties: int = Field(default=1024, ge=1)
+    # all `enum` members of one schema, summed over its subschemas
+    max_json_schema_enum: int = Field(default=1024, ge=1)
+    # all `pattern` and `patternProperties` regexes of one schema, in characters
+    max_json_schema_pattern_chars: int = Field(default=4096, ge=1)
+    # minItems, maxItems, minLength, maxLength, minProperties, maxProperties, min/maxContains
+    max_json_schema_repetition: int = Field(default=10_000, ge=1)
+    # the bounds of a `{m,n}` repetition in a regex (`regex`, a schema's `pattern`) or in
+    # `ebnf`; xgrammar turns a schema `pattern` into a grammar in time quadratic in them
+    max_regex_repetition: int = Field(default=1000, ge=1)
     max_tools: int = Field(default=128, ge=1)
     # enforced by the API on the raw body, before JSON parsing
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
@@ -32,15 +46,7 @@ class RequestLimits(BaseModel):
 
 DEFAULT_LIMITS = RequestLimits()
 
+_HUGE = 1 << 40
 # For re-reading a request the API already admitted under its own (possibly raised) limits:
 # the worker must not refuse what the API accepted.
-ADMITTED = RequestLimits(
-    max_n=1 << 20,
-    max_messages=1 << 30,
-    max_regex_chars=1 << 30,
-    max_grammar_chars=1 << 30,
-    max_json_schema_depth=1 << 20,
-    max_tools=1 << 20,
-    max_body_bytes=1 << 40,
-    max_stop_token_ids=1 << 20,
-)
+ADMITTED = RequestLimits(**{name: _HUGE for name in RequestLimits.model_fields})

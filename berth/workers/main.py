@@ -47,6 +47,10 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
         tool_call_parser=tool_parser,
         reasoning_parser=reasoning_parser,
         kv_cache_space_gib=settings.kv_cache_space_gib,
+        grammar_timeout_s=settings.grammar_timeout_s,
+        grammar_loop_s=settings.grammar_loop_s,
+        grammar_memory_mib=settings.grammar_memory_mib,
+        grammar_cache_size=settings.grammar_cache_size,
     )
 
 

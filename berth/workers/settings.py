@@ -60,6 +60,24 @@ class WorkerSettings(MetricsSettings, JobRecordSettings):
     )
     tool_call_parser: str | None = Field(default=None, description="vLLM tool-call parser name.")
     reasoning_parser: str | None = Field(default=None, description="vLLM reasoning parser name.")
+    grammar_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest one output constraint (schema, regex, grammar) may take to "
+        "compile; over it the request gets 400.",
+    )
+    grammar_loop_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Longest the part of a constraint's compile that vLLM repeats on the "
+        "worker's event loop may take; over it the request gets 400.",
+    )
+    grammar_memory_mib: int = Field(
+        default=1024, ge=16, description="Memory one constraint's compile may use (MiB)."
+    )
+    grammar_cache_size: int = Field(
+        default=4096, ge=0, description="Constraints whose compile verdict a worker remembers."
+    )
     kv_cache_space_gib: int = Field(default=1, ge=1, description="CPU build: KV-cache GiB.")
     fake_engine: bool = Field(
         default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."

@@ -51,6 +51,12 @@ class EngineConfig(BaseModel):
     # (None leaves the environment, and so vLLM's default, alone).
     kv_cache_space_gib: float | None = Field(default=None, gt=0)
 
+    # The compile step (berth.workers.engine.grammar): what one output constraint may cost.
+    grammar_timeout_s: float = Field(default=10.0, gt=0)
+    grammar_loop_s: float = Field(default=0.5, gt=0)
+    grammar_memory_mib: int = Field(default=1024, ge=16)
+    grammar_cache_size: int = Field(default=4096, ge=0)
+
     # Any further vllm.AsyncEngineArgs fields, passed through unchanged.
     engine_args: dict[str, Any] = Field(default_factory=dict)
 

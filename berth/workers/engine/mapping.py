@@ -13,11 +13,13 @@ is too long) and token ids against the vocabulary (``logit_bias``,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+from vllm.v1.structured_output.utils import grammar_is_likely_lark
 
 from berth.protocol.errors import InvalidRequest
 from berth.workers.engine.checks import check_token_ids, logit_bias_ids, resolve_max_tokens
@@ -60,6 +62,25 @@ def structured_outputs(req: ChatCompletionRequest) -> StructuredOutputsParams | 
     if kind == "regex":
         return StructuredOutputsParams(regex=req.regex)
     return StructuredOutputsParams(grammar=req.ebnf)
+
+
+def constraint_spec(constraint: StructuredOutputsParams | None) -> tuple[str, str] | None:
+    """The constraint as the compile step's ``(kind, spec)``, in the text vLLM's xgrammar
+    backend compiles; None when there is nothing worth compiling ahead (no constraint, any
+    JSON object, a choice list)."""
+    if constraint is None:
+        return None
+    if constraint.json is not None:
+        spec = constraint.json
+        return "json", spec if isinstance(spec, str) else json.dumps(spec)
+    if constraint.regex is not None:
+        return "regex", constraint.regex
+    if constraint.grammar is not None:
+        lark = grammar_is_likely_lark(constraint.grammar)
+        return ("lark" if lark else "ebnf"), constraint.grammar
+    if constraint.structural_tag is not None:
+        return "structural_tag", constraint.structural_tag
+    return None
 
 
 def build_sampling_params(

@@ -37,8 +37,11 @@ from berth.workers.engine.base import (
 )
 from berth.workers.engine.chat import render_prompt, template_kwargs
 from berth.workers.engine.config import EngineConfig
+from berth.workers.engine.grammar import CompileBudget, GrammarGate
 from berth.workers.engine.mapping import (
     build_sampling_params,
+    constraint_param,
+    constraint_spec,
     invalid_from_vllm,
     structured_outputs,
 )
@@ -76,6 +79,7 @@ class VllmEngine:
         self._aborted: set[str] = set()
         self._lru = AdapterLru(config.max_cpu_loras or config.max_loras)
         self._gauges: list[_SchedulerGauge] = []
+        self._grammar: GrammarGate | None = None
 
     # --- Engine interface ---
 
@@ -150,6 +154,16 @@ class VllmEngine:
         self._vocab_size = model_config.get_vocab_size()
         self._max_model_len = model_config.max_model_len
         self._defaults = dict(model_config.get_diff_sampling_param())
+        self._grammar = GrammarGate(
+            await asyncio.to_thread(_tokenizer_info, self._tokenizer, self._vocab_size),
+            CompileBudget(
+                timeout_s=cfg.grammar_timeout_s,
+                loop_s=cfg.grammar_loop_s,
+                memory_mib=cfg.grammar_memory_mib,
+                cache_size=cfg.grammar_cache_size,
+            ),
+        )
+        self._grammar.start()
         self._parsers = OutputParsers(
             self._tokenizer,
             tool_call_parser=cfg.tool_call_parser,
@@ -166,6 +180,9 @@ class VllmEngine:
 
     async def shutdown(self) -> None:
         llm, self._llm = self._llm, None
+        grammar, self._grammar = self._grammar, None
+        if grammar is not None:
+            await grammar.close()
         if llm is not None:
             self._aborted.update(self._running)
             llm.shutdown()
@@ -214,6 +231,7 @@ class VllmEngine:
                 skip_special_tokens=req.skip_special_tokens,
                 chat_template_kwargs=template_kwargs(req),
             )
+            await self._check_constraint(parsing.structured_outputs, req)
             params = build_sampling_params(
                 req,
                 vocab_size=self._vocab_size,
@@ -297,6 +315,14 @@ class VllmEngine:
         if request_id not in self._aborted:
             raise EngineFailure("the engine ended the request without finishing it")
         yield _abort_step(unfinished, len(prompt), completion_tokens)
+
+    async def _check_constraint(self, constraint: Any, req: ChatCompletionRequest) -> None:
+        """Compile the constraint under budget, off the event loop, before vLLM sees it:
+        vLLM would convert it on this loop (beside the heartbeat) and compile it in the
+        engine process, and neither has a bound of its own."""
+        spec = constraint_spec(constraint)
+        if spec is not None and self._grammar is not None:
+            await self._grammar.check(*spec, param=constraint_param(req))
 
     def _choice_delta(
         self,
@@ -385,6 +411,14 @@ class _SchedulerGauge(StatLoggerBase):
 
     def log_engine_initialized(self) -> None:
         pass
+
+
+def _tokenizer_info(tokenizer: Any, vocab_size: int) -> str:
+    """xgrammar's view of the tokenizer, built as vLLM's xgrammar backend builds it."""
+    import xgrammar as xgr
+
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+    return str(info.serialize_json())
 
 
 def _finish_reason(reason: str, tools_called: bool, named_tool: bool) -> FinishReason:
