@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import openai
 import pytest
@@ -20,7 +21,7 @@ from tests.stack import RunningStack
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
 MODEL = "berth-tiny"
-HELLO = [{"role": "user", "content": "Hello there"}]
+HELLO: Any = [{"role": "user", "content": "Hello there"}]
 # issue 11: this schema spun the worker's main process for minutes
 HOSTILE = {
     "type": "json_schema",
@@ -83,7 +84,7 @@ def test_hostile_schema_costs_neither_heartbeat_nor_other_requests(stack: Runnin
                 model=MODEL,
                 messages=HELLO,
                 max_tokens=8,
-                response_format=HOSTILE,  # type: ignore[arg-type]
+                response_format=HOSTILE,  # type: ignore[call-overload]
             )
         return refused.value
 

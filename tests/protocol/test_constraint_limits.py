@@ -66,7 +66,7 @@ def test_schema_bytes() -> None:
 
 def test_property_count_sums_over_subschemas() -> None:
     limits = RequestLimits(max_json_schema_properties=3)
-    schema = {
+    schema: dict[str, Any] = {
         "properties": {
             "a": {"properties": {"b": {}, "c": {}}},
             "d": {},
