@@ -128,6 +128,7 @@ class Stack:
             BERTH_PORT=str(self.port),
             BERTH_LOG_LEVEL="WARNING",
             VLLM_CPU_KVCACHE_SPACE="1",
+            BERTH_ALLOW_ANONYMOUS="true",
         )
         env.update(extra)
         return env

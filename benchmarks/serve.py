@@ -595,7 +595,7 @@ class BerthServer(Server):
         # on an OS-chosen port, so a test run started at the same moment cannot share it
         redis_url = self.stack.start_valkey()
         env = dict(os.environ, REDIS_URL=redis_url, BERTH_PORT=str(self.port))
-        env.update(BERTH_HOST="127.0.0.1", BERTH_LOG_LEVEL="WARNING")
+        env.update(BERTH_HOST="127.0.0.1", BERTH_LOG_LEVEL="WARNING", BERTH_ALLOW_ANONYMOUS="true")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.pop("BERTH_MODEL", None)  # no model: the worker serves the tiny one as "berth-tiny"
         if self.fake_engine:

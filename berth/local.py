@@ -146,6 +146,15 @@ def run_up(settings: UpSettings) -> int:
     env = dict(os.environ, REDIS_URL=redis_url, BERTH_LOG_LEVEL=settings.log_level)
     env.update(BERTH_HOST=settings.host, BERTH_PORT=str(settings.port))
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if not (env.get("BERTH_API_KEYS") or env.get("BERTH_API_KEYS_FILE")):
+        # a laptop stack on 127.0.0.1 by default; `berth api` alone refuses to run key-less
+        env["BERTH_ALLOW_ANONYMOUS"] = "true"
+        log.warning(
+            "no API keys: the local API at %s:%d accepts anyone who reaches it "
+            "(--allow-anonymous); set BERTH_API_KEYS to require keys",
+            settings.host,
+            settings.port,
+        )
     if settings.model:
         env["BERTH_MODEL"] = settings.model
     if settings.fake_engine:

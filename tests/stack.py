@@ -43,6 +43,8 @@ class RunningStack:
     def role_env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ, REDIS_URL=self.redis_url, BERTH_PORT=str(self.port))
         env.update(BERTH_LOG_LEVEL="WARNING", VLLM_CPU_KVCACHE_SPACE="1")
+        # test stacks run key-less unless a test sets keys (`berth api` refuses otherwise)
+        env.update(BERTH_ALLOW_ANONYMOUS="true")
         env.update(self.env)
         env.update(extra)
         return env

@@ -10,10 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from berth.api import metrics
 from berth.api.auth import KeyRing, admin_ring, parse_keys
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
 from berth.api.ingress import Ingress
+from berth.api.quotas import Quotas, limit_book
 from berth.api.relay import TokenRelay
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
 from berth.api.settings import ApiSettings
@@ -36,14 +38,28 @@ def _route(request: Request) -> str:
 def create_app(settings: ApiSettings) -> FastAPI:
     keyring = KeyRing(parse_keys(settings.api_keys, settings.api_keys_file))
     if keyring.open:
-        log.warning("no API keys configured: berth is open to anyone who can reach it")
+        if not settings.allow_anonymous:
+            raise SystemExit(
+                "no API keys: set BERTH_API_KEYS (tenant:key pairs) or BERTH_API_KEYS_FILE, "
+                "or pass --allow-anonymous to serve anyone who reaches the port"
+            )
+        log.warning("--allow-anonymous: berth is open to anyone who can reach it")
     admin_keys = admin_ring(settings.admin_keys)
+    # read now, so a malformed overrides file stops the start, not the first request
+    book = limit_book(settings)
+    metrics.configure(settings.metrics_tenants)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = settings.redis()
         relay = TokenRelay(redis)
-        directory = WorkerDirectory(redis, settings.registry_refresh_s, settings.model_grace_s)
+        directory = WorkerDirectory(
+            redis,
+            settings.registry_refresh_s,
+            settings.model_grace_s,
+            lora_paths=settings.allow_lora_paths,
+        )
+        quotas = Quotas(redis, settings, book)
         await relay.start()
         await directory.start()
         app.state.berth = ApiState(
@@ -51,7 +67,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             redis=redis,
             relay=relay,
             directory=directory,
-            ingress=Ingress(redis, settings.max_queue_per_model, settings.retry_after_s),
+            ingress=Ingress(redis, quotas),
+            quotas=quotas,
             keys=keyring,
             admin_keys=admin_keys,
             jobs=JobStore(redis, settings.job_ttl_s),

@@ -10,7 +10,7 @@ from berth.protocol.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
-# the one tenant of an open (key-less) deployment
+# the one tenant of an anonymous deployment (--allow-anonymous)
 OPEN_TENANT = "local"
 
 
@@ -64,11 +64,11 @@ class KeyRing:
             raise Unauthorized("incorrect API key provided")
         return found
 
-    def admit_admin(self, api_keys: KeyRing, authorization: str | None) -> None:
+    def admit_admin(self, authorization: str | None) -> None:
         """Pass an admin request (this ring holds the admin keys) or raise why not."""
         if self.open:
-            if api_keys.open:
-                return  # an open, local deployment: its operator is the only user
+            # never open, not even on a key-less local stack: registering an adapter names a
+            # directory every worker will load
             raise Forbidden("the admin API is disabled: set BERTH_ADMIN_KEYS to enable it")
         if self.owner(authorization) is None:
             raise Unauthorized("an admin key is required: send Authorization: Bearer <admin key>")

@@ -27,7 +27,7 @@ Tenant = Annotated[str, Depends(_tenant)]
 
 
 async def _admin(request: Request, state: State) -> None:
-    state.admin_keys.admit_admin(state.keys, request.headers.get("authorization"))
+    state.admin_keys.admit_admin(request.headers.get("authorization"))
 
 
 Admin = Annotated[None, Depends(_admin)]

@@ -21,8 +21,13 @@ log = logging.getLogger(__name__)
 class WorkerDirectory:
     """A cached view of the worker registry, reread every ``refresh_s`` seconds."""
 
-    def __init__(self, redis: Redis, refresh_s: float, grace_s: float = 10.0) -> None:
+    def __init__(
+        self, redis: Redis, refresh_s: float, grace_s: float = 10.0, lora_paths: bool = False
+    ) -> None:
         self._redis = redis
+        # whether lora_path may name a directory (under the workers' adapter root) rather
+        # than a registered adapter; off, an unknown name is refused here, not on a worker
+        self._lora_paths = lora_paths
         self._registry = AdapterStore(redis)
         self._refresh_s = refresh_s
         # a model whose workers all vanished this recently is still served: a heartbeat
@@ -89,7 +94,7 @@ class WorkerDirectory:
         ``model`` may name a base model or, as vLLM's server allows, an adapter.
         """
         if model in self._models:
-            return model, lora_path
+            return model, self._adapter(model, lora_path)
         for base, adapters in self._models.items():
             if model in adapters:
                 if lora_path is not None and lora_path != model:
@@ -105,6 +110,33 @@ class WorkerDirectory:
                 param="model",
             )
         raise ModelNotFound(f"The model {model!r} does not exist.", param="model")
+
+    def _adapter(self, model: str, lora_path: str | None) -> str | None:
+        """``lora_path`` if it names an adapter of ``model`` that is registered or served
+        (or, with lora paths allowed, a path for the worker to check); else 400, so an
+        unknown name never reaches the queue, the scheduler's groups or a worker."""
+        if lora_path is None or lora_path in self._models.get(model, ()):
+            return lora_path
+        parent = self._known_adapters.get(lora_path)
+        if parent == model:
+            return lora_path
+        if parent is not None:
+            raise InvalidRequest(
+                f"LoRA adapter {lora_path!r} applies to model {parent!r}, not {model!r}",
+                param="lora_path",
+            )
+        if self._lora_paths:
+            return lora_path
+        known = sorted(
+            self._models.get(model, set())
+            | {name for name, base in self._known_adapters.items() if base == model}
+        )
+        shown = ", ".join(repr(name) for name in known[:20]) or "none"
+        raise InvalidRequest(
+            f"unknown LoRA adapter {lora_path[:200]!r}; registered adapters of {model!r}: {shown}",
+            param="lora_path",
+            code="adapter_not_found",
+        )
 
     def model_cards(self) -> list[dict[str, object]]:
         """GET /v1/models entries for the models served now."""

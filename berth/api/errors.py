@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from berth.api import metrics
-from berth.protocol.errors import BerthError, QueueFull, Unavailable
+from berth.protocol.errors import BerthError, QueueFull, RateLimited, Unavailable
 
 
 def error_response(err: BerthError, route: str = "/v1/chat/completions") -> JSONResponse:
@@ -14,4 +14,6 @@ def error_response(err: BerthError, route: str = "/v1/chat/completions") -> JSON
     headers = {}
     if isinstance(err, QueueFull | Unavailable):
         headers["Retry-After"] = str(err.retry_after)
+    if isinstance(err, RateLimited):
+        headers.update(err.headers)
     return JSONResponse(err.body(), status_code=err.status_code, headers=headers)

@@ -1,42 +1,50 @@
-"""Puts validated requests on their model's ingress stream, refusing when it is full."""
+"""Puts validated requests on their model's ingress stream, refusing a tenant over its
+limits or its share of a full queue (``berth/api/quotas.py``)."""
 
 from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from berth.api.quotas import Quotas
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
-from berth.protocol.errors import QueueFull
 from berth.store.adapters import AdapterStore
 
 
 class Ingress:
-    """Bounded enqueue onto ``berth:ingress:{model}`` streams."""
+    """Bounded, per-tenant fair enqueue onto ``berth:ingress:{model}`` streams."""
 
-    def __init__(self, redis: Redis, max_queue: int, retry_after_s: int) -> None:
+    def __init__(self, redis: Redis, quotas: Quotas) -> None:
         self._redis = redis
-        self._max_queue = max_queue
-        self._retry_after_s = retry_after_s
+        self.quotas = quotas
         self._known_models: set[str] = set()
 
     async def admit(self, queued: QueuedRequest) -> str:
-        """Check the lane's bound and announce the model; returns the stream to add to."""
+        """Count the request against its tenant's limits and its share of the lane's queue,
+        and announce the model; returns the stream to add to. Whoever admits a request
+        queues it, or calls :meth:`abandon`."""
         stream = keys.ingress_stream(queued.model, queued.lane)
-        # the scheduler deletes what it dispatched, so XLEN is what still waits
-        if await self._redis.xlen(stream) >= self._max_queue:
-            raise QueueFull(
-                f"the {queued.lane} queue for model {queued.model!r} is full "
-                f"({self._max_queue} requests); retry after {self._retry_after_s}s",
-                retry_after=self._retry_after_s,
-            )
+        await self.quotas.admit(queued, stream)
         if queued.model not in self._known_models:
+            # the model was resolved against live workers: a registered name, never raw input
             await AdapterStore.add_models(self._redis, {queued.model})
             self._known_models.add(queued.model)
         return stream
 
     async def enqueue(self, queued: QueuedRequest) -> None:
         stream = await self.admit(queued)
-        await self._redis.xadd(stream, {"r": queued.model_dump_json(exclude_none=True)})
+        try:
+            await self._redis.xadd(stream, {"r": queued.model_dump_json(exclude_none=True)})
+        except BaseException:
+            await self.abandon(queued)
+            raise
+
+    async def abandon(self, queued: QueuedRequest) -> None:
+        await self.quotas.abandon(queued)
+
+    async def finished(self, request_id: str) -> None:
+        """The request ended at this API: free its tenant's concurrency slot."""
+        await self.quotas.release(request_id)
 
     async def requeue(self, queued: QueuedRequest) -> None:
         """Queue an admitted request again (its worker died first); no bound applies."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # latency buckets from a millisecond to minutes: TTFT and end-to-end share them
@@ -48,9 +50,38 @@ E2E = Histogram(
 )
 TOKENS = Counter(
     "berth_api_tokens_total",
-    "Tokens served to finished requests, by tenant and kind (prompt, completion).",
+    "Tokens served to finished requests, by tenant and kind (prompt, completion); the "
+    "tenant label is a hash of its name unless BERTH_METRICS_TENANTS=named.",
     ["tenant", "kind"],
 )
+
+# how tenants appear as label values (BERTH_METRICS_TENANTS): /metrics is often reachable
+# by more people than the tenant list should be
+_tenant_labels = "hashed"
+
+
+def configure(tenant_labels: str) -> None:
+    """Set how tenants appear on /metrics (called once, by create_app)."""
+    global _tenant_labels
+    _tenant_labels = tenant_labels
+
+
+def tenant_label(tenant: str) -> str:
+    """The label value for a tenant: ``t-`` and 12 hex digits of its name's SHA-256, the
+    name itself, or ``all``. Tenants come from the key ring, so the values are bounded."""
+    if _tenant_labels == "named":
+        return tenant
+    if _tenant_labels == "none":
+        return "all"
+    return "t-" + hashlib.sha256(tenant.encode()).hexdigest()[:12]
+
+
+def count_tokens(tenant: str, prompt: int, completion: int) -> None:
+    label = tenant_label(tenant)
+    TOKENS.labels(label, "prompt").inc(prompt)
+    TOKENS.labels(label, "completion").inc(completion)
+
+
 QUEUE_LENGTH = Gauge(
     "berth_queue_length", "Requests waiting in a model's ingress stream.", ["model"]
 )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from berth.protocol.limits import RequestLimits
+from berth.protocol.quota import TenantLimits
 from berth.settings import CommonSettings, JobRecordSettings
 
 
@@ -50,7 +53,13 @@ class ApiSettings(CommonSettings, JobRecordSettings):
 
     api_keys: str | None = Field(
         default=None,
-        description="API keys as comma-separated tenant:key pairs. Unset (and no file): open.",
+        description="API keys as comma-separated tenant:key pairs. Required (or a file), "
+        "unless --allow-anonymous.",
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Serve without API keys: anyone who reaches the port is one tenant. "
+        "`berth up` sets it for the local stack; never for a shared deployment.",
     )
     api_keys_file: str | None = Field(
         default=None, description="File of tenant:key lines (# comments allowed)."
@@ -58,11 +67,86 @@ class ApiSettings(CommonSettings, JobRecordSettings):
     admin_keys: str | None = Field(
         default=None,
         description="Comma-separated keys for the admin API (adapter registry). Unset: the "
-        "admin API is open when berth runs without API keys, and off otherwise.",
+        "admin API is off.",
+    )
+    allow_lora_paths: bool = Field(
+        default=False,
+        description="Let lora_path name a directory under the workers' adapter root; off: "
+        "lora_path must name a registered adapter, checked at the API.",
+    )
+    metrics_tenants: Literal["hashed", "named", "none"] = Field(
+        default="hashed",
+        description="The tenant label of /metrics: a short hash of the tenant's name, the "
+        "name itself, or one label for all.",
+    )
+    ready_details: bool = Field(
+        default=False,
+        description="Let /ready say why it is unready (the Redis error's text).",
+    )
+
+    # per-tenant limits (0: unlimited); overrides per tenant in tenant_limits_file
+    tenant_requests_per_minute: int = Field(
+        default=TenantLimits().requests_per_minute,
+        ge=0,
+        description="Chat and job requests per tenant per minute.",
+    )
+    tenant_tokens_per_minute: int = Field(
+        default=TenantLimits().tokens_per_minute,
+        ge=0,
+        description="Tokens per tenant per minute: prompt (estimated, 4 characters a token) "
+        "plus max tokens (assumed_max_tokens when unset) times n.",
+    )
+    tenant_concurrent_requests: int = Field(
+        default=TenantLimits().concurrent_requests,
+        ge=0,
+        description="Chat requests per tenant in flight at once.",
+    )
+    tenant_queued_requests: int = Field(
+        default=TenantLimits().queued_requests,
+        ge=0,
+        description="Queued requests per tenant per queue; its fair share may be less.",
+    )
+    tenant_file_bytes: int = Field(
+        default=TenantLimits().file_bytes, ge=0, description="Bytes of stored files per tenant."
+    )
+    tenant_files: int = Field(
+        default=TenantLimits().files, ge=0, description="Stored files per tenant."
+    )
+    tenant_open_batches: int = Field(
+        default=TenantLimits().open_batches,
+        ge=0,
+        description="Batches per tenant not yet completed, failed, expired or cancelled.",
+    )
+    tenant_batch_lines: int = Field(
+        default=TenantLimits().batch_lines, ge=0, description="Lines in one batch input file."
+    )
+    tenant_limits: str | None = Field(
+        default=None,
+        description='Per-tenant overrides as JSON, e.g. {"team-a": {"requests_per_minute": '
+        "6000}}; names as the tenant_* settings without the prefix.",
+    )
+    tenant_limits_file: str | None = Field(
+        default=None, description="A JSON file of per-tenant overrides (wins over the setting)."
+    )
+    fair_share_floor: int = Field(
+        default=8,
+        ge=1,
+        description="Queued requests every tenant may hold however many share a full queue.",
+    )
+    assumed_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="Completion tokens a request without max tokens counts for its tenant.",
     )
     max_file_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files."
     )
+
+    def tenant_defaults(self) -> TenantLimits:
+        prefix = "tenant_"
+        return TenantLimits(
+            **{name: getattr(self, prefix + name) for name in TenantLimits.model_fields}
+        )
 
     def limits(self) -> RequestLimits:
         return self.request_limits.model_copy(

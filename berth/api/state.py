@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from berth.api.auth import KeyRing
 from berth.api.directory import WorkerDirectory
 from berth.api.ingress import Ingress
+from berth.api.quotas import Quotas
 from berth.api.relay import TokenRelay
 from berth.api.settings import ApiSettings
 from berth.store.adapters import AdapterStore
@@ -26,6 +27,8 @@ class ApiState:
     relay: TokenRelay
     directory: WorkerDirectory
     ingress: Ingress
+    # per-tenant limits (the ingress admits requests through the same object)
+    quotas: Quotas
     # API keys -> tenants, and the admin keys (empty: see deps.admin)
     keys: KeyRing
     admin_keys: KeyRing

@@ -107,6 +107,26 @@ class QueueFull(BerthError):
         self.retry_after = retry_after
 
 
+class RateLimited(QueueFull):
+    """The tenant is over one of its limits; ``headers`` carry OpenAI's x-ratelimit-*."""
+
+    default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int = 1,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ):
+        super().__init__(message, retry_after=retry_after, param=param)
+        self.headers = dict(headers or {})
+        if code is not None:
+            self.code = code
+
+
 class Unavailable(BerthError):
     """The model exists but no worker can take work now."""
 

@@ -118,3 +118,40 @@ def scheduler_key(scheduler_id: str) -> str:
 def worker_queue(worker_id: str) -> str:
     """The Celery queue one worker consumes."""
     return f"{WORKER_QUEUE_PREFIX}{worker_id}"
+
+
+# --- per-tenant limits (berth/store/quotas.py owns these records) ----------------------
+
+
+def quota_rate(tenant: str, kind: str, window: int) -> str:
+    """A tenant's count of ``kind`` (requests or tokens) in one minute ``window`` (a string
+    counter); expires two minutes later, once no sliding window can read it."""
+    return f"{PREFIX}:quota:{tenant}:{kind}:{window}"
+
+
+def quota_running(tenant: str) -> str:
+    """Sorted set of a tenant's requests in flight at the API, scored by their lease's
+    expiry: a request whose API process died stops counting when its lease expires."""
+    return f"{PREFIX}:quota:{tenant}:running"
+
+
+def quota_queue_leases(stream: str) -> str:
+    """Sorted set "tenant\\nrequest id" -> lease expiry: the requests each tenant has in one
+    ingress stream; the scheduler removes them when it takes the request off the stream."""
+    return f"{PREFIX}:quota:queue:{stream}:leases"
+
+
+def quota_queue_counts(stream: str) -> str:
+    """Hash tenant -> its queued requests in one ingress stream (the leases, counted);
+    its length is the number of tenants sharing the queue."""
+    return f"{PREFIX}:quota:queue:{stream}:counts"
+
+
+def quota_files(tenant: str) -> str:
+    """Sorted set of a tenant's stored files, scored by expiry time (for the file limits)."""
+    return f"{PREFIX}:quota:{tenant}:files"
+
+
+def quota_file_bytes(tenant: str) -> str:
+    """Hash file id -> bytes of a tenant's stored files; expires with the last of them."""
+    return f"{PREFIX}:quota:{tenant}:file_bytes"

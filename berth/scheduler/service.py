@@ -29,6 +29,7 @@ from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
 from berth.store.adapters import AdapterStore
 from berth.store.jobs import JobStore
+from berth.store.quotas import release_queued
 from berth.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Scheduler:
         self.redis = redis
         self.celery = celery
         self.jobs = JobStore(redis, settings.job_ttl_s)
+        self._quota_scripts = Scripts(redis)
         self._scripts = Scripts(redis)
         self._streams: set[str] = set()
         self._workers: list[WorkerInfo] = []
@@ -345,6 +347,7 @@ class Scheduler:
                 # the waiting API learns the worker, so it notices if that worker dies
                 event = event_json(p.request.id, "dispatched", worker=worker.id)
                 pipe.publish(keys.token_channel(p.request.id), event)
+        await release_queued(pipe, self._quota_scripts, [p.request for p in items])
         self._ack_into(pipe, _entry_ids(items))
         await pipe.execute()
         log.debug(
@@ -365,7 +368,11 @@ class Scheduler:
         await self._ack_items([item])
 
     async def _ack_items(self, items: list[policy.Pending]) -> None:
-        await self._ack(_entry_ids(items))
+        pipe = self.redis.pipeline(transaction=False)
+        # the requests leave the queue: their tenants' queue shares free up
+        await release_queued(pipe, self._quota_scripts, [p.request for p in items])
+        self._ack_into(pipe, _entry_ids(items))
+        await pipe.execute()
 
     async def _ack(self, ids_by_stream: dict[str, list[str]]) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -13,6 +13,8 @@ import redis.asyncio
 from celery import Celery
 
 from berth.api.ingress import Ingress
+from berth.api.quotas import Quotas, limit_book
+from berth.api.settings import ApiSettings
 from berth.protocol import keys
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo
@@ -53,7 +55,8 @@ async def _run_for(r: redis.asyncio.Redis, url: str, seconds: float, **overrides
 
 
 async def _enqueue(r: redis.asyncio.Redis, *reqs: QueuedRequest) -> None:
-    ingress = Ingress(r, max_queue=100, retry_after_s=1)
+    settings = ApiSettings(redis_url="redis://unused", max_queue_per_model=100)
+    ingress = Ingress(r, Quotas(r, settings, limit_book(settings)))
     for q in reqs:
         await ingress.enqueue(q)
 

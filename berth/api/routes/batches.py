@@ -124,10 +124,12 @@ async def create_batch(request: Request, state: State, tenant: Tenant) -> dict[s
             f"{spec.input_file_id!r} has purpose {found['purpose']!r}",
             param="input_file_id",
         )
+    await state.quotas.check_open_batches(tenant, state.batches)
     created_at = time.time()
     expires_at = created_at + WINDOWS[spec.completion_window]
     # parsing and resolving 50k lines takes seconds: off the event loop
     lines = await asyncio.to_thread(_lines, state, content, tenant, expires_at)
+    state.quotas.check_batch_lines(tenant, len(lines))
     return await state.batches.create(
         tenant,
         lines,

@@ -175,8 +175,7 @@ def _account(request_id: str, tenant: str, event: TokenEvent) -> None:
     """Per-tenant token counts, and one accounting log line per request."""
     usage = event.usage
     prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-    metrics.TOKENS.labels(tenant, "prompt").inc(prompt)
-    metrics.TOKENS.labels(tenant, "completion").inc(completion)
+    metrics.count_tokens(tenant, prompt, completion)
     log.info(
         "request %s ended %s: tenant=%s prompt_tokens=%d completion_tokens=%d",
         request_id,
@@ -189,6 +188,7 @@ def _account(request_id: str, tenant: str, event: TokenEvent) -> None:
 
 async def _finish(state: ApiState, request_id: str, completed: bool) -> None:
     state.relay.release(request_id)
+    await state.ingress.finished(request_id)
     if not completed:
         log.info("request %s: client went away; cancelling", request_id)
         await state.ingress.cancel(request_id)

@@ -89,7 +89,17 @@ async def upload_file(request: Request, state: State, tenant: Tenant) -> Any:
         raise _too_large(len(content), limit)
     # validating 50k lines takes seconds: off the event loop, so streams keep flowing
     await asyncio.to_thread(parse_batch_input, content, state.settings.limits())
-    return await state.files.create(tenant, filename, str(purpose), content, ttl_s=ttl)
+    # the tenant's file count and bytes: reserved before storing, so uploads in parallel
+    # cannot pass the limits together
+    size = len(content)
+    held = await state.quotas.reserve_file(tenant, size, ttl or state.files.ttl_s)
+    try:
+        view = await state.files.create(tenant, filename, str(purpose), content, ttl_s=ttl)
+    except BaseException:
+        await state.quotas.file_dropped(tenant, held)
+        raise
+    await state.quotas.file_stored(tenant, held, view["id"], size, view["expires_at"])
+    return view
 
 
 @router.get("")
@@ -127,4 +137,5 @@ async def file_content(file_id: str, tenant: Tenant, state: State) -> Response:
 async def delete_file(file_id: str, tenant: Tenant, state: State) -> dict[str, Any]:
     if not await state.files.delete(file_id, tenant):
         raise not_found(file_id)
+    await state.quotas.file_dropped(tenant, file_id)
     return {"id": file_id, "object": "file", "deleted": True}

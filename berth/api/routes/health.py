@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -9,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from berth.api.deps import State
 from berth.protocol import keys
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -30,7 +33,10 @@ async def ready(state: State) -> JSONResponse:
         await state.redis.ping()
         await state.directory.refresh()
     except Exception as err:
-        return JSONResponse({"status": "unready", "reason": f"redis: {err}"}, status_code=503)
+        log.warning("readiness: redis failed: %s", err)
+        # the error's text names hosts and internals: only when the operator asks
+        reason = f"redis: {err}" if state.settings.ready_details else "redis unreachable"
+        return JSONResponse({"status": "unready", "reason": reason}, status_code=503)
     workers = len(state.directory.workers)
     if workers == 0:
         return JSONResponse({"status": "unready", "reason": "no live worker"}, status_code=503)

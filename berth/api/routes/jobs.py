@@ -51,9 +51,15 @@ async def submit_job(
         job=True,
     )
     await state.ingress.admit(queued)
-    job_id, created = await state.jobs.create(
-        queued, tenant=tenant, idempotency_key=idempotency_key, metadata=chat.metadata
-    )
+    try:
+        job_id, created = await state.jobs.create(
+            queued, tenant=tenant, idempotency_key=idempotency_key, metadata=chat.metadata
+        )
+    except BaseException:
+        await state.ingress.abandon(queued)
+        raise
+    if not created:  # the key named an earlier job: nothing new was queued
+        await state.ingress.abandon(queued)
     job = await state.jobs.get(job_id, tenant)
     if job is None:  # the key named a job that expired meanwhile
         raise _not_found(job_id)

@@ -1,0 +1,179 @@
+"""The API's side of the per-tenant limits: admit a request (rates, concurrency, its
+tenant's fair share of the queue), free its lease when it ends, and check file storage
+and batches. Refusals are 429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*`` headers;
+a request that could never fit is 400.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.asyncio import Redis
+
+from berth.api.settings import ApiSettings
+from berth.protocol import quota
+from berth.protocol.envelopes import QueuedRequest
+from berth.protocol.errors import InvalidRequest, RateLimited
+from berth.protocol.quota import LimitBook, TenantLimits
+from berth.store.batches import BatchStore
+from berth.store.files import new_file_id
+from berth.store.quotas import Admission, QuotaStore
+
+log = logging.getLogger(__name__)
+
+# batch statuses that count against open_batches, and how many recent batches are read
+_OPEN_BATCH_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+_OPEN_BATCH_SCAN = 100
+
+# a lease outlives the longest request by this much, so only a dead API's leases lapse
+_LEASE_MARGIN_S = 60.0
+
+
+def limit_book(settings: ApiSettings) -> LimitBook:
+    overrides = quota.read_overrides(settings.tenant_limits, settings.tenant_limits_file)
+    return LimitBook(settings.tenant_defaults(), overrides)
+
+
+class Quotas:
+    """Per-tenant admission for one API process; the counts live in Redis, shared."""
+
+    def __init__(self, redis: Redis, settings: ApiSettings, book: LimitBook) -> None:
+        self.store = QuotaStore(redis)
+        self.book = book
+        self._settings = settings
+        # request id -> tenant, of the requests holding a concurrency lease here
+        self._running: dict[str, str] = {}
+
+    def of(self, tenant: str) -> TenantLimits:
+        return self.book.of(tenant)
+
+    async def admit(self, queued: QueuedRequest, stream: str) -> None:
+        """Count the request against its tenant's limits, or raise RateLimited."""
+        tenant = queued.tenant
+        if tenant is None:
+            return
+        limits = self.book.of(tenant)
+        chat = queued.request
+        cost = quota.request_cost(
+            quota.prompt_chars(chat),
+            chat.get("max_completion_tokens"),
+            int(chat.get("n") or 1),
+            self._settings.assumed_max_tokens,
+        )
+        if limits.tokens_per_minute and cost > limits.tokens_per_minute:
+            # waiting cannot help: say so instead of a 429 the client would retry forever
+            raise InvalidRequest(
+                f"the request counts {cost} tokens (prompt estimate plus max tokens), more "
+                f"than this tenant's {limits.tokens_per_minute} tokens per minute; lower "
+                "max_completion_tokens",
+                param="max_completion_tokens",
+                code="tokens_per_minute_exceeded",
+            )
+        now = time.time()
+        hold = queued.lane == "interactive" and not queued.job
+        lease_s = self._settings.request_timeout_s + _LEASE_MARGIN_S
+        ask = Admission(
+            tenant=tenant,
+            request_id=queued.id,
+            cost=cost,
+            stream=stream,
+            queue_bound=self._settings.max_queue_per_model,
+            fair_floor=self._settings.fair_share_floor,
+            running_until=now + lease_s if hold else 0,
+            queued_until=now + lease_s,
+        )
+        counts = await self.store.admit(limits, ask, now)
+        _, elapsed = quota.window(now)
+        if not counts.allowed:
+            retry = quota.retry_after_s(limits, counts, elapsed, cost, self._settings.retry_after_s)
+            log.info("request %s refused: tenant=%s limit=%s", queued.id, tenant, counts.refused)
+            code = "queue_full" if counts.refused == "queue_full" else None
+            raise RateLimited(
+                quota.refusal_message(
+                    limits,
+                    counts,
+                    cost,
+                    f"{queued.lane} queue for model {queued.model!r}",
+                    self._settings.max_queue_per_model,
+                    retry,
+                ),
+                retry_after=retry,
+                headers=quota.rate_headers(limits, counts, elapsed),
+                code=code,
+            )
+        if hold:
+            self._running[queued.id] = tenant
+
+    async def release(self, request_id: str) -> None:
+        """The request ended at this API (any way): its concurrency slot is free."""
+        tenant = self._running.pop(request_id, None)
+        if tenant is not None:
+            await self.store.release_running(tenant, request_id)
+
+    async def abandon(self, queued: QueuedRequest) -> None:
+        """The request was admitted but never queued (the XADD failed, or a job with the
+        same idempotency key existed): free everything it holds."""
+        await self.release(queued.id)
+        await self.store.release_queued([queued])
+
+    # -- storage --------------------------------------------------------------------------
+
+    async def reserve_file(self, tenant: str, size: int, ttl_s: int) -> str:
+        """Reserve room for a file of ``size`` bytes; returns a provisional id that
+        :meth:`file_stored` moves to the stored file (or :meth:`file_dropped` frees)."""
+        limits = self.book.of(tenant)
+        if limits.file_bytes and size > limits.file_bytes:
+            raise InvalidRequest(
+                f"the file is {size} bytes, more than this tenant's {limits.file_bytes} bytes "
+                "of storage",
+                param="file",
+                code="storage_limit_exceeded",
+            )
+        now = time.time()
+        provisional = new_file_id()
+        usage = await self.store.reserve_file(limits, tenant, provisional, size, now + ttl_s, now)
+        if not usage.allowed:
+            retry = max(1, usage.earliest_expiry - int(now)) if usage.earliest_expiry else 60
+            raise RateLimited(
+                f"this tenant stores {usage.files} files of {usage.bytes} bytes; the limits are "
+                f"{limits.files or 'unlimited'} files and {limits.file_bytes or 'unlimited'} "
+                "bytes: delete files or wait for them to expire",
+                retry_after=retry,
+                code="storage_limit_exceeded",
+            )
+        return provisional
+
+    async def file_stored(
+        self, tenant: str, provisional: str, file_id: str, size: int, expires_at: float
+    ) -> None:
+        await self.store.move_file(tenant, provisional, file_id, size, expires_at)
+
+    async def file_dropped(self, tenant: str, file_id: str) -> None:
+        await self.store.release_file(tenant, file_id)
+
+    def check_batch_lines(self, tenant: str, lines: int) -> None:
+        most = self.book.of(tenant).batch_lines
+        if most and lines > most:
+            raise InvalidRequest(
+                f"the input file has {lines} requests; a batch may have at most {most}",
+                param="input_file_id",
+                code="batch_too_large",
+            )
+
+    async def check_open_batches(self, tenant: str, batches: BatchStore) -> None:
+        """Refuse a new batch while the tenant has its limit of batches in progress. Read
+        from the tenant's newest batches (open ones are at most a day old, the completion
+        window); two creations at the same instant may both pass, by one batch."""
+        most = self.book.of(tenant).open_batches
+        if not most:
+            return
+        newest, _ = await batches.list_batches(tenant, after=None, limit=_OPEN_BATCH_SCAN)
+        open_batches = sum(1 for batch in newest if batch["status"] in _OPEN_BATCH_STATUSES)
+        if open_batches >= most:
+            raise RateLimited(
+                f"this tenant has {open_batches} batches in progress; at most {most} may be "
+                "open at once: wait for one to end or cancel one",
+                retry_after=60,
+                code="batch_limit_exceeded",
+            )
