@@ -1,0 +1,136 @@
+"""Per-tenant limits, fair admission and fail-closed startup through a real API process
+(fake-engine worker, no scheduler: what is queued stays queued)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.stack import FAKE_ENGINE, RunningStack, StackFactory
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "fake-model"
+KEYS = {"a": "key-a", "b": "key-b", "slow": "key-slow"}
+
+
+def _body(**extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+@pytest.fixture(scope="module")
+def stack(make_stack: StackFactory) -> RunningStack:
+    running = make_stack(
+        ready=False,
+        env={
+            "BERTH_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
+            "BERTH_MAX_QUEUE_PER_MODEL": "8",
+            "BERTH_FAIR_SHARE_FLOOR": "2",
+            "BERTH_TENANT_LIMITS": json.dumps({"slow": {"requests_per_minute": 2}}),
+        },
+    )
+    running.start_roles(("worker", FAKE_ENGINE), "api")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError), _client(running, "a") as client:
+            if client.get("/v1/models").json().get("data"):
+                return running
+        time.sleep(0.3)
+    raise TimeoutError("the worker's model was not served in time")
+
+
+def _client(stack: RunningStack, tenant: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {KEYS[tenant]}"}, timeout=10
+    )
+
+
+def test_over_requests_per_minute_is_429_with_openai_headers(stack: RunningStack) -> None:
+    with _client(stack, "slow") as client:
+        # the flex tier's lane: this tenant's jobs stay out of the queue the next test shares
+        answers = [client.post("/v1/jobs", json=_body(service_tier="flex")) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    refused = answers[-1]
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["x-ratelimit-limit-requests"] == "2"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert "x-ratelimit-limit-tokens" in refused.headers
+    assert "x-ratelimit-remaining-tokens" in refused.headers
+
+
+def test_one_tenants_burst_gets_another_no_429(stack: RunningStack) -> None:
+    with _client(stack, "a") as a, _client(stack, "b") as b:
+        burst = [a.post("/v1/jobs", json=_body()).status_code for _ in range(12)]
+        # a alone fills the whole queue (8), then is refused
+        assert burst[:8] == [202] * 8
+        assert set(burst[8:]) == {429}
+        # b arrives at a full queue and still gets its share (8 / 2 tenants)
+        others = [b.post("/v1/jobs", json=_body()).status_code for _ in range(4)]
+        assert others == [202] * 4
+        fifth = b.post("/v1/jobs", json=_body())
+        assert fifth.status_code == 429
+        assert fifth.json()["error"]["code"] == "rate_limit_exceeded"
+        # a stays refused: its share is now half the queue and it holds all 8
+        assert a.post("/v1/jobs", json=_body()).status_code == 429
+
+
+def test_unknown_adapter_and_model_are_refused_before_the_queue(stack: RunningStack) -> None:
+    r = redis.Redis.from_url(stack.redis_url)
+    before = set(r.keys("*"))
+    with _client(stack, "a") as client:
+        answer = client.post("/v1/chat/completions", json=_body(lora_path="no-such-adapter"))
+        assert answer.status_code == 400
+        assert answer.json()["error"]["param"] == "lora_path"
+        assert answer.json()["error"]["code"] == "adapter_not_found"
+        unknown = client.post("/v1/chat/completions", json=_body(model="no-such-model"))
+        assert unknown.status_code == 404
+    # nothing was queued and no key was made: the interactive stream does not even exist
+    assert r.xlen(f"berth:ingress:{MODEL}") == 0
+    assert not [k for k in set(r.keys("*")) - before if b"no-such" in k]
+    assert not [k for k in r.keys("*") if b"no-such" in k]
+
+
+def test_admin_api_refuses_without_admin_keys(stack: RunningStack) -> None:
+    with _client(stack, "a") as client:
+        answer = client.get("/v1/admin/adapters")
+    assert answer.status_code == 403
+    assert answer.json()["error"]["code"] == "admin_only"
+
+
+def test_anonymous_stack_still_refuses_the_admin_api(make_stack: StackFactory) -> None:
+    with make_stack(ready=False) as running:
+        running.start("api")
+        running._wait(30, "/health", lambda body: body.get("status") == "ok")
+        answer = httpx.get(f"{running.url}/v1/admin/adapters", timeout=10)
+    assert answer.status_code == 403
+    assert answer.json()["error"]["code"] == "admin_only"
+
+
+def test_api_without_keys_refuses_to_start(stack: RunningStack) -> None:
+    env = stack.role_env()
+    for name in ("BERTH_API_KEYS", "BERTH_API_KEYS_FILE", "BERTH_ALLOW_ANONYMOUS"):
+        env.pop(name, None)
+    env["BERTH_PORT"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-m", "berth.cli", "api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.getcwd(),
+    )
+    assert done.returncode != 0
+    assert "--allow-anonymous" in done.stderr
+    assert "BERTH_API_KEYS" in done.stderr
