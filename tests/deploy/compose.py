@@ -39,9 +39,18 @@ def docker_compose() -> str:
     return found
 
 
-def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
+# what an operator must set before compose starts anything (deploy/.env.example leaves it
+# empty on purpose): the API key of the tenant the compose tests speak as
+TEST_ENV = {"API_KEYS": "compose-test:unused"}
+
+
+def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # a clean environment: variables of the test process must not leak into interpolation
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(Path.home())}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(Path.home()),
+        **(TEST_ENV if env is None else env),
+    }
     return subprocess.run(
         [docker_compose(), "-f", str(COMPOSE_FILE), *args],
         env=env,

@@ -47,11 +47,26 @@ def test_compose_config_is_valid(args: list[str]) -> None:
 
 def test_env_example_documents_every_variable_with_its_default() -> None:
     documented = env_example()
-    used = re.findall(r"\$\{(\w+)(?::?-([^}]*))?\}", COMPOSE_FILE.read_text())
-    for name, default in used:
+    used = re.findall(r"\$\{(\w+)(?::?([-?])([^}]*))?\}", COMPOSE_FILE.read_text())
+    for name, kind, default in used:
         assert name in documented, f"{name} is not in .env.example"
-        assert default == documented[name], f"{name}: compose default {default!r}"
-    assert set(documented) == {name for name, _ in used}, "unused variables in .env.example"
+        if kind == "?":  # required: the example leaves it for the operator to fill
+            assert documented[name] == "", f"{name} is required, yet .env.example sets it"
+        else:
+            assert default == documented[name], f"{name}: compose default {default!r}"
+    assert set(documented) == {name for name, _, _ in used}, "unused variables in .env.example"
+
+
+def test_compose_refuses_to_start_without_api_keys() -> None:
+    for env_file in ([], ["--env-file", str(ENV_EXAMPLE)]):
+        done = run_compose(*env_file, "config", "-q", env={})
+        assert done.returncode != 0
+        assert "set API_KEYS in deploy/.env" in done.stderr
+
+
+def test_api_port_is_published_on_this_host_only() -> None:
+    (port,) = service("api")["ports"]
+    assert port.startswith("127.0.0.1:"), port
 
 
 def _duration_s(value: str) -> float:
