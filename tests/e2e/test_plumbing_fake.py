@@ -27,6 +27,9 @@ MODEL = "fake-model"
 API_CONNECTIONS = 6
 
 
+ADMIN_KEY = "admin-key"
+
+
 @pytest.fixture(scope="module")
 def stack(make_stack: StackFactory) -> RunningStack:
     return make_stack(
@@ -34,6 +37,8 @@ def stack(make_stack: StackFactory) -> RunningStack:
         ("scheduler", {"BERTH_SCHEDULER_ID": "s-1"}),
         # a small pool: a burst of requests must wait for connections, not fail
         ("api", {"BERTH_REDIS_MAX_CONNECTIONS": str(API_CONNECTIONS)}),
+        # the admin API is never open, not even on a key-less stack
+        env={"BERTH_ADMIN_KEYS": ADMIN_KEY},
     )
 
 
@@ -142,7 +147,11 @@ def test_metrics_are_exported(stack: RunningStack, client: openai.OpenAI) -> Non
 
 
 def test_adapter_registry_admin_api(stack: RunningStack, client: openai.OpenAI) -> None:
-    admin = httpx.Client(base_url=f"{stack.url}/v1/admin", timeout=10)
+    admin = httpx.Client(
+        base_url=f"{stack.url}/v1/admin",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
     bad = admin.put("/adapters/x", json={"model": MODEL, "path": "../up"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "path"
     assert admin.put("/adapters/x", json={"model": "nope", "path": "/a"}).status_code == 404
