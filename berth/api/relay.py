@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
 from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 
 from berth.protocol import keys
@@ -40,15 +42,16 @@ class TokenRelay:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._pubsub = redis.pubsub()
-        # redis-py registers this attribute as the connection's connect callback: it
-        # subscribes the channels again; then every open request is told to resync
+        # redis-py registers this attribute (a bound method: it keeps a weak reference) as
+        # the connection's connect callback: it subscribes the channels again; then every
+        # open request is told to resync
         resubscribe = self._pubsub.on_connect
 
-        async def on_connect(connection: Connection) -> None:
+        async def on_connect(pubsub: PubSub, connection: Connection) -> None:
             await resubscribe(connection)
             self._resync()
 
-        self._pubsub.on_connect = on_connect  # type: ignore[method-assign]
+        self._pubsub.on_connect = types.MethodType(on_connect, self._pubsub)  # type: ignore[method-assign]
         self.reconnects = 0
         self._queues: dict[bytes, EventQueue] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}

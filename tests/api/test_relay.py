@@ -31,3 +31,34 @@ async def test_events_reach_their_request_only(aredis: redis.asyncio.Redis) -> N
         assert await aredis.publish(keys.token_channel("a"), "x") == 0
     finally:
         await relay.close()
+
+
+async def test_a_killed_connection_is_made_again_and_every_channel_resubscribed(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    relay = TokenRelay(aredis)
+    await relay.start()
+    try:
+        queues = {rid: await relay.open(rid) for rid in ("a", "b")}
+        # the server drops the relay's pub/sub connection, as on a network fault
+        assert await aredis.execute_command("CLIENT KILL TYPE pubsub") >= 1
+        got = await asyncio.wait_for(queues["a"].get(), 10)
+        assert got is None  # RESYNC: whatever was published meanwhile is in the stream
+        assert (await asyncio.wait_for(queues["b"].get(), 5)) is None
+        assert relay.reconnects == 1
+        # both channels are live again
+        deadline = asyncio.get_running_loop().time() + 5
+        while (
+            await aredis.publish(keys.token_channel("b"), '{"id":"b","seq":0,"type":"started"}')
+            == 0
+        ):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        event = await asyncio.wait_for(queues["b"].get(), 5)
+        assert event is not None and event.seq == 0
+        assert (
+            await aredis.publish(keys.token_channel("a"), '{"id":"a","seq":0,"type":"started"}')
+            == 1
+        )
+    finally:
+        await relay.close()
