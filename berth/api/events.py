@@ -71,6 +71,12 @@ async def request_events(
             return None
 
     while True:
+        if time.monotonic() > deadline:
+            # checked on every turn: a request that keeps producing still has a deadline
+            yield synthetic_error(
+                request_id, Timeout("the request did not finish before its timeout")
+            )
+            return
         if backlog:
             event = backlog.popleft()
         else:
@@ -102,11 +108,6 @@ async def request_events(
                         request_id, WorkerLost(f"worker {worker} stopped while serving the request")
                     )
                     return
-                if time.monotonic() > deadline:
-                    yield synthetic_error(
-                        request_id, Timeout("the request did not finish before its timeout")
-                    )
-                    return
                 continue
             event = got
         if event.seq >= 0 and event.attempt != attempt:
@@ -122,11 +123,6 @@ async def request_events(
             if event.seq > expected:
                 missing = await from_stream(event.seq)
                 if missing is None:
-                    if time.monotonic() > deadline:
-                        yield synthetic_error(
-                            request_id, Timeout("the request did not finish before its timeout")
-                        )
-                        return
                     backlog.appendleft(event)
                     await asyncio.sleep(check_every_s)
                     continue

@@ -240,3 +240,20 @@ async def test_a_resumed_reader_starts_after_the_last_event_it_had(
     queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
     got = await _follow(aredis, queue, first_seq=3, worker="w1")
     assert [e.seq for e in got] == [3, 4, 5]
+
+
+async def test_a_request_that_keeps_producing_still_times_out() -> None:
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+
+    async def produce() -> None:
+        for seq in range(1000):
+            queue.put_nowait(_event(seq))
+            await asyncio.sleep(0.01)  # never quiet for check_every_s
+
+    producer = asyncio.create_task(produce())
+    try:
+        got = await _collect(queue, alive=True, deadline_s=0.3)
+    finally:
+        producer.cancel()
+    assert got[-1].type == "error" and got[-1].status == 504
+    assert len(got) < 1000
