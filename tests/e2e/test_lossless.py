@@ -213,7 +213,8 @@ def test_a_duplicate_delivery_of_a_group_runs_once(stack: RunningStack) -> None:
         message = pubsub.get_message(timeout=0.2)
         if message and message["type"] == "message":
             events.append(json.loads(message["data"]))
-    stream = [json.loads(f[b"e"]) for _, f in r.xrange(keys.request_events("dup-1"))]
+    entries: Any = r.xrange(keys.request_events("dup-1"))
+    stream = [json.loads(f[b"e"]) for _, f in entries]
     assert [e["type"] for e in events].count("started") == 1
     assert [e["type"] for e in events].count("finished") == 1
     assert stream == events

@@ -37,7 +37,8 @@ def test_a_timed_out_request_is_cancelled(make_stack: StackFactory) -> None:
         while last.get("type") not in ("cancelled", "finished", "error"):
             assert time.monotonic() < deadline, last
             time.sleep(0.2)
-            ((_, fields),) = r.xrevrange(stream, count=1)
+            entries: Any = r.xrevrange(stream, count=1)
+            ((_, fields),) = entries
             last = json.loads(fields[b"e"])
         assert last["type"] == "cancelled"
 
@@ -52,7 +53,8 @@ def test_a_request_timed_out_in_the_queue_is_dropped(make_stack: StackFactory) -
         )
         assert answer.status_code == 504
         r = redis.Redis.from_url(idle.redis_url)
-        ((_, fields),) = r.xrange(keys.ingress_stream(MODEL))
+        queued: Any = r.xrange(keys.ingress_stream(MODEL))
+        ((_, fields),) = queued
         request_id = json.loads(fields[b"r"])["id"]
         deadline = time.monotonic() + 10
         while not r.exists(keys.cancelled_key(request_id)):

