@@ -1,17 +1,29 @@
-"""Waits for a request's events and guarantees the wait ends: a terminal event always comes.
+"""Waits for a request's events and guarantees the wait ends: a terminal event always comes,
+every event counts once, in order, and from one attempt only.
 
-Workers send the terminal event; when they cannot (the worker died, the request
-outlived its deadline), this module makes one up, so no client ever hangs.
+Pub/sub is the fast path and may lose events (a dropped subscriber connection, a lost
+publish). The worker also writes each event to the request's short-lived stream before it
+publishes it, so a gap in ``seq`` is filled from there; so is a silence (a lost last event
+is found within ``check_every_s``). A gap the stream cannot fill ends the answer with an
+error event, never with a normal finish. Workers send the terminal event; when they cannot
+(the worker died, the request outlived its deadline), this module makes one up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from berth.protocol.envelopes import OUTSIDE_SEQ, TokenEvent
-from berth.protocol.errors import BerthError, Timeout, WorkerLost
+from berth.protocol.errors import BerthError, EventsLost, Timeout, WorkerLost
+
+log = logging.getLogger(__name__)
+
+# (attempt, first seq, end seq or None) -> those events from the request's event stream
+Fetch = Callable[[int, int, int | None], Awaitable[list[TokenEvent]]]
 
 
 def synthetic_error(request_id: str, err: BerthError) -> TokenEvent:
@@ -23,56 +35,109 @@ def synthetic_error(request_id: str, err: BerthError) -> TokenEvent:
 
 async def request_events(
     request_id: str,
-    queue: asyncio.Queue[TokenEvent],
+    queue: asyncio.Queue[TokenEvent | None],
     *,
     is_alive: Callable[[str], Awaitable[bool]],
     check_every_s: float,
     deadline: float,
+    fetch: Fetch,
     retry: Callable[[set[str]], Awaitable[bool]] | None = None,
+    attempt: int = 0,
+    first_seq: int = 0,
+    worker: str | None = None,
 ) -> AsyncIterator[TokenEvent]:
     """Yield the request's events in order, ending with exactly one terminal event.
 
+    ``queue`` carries the pub/sub events, and None when they may have been lost (the relay
+    reconnected). Only events of ``attempt`` count (a resumed stream starts at ``first_seq``
+    of the attempt it followed, on ``worker``).
+
     When the worker holding the request dies before any token was produced, ``retry``
-    (if given, called with the dead workers to avoid) queues the request again and the
-    wait goes on, invisible to the client; once tokens flowed, the client gets an error
-    event instead.
+    (if given, called with the dead workers to avoid) queues the request again as the next
+    attempt and the wait goes on, invisible to the client; once tokens flowed, the client
+    gets an error event instead.
     """
-    expected = 0
-    worker: str | None = None
+    expected = first_seq
     produced = False
     dead: set[str] = set()
-    while True:
+    # events taken from the stream (or put back), handled before the queue
+    backlog: deque[TokenEvent] = deque()
+
+    async def from_stream(end: int | None) -> list[TokenEvent] | None:
         try:
-            if queue.empty():
-                # asyncio.timeout, not wait_for: no extra task per event on this hot path
-                async with asyncio.timeout(check_every_s):
-                    event = await queue.get()
-            else:
-                event = queue.get_nowait()
-        except TimeoutError:
-            if worker is not None and not await is_alive(worker):
-                dead.add(worker)
-                if not produced and retry is not None and await retry(dead):
-                    worker, expected = None, 0
+            return await fetch(attempt, expected, end)
+        except Exception as err:  # Redis away: pub/sub is down too; try again later
+            log.warning("request %s: reading its event stream failed: %s", request_id, err)
+            return None
+
+    while True:
+        if time.monotonic() > deadline:
+            # checked on every turn: a request that keeps producing still has a deadline
+            yield synthetic_error(
+                request_id, Timeout("the request did not finish before its timeout")
+            )
+            return
+        if backlog:
+            event = backlog.popleft()
+        else:
+            silent = False
+            try:
+                if queue.empty():
+                    # asyncio.timeout, not wait_for: no extra task per event on this hot path
+                    async with asyncio.timeout(check_every_s):
+                        got = await queue.get()
+                else:
+                    got = queue.get_nowait()
+            except TimeoutError:
+                got, silent = None, True
+            if got is None:
+                # a silence or a reconnect: the stream holds whatever pub/sub did not deliver
+                found = await from_stream(None)
+                if found:
+                    backlog.extend(found)
                     continue
-                yield synthetic_error(
-                    request_id, WorkerLost(f"worker {worker} stopped while serving the request")
-                )
-                return
-            if time.monotonic() > deadline:
-                yield synthetic_error(
-                    request_id, Timeout("the request did not finish before its timeout")
-                )
-                return
-            continue
+                if not silent:
+                    continue
+                if worker is not None and not await is_alive(worker):
+                    dead.add(worker)
+                    if not produced and retry is not None and await retry(dead):
+                        worker, expected = None, 0
+                        attempt += 1
+                        continue
+                    yield synthetic_error(
+                        request_id, WorkerLost(f"worker {worker} stopped while serving the request")
+                    )
+                    return
+                continue
+            event = got
+        if event.seq >= 0 and event.attempt != attempt:
+            continue  # another attempt's run: the client follows one
         if event.worker in dead:
             continue  # a late event of an attempt given up on
         if event.type == "dispatched":
             worker = event.worker
             continue
-        if event.seq >= 0 and event.seq < expected:
-            continue  # a duplicate; each event counts once
-        expected = event.seq + 1
+        if event.seq >= 0:
+            if event.seq < expected:
+                continue  # a duplicate; each event counts once
+            if event.seq > expected:
+                missing = await from_stream(event.seq)
+                if missing is None:
+                    backlog.appendleft(event)
+                    await asyncio.sleep(check_every_s)
+                    continue
+                if [e.seq for e in missing] != list(range(expected, event.seq)):
+                    log.error(
+                        "request %s: events %d..%d are lost", request_id, expected, event.seq - 1
+                    )
+                    yield synthetic_error(
+                        request_id,
+                        EventsLost(f"events {expected}..{event.seq - 1} of the answer were lost"),
+                    )
+                    return
+                backlog.extendleft(reversed([*missing, event]))
+                continue
+            expected = event.seq + 1
         worker = event.worker or worker
         produced = produced or bool(event.choices)
         yield event

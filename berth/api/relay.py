@@ -4,28 +4,56 @@ One pub/sub connection serves the whole API process: a reader task routes each
 message to the queue of the request whose channel it arrived on. Subscribing
 waits for Redis to confirm, so the request is enqueued only after its channel
 is live and no event can be missed.
+
+Pub/sub drops what is published while the connection is down. redis-py reconnects
+(with the retry policy of ``berth.redisconn``) and subscribes every open channel
+again; the relay then puts ``RESYNC`` (None) on every open request's queue, telling
+its reader (``api/events.py``) to fetch what it missed from the request's event
+stream (``fetch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import types
+from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 
 from berth.protocol import keys
 from berth.protocol.envelopes import TokenEvent
 
 log = logging.getLogger(__name__)
 
+# put on a request's queue after the pub/sub connection was lost and made again
+RESYNC = None
+EventQueue = asyncio.Queue[TokenEvent | None]
+# entries read per XRANGE when filling a gap
+_FETCH_COUNT = 1024
+
 
 class TokenRelay:
     """Owns the process's pub/sub connection and its reader task."""
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._pubsub = redis.pubsub()
-        self._queues: dict[bytes, asyncio.Queue[TokenEvent]] = {}
+        # redis-py registers this attribute (a bound method: it keeps a weak reference) as
+        # the connection's connect callback: it subscribes the channels again; then every
+        # open request is told to resync
+        resubscribe = self._pubsub.on_connect
+
+        async def on_connect(pubsub: PubSub, connection: Connection) -> None:
+            await resubscribe(connection)
+            self._resync()
+
+        self._pubsub.on_connect = types.MethodType(on_connect, self._pubsub)  # type: ignore[method-assign]
+        self.reconnects = 0
+        self._queues: dict[bytes, EventQueue] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -41,10 +69,41 @@ class TokenRelay:
             await asyncio.gather(self._reader, return_exceptions=True)
         await self._pubsub.aclose()
 
-    async def open(self, request_id: str) -> asyncio.Queue[TokenEvent]:
+    def _resync(self) -> None:
+        self.reconnects += 1
+        log.warning("token relay reconnected; %d open requests resync", len(self._queues))
+        for queue in self._queues.values():
+            queue.put_nowait(RESYNC)
+
+    async def fetch(
+        self, request_id: str, attempt: int, first: int, end: int | None = None
+    ) -> list[TokenEvent]:
+        """Events ``first`` <= seq < ``end`` (``end`` None: all from ``first``) of ``attempt``
+        from the request's event stream, in order; what the stream no longer (or never) had
+        is absent."""
+        stream = keys.request_events(request_id)
+        low = keys.event_entry_id(attempt, first)
+        high = keys.event_entry_id(attempt, end - 1) if end is not None else "+"
+        found: list[TokenEvent] = []
+        while True:
+            entries: list[Any] = list(
+                await self._redis.xrange(stream, low, high, count=_FETCH_COUNT) or ()
+            )
+            for entry_id, fields in entries:
+                if int(entry_id.split(b"-")[0]) != attempt:
+                    return found  # a later attempt's entries follow this one's
+                try:
+                    found.append(TokenEvent.model_validate_json(fields[b"e"]))
+                except ValidationError:
+                    log.error("malformed event in %s: %r", stream, fields)
+            if len(entries) < _FETCH_COUNT:
+                return found
+            low = "(" + entries[-1][0].decode()
+
+    async def open(self, request_id: str) -> EventQueue:
         """Subscribe to the request's channel; returns once Redis confirmed it."""
         channel = keys.token_channel(request_id).encode()
-        queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        queue: EventQueue = asyncio.Queue()
         confirmed = asyncio.get_running_loop().create_future()
         self._queues[channel] = queue
         self._confirmations[channel] = confirmed

@@ -28,6 +28,14 @@ class ApiSettings(CommonSettings, JobRecordSettings):
         gt=0,
         description="With no event for this long, check the request's worker is still alive.",
     )
+    resume_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A streamed chat completion sent with `X-Berth-Resumable: true` keeps "
+        "running this long after its client left, resumable with GET "
+        "/v1/chat/completions/{id}/stream; 0 turns resuming off (every stream is cancelled "
+        "when its client leaves, as without the header).",
+    )
     max_retries: int = Field(
         default=2,
         ge=0,

@@ -80,6 +80,9 @@ class TokenEvent(BaseModel):
     seq: int
     type: EventType
     worker: str | None = None
+    # the attempt of the request whose run wrote it (see QueuedRequest.attempt): readers
+    # follow one attempt, so a duplicate or stale run never mixes into an answer
+    attempt: int = 0
     choices: list[EventChoice] = Field(default_factory=list)
     usage: EventUsage | None = None
     # the OpenAI error body and its HTTP status, on "error" events
@@ -89,6 +92,21 @@ class TokenEvent(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
+
+
+class ResumableStream(BaseModel):
+    """What a resumed chat stream needs: who may resume it, how its chunks are rendered,
+    and which attempt (and worker) it follows. Stored at ``keys.resume_key``."""
+
+    tenant: str
+    model: str
+    created: int
+    n: int = 1
+    include_usage: bool = False
+    stream_reasoning: bool = True
+    parallel_tool_calls: bool = True
+    attempt: int = 0
+    worker: str | None = None
 
 
 class WorkerInfo(BaseModel):
@@ -124,6 +142,7 @@ def event_json(
     *,
     seq: int = OUTSIDE_SEQ,
     worker: str | None = None,
+    attempt: int = 0,
     error: BerthError | None = None,
     **fields: Any,
 ) -> str:
@@ -136,6 +155,8 @@ def event_json(
     cancelled through the API or ended with its batch) has ``OUTSIDE_SEQ`` (-1): it is
     outside the worker's numbering and never taken for a duplicate.
 
+    ``attempt``: the attempt of the run that writes it (written only when not 0).
+
     ``error`` gives the OpenAI error body; on an ``error`` event its HTTP status too.
     ``fields`` are the other ``TokenEvent`` fields (``choices``, ``usage``) as JSON-ready
     values: the worker's hot path builds them without a model.
@@ -143,6 +164,8 @@ def event_json(
     event: dict[str, Any] = {"id": request_id, "seq": seq, "type": type_}
     if worker is not None:
         event["worker"] = worker
+    if attempt:
+        event["attempt"] = attempt
     event.update(fields)
     if error is not None:
         event["error"] = error.body()

@@ -153,6 +153,12 @@ class WorkerLost(EngineFailure):
     default_code = "worker_lost"
 
 
+class EventsLost(EngineFailure):
+    """Part of the answer was lost on its way from the worker and cannot be recovered."""
+
+    default_code = "events_lost"
+
+
 class Timeout(BerthError):
     """The request did not finish within its deadline."""
 

@@ -91,6 +91,47 @@ def token_channel(request_id: str) -> str:
     return f"{PREFIX}:tokens:{request_id}"
 
 
+# An interactive request's events also go, in the same pipeline as each PUBLISH, to a capped
+# stream whose entry ids are "{attempt}-{seq + 1}": the API fills from it a gap pub/sub left
+# (a dropped subscriber connection, a lost publish) and a resumed stream replays it. The
+# worker refreshes its expiry while it writes; it lives REQUEST_EVENTS_TTL_S after the last.
+REQUEST_EVENTS_TTL_S = 300
+REQUEST_EVENTS_MAXLEN = 16_384
+
+
+def request_events(request_id: str) -> str:
+    """A stream of an interactive request's events (field ``e``: the event's JSON)."""
+    return f"{PREFIX}:events:{request_id}"
+
+
+def event_entry_id(attempt: int, seq: int) -> str:
+    """The id of event ``seq`` of ``attempt`` in ``request_events`` (stream ids start at 0-1)."""
+    return f"{attempt}-{seq + 1}"
+
+
+# A run marker: SET NX by the worker that starts an attempt of an interactive request, so a
+# second delivery of the same group (a scheduler that died between sending and acking it)
+# is skipped. Kept an hour: far past any redelivery of the same message.
+RUN_MARK_TTL_S = 3600
+
+
+def run_key(request_id: str, attempt: int) -> str:
+    """String (worker id), RUN_MARK_TTL_S: attempt ``attempt`` of the request has started."""
+    return f"{PREFIX}:run:{request_id}:{attempt}"
+
+
+def resume_key(request_id: str) -> str:
+    """String (JSON ``ResumableStream``): a resumable chat stream's owner tenant and how to
+    render it; written once its first token streamed, kept request_timeout_s + the grace."""
+    return f"{PREFIX}:resume:{request_id}"
+
+
+def detached_key(request_id: str) -> str:
+    """String (a token), the resume grace plus a minute: the client of a resumable stream
+    left; whoever set it cancels the request after the grace unless a resume deleted it."""
+    return f"{PREFIX}:detached:{request_id}"
+
+
 def cancelled_key(request_id: str) -> str:
     """Marker (with a TTL) that a request was cancelled, read by the scheduler before dispatch."""
     return f"{PREFIX}:cancelled:{request_id}"

@@ -15,6 +15,20 @@ from berth.protocol.errors import BerthError, error_from_body
 DONE = "data: [DONE]\n\n"
 
 
+def sse_event_id(event: TokenEvent) -> str | None:
+    """The SSE ``id:`` of the chunks rendered from ``event``: ``{attempt}-{seq}`` for the
+    worker's events (the ones a resumed stream can replay), None for any other."""
+    return f"{event.attempt}-{event.seq}" if event.seq >= 0 else None
+
+
+def parse_sse_event_id(value: str) -> tuple[int, int] | None:
+    """(attempt, seq) of an id made by ``sse_event_id``; None when it is not one."""
+    attempt, sep, seq = value.strip().partition("-")
+    if not sep or not attempt.isdigit() or not seq.isdigit():
+        return None
+    return int(attempt), int(seq)
+
+
 def _dumps(obj: Any) -> str:
     # ASCII only: some SSE readers split lines on U+2028 or U+0085 inside a JSON string
     return json.dumps(obj, separators=(",", ":"))
@@ -50,6 +64,7 @@ class ChunkWriter:
         *,
         stream_reasoning: bool = True,
         parallel_tool_calls: bool = True,
+        resumed: bool = False,
     ):
         self._head = {
             "id": request_id,
@@ -59,7 +74,8 @@ class ChunkWriter:
         }
         self._n = n
         self._include_usage = include_usage
-        self._started = False
+        # a resumed stream already sent the role chunk
+        self._started = resumed
         # stream_reasoning false: reasoning is held back and sent in one piece when the
         # answer starts (SGLang's behaviour)
         self._held: dict[int, list[str]] | None = None if stream_reasoning else {}
@@ -69,6 +85,8 @@ class ChunkWriter:
         return f"data: {_dumps({**self._head, 'choices': choices, **extra})}\n\n"
 
     def render(self, event: TokenEvent) -> str:
+        """The SSE text of one event; its last SSE event carries the ``id:`` of ``event``
+        (a client resuming from it has everything it rendered)."""
         parts: list[str] = []
         if not self._started:
             self._started = True
@@ -97,6 +115,8 @@ class ChunkWriter:
         elif event.terminal:
             parts.append(f"data: {_dumps(event_error(event).body())}\n\n")
             parts.append(DONE)
+        if parts and (event_id := sse_event_id(event)) is not None:
+            parts[-1] = f"id: {event_id}\n{parts[-1]}"
         return "".join(parts)
 
     def _choice(self, choice: EventChoice) -> dict[str, Any] | None:

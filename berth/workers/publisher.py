@@ -4,29 +4,48 @@ All requests of an engine step wake up in the same event-loop turn, so one
 pipelined flush per turn sends that step's deltas for every request together.
 A single flusher task keeps every request's writes in order, including the
 script that finishes a job after its last delta.
+
+While Redis is away, writes wait in a bounded buffer and go out, in order, once
+it answers again: the engine loop never waits for Redis. A write refused because
+the buffer is full is reported to its writer, which ends its request with an
+error once the buffer drains (``when_drained``) instead of losing events silently.
+A flush cut by a lost connection is sent again whole: a reader drops what it
+already has by ``seq``, and a stream entry whose id exists is refused by Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 log = logging.getLogger(__name__)
 
-_PUBLISH, _APPEND, _SCRIPT = 0, 1, 2
+_PUBLISH, _APPEND, _EVENT, _SCRIPT = 0, 1, 2, 3
+
+# writes held while Redis is away; beyond them writes are refused (see module docstring)
+MAX_BUFFERED = 100_000
+# writes per pipeline: a backlog after an outage goes out in bounded round trips
+_FLUSH_MAX = 4096
+# pause between attempts while Redis is away (each attempt already retried inside redis-py)
+_BACKOFF_S = (0.2, 2.0)
 
 
 class EventPublisher:
     """Buffers writes (PUBLISH, capped XADD, scripts) and flushes them pipelined, in order."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, max_buffered: int = MAX_BUFFERED) -> None:
         self._redis = redis
-        self._buffer: list[tuple[int, Any, Any]] = []
+        self._max = max_buffered
+        self._buffer: deque[tuple[int, Any, Any]] = deque()
+        self._drained: list[Callable[[], None]] = []
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -35,21 +54,53 @@ class EventPublisher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="event-publisher")
 
-    def _push(self, op: tuple[int, Any, Any]) -> None:
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def _push(self, op: tuple[int, Any, Any], force: bool) -> bool:
+        if not force and len(self._buffer) >= self._max:
+            return False
         self._buffer.append(op)
         self._idle.clear()
         self._wakeup.set()
+        return True
 
-    def publish(self, channel: str, payload: str) -> None:
-        self._push((_PUBLISH, channel, payload))
+    def publish(self, channel: str, payload: str, *, force: bool = False) -> bool:
+        """PUBLISH; False when the buffer is full (``force``: take it anyway)."""
+        return self._push((_PUBLISH, channel, payload), force)
 
-    def append(self, stream: str, payload: str, maxlen: int) -> None:
+    def append(self, stream: str, payload: str, maxlen: int, *, force: bool = False) -> bool:
         """Add an event to a capped stream (a job's events)."""
-        self._push((_APPEND, stream, (payload, maxlen)))
+        return self._push((_APPEND, stream, (payload, maxlen)), force)
 
-    def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+    def event(
+        self,
+        channel: str,
+        stream: str,
+        entry_id: str,
+        payload: str,
+        maxlen: int,
+        expire_s: int | None,
+        *,
+        force: bool = False,
+    ) -> bool:
+        """An interactive request's event: XADD to its capped stream, then PUBLISH, in one
+        pipeline; so whoever receives event N can find every earlier one in the stream.
+        ``expire_s`` (re)sets the stream's expiry."""
+        return self._push((_EVENT, channel, (stream, entry_id, payload, maxlen, expire_s)), force)
+
+    def script(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], *, force: bool = False
+    ) -> bool:
         """Run a Lua script after everything buffered before it."""
-        self._push((_SCRIPT, script, (keys, args)))
+        return self._push((_SCRIPT, script, (keys, args)), force)
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on this loop) once the buffer has room again after it refused a
+        write and Redis has taken what was buffered before."""
+        self._drained.append(callback)
+        self._wakeup.set()
 
     async def drain(self) -> None:
         """Wait until everything buffered so far has reached Redis."""
@@ -65,19 +116,41 @@ class EventPublisher:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            batch, self._buffer = self._buffer, []
-            if batch:
+            while self._buffer or self._drained:
+                if self._drained and len(self._buffer) < self._max // 2:
+                    callbacks, self._drained = self._drained, []
+                    for callback in callbacks:
+                        callback()
+                if not self._buffer:
+                    continue
+                count = min(len(self._buffer), _FLUSH_MAX)
+                batch = [self._buffer[i] for i in range(count)]
                 try:
                     await self._flush(batch)
+                except (ConnectionError, TimeoutError, OSError) as err:
+                    # keep the batch at the head of the buffer and try again: running work
+                    # goes on, its events wait (bounded) until Redis is back
+                    log.warning(
+                        "Redis unreachable; %d events wait for it (%s)", len(self._buffer), err
+                    )
+                    await asyncio.sleep(random.uniform(*_BACKOFF_S))
+                    continue
                 except Exception:
-                    log.exception("writing %d events failed", len(batch))
-            if not self._buffer:
-                self._idle.set()
+                    log.exception("writing %d events failed", count)
+                for _ in range(count):
+                    self._buffer.popleft()
+            self._idle.set()
 
     async def _flush(self, batch: list[tuple[int, Any, Any]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for kind, target, data in batch:
-            if kind == _PUBLISH:
+            if kind == _EVENT:
+                stream, entry_id, payload, maxlen, expire_s = data
+                pipe.xadd(stream, {"e": payload}, id=entry_id, maxlen=maxlen, approximate=True)
+                pipe.publish(target, payload)
+                if expire_s is not None:
+                    pipe.expire(stream, expire_s)
+            elif kind == _PUBLISH:
                 pipe.publish(target, data)
             elif kind == _APPEND:
                 payload, maxlen = data
@@ -85,4 +158,9 @@ class EventPublisher:
             else:
                 keys, args = data
                 await target(keys=keys, args=args, client=pipe)
-        await pipe.execute()
+        for result in await pipe.execute(raise_on_error=False):
+            if isinstance(result, (ConnectionError, TimeoutError)):
+                raise result
+            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+                # an entry id already present is a write sent twice across a reconnect
+                log.error("an event write failed: %s", result)

@@ -61,16 +61,24 @@ def _choice_json(delta: ChoiceDelta) -> dict[str, Any]:
 
 
 class _RequestEvents:
-    """Numbers one request's events and writes them: on its pub/sub channel for a waiting
-    client, or for a job into its event stream, ending with the script that stores its
-    result. The hot path builds JSON directly."""
+    """Numbers one request's events and writes them: for a waiting client on its pub/sub
+    channel and its short-lived event stream (one pipeline), or for a job into its event
+    stream, ending with the script that stores its result. The hot path builds JSON directly.
+
+    When the publisher's buffer is full (Redis away too long), the request's later events
+    are dropped and, once the buffer drains, one error event ends it at the first seq that
+    was dropped: the reader sees an answer that ends with an error, never a truncated one."""
 
     __slots__ = (
         "_assembler",
+        "_attempt",
+        "_channel",
         "_id",
         "_jobs",
+        "_lost",
         "_publisher",
         "_queued",
+        "_refreshed",
         "_seq",
         "_target",
         "_worker",
@@ -82,11 +90,15 @@ class _RequestEvents:
         self._publisher = publisher
         self._queued = queued
         self._id = queued.id
+        self._attempt = queued.attempt
         self._worker = worker
         self._jobs = jobs
         self._seq = 0
+        self._lost = False
+        self._refreshed = -float("inf")
         self._assembler: CompletionAssembler | None = None
-        self._target = keys.job_events(queued.id) if queued.job else keys.token_channel(queued.id)
+        self._channel = keys.token_channel(queued.id)
+        self._target = keys.job_events(queued.id) if queued.job else keys.request_events(queued.id)
 
     def collect_result(self, request: ChatCompletionRequest) -> None:
         """Jobs keep their assembled result; call once the request is parsed."""
@@ -100,24 +112,72 @@ class _RequestEvents:
             )
 
     def emit(self, type_: EventType, *, error: BerthError | None = None, **fields: Any) -> None:
-        payload = event_json(
-            self._id, type_, seq=self._seq, worker=self._worker, error=error, **fields
+        if self._lost:
+            return  # the error event written once the publisher drains ends this request
+        if self._write(type_, error, fields, force=False):
+            return
+        self._lost = True
+        log.error("request %s: event buffer full; it ends with an error", self._id)
+        self._publisher.when_drained(self._end_lost)
+
+    def _end_lost(self) -> None:
+        self._write(
+            "error",
+            EngineFailure("events of this request were lost while Redis was unreachable"),
+            {},
+            force=True,
         )
-        self._seq += 1
+
+    def _write(
+        self, type_: EventType, error: BerthError | None, fields: dict[str, Any], force: bool
+    ) -> bool:
+        seq = self._seq
+        payload = event_json(
+            self._id,
+            type_,
+            seq=seq,
+            worker=self._worker,
+            attempt=self._attempt,
+            error=error,
+            **fields,
+        )
         terminal = type_ in TERMINAL_EVENTS
-        if terminal:
-            metrics.FINISHED.labels(type_).inc()
         if not self._queued.job:
-            self._publisher.publish(self._target, payload)
-            return
+            # the stream's expiry is refreshed now and then, and at the end
+            now = time.monotonic()
+            expire = None
+            if terminal or now - self._refreshed > keys.REQUEST_EVENTS_TTL_S / 4:
+                expire = keys.REQUEST_EVENTS_TTL_S
+            written = self._publisher.event(
+                self._channel,
+                self._target,
+                keys.event_entry_id(self._attempt, seq),
+                payload,
+                keys.REQUEST_EVENTS_MAXLEN,
+                expire,
+                force=force,
+            )
+            if written and expire is not None:
+                self._refreshed = now
+        else:
+            written = self._write_job(type_, payload, terminal, force)
+        if written:
+            self._seq += 1
+            if terminal:
+                metrics.FINISHED.labels(type_).inc()
+        return written
+
+    def _write_job(self, type_: EventType, payload: str, terminal: bool, force: bool) -> bool:
         parsed = TokenEvent.model_validate_json(payload)
-        if self._assembler is not None:
-            self._assembler.add(parsed)
         if not terminal:
-            self._publisher.append(self._target, payload, EVENTS_MAXLEN)
-            return
+            if not self._publisher.append(self._target, payload, EVENTS_MAXLEN, force=force):
+                return False
+            if self._assembler is not None:
+                self._assembler.add(parsed)
+            return True
         result = None
         if type_ == "finished" and self._assembler is not None:
+            self._assembler.add(parsed)
             result = self._assembler.response(parsed)
         script, script_keys, args = self._jobs.finish_call(
             self._id,
@@ -127,7 +187,7 @@ class _RequestEvents:
             error=parsed.error,
             event=payload,
         )
-        self._publisher.script(script, script_keys, args)
+        return self._publisher.script(script, script_keys, args, force=force)
 
     def step(self, step: EngineStep, type_: EventType = "delta") -> None:
         fields: dict[str, Any] = {"choices": [_choice_json(c) for c in step.choices]}
@@ -283,16 +343,33 @@ class EngineHost:
 
     async def _run_group(self, group: WorkGroup) -> None:
         assert self._redis is not None
-        marks = await self._redis.mget([keys.cancelled_key(q.id) for q in group.requests])
+        # one round trip: which requests were cancelled, and the run markers of the
+        # interactive ones (a job is claimed through its record in _serve)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.mget([keys.cancelled_key(q.id) for q in group.requests])
+        for q in group.requests:
+            if not q.job:
+                pipe.set(
+                    keys.run_key(q.id, q.attempt), self.worker_id, nx=True, ex=keys.RUN_MARK_TTL_S
+                )
+        marks, *claims = await pipe.execute()
+        claimed = iter(claims)
         await asyncio.gather(
             *(
-                self._serve(q, mark is not None)
+                self._serve(q, mark is not None, q.job or bool(next(claimed)))
                 for q, mark in zip(group.requests, marks, strict=True)
             )
         )
 
-    async def _serve(self, queued: QueuedRequest, cancelled: bool) -> None:
+    async def _serve(self, queued: QueuedRequest, cancelled: bool, claimed: bool) -> None:
+        """Serve one request; ``claimed``: its run marker was set here (interactive)."""
         assert self._publisher is not None and self._jobs is not None
+        if not claimed:
+            # a second delivery of the same attempt (a scheduler died before acking it)
+            log.warning(
+                "request %s attempt %d already ran or runs; skipping", queued.id, queued.attempt
+            )
+            return
         if queued.job and not await self._jobs.claim(queued.id, queued.attempt, self.worker_id):
             log.info("job %s attempt %d is no longer queued; skipping", queued.id, queued.attempt)
             return

@@ -5,16 +5,26 @@ from __future__ import annotations
 import asyncio
 import time
 
+import redis.asyncio
+
 from berth.api.events import request_events
-from berth.protocol.envelopes import TokenEvent
+from berth.api.relay import TokenRelay
+from berth.protocol import keys
+from berth.protocol.envelopes import TokenEvent, event_json
 
 
-def _event(seq: int, type_: str = "delta", worker: str | None = "w1") -> TokenEvent:
-    return TokenEvent(id="r", seq=seq, type=type_, worker=worker)  # type: ignore[arg-type]
+async def _no_stream(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
+    return []
+
+
+def _event(
+    seq: int, type_: str = "delta", worker: str | None = "w1", attempt: int = 0
+) -> TokenEvent:
+    return TokenEvent(id="r", seq=seq, type=type_, worker=worker, attempt=attempt)  # type: ignore[arg-type]
 
 
 async def _collect(
-    queue: asyncio.Queue[TokenEvent], alive: bool, deadline_s: float = 5.0
+    queue: asyncio.Queue[TokenEvent | None], alive: bool, deadline_s: float = 5.0
 ) -> list[TokenEvent]:
     async def is_alive(worker: str) -> bool:
         return alive
@@ -27,12 +37,13 @@ async def _collect(
             is_alive=is_alive,
             check_every_s=0.05,
             deadline=time.monotonic() + deadline_s,
+            fetch=_no_stream,
         )
     ]
 
 
 async def test_duplicates_dropped_and_stops_at_terminal() -> None:
-    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
     for e in [_event(0, "started"), _event(1), _event(1), _event(2, "finished"), _event(3)]:
         queue.put_nowait(e)
     got = await _collect(queue, alive=True)
@@ -40,7 +51,7 @@ async def test_duplicates_dropped_and_stops_at_terminal() -> None:
 
 
 async def test_dead_worker_yields_one_error() -> None:
-    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
     queue.put_nowait(_event(0, "started"))
     got = await _collect(queue, alive=False)
     assert [e.type for e in got] == ["started", "error"]
@@ -48,14 +59,14 @@ async def test_dead_worker_yields_one_error() -> None:
 
 
 async def test_deadline_yields_timeout_error() -> None:
-    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
     got = await _collect(queue, alive=True, deadline_s=0.1)
     assert [e.type for e in got] == ["error"]
     assert got[0].status == 504
 
 
 async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
-    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
     queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1"))
     retried: list[bool] = []
 
@@ -64,8 +75,8 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
         retried.append(True)
         # the next attempt lands on a live worker and finishes; the dead one's late event is dropped
         queue.put_nowait(_event(5, "delta", worker="w1"))
-        queue.put_nowait(_event(0, "started", worker="w2"))
-        queue.put_nowait(_event(1, "finished", worker="w2"))
+        queue.put_nowait(_event(0, "started", worker="w2", attempt=1))
+        queue.put_nowait(_event(1, "finished", worker="w2", attempt=1))
         return True
 
     async def is_alive(worker: str) -> bool:
@@ -80,6 +91,7 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
             check_every_s=0.05,
             deadline=time.monotonic() + 5,
             retry=retry,
+            fetch=_no_stream,
         )
     ]
     assert retried == [True]
@@ -87,7 +99,7 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
 
 
 async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
-    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
     queue.put_nowait(_event(0, "started"))
     queue.put_nowait(
         TokenEvent.model_validate(
@@ -116,6 +128,132 @@ async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
             check_every_s=0.05,
             deadline=time.monotonic() + 5,
             retry=retry,
+            fetch=_no_stream,
         )
     ]
     assert [e.type for e in got] == ["started", "delta", "error"]
+
+
+# -- filling from the request's event stream (a real server, as the worker writes it) -------
+
+
+async def _write(
+    aredis: redis.asyncio.Redis, seq: int, type_: str = "delta", attempt: int = 0, text: str = ""
+) -> TokenEvent:
+    """Add one event to the request's stream the way the worker does; returns it."""
+    choices = [{"index": 0, "content": text}] if text else []
+    payload = event_json("r", type_, seq=seq, worker="w1", attempt=attempt, choices=choices)  # type: ignore[arg-type]
+    await aredis.xadd(
+        keys.request_events("r"), {"e": payload}, id=keys.event_entry_id(attempt, seq)
+    )
+    return TokenEvent.model_validate_json(payload)
+
+
+async def _follow(
+    aredis: redis.asyncio.Redis, queue: asyncio.Queue[TokenEvent | None], **kwargs: object
+) -> list[TokenEvent]:
+    relay = TokenRelay(aredis)
+
+    async def fetch(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
+        return await relay.fetch("r", attempt, first, end)
+
+    async def is_alive(worker: str) -> bool:
+        return True
+
+    return [
+        e
+        async for e in request_events(
+            "r",
+            queue,
+            is_alive=is_alive,
+            check_every_s=0.05,
+            deadline=time.monotonic() + 5,
+            fetch=fetch,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    ]
+
+
+async def test_a_gap_is_filled_from_the_stream_in_order(aredis: redis.asyncio.Redis) -> None:
+    written = [await _write(aredis, 0, "started")]
+    written += [await _write(aredis, seq, text=f"t{seq}") for seq in range(1, 6)]
+    written.append(await _write(aredis, 6, "finished"))
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    # pub/sub delivered 0, 1, lost 2..4, then 5 and 6 (and 3 again, late)
+    for seq in (0, 1, 5, 3, 6):
+        queue.put_nowait(written[seq])
+    got = await _follow(aredis, queue)
+    assert [e.seq for e in got] == list(range(7))
+    assert "".join(c.content for e in got for c in e.choices) == "t1t2t3t4t5"
+
+
+async def test_a_gap_the_stream_cannot_fill_ends_with_an_error(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    started = await _write(aredis, 0, "started")
+    finished = TokenEvent(id="r", seq=3, type="finished", worker="w1")  # 1, 2 never written
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(started)
+    queue.put_nowait(finished)
+    got = await _follow(aredis, queue)
+    assert [e.type for e in got] == ["started", "error"]
+    assert got[-1].error is not None and got[-1].error["error"]["code"] == "events_lost"
+
+
+async def test_a_lost_terminal_event_is_found_in_the_stream(aredis: redis.asyncio.Redis) -> None:
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(await _write(aredis, 0, "started"))
+    await _write(aredis, 1, text="x")
+    await _write(aredis, 2, "finished")  # neither published: only a silence reveals them
+    got = await _follow(aredis, queue)
+    assert [e.type for e in got] == ["started", "delta", "finished"]
+
+
+async def test_a_resync_reads_the_stream_at_once(aredis: redis.asyncio.Redis) -> None:
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    await _write(aredis, 0, "started")
+    await _write(aredis, 1, "finished")
+    queue.put_nowait(None)
+    got = await _follow(aredis, queue)
+    assert [e.seq for e in got] == [0, 1]
+
+
+async def test_only_the_followed_attempt_counts(aredis: redis.asyncio.Redis) -> None:
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    # a duplicate run wrote attempt 0 and 1; the reader follows attempt 1 only
+    stale = [await _write(aredis, 0, "started"), await _write(aredis, 1, text="old")]
+    own = [await _write(aredis, 0, "started", 1), await _write(aredis, 1, "delta", 1, "new")]
+    own.append(await _write(aredis, 2, "finished", 1))
+    for event in (stale[0], own[0], stale[1], own[1], own[2]):
+        queue.put_nowait(event)
+    got = await _follow(aredis, queue, attempt=1)
+    assert [(e.attempt, e.seq) for e in got] == [(1, 0), (1, 1), (1, 2)]
+    assert got[1].choices[0].content == "new"
+
+
+async def test_a_resumed_reader_starts_after_the_last_event_it_had(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    for seq in range(5):
+        await _write(aredis, seq, text=str(seq))
+    await _write(aredis, 5, "finished")
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    got = await _follow(aredis, queue, first_seq=3, worker="w1")
+    assert [e.seq for e in got] == [3, 4, 5]
+
+
+async def test_a_request_that_keeps_producing_still_times_out() -> None:
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+
+    async def produce() -> None:
+        for seq in range(1000):
+            queue.put_nowait(_event(seq))
+            await asyncio.sleep(0.01)  # never quiet for check_every_s
+
+    producer = asyncio.create_task(produce())
+    try:
+        got = await _collect(queue, alive=True, deadline_s=0.3)
+    finally:
+        producer.cancel()
+    assert got[-1].type == "error" and got[-1].status == 504
+    assert len(got) < 1000

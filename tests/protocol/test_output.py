@@ -8,7 +8,7 @@ from typing import Any
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from berth.protocol.envelopes import TokenEvent
-from berth.protocol.output import DONE, ChunkWriter, CompletionAssembler
+from berth.protocol.output import DONE, ChunkWriter, CompletionAssembler, parse_sse_event_id
 
 
 def _event(seq: int, type_: str = "delta", **fields: object) -> TokenEvent:
@@ -131,9 +131,24 @@ def test_every_chunk_is_one_line_whatever_the_text() -> None:
     writer = ChunkWriter("r1", "m", 123, n=1, include_usage=False)
     odd = "a\u2028b\u0085c\nd\re\u2029"
     out = writer.render(_event(0, "delta", choices=[{"index": 0, "content": odd}]))
-    chunk = out.split("\n\n")[1]
-    assert chunk.startswith("data: ") and len(chunk.splitlines()) == 1
+    id_line, chunk = out.split("\n\n")[1].split("\n")  # the event's id:, then one data line
+    assert id_line == "id: 0-0" and chunk.startswith("data: ")
     assert json.loads(chunk[6:])["choices"][0]["delta"]["content"] == odd
+
+
+def test_the_last_sse_event_of_each_worker_event_carries_its_id() -> None:
+    writer = ChunkWriter("r1", "m", 123, n=1, include_usage=True)
+    out = writer.render(_event(4, "delta", choices=[{"index": 0, "content": "x"}]))
+    blocks = [b for b in out.split("\n\n") if b]
+    # the role chunk, then the delta: only the last carries the id, so a client resuming
+    # from it has both
+    assert [b.startswith("id: ") for b in blocks] == [False, True]
+    assert parse_sse_event_id(blocks[-1].split("\n")[0][4:]) == (0, 4)
+    end = writer.render(_event(5, "finished", usage={"prompt_tokens": 1, "completion_tokens": 1}))
+    blocks = [b for b in end.split("\n\n") if b]
+    assert blocks[-1] == "id: 0-5\ndata: [DONE]"
+    assert ChunkWriter("r1", "m", 1, 1, False, resumed=True).render(_event(2, "delta")) == ""
+    assert parse_sse_event_id("x") is None and parse_sse_event_id("1-2") == (1, 2)
 
 
 def _deltas(writer: ChunkWriter, events: list[TokenEvent]) -> list[dict[str, object]]:

@@ -180,3 +180,38 @@ def test_a_finished_job_keeps_the_configured_ttl(host: EngineHost, redis_url: st
     r = redis.Redis.from_url(redis_url)
     assert r.hget(keys.job_key("job-ttl"), "status") == b"succeeded"
     assert 0 < r.ttl(keys.job_key("job-ttl")) <= JOB_TTL_S
+
+
+def test_events_also_go_to_the_request_stream_in_order(host: EngineHost, redis_url: str) -> None:
+    pubsub, got = _listen(redis_url, ["r0"])
+    host.run_group(_group(_body(max_tokens=5)))
+    _drain(pubsub, got)
+    r = redis.Redis.from_url(redis_url)
+    entries: Any = r.xrange(keys.request_events("r0"))
+    assert [e[0].decode() for e in entries] == [
+        keys.event_entry_id(0, seq) for seq in range(len(got["r0"]))
+    ]
+    assert [json.loads(e[1][b"e"]) for e in entries] == got["r0"]
+    assert 0 < r.ttl(keys.request_events("r0")) <= keys.REQUEST_EVENTS_TTL_S
+
+
+def test_a_second_delivery_of_the_same_group_runs_once(host: EngineHost, redis_url: str) -> None:
+    pubsub, got = _listen(redis_url, ["r0"])
+    group = _group(_body(max_tokens=5))
+    host.run_group(group)
+    host.run_group(group)  # the scheduler sent it again (it died before acking)
+    _drain(pubsub, got, until_s=1)
+    assert [e["type"] for e in got["r0"]].count("started") == 1
+    assert sum(e["type"] == "finished" for e in got["r0"]) == 1
+    assert redis.Redis.from_url(redis_url).get(keys.run_key("r0", 0)) == b"w1"
+    # the next attempt (its first worker died, the API queued it again) does run
+    again = json.loads(json.dumps(group))
+    again["requests"][0]["attempt"] = 1
+    host.run_group(again)
+    more: dict[str, list[dict[str, Any]]] = {"r0": []}
+    _drain(pubsub, more)
+    got["r0"] += more["r0"]
+    assert [(e.get("attempt", 0), e["type"]) for e in got["r0"] if e["type"] == "started"] == [
+        (0, "started"),
+        (1, "started"),
+    ]

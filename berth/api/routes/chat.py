@@ -1,4 +1,11 @@
-"""POST /v1/chat/completions: queue the request, then stream or collect its events."""
+"""POST /v1/chat/completions: queue the request, then stream or collect its events;
+GET /v1/chat/completions/{id}/stream: resume a stream whose client left.
+
+A request whose wait ends without its worker's terminal event (its client left, its
+timeout passed, its answer could not be completed) is cancelled: in the queue and in the
+engine. A streamed request sent with ``X-Berth-Resumable: true`` is instead kept running
+for ``resume_grace_s`` after its client left, and cancelled only if nobody resumed it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from berth.api import metrics
@@ -17,14 +24,24 @@ from berth.api.admission import deadline_from, lane_for, queued_request, read_ch
 from berth.api.deps import State, Tenant
 from berth.api.errors import error_response
 from berth.api.events import request_events
+from berth.api.relay import EventQueue
 from berth.api.state import ApiState
-from berth.protocol.envelopes import TokenEvent
-from berth.protocol.errors import BerthError
-from berth.protocol.output import ChunkWriter, CompletionAssembler, event_error
+from berth.protocol.envelopes import ResumableStream, TokenEvent
+from berth.protocol.errors import BerthError, InvalidRequest, NotFound
+from berth.protocol.output import (
+    ChunkWriter,
+    CompletionAssembler,
+    event_error,
+    parse_sse_event_id,
+)
+from berth.store.streams import StreamStore
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 T = TypeVar("T")
+
+# the request header a client sends to make its stream resumable
+RESUMABLE_HEADER = "x-berth-resumable"
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -76,12 +93,11 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         await state.ingress.requeue(again)
         return True
 
-    events = request_events(
+    events = _events(
+        state,
         request_id,
         queue,
         retry=retry,
-        is_alive=state.directory.is_alive,
-        check_every_s=state.settings.liveness_check_s,
         deadline=time.monotonic()
         + min(
             state.settings.request_timeout_s,
@@ -98,7 +114,7 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
             metrics.REQUESTS.labels("/v1/chat/completions", "499").inc()
             return Response(status_code=499)
         if head[-1].terminal and head[-1].type != "finished":
-            _finish_soon(state, request_id, True)
+            _finish_soon(state, request_id, _ended_by_worker(head[-1]))
             timer.done(time.monotonic())
             _account(request_id, tenant, head[-1])
             return error_response(event_error(head[-1]))
@@ -111,9 +127,24 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
             stream_reasoning=chat.stream_reasoning,
             parallel_tool_calls=chat.parallel_tool_calls is not False,
         )
+        resumable = _wants_resume(request, state)
+        if resumable and not head[-1].terminal:
+            record = ResumableStream(
+                tenant=tenant,
+                model=chat.model,
+                created=created,
+                n=chat.n,
+                include_usage=chat.wants_usage,
+                stream_reasoning=chat.stream_reasoning,
+                parallel_tool_calls=chat.parallel_tool_calls is not False,
+                attempt=head[-1].attempt,
+                worker=head[-1].worker,
+            )
+            ttl = int(state.settings.request_timeout_s + state.settings.resume_grace_s) + 60
+            await StreamStore(state.redis).save(request_id, record, ttl)
         metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
         return StreamingResponse(
-            _stream(state, request_id, head, events, writer, timer),
+            _stream(state, request_id, head, events, writer, timer, resumable),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
         )
@@ -135,6 +166,104 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         return error_response(result)
     metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
     return JSONResponse(result, headers={"X-Request-Id": request_id})
+
+
+def _wants_resume(request: Request, state: ApiState) -> bool:
+    return state.settings.resume_grace_s > 0 and request.headers.get(
+        RESUMABLE_HEADER, ""
+    ).strip().lower() in ("1", "true", "yes")
+
+
+def _events(
+    state: ApiState,
+    request_id: str,
+    queue: EventQueue,
+    *,
+    deadline: float,
+    retry: Any = None,
+    attempt: int = 0,
+    first_seq: int = 0,
+    worker: str | None = None,
+) -> AsyncIterator[TokenEvent]:
+    async def fetch(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
+        return await state.relay.fetch(request_id, attempt, first, end)
+
+    return request_events(
+        request_id,
+        queue,
+        retry=retry,
+        fetch=fetch,
+        is_alive=state.directory.is_alive,
+        check_every_s=state.settings.liveness_check_s,
+        deadline=deadline,
+        attempt=attempt,
+        first_seq=first_seq,
+        worker=worker,
+    )
+
+
+def _ended_by_worker(event: TokenEvent) -> bool:
+    """A terminal event its worker wrote: the run is over. Any other (made up here on a
+    timeout, a lost worker or a lost part of the answer; or the scheduler's) leaves a run
+    that may still be queued or running, so the request is cancelled."""
+    return event.seq >= 0
+
+
+@router.get("/v1/chat/completions/{request_id}/stream")
+async def resume_stream(
+    request_id: str,
+    request: Request,
+    state: State,
+    tenant: Tenant,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Continue a resumable stream after the event ``Last-Event-ID`` (from the start
+    without it). Only the tenant that made the request can resume it."""
+    streams = StreamStore(state.redis)
+    record = await streams.load(request_id)
+    if record is None or record.tenant != tenant:
+        raise NotFound(f"no resumable chat completion stream {request_id!r}", param="request_id")
+    attempt, last = record.attempt, -1
+    if last_event_id is not None:
+        parsed = parse_sse_event_id(last_event_id)
+        if parsed is None:
+            raise InvalidRequest(
+                f"Last-Event-ID must be an id: of this stream, got {last_event_id!r}",
+                param="Last-Event-ID",
+            )
+        attempt, last = parsed
+    timer = metrics.RequestTimer(time.monotonic(), tenant)
+    queue = await state.relay.open(request_id)
+    try:
+        await streams.attach(request_id)
+    except BaseException:
+        state.relay.release(request_id)
+        raise
+    log.info("request %s resumed after event %d-%d", request_id, attempt, last)
+    events = _events(
+        state,
+        request_id,
+        queue,
+        deadline=time.monotonic() + state.settings.request_timeout_s,
+        attempt=attempt,
+        first_seq=last + 1,
+        worker=record.worker,
+    )
+    writer = ChunkWriter(
+        request_id,
+        record.model,
+        record.created,
+        record.n,
+        record.include_usage,
+        stream_reasoning=record.stream_reasoning,
+        parallel_tool_calls=record.parallel_tool_calls,
+        resumed=last >= 0,
+    )
+    return StreamingResponse(
+        _stream(state, request_id, [], events, writer, timer, True),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
+    )
 
 
 async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
@@ -166,7 +295,7 @@ async def _chain(
 ) -> AsyncIterator[TokenEvent]:
     for event in head:
         yield event
-    if not head[-1].terminal:
+    if not head or not head[-1].terminal:
         async for event in rest:
             yield event
 
@@ -194,9 +323,29 @@ async def _finish(state: ApiState, request_id: str, completed: bool) -> None:
         await state.ingress.cancel(request_id)
 
 
-def _finish_soon(state: ApiState, request_id: str, completed: bool) -> None:
+async def _detach(state: ApiState, request_id: str) -> None:
+    """The client of a resumable stream left: keep the request running for the grace, then
+    cancel it unless a client resumed it (through any API process) meanwhile."""
+    state.relay.release(request_id)
+    streams = StreamStore(state.redis)
+    grace = state.settings.resume_grace_s
+    token = await streams.detach(request_id, grace)
+    log.info("request %s: client went away; resumable for %.0fs", request_id, grace)
+    await asyncio.sleep(grace)
+    if await streams.end_if_detached(request_id, token):
+        log.info("request %s: not resumed within %.0fs; cancelling", request_id, grace)
+        await state.ingress.cancel(request_id)
+
+
+def _finish_soon(
+    state: ApiState, request_id: str, completed: bool, resumable: bool = False
+) -> None:
     # runs from cancelled code paths, where an await would be cancelled again
-    task = asyncio.get_running_loop().create_task(_finish(state, request_id, completed))
+    if resumable and not completed:
+        work = _detach(state, request_id)
+    else:
+        work = _finish(state, request_id, completed)
+    task = asyncio.get_running_loop().create_task(work)
     _background.add(task)
     task.add_done_callback(_background.discard)
 
@@ -218,7 +367,7 @@ async def _collect(
             if event.choices:
                 timer.token(time.monotonic())
             if event.terminal:
-                completed = True
+                completed = _ended_by_worker(event)
                 timer.done(time.monotonic())
                 _account(request_id, timer.tenant, event)
                 if event.type == "finished":
@@ -236,16 +385,18 @@ async def _stream(
     events: AsyncIterator[TokenEvent],
     writer: ChunkWriter,
     timer: metrics.RequestTimer,
+    resumable: bool = False,
 ) -> AsyncIterator[str]:
-    completed = False
+    completed = ended = False
     try:
         async for event in _chain(head, events):
             if event.choices:
                 timer.token(time.monotonic())
             if event.terminal:
-                completed = True
+                ended, completed = True, _ended_by_worker(event)
                 timer.done(time.monotonic())
                 _account(request_id, timer.tenant, event)
             yield writer.render(event)
     finally:
-        _finish_soon(state, request_id, completed)
+        # a stream that ended (even with an error made up here) is not resumed
+        _finish_soon(state, request_id, completed, resumable and not ended)

