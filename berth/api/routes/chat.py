@@ -332,6 +332,8 @@ async def _detach(state: ApiState, request_id: str) -> None:
     token = await streams.detach(request_id, grace)
     log.info("request %s: client went away; resumable for %.0fs", request_id, grace)
     await asyncio.sleep(grace)
+    # the tenant's concurrency slot is held through the grace, whoever resumes the stream
+    await state.ingress.finished(request_id)
     if await streams.end_if_detached(request_id, token):
         log.info("request %s: not resumed within %.0fs; cancelling", request_id, grace)
         await state.ingress.cancel(request_id)
