@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from berth.protocol.envelopes import OUTSIDE_SEQ, TokenEvent
+from berth.protocol.envelopes import OUTSIDE_SEQ, TokenEvent, worker_ref
 from berth.protocol.errors import BerthError, Timeout, WorkerLost
 
 
@@ -25,7 +25,7 @@ async def request_events(
     request_id: str,
     queue: asyncio.Queue[TokenEvent],
     *,
-    is_alive: Callable[[str], Awaitable[bool]],
+    is_alive: Callable[[str, str | None], Awaitable[bool]],
     check_every_s: float,
     deadline: float,
     retry: Callable[[set[str]], Awaitable[bool]] | None = None,
@@ -36,9 +36,14 @@ async def request_events(
     (if given, called with the dead workers to avoid) queues the request again and the
     wait goes on, invisible to the client; once tokens flowed, the client gets an error
     event instead.
+
+    Incarnations: ``is_alive(worker, incarnation)`` is false once that process start of the
+    worker is gone, even when the worker was restarted under the same id; ``dead`` holds
+    ``worker_ref``s (id/incarnation), which ``retry`` passes on as workers to avoid.
     """
     expected = 0
     worker: str | None = None
+    incarnation: str | None = None
     produced = False
     dead: set[str] = set()
     while True:
@@ -50,10 +55,10 @@ async def request_events(
             else:
                 event = queue.get_nowait()
         except TimeoutError:
-            if worker is not None and not await is_alive(worker):
-                dead.add(worker)
+            if worker is not None and not await is_alive(worker, incarnation):
+                dead.add(worker_ref(worker, incarnation))
                 if not produced and retry is not None and await retry(dead):
-                    worker, expected = None, 0
+                    worker, incarnation, expected = None, None, 0
                     continue
                 yield synthetic_error(
                     request_id, WorkerLost(f"worker {worker} stopped while serving the request")
@@ -65,15 +70,20 @@ async def request_events(
                 )
                 return
             continue
-        if event.worker in dead:
+        if event.worker is not None and (
+            event.worker in dead or worker_ref(event.worker, event.incarnation) in dead
+        ):
             continue  # a late event of an attempt given up on
         if event.type == "dispatched":
-            worker = event.worker
+            worker, incarnation = event.worker, event.incarnation
             continue
         if event.seq >= 0 and event.seq < expected:
             continue  # a duplicate; each event counts once
         expected = event.seq + 1
-        worker = event.worker or worker
+        if event.worker:
+            same = event.worker == worker
+            worker = event.worker
+            incarnation = event.incarnation or (incarnation if same else None)
         produced = produced or bool(event.choices)
         yield event
         if event.terminal:

@@ -16,7 +16,7 @@ def _event(seq: int, type_: str = "delta", worker: str | None = "w1") -> TokenEv
 async def _collect(
     queue: asyncio.Queue[TokenEvent], alive: bool, deadline_s: float = 5.0
 ) -> list[TokenEvent]:
-    async def is_alive(worker: str) -> bool:
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return alive
 
     return [
@@ -68,7 +68,7 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
         queue.put_nowait(_event(1, "finished", worker="w2"))
         return True
 
-    async def is_alive(worker: str) -> bool:
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return worker != "w1"
 
     got = [
@@ -104,7 +104,7 @@ async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
     async def retry(dead: set[str]) -> bool:
         raise AssertionError("must not retry after tokens were produced")
 
-    async def is_alive(worker: str) -> bool:
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return False
 
     got = [
@@ -119,3 +119,38 @@ async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
         )
     ]
     assert [e.type for e in got] == ["started", "delta", "error"]
+
+
+async def test_restarted_worker_is_a_new_incarnation() -> None:
+    """The same worker id restarted: its old incarnation's request fails over, and the new
+    incarnation (same id) serves the next attempt."""
+    queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1", incarnation="old"))
+
+    def event(seq: int, type_: str, incarnation: str) -> TokenEvent:
+        return TokenEvent.model_validate(
+            {"id": "r", "seq": seq, "type": type_, "worker": "w1", "incarnation": incarnation}
+        )
+
+    async def retry(dead: set[str]) -> bool:
+        assert dead == {"w1/old"}
+        queue.put_nowait(event(3, "delta", "old"))  # late, from the dead process: dropped
+        queue.put_nowait(event(0, "started", "new"))
+        queue.put_nowait(event(1, "finished", "new"))
+        return True
+
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
+        return worker == "w1" and incarnation == "new"
+
+    got = [
+        e
+        async for e in request_events(
+            "r",
+            queue,
+            is_alive=is_alive,
+            check_every_s=0.05,
+            deadline=time.monotonic() + 5,
+            retry=retry,
+        )
+    ]
+    assert [(e.incarnation, e.type) for e in got] == [("new", "started"), ("new", "finished")]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from berth.api.deps import State
-from berth.protocol import keys
+from berth.api.directory import REDIS_PROBE_S
+from berth.registry import live_schedulers
 
 router = APIRouter()
 
@@ -19,22 +22,30 @@ async def prometheus_metrics() -> Response:
 
 @router.get("/health")
 async def health() -> dict[str, str]:
-    """Liveness: the process answers."""
+    """Liveness: the process answers (also while Redis is away: restarting the API would
+    not bring Redis back)."""
     return {"status": "ok"}
+
+
+def _unready(reason: str) -> JSONResponse:
+    return JSONResponse({"status": "unready", "reason": reason}, status_code=503)
 
 
 @router.get("/ready")
 async def ready(state: State) -> JSONResponse:
-    """Readiness: Redis answers, and at least one worker and one scheduler are alive."""
-    try:
-        await state.redis.ping()
-        await state.directory.refresh()
-    except Exception as err:
-        return JSONResponse({"status": "unready", "reason": f"redis: {err}"}, status_code=503)
+    """Readiness: Redis answers, and at least one worker and one scheduler are alive. Read
+    from the registry's indexes (O(live roles)); answers within a few seconds whatever
+    Redis does, and recovers by itself when Redis is back."""
+    if not await state.directory.probe():
+        return _unready(f"redis: {state.directory.redis_error}")
     workers = len(state.directory.workers)
     if workers == 0:
-        return JSONResponse({"status": "unready", "reason": "no live worker"}, status_code=503)
-    schedulers = [k async for k in state.redis.scan_iter(match=f"{keys.SCHEDULER_KEY_PREFIX}*")]
+        return _unready("no live worker")
+    try:
+        async with asyncio.timeout(REDIS_PROBE_S):
+            schedulers = await live_schedulers(state.redis)
+    except Exception as err:
+        return _unready(f"redis: {err or type(err).__name__}")
     if not schedulers:
-        return JSONResponse({"status": "unready", "reason": "no live scheduler"}, status_code=503)
+        return _unready("no live scheduler")
     return JSONResponse({"status": "ready", "workers": workers, "schedulers": len(schedulers)})
