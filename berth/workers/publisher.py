@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,12 @@ class EventPublisher:
             batch, self._buffer = self._buffer, []
             if batch:
                 try:
-                    await self._flush(batch)
+                    try:
+                        await self._flush(batch)
+                    except NoScriptError:
+                        # Redis restarted during the flush's retries and lost its script
+                        # cache: a new pipeline loads the scripts again (i10-resilience)
+                        await self._flush(batch)
                 except Exception:
                     log.exception("writing %d events failed", len(batch))
             if not self._buffer:
