@@ -160,7 +160,7 @@ class Valkey:
     def start(self) -> None:
         conf = self.workdir / "valkey.conf"
         conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\nsave \"\"\n"
+            f'port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\nsave ""\n'
             "appendonly yes\nappendfsync always\n"
         )
         self.process = subprocess.Popen(
