@@ -409,10 +409,8 @@ class SimulatedFleet:
 
     async def register(self, redis: Any) -> None:
         """First heartbeats, before the scheduler starts."""
-        pipe = redis.pipeline(transaction=False)
         for worker in self.workers:
-            pipe.set(*self._record(worker))
-        await pipe.execute()
+            await self._beat(redis, worker)
 
     def _record(self, worker: SimWorker) -> tuple[str, str, int]:
         from berth.protocol import keys
@@ -434,9 +432,16 @@ class SimulatedFleet:
         # independent phases, as independent worker processes would have
         await asyncio.sleep(random.random() * self.hb_interval)
         while not stop.is_set():
-            key, record, ttl_ms = self._record(worker)
-            await redis.set(key, record, px=ttl_ms)
+            await self._beat(redis, worker)
             await asyncio.sleep(self.hb_interval)
+
+    async def _beat(self, redis: Any, worker: SimWorker) -> None:
+        """The record and its member in the workers' index, as a worker's heartbeat writes."""
+        from berth.protocol import keys
+        from berth.registry import announce
+
+        key, record, ttl_ms = self._record(worker)
+        await announce(redis, keys.WORKERS_INDEX, worker.id, key, record, ttl_ms / 1000)
 
     def _take(self, queue: str, raw: bytes) -> None:
         worker = self._by_queue[queue]

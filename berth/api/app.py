@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from berth.api import metrics
 from berth.api.auth import KeyRing, admin_ring, parse_keys
@@ -20,7 +22,7 @@ from berth.api.relay import TokenRelay
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
 from berth.api.settings import ApiSettings
 from berth.api.state import ApiState
-from berth.protocol.errors import BerthError, InvalidRequest
+from berth.protocol.errors import BerthError, InvalidRequest, StoreUnavailable
 from berth.store.adapters import AdapterStore
 from berth.store.batches import BatchStore
 from berth.store.files import FileStore
@@ -89,6 +91,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.exception_handler(BerthError)
     async def _berth_error(request: Request, err: BerthError) -> JSONResponse:
         return error_response(err, _route(request))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_away(request: Request, err: Exception) -> JSONResponse:
+        # Redis went away in the middle of a request: retrying soon helps, a 500 would not
+        log.warning("redis unreachable during %s: %s", _route(request), err)
+        away = StoreUnavailable("the request queue (Redis) cannot be reached; retry shortly")
+        return error_response(away, _route(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -11,11 +11,15 @@ from redis.asyncio import Redis
 from berth.api.metrics import QUEUE_LENGTH
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
-from berth.protocol.errors import InvalidRequest, ModelNotFound, Unavailable
-from berth.registry import live_workers, models_served
+from berth.protocol.errors import InvalidRequest, ModelNotFound, StoreUnavailable, Unavailable
+from berth.registry import is_same_incarnation, live_workers, models_served, worker_incarnation
 from berth.store.adapters import AdapterStore
 
 log = logging.getLogger(__name__)
+
+# a registry read taking longer than this counts as Redis being away: the client's own
+# retries (~18 s) would otherwise keep /ready and new requests waiting that long
+REDIS_PROBE_S = 3.0
 
 
 class WorkerDirectory:
@@ -40,9 +44,12 @@ class WorkerDirectory:
         self._known_models: set[str] = set()
         self._known_adapters: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        # whether the last registry read reached Redis; while not, new requests get a 503
+        self.redis_ok = True
+        self.redis_error = ""
 
     async def start(self) -> None:
-        await self.refresh()
+        await self.probe()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="worker-directory")
 
     async def close(self) -> None:
@@ -69,13 +76,30 @@ class WorkerDirectory:
             for model, length in zip(self._models, await pipe.execute(), strict=True):
                 QUEUE_LENGTH.labels(model).set(length)
 
+    async def probe(self) -> bool:
+        """Refresh within ``REDIS_PROBE_S``; records (and returns) whether Redis answered.
+        Never raises: Redis going away is a state, not a failure of the caller."""
+        try:
+            async with asyncio.timeout(REDIS_PROBE_S):
+                await self.refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            reason = str(err) or type(err).__name__
+            if self.redis_ok:
+                log.error("reading the worker registry failed: %s", reason)
+            self.redis_ok, self.redis_error = False, reason
+            return False
+        if not self.redis_ok:
+            log.warning("reading the worker registry works again")
+        self.redis_ok, self.redis_error = True, ""
+        return True
+
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("reading the worker registry failed")
+            # probe() never raises; this loop ends only when cancelled
+            await asyncio.sleep(self._refresh_s if self.redis_ok else min(self._refresh_s, 0.5))
+            await self.probe()
 
     @property
     def workers(self) -> list[WorkerInfo]:
@@ -84,15 +108,28 @@ class WorkerDirectory:
     def models(self) -> dict[str, set[str]]:
         return self._models
 
-    async def is_alive(self, worker_id: str) -> bool:
-        """Ask Redis directly: the cache may be older than the worker's death."""
-        return bool(await self._redis.exists(keys.worker_key(worker_id)))
+    async def is_alive(self, worker_id: str, incarnation: str | None = None) -> bool:
+        """Whether the worker lives, and, given ``incarnation``, is still that process start
+        (a worker restarted under the same id lost its predecessor's requests). Asks Redis
+        directly: the cache may be older than the worker's death. While Redis is away
+        the worker counts as alive: nobody can tell, and its work keeps running."""
+        try:
+            async with asyncio.timeout(REDIS_PROBE_S):
+                live = await worker_incarnation(self._redis, worker_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("cannot check worker %s (%s); assuming it lives", worker_id, err)
+            return True
+        return is_same_incarnation(live, incarnation)
 
     def resolve(self, model: str, lora_path: str | None) -> tuple[str, str | None]:
         """(base model, adapter) for a request's ``model`` and ``lora_path``.
 
         ``model`` may name a base model or, as vLLM's server allows, an adapter.
         """
+        if not self.redis_ok:
+            raise StoreUnavailable("the request queue (Redis) cannot be reached; retry shortly")
         if model in self._models:
             return model, self._adapter(model, lora_path)
         for base, adapters in self._models.items():

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from berth.protocol.envelopes import OUTSIDE_SEQ, TokenEvent
+from berth.protocol.envelopes import OUTSIDE_SEQ, TokenEvent, worker_ref
 from berth.protocol.errors import BerthError, EventsLost, Timeout, WorkerLost
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ async def request_events(
     request_id: str,
     queue: asyncio.Queue[TokenEvent | None],
     *,
-    is_alive: Callable[[str], Awaitable[bool]],
+    is_alive: Callable[[str, str | None], Awaitable[bool]],
     check_every_s: float,
     deadline: float,
     fetch: Fetch,
@@ -56,8 +56,13 @@ async def request_events(
     (if given, called with the dead workers to avoid) queues the request again as the next
     attempt and the wait goes on, invisible to the client; once tokens flowed, the client
     gets an error event instead.
+
+    Incarnations: ``is_alive(worker, incarnation)`` is false once that process start of the
+    worker is gone, even when the worker was restarted under the same id; ``dead`` holds
+    ``worker_ref``s (id/incarnation), which ``retry`` passes on as workers to avoid.
     """
     expected = first_seq
+    incarnation: str | None = None
     produced = False
     dead: set[str] = set()
     # events taken from the stream (or put back), handled before the queue
@@ -98,10 +103,10 @@ async def request_events(
                     continue
                 if not silent:
                     continue
-                if worker is not None and not await is_alive(worker):
-                    dead.add(worker)
+                if worker is not None and not await is_alive(worker, incarnation):
+                    dead.add(worker_ref(worker, incarnation))
                     if not produced and retry is not None and await retry(dead):
-                        worker, expected = None, 0
+                        worker, incarnation, expected = None, None, 0
                         attempt += 1
                         continue
                     yield synthetic_error(
@@ -112,10 +117,12 @@ async def request_events(
             event = got
         if event.seq >= 0 and event.attempt != attempt:
             continue  # another attempt's run: the client follows one
-        if event.worker in dead:
+        if event.worker is not None and (
+            event.worker in dead or worker_ref(event.worker, event.incarnation) in dead
+        ):
             continue  # a late event of an attempt given up on
         if event.type == "dispatched":
-            worker = event.worker
+            worker, incarnation = event.worker, event.incarnation
             continue
         if event.seq >= 0:
             if event.seq < expected:
@@ -138,7 +145,10 @@ async def request_events(
                 backlog.extendleft(reversed([*missing, event]))
                 continue
             expected = event.seq + 1
-        worker = event.worker or worker
+        if event.worker:
+            same = event.worker == worker
+            worker = event.worker
+            incarnation = event.incarnation or (incarnation if same else None)
         produced = produced or bool(event.choices)
         yield event
         if event.terminal:

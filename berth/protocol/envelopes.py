@@ -39,8 +39,9 @@ class QueuedRequest(BaseModel):
     tenant: str | None = None
     # prompt_cache_key: requests sharing it are placed on the same worker
     affinity: str | None = None
-    # workers that died holding an earlier attempt: their heartbeat may not have expired
-    # yet, so the scheduler must not pick them again
+    # workers that died holding an earlier attempt (``worker_ref``: an id, or one
+    # incarnation of it): their heartbeat may not have expired yet, so the scheduler must
+    # not pick them again; a restarted worker under the same id is another incarnation
     avoid: list[str] = Field(default_factory=list)
 
 
@@ -83,6 +84,8 @@ class TokenEvent(BaseModel):
     # the attempt of the request whose run wrote it (see QueuedRequest.attempt): readers
     # follow one attempt, so a duplicate or stale run never mixes into an answer
     attempt: int = 0
+    # which process start of ``worker`` wrote (or, on "dispatched", was sent) the event
+    incarnation: str | None = None
     choices: list[EventChoice] = Field(default_factory=list)
     usage: EventUsage | None = None
     # the OpenAI error body and its HTTP status, on "error" events
@@ -134,6 +137,15 @@ class WorkerInfo(BaseModel):
     queue: str
     heartbeat_at: float = Field(default_factory=time.time)
     started_at: float = Field(default_factory=time.time)
+    # new at every process start: a worker restarted under the same id is another
+    # incarnation, and work held by the previous one is lost ("" from older workers)
+    incarnation: str = ""
+
+
+def worker_ref(worker: str, incarnation: str | None) -> str:
+    """One incarnation of a worker, as named in ``QueuedRequest.avoid``: ``id/incarnation``
+    (a plain id, without one, names every incarnation)."""
+    return f"{worker}/{incarnation}" if incarnation else worker
 
 
 def event_json(

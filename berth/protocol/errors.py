@@ -139,6 +139,12 @@ class Unavailable(BerthError):
         self.retry_after = retry_after
 
 
+class StoreUnavailable(Unavailable):
+    """Redis, where berth queues requests, cannot be reached right now."""
+
+    default_code = "store_unavailable"
+
+
 class EngineFailure(BerthError):
     """The engine or its worker failed while serving the request."""
 

@@ -12,8 +12,12 @@ MODELS_SET = f"{PREFIX}:models"
 # Hash adapter name -> JSON {"model": base model, "path": directory}: the adapter registry,
 # filled from workers' configuration and the admin API.
 ADAPTERS = f"{PREFIX}:adapters"
-# Hash worker_id -> heartbeat JSON; each worker also owns a TTL key (see worker_key).
+# Prefix of each worker's heartbeat record (see worker_key).
 WORKER_KEY_PREFIX = f"{PREFIX}:worker:"
+# Sorted set worker_id -> epoch seconds its heartbeat record expires (the writer's clock):
+# the index readers walk instead of scanning the keyspace. No TTL; each heartbeat re-adds
+# its worker, readers drop members whose record is gone (registry.py).
+WORKERS_INDEX = f"{PREFIX}:workers"
 # Consumer group every scheduler replica joins on every ingress stream.
 SCHEDULER_GROUP = "schedulers"
 # Celery queue prefix; each worker consumes its own queue so placement is exact.
@@ -138,7 +142,8 @@ def cancelled_key(request_id: str) -> str:
 
 
 def worker_key(worker_id: str) -> str:
-    """A worker's heartbeat record; it expires when the worker stops heartbeating."""
+    """A worker's heartbeat record (WorkerInfo JSON, a string with a TTL of heartbeat_ttl);
+    it expires when the worker stops heartbeating. Indexed in WORKERS_INDEX."""
     return f"{WORKER_KEY_PREFIX}{worker_id}"
 
 
@@ -149,10 +154,14 @@ def open_adapters(worker_id: str) -> str:
 
 
 SCHEDULER_KEY_PREFIX = f"{PREFIX}:scheduler:"
+# Sorted set scheduler_id -> epoch seconds its liveness record expires, kept like
+# WORKERS_INDEX: read by /ready and `berth check` without a scan.
+SCHEDULERS_INDEX = f"{PREFIX}:schedulers"
 
 
 def scheduler_key(scheduler_id: str) -> str:
-    """A scheduler replica's liveness record, refreshed by its loop; read by `berth check`."""
+    """A scheduler replica's liveness record (a string with a TTL of a few seconds),
+    refreshed by its loop; indexed in SCHEDULERS_INDEX."""
     return f"{SCHEDULER_KEY_PREFIX}{scheduler_id}"
 
 

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from berth.protocol.envelopes import QueuedRequest, WorkerInfo
+from berth.protocol.envelopes import QueuedRequest, WorkerInfo, worker_ref
 
 # (model, adapter, lane, affinity key, workers to avoid)
 GroupKey = tuple[str, str | None, str, str | None, frozenset[str]]
@@ -103,8 +103,16 @@ class Target:
     lane: str = "interactive"
     # prompt_cache_key: requests sharing it go to the same worker, for its prefix cache
     affinity: str | None = None
-    # workers known dead (before their heartbeat expired): never picked
+    # workers known dead (before their heartbeat expired), as ``worker_ref``s: a worker
+    # id (any incarnation) or one incarnation of it; never picked
     avoid: frozenset[str] = frozenset()
+
+
+def avoided(worker: WorkerInfo, avoid: frozenset[str]) -> bool:
+    """Whether ``avoid`` names this worker, or the incarnation of it that is alive now."""
+    return bool(avoid) and (
+        worker.id in avoid or worker_ref(worker.id, worker.incarnation) in avoid
+    )
 
 
 def _room(
@@ -117,7 +125,7 @@ def _room(
     worker while more than ``batch_reserve`` of its capacity stays free for interactive."""
     out = []
     for worker in workers:
-        if worker.model != target.model or worker.id in target.avoid:
+        if worker.model != target.model or avoided(worker, target.avoid):
             continue
         free = free_slots(worker, dispatched)
         reserve = worker.capacity * batch_reserve if target.lane == "batch" else 0

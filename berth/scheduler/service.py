@@ -8,6 +8,7 @@ as expired, cancelled ones are dropped, jobs whose worker died are queued again
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -17,13 +18,19 @@ from celery import Celery
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from berth.protocol import keys
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
 from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
-from berth.registry import live_workers
+from berth.registry import (
+    announce,
+    is_same_incarnation,
+    live_workers,
+    withdraw,
+    worker_incarnation,
+)
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
@@ -31,6 +38,7 @@ from berth.store.adapters import AdapterStore
 from berth.store.jobs import JobStore
 from berth.store.quotas import release_queued
 from berth.store.scripts import Scripts
+from berth.supervise import Backoff, log_failure
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +48,7 @@ _NO_WORKER_RETRY_S = 0.02
 _HELD_CHECK_S = 0.5
 # a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
 # and to the other replicas, which then claim its entries
-_ALIVE_TTL_MS = 10_000
+_ALIVE_S = 10.0
 
 
 def _entry_ids(items: list[policy.Pending]) -> dict[str, list[str]]:
@@ -80,9 +88,40 @@ class Scheduler:
         self._finalizing: asyncio.Task[list[str]] | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set. The loop is supervised: when Redis goes away (or
+        anything else fails) it logs, backs off with jitter and starts over from what Redis
+        holds, so a restart or failover of Redis never ends the scheduler."""
         stop = stop or asyncio.Event()
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                await self._serve(stop, backoff)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                delay = backoff.next_s()
+                log_failure(f"scheduler {self.settings.scheduler_id}", err, delay)
+                self._start_over()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+        if self._finalizing is not None:
+            await asyncio.gather(self._finalizing, return_exceptions=True)
+
+    def _start_over(self) -> None:
+        """Forget what this replica read but did not dispatch: those entries stay pending
+        for it in Redis (or, if Redis lost them, are gone for every reader) and are read
+        again from there. The consumer groups are checked again: a Redis restarted
+        without its data has none."""
+        self._groups.clear()
+        self._held.clear()
+        self._streams.clear()
+        self._refreshed_at = 0.0
+
+    async def _serve(self, stop: asyncio.Event, backoff: Backoff) -> None:
         await self._refresh()
         await self._read(own_pending=True)
+        backoff.reset()
         while not stop.is_set():
             now = time.monotonic()
             if now - self._refreshed_at >= self.settings.registry_refresh_s:
@@ -94,8 +133,6 @@ class Scheduler:
                 self._finalize_batches_soon()
             await self._read(own_pending=False)
             await self._flush(time.monotonic())
-        if self._finalizing is not None:
-            await asyncio.gather(self._finalizing, return_exceptions=True)
 
     def _finalize_batches_soon(self) -> None:
         """One finalisation pass at a time, beside the loop: writing a large batch's files
@@ -110,7 +147,10 @@ class Scheduler:
     async def _refresh(self) -> None:
         self._refreshed_at = time.monotonic()
         # proves the loop turns, not just that the process exists
-        await self.redis.set(keys.scheduler_key(self.settings.scheduler_id), b"1", px=_ALIVE_TTL_MS)
+        me = self.settings.scheduler_id
+        await announce(
+            self.redis, keys.SCHEDULERS_INDEX, me, keys.scheduler_key(me), b"1", _ALIVE_S
+        )
         workers = await live_workers(self.redis)
         for worker in workers:
             # a fresh heartbeat already counts what we sent before it
@@ -341,11 +381,21 @@ class Scheduler:
             metrics.DISPATCH_LATENCY.observe(sent_at - p.request.enqueued_at)
             if p.request.job:
                 await self.jobs.mark_dispatched(
-                    p.request.id, p.request.attempt, worker.id, client=pipe
+                    p.request.id,
+                    p.request.attempt,
+                    worker.id,
+                    client=pipe,
+                    incarnation=worker.incarnation,
                 )
             else:
-                # the waiting API learns the worker, so it notices if that worker dies
-                event = event_json(p.request.id, "dispatched", worker=worker.id)
+                # the waiting API learns the worker (this incarnation of it), so it notices
+                # if that worker dies or restarts
+                event = event_json(
+                    p.request.id,
+                    "dispatched",
+                    worker=worker.id,
+                    incarnation=worker.incarnation or None,
+                )
                 pipe.publish(keys.token_channel(p.request.id), event)
         await release_queued(pipe, self._quota_scripts, [p.request for p in items])
         self._ack_into(pipe, _entry_ids(items))
@@ -413,10 +463,15 @@ class Scheduler:
                     await self.redis.xgroup_delconsumer(stream, keys.SCHEDULER_GROUP, name)
 
     async def _requeue_orphaned_jobs(self) -> None:
-        """Jobs whose worker stopped heartbeating run again elsewhere, or fail for good."""
-        alive = {w.id for w in self._workers}
-        for job_id, attempt, worker, payload in await self.jobs.inflight():
-            if worker in alive or await self.redis.exists(keys.worker_key(worker)):
+        """Jobs whose worker stopped heartbeating, or was restarted (another incarnation
+        under the same id), run again elsewhere, or fail for good."""
+        alive = {w.id: w.incarnation for w in self._workers}
+        for job_id, attempt, worker, incarnation, payload in await self.jobs.inflight():
+            # a worker missing from the cache may have started since the last refresh
+            live = alive.get(worker)
+            if worker not in alive:
+                live = await worker_incarnation(self.redis, worker)
+            if is_same_incarnation(live, incarnation):
                 continue
             queued = QueuedRequest.model_validate_json(payload).model_copy(
                 update={"attempt": attempt}
@@ -432,6 +487,7 @@ class Scheduler:
                 failure=lost.body(),
                 failure_event=event_json(job_id, "error", error=lost),
                 requeue_event=event_json(job_id, "requeued", worker=worker),
+                dead_incarnation=incarnation,
             )
             if outcome == 1:
                 log.warning(
@@ -457,6 +513,10 @@ async def serve(settings: SchedulerSettings) -> None:
     try:
         await scheduler.run(stop)
     finally:
-        await redis.delete(keys.scheduler_key(settings.scheduler_id))
+        me = settings.scheduler_id
+        try:
+            await withdraw(redis, keys.SCHEDULERS_INDEX, me, keys.scheduler_key(me))
+        except RedisError as err:
+            log.warning("could not withdraw scheduler %s (%s); its record will expire", me, err)
         await redis.aclose()
         log.info("scheduler %s stopped", settings.scheduler_id)

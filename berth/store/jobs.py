@@ -159,21 +159,24 @@ class JobStore:
             self.redis, keys.tenant_jobs(tenant), load, after=after, limit=limit
         )
 
-    async def claim(self, job_id: str, attempt: int, worker: str) -> bool:
+    async def claim(self, job_id: str, attempt: int, worker: str, incarnation: str = "") -> bool:
+        """A worker (this ``incarnation`` of it) starts the attempt; False if it is not
+        queued any more (a duplicate delivery, or the attempt was requeued)."""
         return bool(
             await self._scripts["claim_job"](
                 keys=[keys.job_key(job_id), keys.JOBS_INFLIGHT],
-                args=[job_id, attempt, worker, time.time()],
+                args=[job_id, attempt, worker, time.time(), incarnation],
             )
         )
 
     async def mark_dispatched(
-        self, job_id: str, attempt: int, worker: str, client: Any = None
+        self, job_id: str, attempt: int, worker: str, client: Any = None, incarnation: str = ""
     ) -> Any:
-        """Record the worker a job's attempt went to (``client``: a pipeline to run it in)."""
+        """Record the worker (and its incarnation) a job's attempt went to (``client``: a
+        pipeline to run it in)."""
         return await self._scripts["mark_dispatched"](
             keys=[keys.job_key(job_id), keys.JOBS_INFLIGHT],
-            args=[job_id, attempt, worker, time.time()],
+            args=[job_id, attempt, worker, time.time(), incarnation],
             client=client,
         )
 
@@ -230,9 +233,11 @@ class JobStore:
         failure: dict[str, Any],
         failure_event: str,
         requeue_event: str,
+        dead_incarnation: str = "",
     ) -> int:
-        """0: nothing to do (finished, or another replica acted); 1: next attempt queued;
-        2: attempts used up, the job failed."""
+        """0: nothing to do (finished, another replica acted, or the job is held by another
+        incarnation than ``dead_incarnation``); 1: next attempt queued; 2: attempts used
+        up, the job failed."""
         again = queued.model_copy(update={"attempt": queued.attempt + 1})
         return int(
             await self._scripts["requeue_job"](
@@ -253,25 +258,33 @@ class JobStore:
                     failure_event,
                     requeue_event,
                     EVENTS_MAXLEN,
+                    dead_incarnation,
                 ],
             )
         )
 
-    async def inflight(self) -> list[tuple[str, int, str, bytes]]:
-        """(job id, attempt, worker, payload) of every job sent to a worker and not finished."""
+    async def inflight(self) -> list[tuple[str, int, str, str, bytes]]:
+        """(job id, attempt, worker, its incarnation or "", payload) of every job sent to a
+        worker and not finished."""
         ids = await self.redis.zrange(keys.JOBS_INFLIGHT, 0, -1)
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for raw in ids:
-            pipe.hmget(keys.job_key(raw.decode()), ["status", "attempt", "worker", "payload"])
+            pipe.hmget(
+                keys.job_key(raw.decode()),
+                ["status", "attempt", "worker", "incarnation", "payload"],
+            )
         out = []
-        for raw, (status, attempt, worker, payload) in zip(ids, await pipe.execute(), strict=True):
+        for raw, (status, attempt, worker, incarnation, payload) in zip(
+            ids, await pipe.execute(), strict=True
+        ):
             if status is None or status.decode() in TERMINAL_STATUSES:
                 await self.redis.zrem(keys.JOBS_INFLIGHT, raw)
                 continue
             if worker:
-                out.append((raw.decode(), int(attempt), worker.decode(), payload))
+                held_by = (incarnation or b"").decode()
+                out.append((raw.decode(), int(attempt), worker.decode(), held_by, payload))
         return out
 
     async def events_after(

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
+from berth.workers.broker import transport_for, use_redis
 from berth.workers.runtime import EngineHost
 
 
@@ -14,6 +15,9 @@ def create_worker_app(redis_url: str, host: EngineHost) -> Celery:
     """A Celery app whose task runs groups on ``host``'s engine."""
     app = Celery("berth-worker")
     app.conf.update(celery_settings(redis_url))
+    # a broker connection lost while tasks run must not end the worker (see broker.py)
+    app.conf.broker_transport = transport_for(app.conf.broker_url)
+    use_redis(redis_url)
 
     @app.task(name=RUN_GROUP_TASK)
     def run_group(group: dict[str, Any]) -> None:

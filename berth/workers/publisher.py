@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,12 @@ class EventPublisher:
                 count = min(len(self._buffer), _FLUSH_MAX)
                 batch = [self._buffer[i] for i in range(count)]
                 try:
-                    await self._flush(batch)
+                    try:
+                        await self._flush(batch)
+                    except NoScriptError:
+                        # Redis restarted during the flush's retries and lost its script
+                        # cache: a new pipeline loads the scripts again
+                        await self._flush(batch)
                 except (ConnectionError, TimeoutError, OSError) as err:
                     # keep the batch at the head of the buffer and try again: running work
                     # goes on, its events wait (bounded) until Redis is back

@@ -10,10 +10,13 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
@@ -31,6 +34,7 @@ from berth.protocol.limits import ADMITTED
 from berth.protocol.output import CompletionAssembler
 from berth.store.adapters import AdapterStore
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
+from berth.supervise import Backoff, log_failure, supervise
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
 from berth.workers.heartbeat import deregister, heartbeat_loop
@@ -74,6 +78,7 @@ class _RequestEvents:
         "_attempt",
         "_channel",
         "_id",
+        "_incarnation",
         "_jobs",
         "_lost",
         "_publisher",
@@ -85,13 +90,19 @@ class _RequestEvents:
     )
 
     def __init__(
-        self, publisher: EventPublisher, queued: QueuedRequest, worker: str, jobs: JobStore
+        self,
+        publisher: EventPublisher,
+        queued: QueuedRequest,
+        worker: str,
+        jobs: JobStore,
+        incarnation: str | None = None,
     ) -> None:
         self._publisher = publisher
         self._queued = queued
         self._id = queued.id
         self._attempt = queued.attempt
         self._worker = worker
+        self._incarnation = incarnation
         self._jobs = jobs
         self._seq = 0
         self._lost = False
@@ -138,6 +149,7 @@ class _RequestEvents:
             seq=seq,
             worker=self._worker,
             attempt=self._attempt,
+            incarnation=self._incarnation,
             error=error,
             **fields,
         )
@@ -211,6 +223,8 @@ class EngineHost:
         self.engine = engine
         self.settings = settings
         self.worker_id = settings.worker_id
+        # this process start: a restart under the same worker id is another incarnation
+        self.incarnation = uuid.uuid4().hex
         self.capacity = settings.capacity
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -267,6 +281,7 @@ class EngineHost:
             kv_cache_usage=stats.kv_cache_usage,
             queue=keys.worker_queue(self.worker_id),
             started_at=self._started_at,
+            incarnation=self.incarnation,
         )
 
     # -- inside the loop --------------------------------------------------------------------
@@ -277,10 +292,14 @@ class EngineHost:
         self._publisher = EventPublisher(self._redis)
         self._publisher.start()
         self._jobs = JobStore(self._redis, self.settings.job_ttl_s)
-        await self._register_model()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._listen_for_cancels(), name="cancels"))
-        self._tasks.append(loop.create_task(self._follow_adapter_registry(), name="adapters"))
+        # each loop that talks to Redis is supervised: Redis going away never ends one
+        for name, run in (
+            ("announcing the model", self._register_model),
+            ("the cancel listener", self._listen_for_cancels),
+            ("following the adapter registry", self._follow_adapter_registry),
+        ):
+            self._tasks.append(loop.create_task(supervise(name, run), name=name))
         self._tasks.append(
             loop.create_task(
                 heartbeat_loop(
@@ -293,7 +312,11 @@ class EngineHost:
             )
         )
         log.info(
-            "worker %s serves %s (capacity %d)", self.worker_id, self.engine.model, self.capacity
+            "worker %s (incarnation %s) serves %s (capacity %d)",
+            self.worker_id,
+            self.incarnation,
+            self.engine.model,
+            self.capacity,
         )
 
     async def _register_model(self) -> None:
@@ -316,30 +339,56 @@ class EngineHost:
         """Adapters registered through the admin API become servable here within a beat."""
         assert self._redis is not None
         registry = AdapterStore(self._redis)
+        # runs supervised: a failed read backs off and starts over
         while True:
-            try:
-                self.engine.set_registered_adapters(await registry.paths_for(self.engine.model))
-            except Exception:
-                log.exception("reading the adapter registry failed")
+            self.engine.set_registered_adapters(await registry.paths_for(self.engine.model))
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _listen_for_cancels(self) -> None:
+        """Abort cancelled requests. Runs supervised: when the connection drops, a new
+        subscription is made and the cancel marks of the requests running here are read,
+        for the cancels published while nobody listened."""
         assert self._redis is not None
         pubsub = self._redis.pubsub()
-        await pubsub.subscribe(keys.CANCEL_CHANNEL)
-        async for message in pubsub.listen():
-            if message["type"] != "message":
-                continue
-            request_id = message["data"].decode()
-            now = time.time()
-            self._cancels[request_id] = now
-            if request_id in self._active:
-                log.info("request %s cancelled; aborting", request_id)
-                await self.engine.abort(request_id)
-            if len(self._cancels) > 10_000:
-                self._cancels = {
-                    k: t for k, t in self._cancels.items() if now - t < _CANCEL_MEMORY_S
-                }
+        try:
+            await pubsub.subscribe(keys.CANCEL_CHANNEL)
+            await self._cancel_marked()
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    await self._cancel(message["data"].decode())
+        finally:
+            await pubsub.aclose()
+
+    async def _cancel_marked(self) -> None:
+        assert self._redis is not None
+        active = sorted(self._active)
+        if not active:
+            return
+        marks = await self._redis.mget([keys.cancelled_key(r) for r in active])
+        for request_id, mark in zip(active, marks, strict=True):
+            if mark is not None:
+                await self._cancel(request_id)
+
+    async def _cancel(self, request_id: str) -> None:
+        now = time.time()
+        self._cancels[request_id] = now
+        if request_id in self._active:
+            log.info("request %s cancelled; aborting", request_id)
+            await self.engine.abort(request_id)
+        if len(self._cancels) > 10_000:
+            self._cancels = {k: t for k, t in self._cancels.items() if now - t < _CANCEL_MEMORY_S}
+
+    async def _until_done(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a Redis operation the work cannot go on without, as often as it takes: while
+        Redis is away the request waits here (its Celery thread with it), then goes on."""
+        backoff = Backoff()
+        while True:
+            try:
+                return await op()
+            except RedisError as err:
+                delay = backoff.next_s()
+                log_failure(what, err, delay)
+                await asyncio.sleep(delay)
 
     async def _run_group(self, group: WorkGroup) -> None:
         assert self._redis is not None
@@ -352,7 +401,14 @@ class EngineHost:
                 pipe.set(
                     keys.run_key(q.id, q.attempt), self.worker_id, nx=True, ex=keys.RUN_MARK_TTL_S
                 )
-        marks, *claims = await pipe.execute()
+        try:
+            marks, *claims = await pipe.execute()
+        except RedisError as err:
+            # the cancel listener catches up on the marks once Redis is back; with no
+            # marker to set, serving is the side that loses no request
+            log.warning("reading cancel marks failed (%s); serving the group", err)
+            marks = [None] * len(group.requests)
+            claims = [True] * len(group.requests)
         claimed = iter(claims)
         await asyncio.gather(
             *(
@@ -370,10 +426,16 @@ class EngineHost:
                 "request %s attempt %d already ran or runs; skipping", queued.id, queued.attempt
             )
             return
-        if queued.job and not await self._jobs.claim(queued.id, queued.attempt, self.worker_id):
+        jobs = self._jobs
+        if queued.job and not await self._until_done(
+            f"claiming job {queued.id}",
+            lambda: jobs.claim(queued.id, queued.attempt, self.worker_id, self.incarnation),
+        ):
             log.info("job %s attempt %d is no longer queued; skipping", queued.id, queued.attempt)
             return
-        events = _RequestEvents(self._publisher, queued, self.worker_id, self._jobs)
+        events = _RequestEvents(
+            self._publisher, queued, self.worker_id, self._jobs, self.incarnation
+        )
         events.emit("started")
         if cancelled or queued.id in self._cancels:
             events.emit("cancelled")

@@ -26,7 +26,7 @@ def _event(
 async def _collect(
     queue: asyncio.Queue[TokenEvent | None], alive: bool, deadline_s: float = 5.0
 ) -> list[TokenEvent]:
-    async def is_alive(worker: str) -> bool:
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return alive
 
     return [
@@ -79,7 +79,7 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
         queue.put_nowait(_event(1, "finished", worker="w2", attempt=1))
         return True
 
-    async def is_alive(worker: str) -> bool:
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return worker != "w1"
 
     got = [
@@ -116,7 +116,7 @@ async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
     async def retry(dead: set[str]) -> bool:
         raise AssertionError("must not retry after tokens were produced")
 
-    async def is_alive(worker: str) -> bool:
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return False
 
     got = [
@@ -157,7 +157,7 @@ async def _follow(
     async def fetch(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
         return await relay.fetch("r", attempt, first, end)
 
-    async def is_alive(worker: str) -> bool:
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return True
 
     return [
@@ -257,3 +257,49 @@ async def test_a_request_that_keeps_producing_still_times_out() -> None:
         producer.cancel()
     assert got[-1].type == "error" and got[-1].status == 504
     assert len(got) < 1000
+
+
+async def test_restarted_worker_is_a_new_incarnation() -> None:
+    """The same worker id restarted: its old incarnation's request fails over, and the new
+    incarnation (same id) serves the next attempt."""
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1", incarnation="old"))
+
+    def event(seq: int, type_: str, incarnation: str, attempt: int) -> TokenEvent:
+        return TokenEvent.model_validate(
+            {
+                "id": "r",
+                "seq": seq,
+                "type": type_,
+                "worker": "w1",
+                "incarnation": incarnation,
+                "attempt": attempt,
+            }
+        )
+
+    async def retry(dead: set[str]) -> bool:
+        assert dead == {"w1/old"}
+        queue.put_nowait(event(3, "delta", "old", 0))  # late, from the dead process: dropped
+        queue.put_nowait(event(0, "started", "new", 1))
+        queue.put_nowait(event(1, "finished", "new", 1))
+        return True
+
+    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
+        return worker == "w1" and incarnation == "new"
+
+    async def nothing_stored(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
+        return []  # this request's event stream is empty: pub/sub delivered everything
+
+    got = [
+        e
+        async for e in request_events(
+            "r",
+            queue,
+            is_alive=is_alive,
+            check_every_s=0.05,
+            deadline=time.monotonic() + 5,
+            fetch=nothing_stored,
+            retry=retry,
+        )
+    ]
+    assert [(e.type, e.incarnation) for e in got] == [("started", "new"), ("finished", "new")]

@@ -18,6 +18,7 @@ from berth.api.settings import ApiSettings
 from berth.protocol import keys
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo
+from berth.registry import announce
 from berth.scheduler.service import Scheduler
 from berth.scheduler.settings import SchedulerSettings
 
@@ -28,7 +29,7 @@ async def _register(
     info = WorkerInfo(
         id=wid, model=model, capacity=capacity, queue=keys.worker_queue(wid), **fields
     )
-    await r.set(keys.worker_key(wid), info.model_dump_json(), ex=30)
+    await announce(r, keys.WORKERS_INDEX, wid, keys.worker_key(wid), info.model_dump_json(), 30)
 
 
 async def _sent_groups(r: redis.asyncio.Redis, wid: str) -> list[dict[str, Any]]:

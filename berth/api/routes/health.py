@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter
@@ -9,7 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from berth.api.deps import State
-from berth.protocol import keys
+from berth.api.directory import REDIS_PROBE_S
+from berth.registry import live_schedulers
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -22,25 +24,36 @@ async def prometheus_metrics() -> Response:
 
 @router.get("/health")
 async def health() -> dict[str, str]:
-    """Liveness: the process answers."""
+    """Liveness: the process answers (also while Redis is away: restarting the API would
+    not bring Redis back)."""
     return {"status": "ok"}
+
+
+def _redis_reason(state: State, err: object) -> str:
+    log.warning("readiness: redis failed: %s", err)
+    # the error's text names hosts and internals: only when the operator asks
+    return f"redis: {err}" if state.settings.ready_details else "redis unreachable"
+
+
+def _unready(reason: str) -> JSONResponse:
+    return JSONResponse({"status": "unready", "reason": reason}, status_code=503)
 
 
 @router.get("/ready")
 async def ready(state: State) -> JSONResponse:
-    """Readiness: Redis answers, and at least one worker and one scheduler are alive."""
-    try:
-        await state.redis.ping()
-        await state.directory.refresh()
-    except Exception as err:
-        log.warning("readiness: redis failed: %s", err)
-        # the error's text names hosts and internals: only when the operator asks
-        reason = f"redis: {err}" if state.settings.ready_details else "redis unreachable"
-        return JSONResponse({"status": "unready", "reason": reason}, status_code=503)
+    """Readiness: Redis answers, and at least one worker and one scheduler are alive. Read
+    from the registry's indexes (O(live roles)); answers within a few seconds whatever
+    Redis does, and recovers by itself when Redis is back."""
+    if not await state.directory.probe():
+        return _unready(_redis_reason(state, state.directory.redis_error))
     workers = len(state.directory.workers)
     if workers == 0:
-        return JSONResponse({"status": "unready", "reason": "no live worker"}, status_code=503)
-    schedulers = [k async for k in state.redis.scan_iter(match=f"{keys.SCHEDULER_KEY_PREFIX}*")]
+        return _unready("no live worker")
+    try:
+        async with asyncio.timeout(REDIS_PROBE_S):
+            schedulers = await live_schedulers(state.redis)
+    except Exception as err:
+        return _unready(_redis_reason(state, err or type(err).__name__))
     if not schedulers:
-        return JSONResponse({"status": "unready", "reason": "no live scheduler"}, status_code=503)
+        return _unready("no live scheduler")
     return JSONResponse({"status": "ready", "workers": workers, "schedulers": len(schedulers)})

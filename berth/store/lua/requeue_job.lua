@@ -2,13 +2,15 @@
 -- its attempts are used up. Only the first replica to notice wins.
 -- KEYS: job key, in-flight set, ingress stream, job events stream
 -- ARGV: job id, attempt, dead worker, max attempts, next payload, now, failure error json,
---       failure event json, requeue event json, maxlen
-local s = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker')
+--       failure event json, requeue event json, maxlen, dead incarnation ('' : any)
+-- A job held by another incarnation of the same worker id than the dead one is left alone.
+local s = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'incarnation')
 if not s[1] or (s[1] ~= 'queued' and s[1] ~= 'running') then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
 if tonumber(s[2]) ~= tonumber(ARGV[2]) or s[3] ~= ARGV[3] then return 0 end
+if ARGV[11] and ARGV[11] ~= '' and s[4] and s[4] ~= ARGV[11] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 local next_attempt = tonumber(ARGV[2]) + 1
 if next_attempt >= tonumber(ARGV[4]) then
@@ -16,7 +18,8 @@ if next_attempt >= tonumber(ARGV[4]) then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', 'e', ARGV[8])
   return 2
 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', next_attempt, 'worker', '')
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', next_attempt, 'worker', '',
+  'incarnation', '')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', 'e', ARGV[9])
 redis.call('XADD', KEYS[3], '*', 'r', ARGV[5])
 return 1
