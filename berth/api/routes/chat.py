@@ -95,7 +95,6 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         head = await _unless_client_leaves(request, _head(events))
         if head is None:
             _finish_soon(state, request_id, False)
-            metrics.REQUESTS.labels("/v1/chat/completions", "499").inc()
             return Response(status_code=499)
         if head[-1].terminal and head[-1].type != "finished":
             _finish_soon(state, request_id, True)
@@ -111,7 +110,6 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
             stream_reasoning=chat.stream_reasoning,
             parallel_tool_calls=chat.parallel_tool_calls is not False,
         )
-        metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
         return StreamingResponse(
             _stream(state, request_id, head, events, writer, timer),
             media_type="text/event-stream",
@@ -129,11 +127,9 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     )
     if result is None:
         # the client left: _collect's cleanup cancels the request in the engine
-        metrics.REQUESTS.labels("/v1/chat/completions", "499").inc()
         return Response(status_code=499)
     if isinstance(result, BerthError):
         return error_response(result)
-    metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
     return JSONResponse(result, headers={"X-Request-Id": request_id})
 
 
