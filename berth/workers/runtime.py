@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from berth import logcontext
 from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import (
@@ -293,6 +294,8 @@ class EngineHost:
 
     async def _serve(self, queued: QueuedRequest, cancelled: bool) -> None:
         assert self._publisher is not None and self._jobs is not None
+        # a task of its own (gather): the ids stay on this request's log lines
+        logcontext.bind(**{"job_id" if queued.job else "request_id": queued.id})
         if queued.job and not await self._jobs.claim(queued.id, queued.attempt, self.worker_id):
             log.info("job %s attempt %d is no longer queued; skipping", queued.id, queued.attempt)
             return

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from berth import logcontext
 from berth.api import metrics
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
@@ -39,6 +40,7 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     timer = metrics.RequestTimer(time.monotonic(), tenant)
     chat = await read_chat(request, state)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    logcontext.bind(request_id=request_id)
     queued = queued_request(
         state,
         chat,
