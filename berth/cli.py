@@ -1,18 +1,29 @@
-"""The `berth` command: one subcommand per role, plus `up` for the whole stack locally.
+"""The `berth` command: one subcommand per role, plus `up` for the whole stack locally and
+`check` for probes.
 
-Every flag is generated from the role's settings class, so flags, environment
-variables (BERTH_<NAME>) and defaults stay one fact each.
+pydantic-settings builds the command line from each role's settings class (CliApp,
+CliSubCommand), so flags, environment variables (BERTH_<NAME>, REDIS_URL) and defaults stay
+one fact each; only list and dict settings read their flag's value as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
-from pydantic.fields import FieldInfo
+from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic_settings import (
+    BaseSettings,
+    CliApp,
+    CliPositionalArg,
+    CliSubCommand,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    get_subcommand,
+)
 
 from berth.settings import CommonSettings
 
@@ -37,127 +48,146 @@ _HELP = {
     "worker": "Run a worker: one vLLM engine fed by Celery tasks.",
     "up": "Run the whole stack on this machine (embedded Valkey, tiny model if none given).",
 }
+_ROOT_HELP = (
+    "Queue-based, OpenAI-compatible LLM serving. Start with `berth up` to run everything "
+    "locally. Every flag is also an environment variable: BERTH_ and the flag's name in capitals "
+    "(--max-n: BERTH_MAX_N; --redis-url: REDIS_URL); a flag wins over the environment."
+)
+_ORDER = ("up", "api", "scheduler", "worker")
+_CLI_CONFIG = SettingsConfigDict(
+    cli_prog_name="berth",
+    cli_kebab_case=True,
+    cli_implicit_flags=True,
+    cli_hide_none_type=True,
+    cli_avoid_json=False,
+)
 
 
-def _is_bool(field: FieldInfo) -> bool:
-    return field.annotation is bool
+class CheckArgs(BaseModel):
+    """Exit 0 if a role is healthy, 1 if not: the API answers /health; a worker or
+    scheduler refreshed its record in Redis recently (looked up by its id)."""
 
-
-def _add_flags(parser: argparse.ArgumentParser, cls: type[CommonSettings]) -> None:
-    for name, field in cls.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        env = "REDIS_URL" if name == "redis_url" else f"BERTH_{name.upper()}"
-        default = field.get_default(call_default_factory=False)
-        shown = "" if default is None or callable(default) else f" Default: {default}."
-        help_text = f"{field.description or ''}{shown} Env: {env}."
-        if _is_bool(field):
-            parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        else:
-            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
-
-
-def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> CommonSettings:
-    given: dict[str, Any] = {}
-    for name in cls.model_fields:
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        if isinstance(value, str) and value[:1] in "{[":
-            value = json.loads(value)
-        given[name] = value
-    return cls(**given)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="berth",
-        description="Queue-based, OpenAI-compatible LLM serving. "
-        "Start with `berth up` to run everything locally.",
-    )
-    sub = parser.add_subparsers(
-        dest="role", required=True, metavar="{up,api,scheduler,worker,check}"
-    )
-    for role, cls in _settings_classes().items():
-        _add_flags(sub.add_parser(role, help=_HELP[role], description=_HELP[role]), cls)
-    check = sub.add_parser(
-        "check",
-        help="Exit 0 if a role is healthy (for liveness probes).",
-        description="Exit 0 if a role is healthy, 1 if not: the API answers /health; a worker "
-        "or scheduler refreshed its record in Redis recently (looked up by its id).",
-    )
-    check.add_argument("check_role", choices=["api", "scheduler", "worker"])
-    check.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL.")
-    check.add_argument("--redis-url", dest="redis_url", default=None, help="Env: REDIS_URL.")
-    check.add_argument(
-        "--id",
-        dest="role_id",
+    role: CliPositionalArg[Literal["api", "scheduler", "worker"]]
+    url: str = Field(default="http://127.0.0.1:8000", description="API base URL.")
+    redis_url: str | None = Field(default=None, description="Env: REDIS_URL.")
+    id: str | None = Field(
         default=None,
-        help="Worker or scheduler id. Env: BERTH_WORKER_ID / BERTH_SCHEDULER_ID.",
+        description="Worker or scheduler id. Env: BERTH_WORKER_ID / BERTH_SCHEDULER_ID.",
     )
-    return parser
+
+
+class _Root(BaseSettings):
+    """The root command: its subcommands are added by _command."""
+
+    model_config = _CLI_CONFIG
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the root has no settings of its own: no environment variable may choose or fill a
+        # subcommand (each role's class reads its own BERTH_* variables)
+        return (init_settings,)
+
+
+def _command() -> type[BaseSettings]:
+    """The root command, one subcommand per role; built on demand so `import berth.cli`
+    stays cheap."""
+    classes = _settings_classes()
+    # CliSubCommand[X] is a typing alias that mypy cannot apply to a class held in a variable
+    roles: dict[str, Any] = {
+        role: (CliSubCommand[classes[role]], Field(description=_HELP[role]))  # type: ignore[misc, valid-type]
+        for role in _ORDER
+    }
+    check = (
+        CliSubCommand[CheckArgs],  # type: ignore[misc]
+        Field(description="Exit 0 if a role is healthy (for probes)."),
+    )
+    return create_model("Berth", __base__=_Root, __doc__=_ROOT_HELP, **roles, check=check)
+
+
+def parse(argv: Sequence[str] | None = None) -> BaseModel:
+    """The chosen subcommand's settings (or CheckArgs), from flags and the environment."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        chosen = get_subcommand(CliApp.run(_command(), cli_args=args))
+    except (ValidationError, SettingsError) as err:
+        raise SystemExit(f"berth: {err}") from None
+    assert isinstance(chosen, BaseModel)  # a subcommand is required: get_subcommand raises
+    return chosen
+
+
+def _keep_our_logging(**_: object) -> None:
+    """Celery's setup_logging receiver: ours is already in place."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from berth.settings import setup_logging
 
-    args = build_parser().parse_args(argv)
-    if args.role == "check":
-        import os
-
+    chosen = parse(argv)
+    if isinstance(chosen, CheckArgs):
         from berth.check import run_check
 
-        env_id = f"BERTH_{args.check_role.upper()}_ID"
         return run_check(
-            args.check_role,
-            url=args.url,
-            redis_url=args.redis_url
+            chosen.role,
+            url=chosen.url,
+            redis_url=chosen.redis_url
             or os.environ.get("REDIS_URL")
             or os.environ.get("BERTH_REDIS_URL"),
-            role_id=args.role_id or os.environ.get(env_id),
+            role_id=chosen.id or os.environ.get(f"BERTH_{chosen.role.upper()}_ID"),
         )
-    cls = _settings_classes()[args.role]
-    settings = _settings(cls, args)
-    setup_logging(settings.log_level, args.role)
-    if args.role != "up":
+    assert isinstance(chosen, CommonSettings)
+    role = next(name for name, cls in _settings_classes().items() if type(chosen) is cls)
+    setup_logging(chosen, role)
+    if role != "up":
         from berth.lifeline import watch_parent
 
         # started by `berth up`: stop when it is gone, even if it was killed
         watch_parent()
-    if args.role == "api":
+    if role == "api":
         import uvicorn
 
         from berth.api.app import create_app
         from berth.api.settings import ApiSettings
 
-        assert isinstance(settings, ApiSettings)
+        assert isinstance(chosen, ApiSettings)
         uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
+            create_app(chosen),
+            host=chosen.host,
+            port=chosen.port,
+            log_level=chosen.log_level.lower(),
             access_log=False,
+            # uvicorn's own loggers go through ours (JSON when asked)
+            log_config=None,
         )
-    elif args.role == "scheduler":
+    elif role == "scheduler":
         import asyncio
 
         from berth.scheduler.service import serve
         from berth.scheduler.settings import SchedulerSettings
 
-        assert isinstance(settings, SchedulerSettings)
-        asyncio.run(serve(settings))
-    elif args.role == "worker":
+        assert isinstance(chosen, SchedulerSettings)
+        asyncio.run(serve(chosen))
+    elif role == "worker":
+        from celery import signals as celery_signals
+
         from berth.workers.main import run_worker
         from berth.workers.settings import WorkerSettings
 
-        assert isinstance(settings, WorkerSettings)
-        run_worker(settings)
+        assert isinstance(chosen, WorkerSettings)
+        # a receiver of this signal tells Celery to leave the logging set up above alone
+        celery_signals.setup_logging.connect(_keep_our_logging, weak=False)
+        run_worker(chosen)
     else:
         from berth.local import UpSettings, run_up
 
-        assert isinstance(settings, UpSettings)
-        return run_up(settings)
+        assert isinstance(chosen, UpSettings)
+        return run_up(chosen)
     return 0
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 
+from berth.logcontext import IDS, ContextFilter, json_formatter, text_formatter
 from berth.redisconn import DEFAULT_REDIS_CONNECTIONS, redis_client
 
 __all__ = ["DEFAULT_REDIS_CONNECTIONS", "CommonSettings", "MetricsSettings", "redis_client"]
@@ -25,6 +27,12 @@ class CommonSettings(BaseSettings):
         "Valkey when it is not set.",
     )
     log_level: str = Field(default="INFO", description="Logging level.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text, or as one JSON object each (time, level, role, "
+        "logger, message, request/job/batch/worker ids where known, trace_id) for log "
+        "pipelines; see docs/operations.md.",
+    )
     redis_max_connections: int = Field(
         default=DEFAULT_REDIS_CONNECTIONS,
         ge=4,
@@ -66,9 +74,16 @@ class MetricsSettings(CommonSettings):
     metrics_host: str = Field(default="0.0.0.0", description="Address of the metrics server.")
 
 
-def setup_logging(level: str, role: str) -> None:
-    """One log format for every role, so a request id can be followed across processes."""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
+def setup_logging(settings: CommonSettings, role: str) -> None:
+    """One log format for every role, so a request id can be followed across processes:
+    text, or JSON lines carrying the ids of berth/logcontext.py."""
+    handler = logging.StreamHandler()
+    # the process's own ids (a worker's, a scheduler's) are on every line it logs
+    process_ids = {
+        name: value for name in IDS if isinstance(value := getattr(settings, name, None), str)
+    }
+    handler.addFilter(ContextFilter(role, process_ids))
+    handler.setFormatter(
+        json_formatter() if settings.log_format == "json" else text_formatter(role)
     )
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)

@@ -17,6 +17,7 @@ from berth.api.auth import KeyRing, admin_ring, parse_keys
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
 from berth.api.ingress import Ingress
+from berth.api.middleware import NoProxyBuffering, RequestMetrics
 from berth.api.quotas import Quotas, limit_book
 from berth.api.relay import TokenRelay
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
@@ -29,12 +30,6 @@ from berth.store.files import FileStore
 from berth.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
-
-
-def _route(request: Request) -> str:
-    # the route's template, not the raw path: ids must not become label values
-    route = request.scope.get("route")
-    return str(getattr(route, "path", request.url.path))
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -90,23 +85,27 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.exception_handler(BerthError)
     async def _berth_error(request: Request, err: BerthError) -> JSONResponse:
-        return error_response(err, _route(request))
+        return error_response(err)
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
     async def _redis_away(request: Request, err: Exception) -> JSONResponse:
         # Redis went away in the middle of a request: retrying soon helps, a 500 would not
-        log.warning("redis unreachable during %s: %s", _route(request), err)
+        log.warning("redis unreachable during %s: %s", request.url.path, err)
         away = StoreUnavailable("the request queue (Redis) cannot be reached; retry shortly")
-        return error_response(away, _route(request))
+        return error_response(away)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         invalid = InvalidRequest(str(first.get("msg", "invalid request")), param=param)
-        return error_response(invalid, _route(request))
+        return error_response(invalid)
 
     for feature in (chat, models, health, jobs, admin, files, batches):
         app.include_router(feature.router)
+    # outermost of ours, inside Starlette's ServerErrorMiddleware: it sees every answer, and
+    # an unhandled exception before the server turns it into a 500
+    app.add_middleware(NoProxyBuffering)
+    app.add_middleware(RequestMetrics)
     return app

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from berth.api import metrics
 from berth.protocol.errors import BerthError, QueueFull, RateLimited, Unavailable
 
 
-def error_response(err: BerthError, route: str = "/v1/chat/completions") -> JSONResponse:
-    """The OpenAI error body with the error's status (and Retry-After when retrying helps)."""
-    metrics.REQUESTS.labels(route, str(err.status_code)).inc()
+def error_response(err: BerthError) -> JSONResponse:
+    """The OpenAI error body with the error's status (and Retry-After when retrying helps).
+    Counted, as every answer, by the RequestMetrics middleware."""
     headers = {}
     if isinstance(err, QueueFull | Unavailable):
         headers["Retry-After"] = str(err.retry_after)

@@ -28,10 +28,27 @@ _LATENCY = (
 )
 _ITL = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 
-REQUESTS = Counter(
-    "berth_api_requests_total",
-    "Requests answered, by route and HTTP status (a stream counts when it starts).",
-    ["route", "status"],
+# Every HTTP answer, counted by one middleware (berth/api/middleware.py). Replaces
+# berth_api_requests_total{route,status}, which counted chat answers and BerthErrors only
+# (migration in docs/operations.md).
+HTTP_REQUESTS = Counter(
+    "berth_api_http_requests_total",
+    "HTTP requests answered, by method, route template (`unmatched` when no route matched) "
+    "and status class (2xx, 4xx, 5xx; an unhandled exception counts as 5xx). Counted when "
+    "the response ends, so a stream counts when it closes.",
+    ["method", "route", "status"],
+)
+HTTP_RESPONSE_START = Histogram(
+    "berth_api_http_response_start_seconds",
+    "From the request's arrival to its status line and headers, by method and route.",
+    ["method", "route"],
+    buckets=_LATENCY,
+)
+HTTP_RESPONSE_END = Histogram(
+    "berth_api_http_response_end_seconds",
+    "From the request's arrival to its response's last byte (a stream's end), by method and route.",
+    ["method", "route"],
+    buckets=_LATENCY,
 )
 TTFT = Histogram(
     "berth_api_time_to_first_token_seconds",

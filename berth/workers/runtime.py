@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from berth import logcontext
 from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import (
@@ -420,6 +421,8 @@ class EngineHost:
     async def _serve(self, queued: QueuedRequest, cancelled: bool, claimed: bool) -> None:
         """Serve one request; ``claimed``: its run marker was set here (interactive)."""
         assert self._publisher is not None and self._jobs is not None
+        # a task of its own (gather): the ids stay on this request's log lines
+        logcontext.bind(**{"job_id" if queued.job else "request_id": queued.id})
         if not claimed:
             # a second delivery of the same attempt (a scheduler died before acking it)
             log.warning(

@@ -6,9 +6,10 @@ import json
 import os
 import socket
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from berth.settings import JobRecordSettings, MetricsSettings
 
@@ -51,7 +52,9 @@ class WorkerSettings(MetricsSettings, JobRecordSettings):
     )
     max_loras: int = Field(default=4, ge=1, description="LoRA adapters held at once.")
     max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank accepted.")
-    adapters: dict[str, str] = Field(
+    # NoDecode: the validator below reads the JSON, so an empty value (compose's default) is
+    # no adapters rather than a JSON error
+    adapters: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description='Registered LoRA adapters as JSON {"name": "/path"}.',
     )

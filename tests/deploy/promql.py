@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
+
+import yaml
+
+from tests.deploy.compose import DEPLOY
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _MATCHERS = re.compile(r"\{[^}]*\}")
@@ -40,3 +46,29 @@ def exported_names(exposition: str) -> set[str]:
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
     return names
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, expression) of every query of the Grafana dashboard: panels and variables."""
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "berth.json").read_text())
+    queries = [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    queries += [
+        (f"${v['name']}", v["query"]["query"])
+        for v in dashboard["templating"]["list"]
+        if v["type"] == "query"
+    ]
+    return queries
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    """Every recording and alerting rule of deploy/prometheus/rules."""
+    return [
+        rule
+        for path in sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]

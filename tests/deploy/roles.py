@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from berth.api.settings import ApiSettings
-from berth.cli import build_parser
+from berth.cli import CheckArgs, parse
 from berth.scheduler.settings import SchedulerSettings
 from berth.settings import CommonSettings
 from berth.workers.settings import WorkerSettings
@@ -46,9 +46,10 @@ def settings_from(role: str, env: dict[str, str]) -> CommonSettings:
 def check_health_command(role: str, argv: list[str], env: dict[str, str]) -> None:
     """``argv`` is `berth check <role>` with what it needs to find this very process."""
     assert argv[:3] == ["berth", "check", role], argv
-    args = build_parser().parse_args(argv[1:])
+    args = parse(argv[1:])
+    assert isinstance(args, CheckArgs) and args.role == role, argv
     if role == "api":
         port = int(env.get("BERTH_PORT", ApiSettings.model_fields["port"].default))
         assert urlsplit(args.url).port == port, f"{argv} does not check port {port}"
     else:
-        assert args.role_id or ID_VARIABLE[role] in env, f"{argv} cannot know the {role}'s id"
+        assert args.id or ID_VARIABLE[role] in env, f"{argv} cannot know the {role}'s id"

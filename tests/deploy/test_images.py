@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.cli import build_parser
+from berth.cli import CheckArgs, parse
 from tests.deploy.compose import ROOT, berth_services
 from tests.deploy.images import DOCKER, control_plane_script, final_stage, instructions
 
@@ -43,7 +43,8 @@ def test_image_is_multistage_non_root_and_checks_its_health(path: Path) -> None:
     assert healthcheck.count("CMD ") == 1
     check = _exec_form(healthcheck.split("CMD ", 1)[1])
     assert check[:3] == ["berth", "check", command[1]]
-    args = build_parser().parse_args(check[1:])
+    args = parse(check[1:])
+    assert isinstance(args, CheckArgs)
     if command[1] == "api":
         assert args.url == "http://127.0.0.1:8000"
 

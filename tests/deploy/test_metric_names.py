@@ -3,7 +3,6 @@ processes export, scraped where Prometheus scrapes them (prometheus.yml's target
 
 from __future__ import annotations
 
-import json
 import urllib.request
 
 import pytest
@@ -11,7 +10,7 @@ import yaml
 
 from tests.deploy.compose import DEPLOY
 from tests.deploy.conftest import ComposeStack
-from tests.deploy.promql import exported_names, metric_names
+from tests.deploy.promql import alert_rules, dashboard_queries, exported_names, metric_names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
@@ -36,23 +35,8 @@ def exported(compose_stack: ComposeStack) -> set[str]:
     return names
 
 
-def _dashboard_queries() -> list[tuple[str, str]]:
-    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "berth.json").read_text())
-    queries = [
-        (panel["title"], target["expr"])
-        for panel in dashboard["panels"]
-        for target in panel.get("targets", [])
-    ]
-    queries += [
-        (f"${v['name']}", v["query"]["query"])
-        for v in dashboard["templating"]["list"]
-        if v["type"] == "query"
-    ]
-    return queries
-
-
 def test_dashboard_queries_only_exported_metrics(exported: set[str]) -> None:
-    queries = _dashboard_queries()
+    queries = dashboard_queries()
     assert len(queries) > 10
     for where, expr in queries:
         names = metric_names(expr)
@@ -61,12 +45,7 @@ def test_dashboard_queries_only_exported_metrics(exported: set[str]) -> None:
 
 
 def test_rules_query_only_exported_or_recorded_metrics(exported: set[str]) -> None:
-    rules = [
-        rule
-        for path in sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
-        for group in yaml.safe_load(path.read_text())["groups"]
-        for rule in group["rules"]
-    ]
+    rules = alert_rules()
     recorded = {rule["record"] for rule in rules if "record" in rule}
     for rule in rules:
         names = metric_names(rule["expr"])

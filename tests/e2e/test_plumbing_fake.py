@@ -141,7 +141,9 @@ def test_check_command_for_probes(stack: RunningStack) -> None:
 def test_metrics_are_exported(stack: RunningStack, client: openai.OpenAI) -> None:
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     text = httpx.get(f"{stack.url}/metrics").text
-    assert 'berth_api_requests_total{route="/v1/chat/completions",status="200"}' in text
+    chat = 'method="POST",route="/v1/chat/completions",status="2xx"'
+    assert f"berth_api_http_requests_total{{{chat}}}" in text
+    assert 'berth_api_http_response_end_seconds_count{method="POST"' in text
     assert "berth_api_time_to_first_token_seconds_count" in text
     assert 'berth_queue_length{model="fake-model"}' in text
 

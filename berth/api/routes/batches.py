@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from berth import logcontext
 from berth.api.admission import queued_request, read_json
 from berth.api.deps import State, Tenant
 from berth.api.state import ApiState
@@ -164,6 +165,7 @@ async def get_batch(batch_id: str, tenant: Tenant, state: State) -> dict[str, An
 
 @router.post("/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, tenant: Tenant, state: State) -> dict[str, Any]:
+    logcontext.bind(batch_id=batch_id)
     if await state.batches.get(batch_id, tenant) is None:
         raise _not_found(batch_id)
     before = await state.batches.cancel(batch_id)

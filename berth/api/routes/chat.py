@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from berth import logcontext
 from berth.api import metrics
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
@@ -56,6 +57,7 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     timer = metrics.RequestTimer(time.monotonic(), tenant)
     chat = await read_chat(request, state)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    logcontext.bind(request_id=request_id)
     queued = queued_request(
         state,
         chat,
@@ -111,7 +113,6 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         head = await _unless_client_leaves(request, _head(events))
         if head is None:
             _finish_soon(state, request_id, False)
-            metrics.REQUESTS.labels("/v1/chat/completions", "499").inc()
             return Response(status_code=499)
         if head[-1].terminal and head[-1].type != "finished":
             _finish_soon(state, request_id, _ended_by_worker(head[-1]))
@@ -142,7 +143,6 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
             )
             ttl = int(state.settings.request_timeout_s + state.settings.resume_grace_s) + 60
             await StreamStore(state.redis).save(request_id, record, ttl)
-        metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
         return StreamingResponse(
             _stream(state, request_id, head, events, writer, timer, resumable),
             media_type="text/event-stream",
@@ -160,11 +160,9 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     )
     if result is None:
         # the client left: _collect's cleanup cancels the request in the engine
-        metrics.REQUESTS.labels("/v1/chat/completions", "499").inc()
         return Response(status_code=499)
     if isinstance(result, BerthError):
         return error_response(result)
-    metrics.REQUESTS.labels("/v1/chat/completions", "200").inc()
     return JSONResponse(result, headers={"X-Request-Id": request_id})
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
 from berth.api.state import ApiState
@@ -50,6 +51,7 @@ async def submit_job(
         deadline=deadline_from(request),
         job=True,
     )
+    logcontext.bind(job_id=queued.id)
     await state.ingress.admit(queued)
     try:
         job_id, created = await state.jobs.create(
