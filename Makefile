@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up test lint bench clean
+.PHONY: install up test test-compose lint bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test: $(STAMP)
 	$(BIN)/ruff check berth tests
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Build the images and run deploy/compose.yaml's cpu profile for real (root, ~80 GB disk
+## free; COMPOSE_ARGS=--keep-images keeps the images). See README, "Docker Compose".
+test-compose: $(STAMP)
+	command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq docker.io debootstrap; }
+	$(BIN)/ruff check scripts
+	$(BIN)/ruff format --check scripts
+	$(BIN)/python -m mypy scripts/compose
+	$(BIN)/python -m scripts.compose $(COMPOSE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check berth tests

@@ -54,8 +54,11 @@ ENV PATH=/opt/venv/bin:$PATH
 
 FROM vllm/vllm-openai:v${VLLM_VERSION} AS gpu-engine
 # the base image's torch, transformers and vllm satisfy berth's requirements and stay
-RUN --mount=type=bind,from=berth-wheel,source=/wheels,target=/wheels \
-    uv pip install --system /wheels/berth-*.whl
+# (uv reads no pip.conf; it takes the CA bundle as SSL_CERT_FILE)
+RUN --mount=type=secret,id=ca.crt \
+    --mount=type=bind,from=berth-wheel,source=/wheels,target=/wheels \
+    if [ -f /run/secrets/ca.crt ]; then export SSL_CERT_FILE=/run/secrets/ca.crt; fi \
+    && uv pip install --system /wheels/berth-*.whl
 # the base image's entrypoint starts vLLM's own server: here the command alone says what runs
 ENTRYPOINT []
 
