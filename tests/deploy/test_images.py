@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,23 @@ def test_control_plane_image_installs_all_but_the_model_stack() -> None:
         name = script._name(requirement)
         assert (name in names) != (name in script.WORKER_ONLY), requirement
     assert "prometheus-client" in names
+
+
+def test_wheel_the_images_install_carries_every_file_berth_reads(tmp_path: Path) -> None:
+    # an editable install reads the tree; the images install the wheel, which carried no
+    # Lua script until the compose stack ran for real
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["--wheel-dir", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("berth-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        carried = set(archive.namelist())
+    data = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "berth").rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+    ]
+    assert data and not [path for path in data if path not in carried]
