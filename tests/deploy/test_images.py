@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -143,9 +144,15 @@ def test_control_plane_image_installs_all_but_the_model_stack() -> None:
 def test_wheel_the_images_install_carries_every_file_berth_reads(tmp_path: Path) -> None:
     # an editable install reads the tree; the images install the wheel, which carried no
     # Lua script until the compose stack ran for real
+    # from a copy of what the images copy: a build in the tree would reuse its build/ folder
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "berth", source / "berth", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["--wheel-dir", str(tmp_path), str(ROOT)],
+        + ["--wheel-dir", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )
