@@ -31,8 +31,8 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER 10001
 WORKDIR /home/berth
 EXPOSE 8000
-# for `berth api` on its default port; a scheduler container overrides it with
+# a Python CLI: slow to start on busy cores, hence the long timeout; for `berth api` on its default port; a scheduler container overrides it with
 # `berth check scheduler` (see deploy/compose.yaml)
-HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=15s --start-period=10s --retries=3 \
     CMD ["berth", "check", "api", "--url", "http://127.0.0.1:8000"]
 CMD ["berth", "api"]
