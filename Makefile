@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-fast lint bench clean
+.PHONY: install up test test-fast test-compose lint bench clean
 
 # everything ruff and mypy check
 CODE := berth tests benchmarks scripts
@@ -33,6 +33,13 @@ test: lint
 ## The unit tests only: no vLLM engine, no stack of processes (under a minute).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not engine and not e2e' $(PYTEST_ARGS)
+
+## Build the images and run deploy/compose.yaml's cpu profile for real (root, ~80 GB disk
+## free; COMPOSE_ARGS=--keep-images keeps the images). See README, "Docker Compose".
+test-compose: lint
+	command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq docker.io debootstrap; }
+	$(BIN)/python -m scripts.compose $(COMPOSE_ARGS)
 
 ## ruff (lint and format check) and mypy over berth, tests, benchmarks and scripts.
 lint: $(STAMP)

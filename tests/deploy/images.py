@@ -31,6 +31,19 @@ def final_stage(path: Path) -> list[Instruction]:
     return steps[last_from:]
 
 
+def stages(path: Path) -> dict[str, list[Instruction]]:
+    """Each named stage's instructions, from its FROM to the next; the last one as ``""``."""
+    result: dict[str, list[Instruction]] = {}
+    current: list[Instruction] = []
+    for keyword, args in instructions(path):
+        if keyword == "FROM":
+            words = args.split()
+            current = []
+            result[words[-1] if len(words) == 3 and words[1].upper() == "AS" else ""] = current
+        current.append((keyword, args))
+    return result
+
+
 def control_plane_script() -> ModuleType:
     """deploy/docker/control_plane_requirements.py, which the API image's build runs."""
     path = DOCKER / "control_plane_requirements.py"

@@ -128,6 +128,17 @@ def test_workers_come_from_profiles_one_gpu_each() -> None:
     assert len(devices) == len(set(devices)) >= 2, devices
 
 
+def test_workers_have_room_in_dev_shm_for_vllm() -> None:
+    # vLLM's engine process allocates shared memory (160 MB for the tiny model); Docker's
+    # default /dev/shm of 64 MB stops it at start (found running the cpu profile for real)
+    units = {"mb": 1, "gb": 1024}
+    for name, spec in berth_services().items():
+        if roles.role_of(spec["command"]) == "worker":
+            size = re.fullmatch(r"(\d+)([mg]b)", str(spec.get("shm_size", "")).lower())
+            assert size is not None, f"{name} sets no shm_size"
+            assert int(size.group(1)) * units[size.group(2)] >= 1024, name
+
+
 def _targets() -> dict[str, list[str]]:
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     return {

