@@ -65,6 +65,13 @@ class Unsupported(InvalidRequest):
     default_code = "unsupported_field"
 
 
+class TooLarge(InvalidRequest):
+    """A body or an uploaded file over its size limit."""
+
+    status_code = 413
+    default_code = "request_too_large"
+
+
 class Unauthorized(BerthError):
     """Missing or wrong API key."""
 
