@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from berth.api.auth import KeyRing, admin_ring, parse_keys
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
+from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
 from berth.api.relay import TokenRelay
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
@@ -44,8 +45,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         redis = settings.redis()
         relay = TokenRelay(redis)
         directory = WorkerDirectory(redis, settings.registry_refresh_s, settings.model_grace_s)
+        followers = StreamFollowers(redis)
         await relay.start()
         await directory.start()
+        await followers.start()
         app.state.berth = ApiState(
             settings=settings,
             redis=redis,
@@ -58,11 +61,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
             files=FileStore(redis, settings.job_ttl_s),
             batches=BatchStore(redis, settings.job_ttl_s),
             adapters=AdapterStore(redis),
+            followers=followers,
         )
         log.info("api ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
+            await followers.close()
             await directory.close()
             await relay.close()
             await redis.aclose()
