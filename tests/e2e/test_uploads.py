@@ -53,8 +53,8 @@ def _line(i: int) -> bytes:
 def _form(content: Iterator[bytes]) -> Iterator[bytes]:
     """A multipart body streamed piece by piece: sent chunked, with no Content-Length."""
     yield (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
         'filename="in.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n'
     ).encode()
     yield from content
