@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 
+from berth.protocol import jsonbody
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import BerthError, InvalidRequest
@@ -124,10 +125,7 @@ def parse_line(
             f"the line is {len(raw)} bytes; at most {limits.max_body_bytes} are allowed",
             code="request_too_large",
         )
-    try:
-        item = json.loads(raw)
-    except ValueError as err:
-        raise InvalidRequest(f"not valid JSON: {err}") from None
+    item = jsonbody.loads(raw, "the line")
     if not isinstance(item, dict):
         raise InvalidRequest("must be a JSON object with custom_id, method, url and body")
     for name in item:
