@@ -120,7 +120,8 @@ def test_a_bad_line_is_400_naming_its_number(stack: RunningStack) -> None:
     answer = _upload(stack, iter([_line(0), _line(1), b"{not json\n", _line(3)]))
     assert answer.status_code == 400
     error = answer.json()["error"]
-    assert error["param"] == "line 3" and error["message"].startswith("line 3: the line is not valid JSON")
+    assert error["param"] == "line 3"
+    assert error["message"].startswith("line 3: the line is not valid JSON")
     assert _file_keys(stack) == before
 
 
