@@ -549,6 +549,8 @@ async def main(args: argparse.Namespace) -> int:
             BERTH_LOG_LEVEL="WARNING",
             BERTH_API_KEYS=",".join(f"{t}:{k}" for t, k in KEYS.items()),
             BERTH_MAX_FILE_BYTES=str(max_file_bytes),
+            # short enough for a slow upload to meet it within one attack window
+            BERTH_UPLOAD_STALL_S=str(window_s / 3),
             BERTH_FAKE_TOKENS_PER_S=str(args.tokens_per_s),
         )
         url = f"http://127.0.0.1:{port}"

@@ -69,6 +69,12 @@ class ApiSettings(CommonSettings, JobRecordSettings):
     max_file_lines: int = Field(
         default=50_000, ge=1, description="Most lines in an uploaded batch file (OpenAI's bound)."
     )
+    upload_stall_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="An upload that sends nothing for this long, or averages under 4 KB/s "
+        "once this long has passed, ends with 408.",
+    )
     batch_window: int = Field(
         default=1000,
         ge=1,

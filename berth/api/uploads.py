@@ -4,6 +4,8 @@ so the API never holds (nor spools) a whole file."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -11,12 +13,23 @@ import python_multipart.multipart as multipart
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 
-from berth.protocol.errors import InvalidRequest, TooLarge
+from berth.protocol.errors import InvalidRequest, TooLarge, TooSlow
 
 # multipart framing around the file's bytes: boundaries, part headers, the small fields
 FORM_OVERHEAD = 64 * 1024
 # a form field other than the file (purpose, expires_after[...]) is short
 _MAX_FIELD_BYTES = 1024
+# the slowest an upload may average once its stall time has passed (a 200 MB file at this
+# rate takes 14 hours): a drip-fed body holds a connection and a partial file no longer
+MIN_BYTES_PER_S = 4096
+
+
+def too_slow(received: int, elapsed: float) -> TooSlow:
+    return TooSlow(
+        f"the upload sent {received} bytes in {elapsed:.0f} s; send at least "
+        f"{MIN_BYTES_PER_S} bytes a second, without pausing",
+        param="file",
+    )
 
 
 def too_large(size: int, limit: int) -> TooLarge:
@@ -113,12 +126,15 @@ async def read_upload(
     request: Request,
     *,
     limit: int,
+    stall_s: float,
     file_field: str,
     allowed: tuple[str, ...],
     on_file_data: Callable[[bytes], Awaitable[None]],
 ) -> Upload:
     """Parse a multipart/form-data body as it streams in, calling ``on_file_data`` with each
-    piece of the file part; 413 as soon as the file (or the body) outgrows ``limit``."""
+    piece of the file part; 413 as soon as the file (or the body) outgrows ``limit``; 408
+    when nothing arrives for ``stall_s``, or the body averages under MIN_BYTES_PER_S after
+    that long."""
     content_type, options = multipart.parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -132,8 +148,19 @@ async def read_upload(
     form = _Form(file_field, allowed)
     parser = multipart.MultipartParser(boundary, form.callbacks())
     received = 0
-    async for chunk in request.stream():
+    started = time.monotonic()
+    chunks = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), stall_s)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise too_slow(received, time.monotonic() - started) from None
         received += len(chunk)
+        elapsed = time.monotonic() - started
+        if elapsed > stall_s and received < MIN_BYTES_PER_S * elapsed:
+            raise too_slow(received, elapsed)
         if received > limit + FORM_OVERHEAD:
             raise too_large(received, limit)
         try:

@@ -72,6 +72,13 @@ class TooLarge(InvalidRequest):
     default_code = "request_too_large"
 
 
+class TooSlow(InvalidRequest):
+    """A client sending its body too slowly (a slow upload holding a connection open)."""
+
+    status_code = 408
+    default_code = "upload_too_slow"
+
+
 class Unauthorized(BerthError):
     """Missing or wrong API key."""
 

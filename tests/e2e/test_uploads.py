@@ -4,7 +4,9 @@ line limit holds, and a refused upload leaves nothing in Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -20,6 +22,7 @@ KEY = "key-a"
 MAX_BYTES = 64 * 1024
 MAX_LINES = 20
 BOUNDARY = "berthboundary"
+STALL_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,7 @@ def stack(make_stack: StackFactory) -> RunningStack:
             "BERTH_API_KEYS": f"a:{KEY}",
             "BERTH_MAX_FILE_BYTES": str(MAX_BYTES),
             "BERTH_MAX_FILE_LINES": str(MAX_LINES),
+            "BERTH_UPLOAD_STALL_S": str(STALL_S),
         },
         ready=False,
     )
@@ -136,3 +140,28 @@ def test_too_many_lines_is_400(stack: RunningStack) -> None:
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["code"] == "too_many_lines" and str(MAX_LINES) in error["message"]
+
+
+@pytest.mark.parametrize("drip", [False, True])
+def test_a_stalled_or_dripping_upload_is_408(stack: RunningStack, drip: bool) -> None:
+    """A slow upload (slowloris) is ended, not held open: nothing for the stall time, or
+    a byte at a time, far under the minimum rate."""
+    before = _file_keys(stack)
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            "Content-Length: 60000\r\n\r\n"
+        )
+        sock.sendall(head.encode() + next(_form(iter([]))) + _line(0))
+        sock.settimeout(0.2)
+        answer = b""
+        deadline = time.monotonic() + 10 * STALL_S
+        while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
+            if drip:
+                sock.sendall(b" ")
+            with contextlib.suppress(TimeoutError):
+                answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert _file_keys(stack) == before

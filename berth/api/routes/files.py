@@ -67,6 +67,7 @@ async def upload_file(request: Request, state: State, tenant: Tenant) -> Any:
         upload = await read_upload(
             request,
             limit=settings.max_file_bytes,
+            stall_s=settings.upload_stall_s,
             file_field="file",
             allowed=_FORM_FIELDS,
             on_file_data=on_file_data,
