@@ -354,7 +354,7 @@ ATTACKS: dict[str, Callable[[Context], Awaitable[list[Answer]]]] = {
     "request_flood": request_flood,
 }
 # attacks that hold their window themselves (the rest repeat until it has passed)
-_HELD = {"slowloris_upload", "many_connections", "many_followers"}
+_HELD = {"many_connections", "many_followers"}
 
 
 # --------------------------------------------------------------------------- #

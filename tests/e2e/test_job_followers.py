@@ -23,6 +23,8 @@ KEY = "key-a"
 FOLLOWERS = 1000
 # the API's Redis pool, far smaller than the followers: one blocking read each would starve it
 API_POOL = 32
+# connections the other roles (scheduler, worker, Celery) may open while the job runs
+OTHERS = 8
 
 
 @pytest.fixture(scope="module")
@@ -92,4 +94,4 @@ async def test_a_thousand_followers_share_one_read(stack: RunningStack) -> None:
     assert all(r == expected for r in results), "a follower missed or repeated an event"
     assert others > 0
     assert most_blocked <= 1, most_blocked
-    assert peak - before <= API_POOL, (before, peak)
+    assert peak - before <= API_POOL + OTHERS, (before, peak)
