@@ -92,6 +92,17 @@ def test_a_chunked_upload_streams_in_and_reads_back(stack: RunningStack) -> None
         f"{stack.url}/v1/files/{file['id']}/content", headers={"Authorization": f"Bearer {KEY}"}
     )
     assert content.content == b"".join(lines)
+    # a batch counts the file's lines as the upload did (the final newline ends the last)
+    batch = httpx.post(
+        f"{stack.url}/v1/batches",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={
+            "input_file_id": file["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        },
+    )
+    assert batch.status_code in (400, 404) and batch.json()["error"]["param"] == "line 1"
 
 
 def test_an_oversized_chunked_upload_is_413_while_it_streams(stack: RunningStack) -> None:

@@ -130,7 +130,10 @@ async def create_batch(request: Request, state: State, tenant: Tenant) -> dict[s
     checker = InputChecker(limits, state.settings.max_file_lines)
     resolved: dict[tuple[str, str | None], tuple[str, str | None]] = {}
     # the file is read a slice at a time, and checked off the event loop
-    async for _, lines in state.files.iter_lines(spec.input_file_id, CHUNK):
+    count = await state.files.line_count(spec.input_file_id)
+    async for first, lines in state.files.iter_lines(spec.input_file_id, CHUNK):
+        if first + len(lines) == count and not lines[-1]:
+            lines = lines[:-1]  # what follows the final newline: no line at all
         await asyncio.to_thread(_resolve, state, checker, lines, resolved)
     checker.finish()
     return await state.batches.create(
