@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from berth.api.routes.jobs import _EVENTS_BLOCK_MS
+from berth.api.followers import BLOCK_MS as FOLLOWERS_BLOCK_MS
 from berth.protocol.celeryconf import celery_settings
 from berth.redisconn import (
     SOCKET_TIMEOUT_S,
@@ -73,7 +73,7 @@ def test_celery_keeps_a_plain_url() -> None:
 
 def test_socket_timeout_outlasts_every_blocking_read() -> None:
     # a blocking read longer than the socket timeout would end in a TimeoutError
-    assert _EVENTS_BLOCK_MS / 1000 < SOCKET_TIMEOUT_S
+    assert FOLLOWERS_BLOCK_MS / 1000 < SOCKET_TIMEOUT_S
     # the scheduler's XREADGROUP blocks at most until its next registry refresh
     assert SchedulerSettings(redis_url="redis://x").registry_refresh_s < SOCKET_TIMEOUT_S
 

@@ -3,13 +3,13 @@ lane and deadline. Shared by interactive completions and asynchronous jobs."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from fastapi import Request
 
 from berth.api.state import ApiState
+from berth.protocol import jsonbody
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import InvalidRequest
@@ -27,10 +27,7 @@ async def read_json(request: Request, limit: int) -> Any:
             f"the request body is {len(body)} bytes; at most {limit} are allowed",
             code="request_too_large",
         )
-    try:
-        return json.loads(body)
-    except ValueError as err:
-        raise InvalidRequest(f"the request body is not valid JSON: {err}") from None
+    return jsonbody.loads(body)
 
 
 def deadline_from(request: Request) -> float | None:

@@ -16,6 +16,7 @@ from berth.api import metrics
 from berth.api.auth import KeyRing, admin_ring, parse_keys
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
+from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
 from berth.api.middleware import NoProxyBuffering, RequestMetrics
 from berth.api.quotas import Quotas, limit_book
@@ -57,8 +58,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
             lora_paths=settings.allow_lora_paths,
         )
         quotas = Quotas(redis, settings, book)
+        followers = StreamFollowers(redis)
         await relay.start()
         await directory.start()
+        await followers.start()
         app.state.berth = ApiState(
             settings=settings,
             redis=redis,
@@ -72,11 +75,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
             files=FileStore(redis, settings.job_ttl_s),
             batches=BatchStore(redis, settings.job_ttl_s),
             adapters=AdapterStore(redis),
+            followers=followers,
         )
         log.info("api ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
+            await followers.close()
             await directory.close()
             await relay.close()
             await redis.aclose()

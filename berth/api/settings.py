@@ -147,7 +147,25 @@ class ApiSettings(CommonSettings, JobRecordSettings):
         description="Completion tokens a request without max tokens counts for its tenant.",
     )
     max_file_bytes: int = Field(
-        default=100 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files."
+        default=200 * 1024 * 1024,
+        ge=1,
+        description="Largest file accepted by POST /v1/files (OpenAI's bound: 200 MB); "
+        "enforced while the upload streams in, with 413.",
+    )
+    max_file_lines: int = Field(
+        default=50_000, ge=1, description="Most lines in an uploaded batch file (OpenAI's bound)."
+    )
+    upload_stall_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="An upload that sends nothing for this long, or averages under 4 KB/s "
+        "once this long has passed, ends with 408.",
+    )
+    batch_window: int = Field(
+        default=1000,
+        ge=1,
+        description="Most requests of one batch queued or running at once; the rest stay "
+        "lines of the input file until earlier ones end.",
     )
 
     def tenant_defaults(self) -> TenantLimits:

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from berth.api.auth import KeyRing
 from berth.api.directory import WorkerDirectory
+from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
 from berth.api.quotas import Quotas
 from berth.api.relay import TokenRelay
@@ -36,3 +37,5 @@ class ApiState:
     files: FileStore
     batches: BatchStore
     adapters: AdapterStore
+    # one shared reader for every follower of a stream (job events)
+    followers: StreamFollowers

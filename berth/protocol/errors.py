@@ -65,6 +65,20 @@ class Unsupported(InvalidRequest):
     default_code = "unsupported_field"
 
 
+class TooLarge(InvalidRequest):
+    """A body or an uploaded file over its size limit."""
+
+    status_code = 413
+    default_code = "request_too_large"
+
+
+class TooSlow(InvalidRequest):
+    """A client sending its body too slowly (a slow upload holding a connection open)."""
+
+    status_code = 408
+    default_code = "upload_too_slow"
+
+
 class Unauthorized(BerthError):
     """Missing or wrong API key."""
 

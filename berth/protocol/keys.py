@@ -65,7 +65,16 @@ def file_key(file_id: str) -> str:
 
 
 def file_content_key(file_id: str) -> str:
+    """A file's bytes as a list of its lines (split at each newline, so joining them with
+    newlines gives the file back), with the file's TTL; while an upload streams in, a
+    short TTL, so an upload cut half way leaves nothing behind."""
     return f"{PREFIX}:file:{file_id}:content"
+
+
+def file_batches(file_id: str) -> str:
+    """Set of the unfinished batches reading a file's lines: deleting the file keeps the
+    lines until they end (or expire, no sooner than the batches' windows)."""
+    return f"{PREFIX}:file:{file_id}:batches"
 
 
 def tenant_files(tenant: str) -> str:
@@ -80,6 +89,12 @@ def batch_key(batch_id: str) -> str:
 def batch_jobs(batch_id: str) -> str:
     """The list of a batch's job ids, in input order."""
     return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def batch_feed_lock(batch_id: str) -> str:
+    """Lock (redis-py ``Lock``, with a timeout) held while one process queues the next
+    window of a batch's lines."""
+    return f"{PREFIX}:batch:{batch_id}:feeding"
 
 
 def tenant_batches(tenant: str) -> str:

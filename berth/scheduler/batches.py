@@ -11,6 +11,7 @@ about once while it runs and once more when the files are written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -19,8 +20,10 @@ from collections import Counter
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import LockError
 
 from berth.protocol import keys
+from berth.protocol.batch_input import custom_id_of
 from berth.protocol.errors import (
     InvalidRequest,
     NotFound,
@@ -37,6 +40,7 @@ from berth.store.batches import (
     Scan,
 )
 from berth.store.files import OUTPUT_PURPOSE, FileStore
+from berth.store.jobs import new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +88,30 @@ async def finalize_batch(redis: Redis, batch_id: str) -> str | None:
     store = BatchStore(redis, int(record[b"ttl_s"]))
     now = time.time()
     total = int(record[b"total"])
-    listed = int(await r.llen(keys.batch_jobs(batch_id)))
-    if status == "validating" or listed < total:
+    if status == "validating":
         if now - float(record[b"created_at"]) < STALE_CREATION_S:
             return None  # still being created
-        return await _fail_interrupted(store, batch_id, listed)
+        return await _fail_interrupted(store, batch_id, record)
     ending = None
     if status == "cancelling":
         ending = "cancelled"
     elif now >= float(record[b"expires_at"]):
         ending = "expired"
-    scan = await _scan(store, batch_id, int(record.get(b"scanned", b"0")), total, ending)
+    scanned = int(record.get(b"scanned", b"0"))
+    if ending is None:
+        scan = await _scan(store, batch_id, scanned, total, None)
+        if not scan.done:
+            await store.feed(batch_id)  # as many lines as jobs ended since the last pass
+    else:
+        # no process may feed the batch while its never-fed lines are counted
+        lock = store.feed_lock(batch_id)
+        if not await lock.acquire():
+            return None
+        try:
+            scan = await _scan(store, batch_id, scanned, total, ending)
+        finally:
+            with contextlib.suppress(LockError):
+                await lock.release()
     if not scan.done:
         return None
     return await _finalize(store, batch_id)
@@ -113,31 +130,42 @@ async def _scan(
     store: BatchStore, batch_id: str, read: int, total: int, ending: str | None
 ) -> Scan:
     """Count the ended jobs from ``read`` on, stopping at the first live one (jobs run
-    roughly in input order, so few are read twice). With ``ending``, live jobs are ended
-    with that status, and counted on the next call."""
+    roughly in input order, so few are read twice). An ended job's request payload is
+    dropped: only its result is needed now. With ``ending`` (the caller holds the feed
+    lock), live jobs are ended with that status, and counted on the next call; lines never
+    fed are counted with it at once."""
     done: Counter[str] = Counter()
     ahead: Counter[str] = Counter()
     scanned = start = read
     blocked = False
-    while start < total and start - read < SCAN_BUDGET:
+    listed = int(await store.redis.llen(keys.batch_jobs(batch_id)))
+    while start < listed and start - read < SCAN_BUDGET:
         ids = await store.job_ids(batch_id, start, start + CHUNK)
         if not ids:  # the job list expired under a batch that outlived its window
             break
         rows = await store.job_fields(ids, *LIVE_FIELDS)
         if ending is not None:
             await store.end_jobs(ids, rows, ending)
-        for raw, _ in rows:
+        ended = []
+        for job_id, (raw, _) in zip(ids, rows, strict=True):
             outcome = _outcome(raw)
             if outcome is None:
                 blocked = True
-            elif blocked:
+                continue
+            if raw is not None:
+                ended.append(job_id)
+            if blocked:
                 ahead[outcome] += 1
             else:
                 done[outcome] += 1
                 scanned += 1
+        await store.drop_payloads(ended)
         start += len(ids)
         if blocked and ending is None:
             break
+    if ending is not None and not blocked and scanned == listed:
+        done[ending] += total - listed
+        scanned = total
     if not await store.record_scan(batch_id, read, scanned, done, ahead):
         scanned = read  # another replica recorded this stretch first
     return Scan(scanned=scanned, total=total)
@@ -152,7 +180,7 @@ async def _finalize(store: BatchStore, batch_id: str) -> str | None:
     if record is None:
         return None
     tenant = record[b"tenant"].decode()
-    output, errors = await _render(store, batch_id, int(record[b"total"]))
+    output, errors = await _render(store, batch_id, record)
     files = FileStore(store.redis, int(record[b"output_ttl_s"]))
     written = {
         name: (await files.create(tenant, f"{batch_id}_{name}.jsonl", OUTPUT_PURPOSE, lines))["id"]
@@ -171,18 +199,23 @@ async def _finalize(store: BatchStore, batch_id: str) -> str | None:
         for file_id in written.values():
             await files.delete(file_id, tenant)
         return None
+    await files.unpin(record[b"input_file_id"].decode(), batch_id)
     log.info("batch %s %s (%s)", batch_id, final, ", ".join(written.values()) or "no files")
     return final
 
 
-async def _fail_interrupted(store: BatchStore, batch_id: str, listed: int) -> str | None:
+async def _fail_interrupted(
+    store: BatchStore, batch_id: str, record: dict[bytes, bytes]
+) -> str | None:
     """The API process creating the batch died half way: cancel what it queued, fail it."""
     await store.end_all(batch_id, "cancelled")
     token = secrets.token_hex(16)
     if not await store.claim(batch_id, token, STALE_CLAIM_S):
         return None
+    listed = int(await store.redis.llen(keys.batch_jobs(batch_id)))
     message = f"the batch's creation stopped after {listed} requests; resubmit it"
     log.error("batch %s: %s", batch_id, message)
+    await FileStore(store.redis, store.ttl_s).unpin(record[b"input_file_id"].decode(), batch_id)
     return await store.commit(
         batch_id,
         token,
@@ -192,12 +225,16 @@ async def _fail_interrupted(store: BatchStore, batch_id: str, listed: int) -> st
     )
 
 
-async def _render(store: BatchStore, batch_id: str, total: int) -> tuple[bytes, bytes]:
+async def _render(
+    store: BatchStore, batch_id: str, record: dict[bytes, bytes]
+) -> tuple[bytes, bytes]:
     """The output and error files' JSONL, in input order. Results are spliced in as
-    stored, never decoded, so a large batch costs little more than reading it."""
+    stored, never decoded, so a large batch costs little more than reading it. Lines the
+    batch never reached (it was cancelled or expired first) end the error file."""
     output: list[bytes] = []
     errors: list[bytes] = []
-    for start in range(0, total, CHUNK):
+    listed = int(await store.redis.llen(keys.batch_jobs(batch_id)))
+    for start in range(0, listed, CHUNK):
         ids = await store.job_ids(batch_id, start, start + CHUNK)
         rows = await store.job_fields(ids, "status", "custom_id", "result", "error")
         for job_id, (status, custom_id, result, error) in zip(ids, rows, strict=True):
@@ -210,6 +247,14 @@ async def _render(store: BatchStore, batch_id: str, total: int) -> tuple[bytes, 
                 )
             else:
                 errors.append(_error_line(job_id, custom_id, _outcome(status), error))
+    if listed < int(record[b"total"]):
+        outcome = "cancelled" if record.get(b"status") == b"cancelling" else "expired"
+        async for raw in store.unfed_lines(record):
+            named = custom_id_of(raw)
+            # an id of its own, as every line of the file has, though it never ran
+            errors.append(
+                _error_line(new_job_id(), named.encode() if named else None, outcome, None)
+            )
     return _jsonl(output), _jsonl(errors)
 
 

@@ -1,5 +1,6 @@
 """Batch records (the OpenAI Batch API): a batch is a hash plus the list of its jobs in
-input order; each line of the input file is an ordinary job in the batch lane.
+input order; each line of the input file becomes an ordinary job in the batch lane when
+the batch reaches it (``feed``), a window at a time, so a batch's lines exist once.
 
 A batch moves validating → in_progress → finalizing → completed, or to cancelling →
 cancelled, expired, or failed. Every move that could race is a Lua script in ``lua/``:
@@ -9,26 +10,37 @@ the finalisation, so two scheduler replicas finalise a batch once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import LockError
 
 from berth.protocol import keys
+from berth.protocol.batch_input import Resolved, batch_request
 from berth.protocol.envelopes import QueuedRequest, event_json
 from berth.protocol.errors import BerthError, Timeout
+from berth.protocol.limits import RequestLimits
 from berth.store.adapters import AdapterStore
-from berth.store.jobs import TERMINAL_STATUSES, JobStore
+from berth.store.files import FileStore
+from berth.store.jobs import TERMINAL_STATUSES, JobStore, new_job_id
 from berth.store.paging import index_page
 from berth.store.scripts import Scripts
 
 TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 # jobs created, read or ended per pipeline
 CHUNK = 1000
+# a process feeding a batch that has not finished within this long is presumed dead
+FEED_LOCK_S = 300
+# the record's counts of jobs that ended: the scanned prefix and those ended past it (the
+# rest of those listed are live, or ended since the last scan)
+_ENDED_COUNTS = ("scanned", "ahead_completed", "ahead_failed")
 # what ending a job needs to know of it: whether it is live, and whether a worker has it
 LIVE_FIELDS = ("status", "worker")
 # the public view's optional timestamps
@@ -42,6 +54,23 @@ _STAMPS = (
     "cancelling_at",
     "cancelled_at",
 )
+
+
+def _resolved(raw: bytes) -> dict[tuple[str, str | None], tuple[str, str | None]]:
+    return {(name, lora): (model, adapter) for name, lora, model, adapter in json.loads(raw)}
+
+
+def _requests(
+    raws: list[bytes],
+    limits: RequestLimits,
+    resolved: Resolved,
+    tenant: str,
+    deadline: float,
+) -> list[tuple[str, QueuedRequest]]:
+    return [
+        batch_request(raw, limits, resolved, job_id=new_job_id(), tenant=tenant, deadline=deadline)
+        for raw in raws
+    ]
 
 
 def new_batch_id() -> str:
@@ -87,14 +116,6 @@ def batch_view(record: dict[bytes, bytes]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class BatchLine:
-    """One input line as a job to create."""
-
-    custom_id: str
-    queued: QueuedRequest
-
-
-@dataclass(frozen=True)
 class Scan:
     """What one pass over a batch's jobs found; ``scanned`` counts the terminal prefix."""
 
@@ -126,9 +147,12 @@ class BatchStore:
     async def create(
         self,
         tenant: str,
-        lines: Sequence[BatchLine],
         *,
         input_file_id: str,
+        total: int,
+        resolved: Resolved,
+        limits: RequestLimits,
+        window: int,
         endpoint: str,
         completion_window: str,
         created_at: float,
@@ -136,15 +160,19 @@ class BatchStore:
         metadata: dict[str, str] | None = None,
         output_ttl_s: int | None = None,
     ) -> dict[str, Any]:
-        """Record the batch, then create and queue its jobs a pipeline at a time, then start it.
+        """Record a batch of ``total`` requests, the non-blank lines of ``input_file_id``
+        (already checked, their models ``resolved``), queue its first ``window`` and start it.
 
-        The batch is active (watched by finalisers) from the first step, shown as
-        validating until every job is queued; a creation that dies half way is failed by
-        a finaliser later (see ``scheduler/batches.py``).
+        The lines are never copied: they stay in the input file (kept while the batch runs)
+        and ``feed`` turns the next ones into jobs as earlier ones end, so at most
+        ``window`` of them exist as job records and queue entries at once. The batch is
+        active (watched by finalisers) from the first step, shown as validating until its
+        first window is queued; a creation that dies half way is failed by a finaliser
+        later (see ``scheduler/batches.py``).
         """
         batch_id = new_batch_id()
         ttl = int(expires_at - created_at) + self.ttl_s
-        models = {line.queued.request.get("model", line.queued.model) for line in lines}
+        names = {name for name, _ in resolved}
         record: dict[str, Any] = {
             "id": batch_id,
             "tenant": tenant,
@@ -155,35 +183,121 @@ class BatchStore:
             "created_at": created_at,
             "expires_at": expires_at,
             "metadata": json.dumps(metadata) if metadata else "",
-            "model": models.pop() if len(models) == 1 else "",
-            "total": len(lines),
+            "model": names.pop() if len(names) == 1 else "",
+            "total": total,
             "ttl_s": self.ttl_s,
             "output_ttl_s": output_ttl_s or self.ttl_s,
+            "window": window,
+            "cursor": 0,
+            "resolved": json.dumps([[*key, *value] for key, value in resolved.items()]),
+            "limits": limits.model_dump_json(),
         }
+        await FileStore(self.redis, self.ttl_s).pin(input_file_id, batch_id, ttl)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.batch_key(batch_id), mapping=record)
         pipe.expire(keys.batch_key(batch_id), ttl)
         pipe.zadd(keys.tenant_batches(tenant), {batch_id: created_at})
         pipe.sadd(keys.BATCHES_ACTIVE, batch_id)
         # the scheduler reads the lanes of every model in this set
-        if lines:
-            AdapterStore.add_models(pipe, {line.queued.model for line in lines})
+        AdapterStore.add_models(pipe, {model for model, _ in resolved.values()})
         await pipe.execute()
-
-        jobs = JobStore(self.redis, ttl)
-        for start in range(0, len(lines), CHUNK):
-            chunk = lines[start : start + CHUNK]
-            pipe = self.redis.pipeline(transaction=False)
-            for line in chunk:
-                script, script_keys, args = jobs.create_call(
-                    line.queued, tenant=tenant, batch_id=batch_id, custom_id=line.custom_id
-                )
-                await script(keys=script_keys, args=args, client=pipe)
-            pipe.rpush(keys.batch_jobs(batch_id), *(line.queued.id for line in chunk))
-            pipe.expire(keys.batch_jobs(batch_id), ttl)
-            await pipe.execute()
+        await self.feed(batch_id)
         await self.transition(batch_id, "in_progress", "in_progress_at", ("validating",))
         return await self.get(batch_id) or {}
+
+    # -- feeding ----------------------------------------------------------------------
+
+    def feed_lock(self, batch_id: str) -> Any:
+        """The lock that makes feeding a batch, and counting its never-fed lines, one
+        process's work at a time."""
+        return self.redis.lock(
+            keys.batch_feed_lock(batch_id), timeout=FEED_LOCK_S, blocking_timeout=0
+        )
+
+    async def feed(self, batch_id: str) -> int:
+        """Queue the batch's next lines as jobs, up to its window of live ones; returns how
+        many. A no-op unless the batch is validating or in progress, or when another
+        process is feeding it."""
+        lock = self.feed_lock(batch_id)
+        if not await lock.acquire():
+            return 0
+        try:
+            return await self._feed(batch_id)
+        finally:
+            with contextlib.suppress(LockError):
+                await lock.release()
+
+    async def _feed(self, batch_id: str) -> int:
+        record = await self.record(batch_id)
+        if record is None or _str(record, "status") not in ("validating", "in_progress"):
+            return 0
+        expires_at = float(record[b"expires_at"])
+        listed = int(await self.redis.llen(keys.batch_jobs(batch_id)))
+        live = listed - sum(_int(record, f) for f in _ENDED_COUNTS)
+        room = min(_int(record, "window") - live, _int(record, "total") - listed)
+        fed = 0
+        cursor = _int(record, "cursor")
+        while fed < room and time.time() < expires_at:
+            raws, cursor = await self._next_lines(record, cursor, min(CHUNK, room - fed))
+            if not raws:
+                break
+            await self._queue(batch_id, record, raws, cursor)
+            fed += len(raws)
+        return fed
+
+    async def _queue(
+        self, batch_id: str, record: dict[bytes, bytes], raws: list[bytes], cursor: int
+    ) -> None:
+        """Create and queue one job per line, and move the cursor past them, in one step."""
+        tenant = record[b"tenant"].decode()
+        expires_at = float(record[b"expires_at"])
+        # parsing a thousand lines takes a moment: off the event loop
+        built = await asyncio.to_thread(
+            _requests,
+            raws,
+            RequestLimits.model_validate_json(record[b"limits"]),
+            _resolved(record[b"resolved"]),
+            tenant,
+            expires_at,
+        )
+        ttl = int(expires_at - time.time()) + self.ttl_s
+        jobs = JobStore(self.redis, ttl)
+        pipe = self.redis.pipeline(transaction=True)
+        for custom_id, queued in built:
+            script, script_keys, args = jobs.create_call(
+                queued, tenant=tenant, batch_id=batch_id, custom_id=custom_id
+            )
+            await script(keys=script_keys, args=args, client=pipe)
+        pipe.rpush(keys.batch_jobs(batch_id), *(queued.id for _, queued in built))
+        pipe.expire(keys.batch_jobs(batch_id), ttl)
+        pipe.hset(keys.batch_key(batch_id), "cursor", cursor)
+        await pipe.execute()
+
+    async def _next_lines(
+        self, record: dict[bytes, bytes], cursor: int, count: int
+    ) -> tuple[list[bytes], int]:
+        """Up to ``count`` non-blank lines from ``cursor``, and the cursor after them."""
+        files = FileStore(self.redis, self.ttl_s)
+        file_id = record[b"input_file_id"].decode()
+        raws: list[bytes] = []
+        while len(raws) < count:
+            lines = await files.lines(file_id, cursor, cursor + count - len(raws))
+            if not lines:  # the file's lines expired: the batch will expire with the rest
+                break
+            for line in lines:
+                cursor += 1
+                if line.strip():
+                    raws.append(line)
+        return raws, cursor
+
+    async def unfed_lines(self, record: dict[bytes, bytes]) -> AsyncIterator[bytes]:
+        """The non-blank lines never turned into jobs (a batch that ended early)."""
+        files = FileStore(self.redis, self.ttl_s)
+        file_id = record[b"input_file_id"].decode()
+        async for _, lines in files.iter_lines(file_id, CHUNK, _int(record, "cursor")):
+            for line in lines:
+                if line.strip():
+                    yield line
 
     # -- reading ----------------------------------------------------------------------
 
@@ -224,6 +338,15 @@ class BatchStore:
         for job_id in job_ids:
             pipe.hmget(keys.job_key(job_id), list(fields))
         return list(await pipe.execute())
+
+    async def drop_payloads(self, job_ids: list[str]) -> None:
+        """Forget the request of ended jobs: a batch's result files need only their results,
+        so a batch's requests never outlive its window of live jobs."""
+        if job_ids:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hdel(keys.job_key(job_id), "payload")
+            await pipe.execute()
 
     # -- state changes ----------------------------------------------------------------
 

@@ -12,42 +12,49 @@ from typing import Any
 import redis.asyncio
 
 from berth.protocol import keys
-from berth.protocol.envelopes import QueuedRequest
+from berth.protocol.limits import RequestLimits
 from berth.scheduler import batches as finaliser
 from berth.scheduler.batches import finalize_batches
-from berth.store.batches import BatchLine, BatchStore
-from berth.store.files import FileStore
-from berth.store.jobs import JobStore, new_job_id
+from berth.store.batches import BatchStore
+from berth.store.files import FileStore, new_file_id
+from berth.store.jobs import JobStore
 
 TTL = 600
 
 
-def _lines(n: int, model: str = "m") -> list[BatchLine]:
-    return [
-        BatchLine(
-            f"req-{i}",
-            QueuedRequest(
-                id=new_job_id(),
-                model=model,
-                request={"model": model, "messages": [{"role": "user", "content": str(i)}]},
-                lane="batch",
-                job=True,
-                tenant="t",
-            ),
-        )
-        for i in range(n)
-    ]
+def _line(i: int, model: str = "m") -> bytes:
+    body = {"model": model, "messages": [{"role": "user", "content": str(i)}]}
+    item = {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions"}
+    return json.dumps({**item, "body": body}).encode()
+
+
+async def _upload(aredis: redis.asyncio.Redis, lines: list[bytes], tenant: str = "t") -> str:
+    """A batch input file stored as an upload stores it."""
+    files = FileStore(aredis, TTL)
+    file_id = new_file_id()
+    await files.append(file_id, lines)
+    await files.commit(file_id, tenant, "in.jsonl", "batch", sum(len(x) + 1 for x in lines))
+    return file_id
 
 
 async def _create(
-    aredis: redis.asyncio.Redis, n: int, *, window_s: float = 3600, tenant: str = "t"
+    aredis: redis.asyncio.Redis,
+    n: int,
+    *,
+    window_s: float = 3600,
+    tenant: str = "t",
+    window: int | None = None,
 ) -> tuple[BatchStore, dict[str, Any]]:
     store = BatchStore(aredis, TTL)
     now = time.time()
+    file_id = await _upload(aredis, [_line(i) for i in range(n)], tenant)
     batch = await store.create(
         tenant,
-        _lines(n),
-        input_file_id="file-in",
+        input_file_id=file_id,
+        total=n,
+        resolved={("m", None): ("m", None)},
+        limits=RequestLimits(),
+        window=window or n,
         endpoint="/v1/chat/completions",
         completion_window="24h",
         created_at=now,
@@ -79,7 +86,7 @@ async def _finish_all(aredis: redis.asyncio.Redis, ids: list[str]) -> None:
 
 
 async def _content(aredis: redis.asyncio.Redis, file_id: str) -> list[dict[str, Any]]:
-    raw = await FileStore(aredis, TTL).content(file_id, "t")
+    raw = await FileStore(aredis, TTL).read_all(file_id, "t")
     assert raw is not None and raw.endswith(b"\n")
     return [json.loads(line) for line in raw.splitlines()]
 
@@ -167,7 +174,9 @@ async def test_racing_finalisers_finalise_once(redis_url: str, aredis: redis.asy
     while not any(results):
         results = [await finalize_batches(aredis)]
     assert sum(len(r) for r in results) == 1
-    files, _ = await FileStore(aredis, TTL).list_files("t", after=None, limit=100)
+    files, _ = await FileStore(aredis, TTL).list_files(
+        "t", after=None, limit=100, purpose="batch_output"
+    )
     assert len(files) == 1
     done = await store.get(batch["id"], "t")
     assert done is not None and done["request_counts"]["completed"] == 200
@@ -218,10 +227,10 @@ async def test_cancel_ends_live_jobs_then_the_batch(aredis: redis.asyncio.Redis)
 
 
 async def test_expiry_ends_what_is_left_and_the_batch(aredis: redis.asyncio.Redis) -> None:
-    store, batch = await _create(aredis, 4, window_s=0.01)
+    store, batch = await _create(aredis, 4, window_s=0.5)
     ids = await _job_ids(store, batch["id"])
     await _finish_all(aredis, ids[:1])
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.6)
     assert await finalize_batches(aredis) == []  # ends the live jobs as expired
     job = await JobStore(aredis, TTL).get(ids[3])
     assert job is not None and job["status"] == "expired"
@@ -280,3 +289,62 @@ async def test_fifty_thousand_jobs_are_cheap(aredis: redis.asyncio.Redis) -> Non
     assert done is not None and done["request_counts"]["completed"] == 50_000
     # generous: a guard against per-job round trips, not a benchmark (CI machines are shared)
     assert created < 60 and finalised < 60, (created, finalised)
+
+
+async def test_a_batch_runs_a_window_of_its_lines_at_a_time(aredis: redis.asyncio.Redis) -> None:
+    store, batch = await _create(aredis, 25, window=10)
+    assert batch["status"] == "in_progress"
+    assert batch["request_counts"] == {"total": 25, "completed": 0, "failed": 0}
+    ids = await _job_ids(store, batch["id"])
+    assert len(ids) == 10 and await aredis.xlen(keys.ingress_stream("m", "batch")) == 10
+    seen = list(ids)
+    while True:
+        await _finish_all(aredis, ids)
+        if await finalize_batches(aredis):
+            break
+        listed = await _job_ids(store, batch["id"])
+        ids = listed[len(seen) :]
+        assert 0 < len(ids) <= 10  # never more than the window live
+        seen += ids
+    assert len(seen) == 25
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["status"] == "completed"
+    assert done["request_counts"] == {"total": 25, "completed": 25, "failed": 0}
+    output = await _content(aredis, done["output_file_id"])
+    assert [line["custom_id"] for line in output] == [f"req-{i}" for i in range(25)]
+    # an ended job keeps its result, not its request: the file holds that already
+    assert not await aredis.hexists(keys.job_key(seen[0]), "payload")
+    assert await aredis.hexists(keys.job_key(seen[0]), "result")
+
+
+async def test_cancel_reports_the_lines_never_started(aredis: redis.asyncio.Redis) -> None:
+    store, batch = await _create(aredis, 6, window=2)
+    ids = await _job_ids(store, batch["id"])
+    await _finish_all(aredis, ids[:1])
+    assert await store.cancel(batch["id"]) == "in_progress"
+    # the cancel ended the live job; the lines never fed are counted with it
+    assert await finalize_batches(aredis) == [batch["id"]]
+    assert len(await _job_ids(store, batch["id"])) == 2  # nothing fed after the cancel
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["status"] == "cancelled"
+    assert done["request_counts"] == {"total": 6, "completed": 1, "failed": 0}
+    errors = await _content(aredis, done["error_file_id"])
+    assert [line["custom_id"] for line in errors] == [f"req-{i}" for i in range(1, 6)]
+    assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
+    assert len({line["id"] for line in errors}) == 5
+
+
+async def test_an_input_file_deleted_mid_batch_keeps_its_lines_until_the_end(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    store, batch = await _create(aredis, 4, window=2)
+    files = FileStore(aredis, TTL)
+    assert await files.delete(batch["input_file_id"], "t")
+    assert await files.get(batch["input_file_id"], "t") is None
+    for _ in range(3):
+        await _finish_all(aredis, await _job_ids(store, batch["id"]))
+        if await finalize_batches(aredis):
+            break
+    done = await store.get(batch["id"], "t")
+    assert done is not None and done["request_counts"]["completed"] == 4
+    assert not await aredis.exists(keys.file_content_key(batch["input_file_id"]))

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from berth import logcontext
-from berth.api.admission import queued_request, read_json
+from berth.api.admission import read_json
 from berth.api.deps import State, Tenant
 from berth.api.state import ApiState
-from berth.protocol.batch_input import BATCH_URL, at_line, parse_batch_input
+from berth.protocol.batch_input import BATCH_URL, InputChecker, at_line
 from berth.protocol.errors import (
     InvalidRequest,
     NotFound,
@@ -23,8 +23,7 @@ from berth.protocol.errors import (
     invalid_request_from,
 )
 from berth.protocol.response import list_page
-from berth.store.batches import BatchLine
-from berth.store.jobs import new_job_id
+from berth.store.batches import CHUNK
 
 router = APIRouter(prefix="/v1/batches")
 
@@ -94,19 +93,21 @@ def _not_found(batch_id: str) -> NotFound:
     return NotFound(f"no batch {batch_id!r}", param="batch_id")
 
 
-def _lines(state: ApiState, content: bytes, tenant: str, deadline: float) -> list[BatchLine]:
-    """Every line as a job envelope; the first line that is invalid or names a model no
-    worker serves fails the whole batch with 400 naming it."""
-    lines = []
-    for number, custom_id, chat in parse_batch_input(content, state.settings.limits()):
-        try:
-            queued = queued_request(
-                state, chat, new_job_id(), tenant=tenant, lane="batch", deadline=deadline, job=True
-            )
-        except (InvalidRequest, NotFound) as err:
-            raise at_line(number, err) from None
-        lines.append(BatchLine(custom_id, queued))
-    return lines
+def _resolve(
+    state: ApiState,
+    checker: InputChecker,
+    lines: list[bytes],
+    resolved: dict[tuple[str, str | None], tuple[str, str | None]],
+) -> None:
+    """Check ``lines`` and resolve the models they name into ``resolved``; the first line
+    that is invalid or names a model no worker serves fails the batch with 400 naming it."""
+    for number, chat in checker.check(lines):
+        key = (chat.model, chat.lora_path)
+        if key not in resolved:
+            try:
+                resolved[key] = state.directory.resolve(chat.model, chat.lora_path)
+            except (InvalidRequest, NotFound) as err:
+                raise at_line(number, err) from None
 
 
 @router.post("")
@@ -116,8 +117,7 @@ async def create_batch(request: Request, state: State, tenant: Tenant) -> dict[s
     except ValidationError as err:
         raise invalid_request_from(err) from None
     found = await state.files.get(spec.input_file_id, tenant)
-    content = await state.files.content(spec.input_file_id, tenant) if found else None
-    if found is None or content is None:
+    if found is None:
         raise NotFound(f"no file {spec.input_file_id!r}", param="input_file_id")
     if found["purpose"] != "batch":
         raise InvalidRequest(
@@ -128,13 +128,24 @@ async def create_batch(request: Request, state: State, tenant: Tenant) -> dict[s
     await state.quotas.check_open_batches(tenant, state.batches)
     created_at = time.time()
     expires_at = created_at + WINDOWS[spec.completion_window]
-    # parsing and resolving 50k lines takes seconds: off the event loop
-    lines = await asyncio.to_thread(_lines, state, content, tenant, expires_at)
-    state.quotas.check_batch_lines(tenant, len(lines))
+    limits = state.settings.limits()
+    checker = InputChecker(limits, state.settings.max_file_lines)
+    resolved: dict[tuple[str, str | None], tuple[str, str | None]] = {}
+    # the file is read a slice at a time, and checked off the event loop
+    count = await state.files.line_count(spec.input_file_id)
+    async for first, lines in state.files.iter_lines(spec.input_file_id, CHUNK):
+        if first + len(lines) == count and not lines[-1]:
+            lines = lines[:-1]  # what follows the final newline: no line at all
+        await asyncio.to_thread(_resolve, state, checker, lines, resolved)
+    checker.finish()
+    state.quotas.check_batch_lines(tenant, checker.requests)
     return await state.batches.create(
         tenant,
-        lines,
         input_file_id=spec.input_file_id,
+        total=checker.requests,
+        resolved=resolved,
+        limits=limits,
+        window=state.settings.batch_window,
         endpoint=spec.endpoint,
         completion_window=spec.completion_window,
         created_at=created_at,

@@ -1,5 +1,5 @@
-"""The Files API: upload a batch input file (validated line by line at upload), read it,
-list, delete. Batch output and error files are read here too."""
+"""The Files API: upload a batch input file (streamed: validated and stored line by line as
+it arrives), read it, list, delete. Batch output and error files are read here too."""
 
 from __future__ import annotations
 
@@ -7,20 +7,17 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
+from fastapi.responses import StreamingResponse
 
 from berth.api.deps import State, Tenant
-from berth.protocol.batch_input import parse_batch_input
+from berth.api.uploads import read_upload
+from berth.protocol.batch_input import InputChecker, LineSplitter
 from berth.protocol.errors import InvalidRequest, NotFound
 from berth.protocol.response import list_page
-from berth.store.files import UPLOAD_PURPOSES
+from berth.store.files import UPLOAD_PURPOSES, new_file_id
 
 router = APIRouter(prefix="/v1/files")
 
-# multipart framing around the file's bytes: boundaries, headers, the purpose field
-_FORM_OVERHEAD = 64 * 1024
 # OpenAI's bounds on expires_after[seconds]: one hour to thirty days
 _EXPIRES_AFTER_S = (3600, 30 * 24 * 3600)
 _FORM_FIELDS = ("file", "purpose", "expires_after[anchor]", "expires_after[seconds]")
@@ -28,14 +25,6 @@ _FORM_FIELDS = ("file", "purpose", "expires_after[anchor]", "expires_after[secon
 
 def not_found(file_id: str, param: str = "file_id") -> NotFound:
     return NotFound(f"no file {file_id!r}", param=param)
-
-
-def _too_large(size: int, limit: int) -> InvalidRequest:
-    return InvalidRequest(
-        f"the file is {size} bytes; at most {limit} are allowed",
-        param="file",
-        code="file_too_large",
-    )
 
 
 def _expiry(anchor: Any, seconds: Any) -> int | None:
@@ -58,47 +47,69 @@ def _expiry(anchor: Any, seconds: Any) -> int | None:
 
 @router.post("")
 async def upload_file(request: Request, state: State, tenant: Tenant) -> Any:
-    limit = state.settings.max_file_bytes
+    """Lines are checked and stored as they stream in; the first bad line, or a file over
+    its limits, ends the upload with nothing stored."""
+    settings = state.settings
+    file_id = new_file_id()
+    splitter = LineSplitter(settings.max_body_bytes)
+    checker = InputChecker(settings.limits(), settings.max_file_lines)
+
+    async def store(lines: list[bytes]) -> None:
+        if lines:
+            # validating thousands of lines takes a while: off the event loop
+            await asyncio.to_thread(checker.check, lines)
+            await state.files.append(file_id, lines)
+
+    async def on_file_data(data: bytes) -> None:
+        await store(splitter.feed(data))
+
+    # the tenant's file count and bytes: room is reserved before anything is stored, for
+    # the most this upload can hold (its declared length, else the file limit), so uploads
+    # in parallel cannot pass the limits together; the stored size replaces it at the end
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
-        raise _too_large(int(declared), limit)  # refuse before reading it
+    bound = settings.max_file_bytes
+    if declared.isdigit():
+        bound = min(bound, int(declared))
+    held = await state.quotas.reserve_file(tenant, bound, state.files.ttl_s)
     try:
-        form = await request.form(max_files=1, max_fields=len(_FORM_FIELDS))
-    except HTTPException as err:
-        raise InvalidRequest(f"the upload is not a valid multipart form: {err.detail}") from None
-    try:
-        for name in form:
-            if name not in _FORM_FIELDS:
-                raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
-        purpose = form.get("purpose")
+        upload = await read_upload(
+            request,
+            limit=settings.max_file_bytes,
+            stall_s=settings.upload_stall_s,
+            file_field="file",
+            allowed=_FORM_FIELDS,
+            on_file_data=on_file_data,
+        )
+        if upload.filename is None:
+            raise InvalidRequest("file is required: send it as a multipart file", param="file")
+        purpose = upload.fields.get("purpose")
         if purpose not in UPLOAD_PURPOSES:
             allowed = " or ".join(repr(p) for p in UPLOAD_PURPOSES)
             raise InvalidRequest(
                 f"purpose must be {allowed}, got {purpose!r}: berth's files are batch input",
                 param="purpose",
             )
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("file is required: send it as a multipart file", param="file")
-        ttl = _expiry(form.get("expires_after[anchor]"), form.get("expires_after[seconds]"))
-        content = await upload.read(limit + 1)
-        filename = upload.filename or "input.jsonl"
-    finally:
-        await form.close()
-    if len(content) > limit:
-        raise _too_large(len(content), limit)
-    # validating 50k lines takes seconds: off the event loop, so streams keep flowing
-    await asyncio.to_thread(parse_batch_input, content, state.settings.limits())
-    # the tenant's file count and bytes: reserved before storing, so uploads in parallel
-    # cannot pass the limits together
-    size = len(content)
-    held = await state.quotas.reserve_file(tenant, size, ttl or state.files.ttl_s)
-    try:
-        view = await state.files.create(tenant, filename, str(purpose), content, ttl_s=ttl)
+        ttl = _expiry(
+            upload.fields.get("expires_after[anchor]"), upload.fields.get("expires_after[seconds]")
+        )
+        last = splitter.end()
+        if last:
+            await asyncio.to_thread(checker.check, [last])
+        checker.finish()
+        view = await state.files.commit(
+            file_id,
+            tenant,
+            upload.filename or "input.jsonl",
+            str(purpose),
+            upload.file_bytes,
+            last=last,
+            ttl_s=ttl,
+        )
     except BaseException:
+        await state.files.discard(file_id)
         await state.quotas.file_dropped(tenant, held)
         raise
-    await state.quotas.file_stored(tenant, held, view["id"], size, view["expires_at"])
+    await state.quotas.file_stored(tenant, held, view["id"], view["bytes"], view["expires_at"])
     return view
 
 
@@ -126,11 +137,11 @@ async def get_file(file_id: str, tenant: Tenant, state: State) -> dict[str, Any]
 
 
 @router.get("/{file_id}/content")
-async def file_content(file_id: str, tenant: Tenant, state: State) -> Response:
-    content = await state.files.content(file_id, tenant)
-    if content is None:
+async def file_content(file_id: str, tenant: Tenant, state: State) -> StreamingResponse:
+    chunks = await state.files.content(file_id, tenant)
+    if chunks is None:
         raise not_found(file_id)
-    return Response(content, media_type="application/octet-stream")
+    return StreamingResponse(chunks, media_type="application/octet-stream")
 
 
 @router.delete("/{file_id}")

@@ -13,6 +13,7 @@ from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
 from berth.api.state import ApiState
+from berth.protocol import keys
 from berth.protocol.envelopes import event_json
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound
 from berth.protocol.response import list_page
@@ -20,8 +21,8 @@ from berth.store.jobs import TERMINAL_STATUSES, new_job_id
 
 router = APIRouter(prefix="/v1/jobs")
 
-# how long one blocking read of a job's events waits before checking the job again
-_EVENTS_BLOCK_MS = 5_000
+# how long a follower waits without an event before checking the job has not ended
+_QUIET_CHECK_S = 5.0
 
 
 def _not_found(job_id: str) -> NotFound:
@@ -133,18 +134,33 @@ def _is_stream_id(value: str) -> bool:
 
 
 async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
-    """Every event after ``after``, once each, ending after the terminal one."""
-    block: int | None = None  # first the backlog, then wait for more
-    while True:
-        for event_id, payload in await state.jobs.events_after(job_id, after, block):
-            after = event_id
-            kind = json.loads(payload).get("type", "message")
-            yield f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
-            if kind in ("finished", "error", "cancelled"):
-                return
-        if block is not None:
+    """Every event after ``after``, once each, ending after the terminal one. Reads are
+    shared with every other follower of the job in this process (``api/followers.py``)."""
+
+    def sse(event_id: str, payload: bytes) -> tuple[str, bool]:
+        kind = json.loads(payload).get("type", "message")
+        frame = f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
+        return frame, kind in ("finished", "error", "cancelled")
+
+    events = state.followers.follow(keys.job_events(job_id), after, idle_s=_QUIET_CHECK_S)
+    try:
+        async for entry in events:
+            if entry is not None:
+                after = entry[0]
+                frame, terminal = sse(entry[0], entry[1][b"e"])
+                yield frame
+                if terminal:
+                    return
+                continue
             job = await state.jobs.get(job_id, tenant)
             if job is None or job["status"] in TERMINAL_STATUSES:
-                # finished, and its events expired or were trimmed: nothing more will come
+                # ended: its terminal event (written with the status) is in the stream
+                # unless the events expired or were trimmed; nothing more will come
+                for event_id, payload in await state.jobs.events_after(job_id, after, None):
+                    frame, terminal = sse(event_id, payload)
+                    yield frame
+                    if terminal:
+                        return
                 return
-        block = _EVENTS_BLOCK_MS
+    finally:
+        await events.aclose()

@@ -1,0 +1,172 @@
+"""Many followers, one read: every follower of a Redis stream in this API process (a job's
+events today; any stream keyed by name) is served by one reader task that XREADs all
+followed streams at once on one connection and fans entries out to in-process queues.
+
+A follower reads its backlog itself (one XRANGE), then takes live entries from its queue,
+skipping what the backlog already gave. A follower too slow to drain its queue is not
+allowed to grow it: it is marked lagging and catches up from the stream with XRANGE, so a
+stalled client costs its own reads, never the reader's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+# how long one XREAD blocks: a stream followed meanwhile waits at most this for its live read
+BLOCK_MS = 200
+# entries one XREAD returns per stream
+COUNT = 1000
+# entries waiting for one follower before it is made to catch up from the stream itself
+QUEUE_BOUND = 10_000
+# after a Redis error the reader waits this long (doubling to RETRY_MAX_S) and retries
+RETRY_S = 0.1
+RETRY_MAX_S = 5.0
+
+Entry = tuple[str, dict[bytes, bytes]]
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(eq=False)
+class _Follower:
+    key: str
+    queue: asyncio.Queue[Entry] = field(default_factory=lambda: asyncio.Queue(QUEUE_BOUND))
+    lagging: bool = False
+
+
+class StreamFollowers:
+    """Follow streams by key; see the module docstring. ``start`` before use, ``close``
+    at shutdown."""
+
+    def __init__(self, redis: Redis) -> None:
+        # redis-py types replies as unions; this client always answers bytes
+        self.redis: Any = redis
+        self._followers: dict[str, set[_Follower]] = {}
+        # the id each followed stream is read after
+        self._cursors: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="stream-followers")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def streams(self) -> int:
+        """Streams followed now."""
+        return len(self._followers)
+
+    async def follow(
+        self, key: str, after: str = "0", idle_s: float | None = None
+    ) -> AsyncGenerator[Entry | None, None]:
+        """Every entry of stream ``key`` after the id ``after`` ("0": all), then each new
+        one as it comes, until the caller stops iterating; None after each ``idle_s``
+        seconds without one (so the caller can check whether more can come)."""
+        follower = await self._join(key)
+        try:
+            last = after
+            async for entry in self._range(key, last):
+                last = entry[0]
+                yield entry
+            while True:
+                if follower.lagging:
+                    follower.lagging = False
+                    follower.queue = asyncio.Queue(QUEUE_BOUND)
+                    async for entry in self._range(key, last):
+                        last = entry[0]
+                        yield entry
+                    continue
+                try:
+                    entry = await asyncio.wait_for(follower.queue.get(), idle_s)
+                except TimeoutError:
+                    yield None
+                    continue
+                if last == "0" or _id(entry[0]) > _id(last):
+                    last = entry[0]
+                    yield entry
+        finally:
+            self._leave(follower)
+
+    async def _range(self, key: str, after: str) -> AsyncIterator[Entry]:
+        """The stream's entries after ``after``, read a page at a time."""
+        while True:
+            start = "-" if after == "0" else f"({after}"
+            page = await self.redis.xrange(key, min=start, count=COUNT)
+            for entry_id, fields in page:
+                after = entry_id.decode()
+                yield after, fields
+            if len(page) < COUNT:
+                return
+
+    async def _join(self, key: str) -> _Follower:
+        follower = _Follower(key)
+        if key not in self._followers:
+            # live reads start after the newest entry now; older ones are every follower's
+            # backlog, read after joining, so nothing falls between the two
+            newest = await self.redis.xrevrange(key, count=1)
+            self._followers.setdefault(key, set())
+            self._cursors.setdefault(key, newest[0][0].decode() if newest else "0-0")
+            self._wake.set()
+        self._followers[key].add(follower)
+        return follower
+
+    def _leave(self, follower: _Follower) -> None:
+        followers = self._followers.get(follower.key)
+        if followers is None:
+            return
+        followers.discard(follower)
+        if not followers:
+            del self._followers[follower.key]
+            del self._cursors[follower.key]
+
+    async def _run(self) -> None:
+        delay = RETRY_S
+        while True:
+            if not self._cursors:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                reply = await self.redis.xread(dict(self._cursors), block=BLOCK_MS, count=COUNT)
+            except RedisError as err:
+                log.warning("reading followed streams failed (%s); retrying in %.1fs", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            delay = RETRY_S
+            for raw_key, entries in reply or []:
+                key = raw_key.decode()
+                if key not in self._cursors or not entries:
+                    continue  # unfollowed while the read was out
+                self._cursors[key] = entries[-1][0].decode()
+                self._fan_out(key, [(i.decode(), f) for i, f in entries])
+
+    def _fan_out(self, key: str, entries: list[Entry]) -> None:
+        for follower in self._followers.get(key, ()):
+            if follower.lagging:
+                continue
+            for entry in entries:
+                try:
+                    follower.queue.put_nowait(entry)
+                except asyncio.QueueFull:
+                    # a full queue means the follower is not waiting: it sees the flag next
+                    follower.lagging = True
+                    break
