@@ -18,6 +18,7 @@ from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
 from berth.api.ingress import Ingress
 from berth.api.middleware import NoProxyBuffering, RequestMetrics
+from berth.api.presence import ApiPresence
 from berth.api.quotas import Quotas, limit_book
 from berth.api.relay import TokenRelay
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
@@ -57,8 +58,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
             lora_paths=settings.allow_lora_paths,
         )
         quotas = Quotas(redis, settings, book)
+        presence = ApiPresence(redis)
         await relay.start()
         await directory.start()
+        await presence.start()
         app.state.berth = ApiState(
             settings=settings,
             redis=redis,
@@ -72,11 +75,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
             files=FileStore(redis, settings.job_ttl_s),
             batches=BatchStore(redis, settings.job_ttl_s),
             adapters=AdapterStore(redis),
+            instance=presence.instance,
         )
         log.info("api ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
+            await presence.close()
             await directory.close()
             await relay.close()
             await redis.aclose()

@@ -36,3 +36,5 @@ class ApiState:
     files: FileStore
     batches: BatchStore
     adapters: AdapterStore
+    # this process's id in the API registry (api/presence.py): queued requests' origin
+    instance: str = ""
