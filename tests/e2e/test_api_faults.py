@@ -53,7 +53,7 @@ def _ends(client: redis.Redis) -> dict[str, str]:
 
 
 def _text(datas: list[str]) -> str:
-    out = []
+    out: list[str] = []
     for data in datas:
         if data == "[DONE]":
             continue
