@@ -69,7 +69,8 @@ class OriginWatch:
             await asyncio.sleep(self.every_s)
 
     async def check(self, now: float) -> None:
-        running = self.running()
+        # a copy: requests end while this pass waits on Redis
+        running = dict(self.running())
         for request_id in list(self._kept):
             if request_id not in running:
                 del self._kept[request_id]

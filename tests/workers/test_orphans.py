@@ -5,6 +5,7 @@ checker's passes are driven with explicit clock values."""
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio
 
 from berth.protocol import keys
@@ -81,6 +82,25 @@ async def test_a_detach_mark_left_by_the_dead_api_is_taken_over(
     assert await aredis.get(keys.detached_key("r")) == token.encode()
     await watch.check(16.0)
     assert cancelled == ["r"]
+
+
+async def test_a_request_ending_during_a_pass_is_no_trouble(
+    aredis: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = {"r": "api"}
+    cancelled: list[str] = []
+    watch = _watch(aredis, running, cancelled)
+    owned = StreamStore.owned
+
+    async def owned_then_end(self: StreamStore, ids: list[str]) -> object:
+        answer = await owned(self, ids)
+        running.clear()  # the request ends while the pass waits on Redis
+        return answer
+
+    monkeypatch.setattr(StreamStore, "owned", owned_then_end)
+    await watch.check(0.0)
+    await watch.check(10.0)
+    assert cancelled == []
 
 
 async def test_an_api_back_within_the_confirmation_keeps_its_requests(
