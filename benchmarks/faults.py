@@ -10,10 +10,12 @@ Per fault: a fresh store and stack; jobs submitted, then streamed chats sent by 
 threads one after another; ``--kill-at`` seconds in, the part is killed with SIGKILL and (for
 the API, the scheduler, a worker restarted under its id and Redis) started again
 ``--down-s`` later. Each stream is classified: whole (one finish, ``[DONE]``, the text the
-engine writes for it), ended with one error event, refused (an HTTP error answer: a 503
-while Redis is away; or the connection refused while the API is down), connection lost
-(the API died holding it), hung (no event for ``--hang-s``), truncated but "finished" (a
-normal finish with a text that is not the whole answer), other (anything else). Each job:
+engine writes for it), ended with one error event, connection lost (the API died holding
+it), hung (no event for ``--hang-s``), truncated but "finished" (a normal finish with a
+text that is not the whole answer), other (anything else). A refused stream (an HTTP error
+answer, e.g. a 503 while Redis is away; or no API listening) is sent again after 0.2 s, as
+a client with retries would; refusals are counted apart, and a stream refused for
+``--hang-s`` is "never served". Each job:
 succeeded exactly once (one ``started`` event per attempt, and its whole text), failed with
 a reason, lost (no record, or not ended after ``--hang-s``), run twice (two ``started``
 events of one attempt). "Served again": seconds from the end of the fault (the part started
@@ -49,6 +51,7 @@ import httpx
 import redis
 import redis.sentinel
 
+from benchmarks.serve import output_to
 from berth.protocol import keys
 from berth.redisconn import is_sentinel_url, parse_sentinel_url
 from tests.e2e.faults import Valkey, fake_text
@@ -64,7 +67,10 @@ FAULTS = (
     "sentinel-failover",
 )
 JOB_TERMINAL = ("succeeded", "failed", "cancelled", "expired")
-STREAM_KINDS = ("whole", "error", "refused", "lost", "hung", "truncated", "other")
+STREAM_KINDS = ("whole", "error", "lost", "hung", "truncated", "other", "never served")
+# a client refused (an HTTP error answer, or no API listening) waits this long and sends the
+# same stream again, as a client with retries would; the refusals are counted apart
+RETRY_S = 0.2
 JOB_KINDS = ("once", "failed", "lost", "twice")
 SERVED_TARGET_S = 5.0
 
@@ -116,7 +122,7 @@ def stream_kind(client: httpx.Client, engine: Engine) -> str:
                     answer.json()["error"]["message"]
                 except (ValueError, KeyError, TypeError):
                     return "other"
-                return "refused"
+                return f"refused:{answer.status_code}"
             ends: list[str] = []
             text: list[str] = []
             done = False
@@ -142,7 +148,7 @@ def stream_kind(client: httpx.Client, engine: Engine) -> str:
     except httpx.TimeoutException:
         return "hung"
     except httpx.ConnectError:
-        return "refused"
+        return "refused:connect"
     except httpx.HTTPError:
         return "lost"
 
@@ -157,6 +163,7 @@ class Run:
     concurrency: int
     hang_s: float
     kinds: list[str] = field(default_factory=list)
+    refusals: Counter[str] = field(default_factory=Counter)
     jobs: list[str] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -177,9 +184,15 @@ class Run:
                     with lock:
                         if next(left, None) is None:
                             return
+                    give_up = time.monotonic() + self.hang_s
                     kind = stream_kind(client, self.engine)
+                    while kind.startswith("refused") and time.monotonic() < give_up:
+                        with lock:
+                            self.refusals[kind] += 1
+                        time.sleep(RETRY_S)
+                        kind = stream_kind(client, self.engine)
                     with lock:
-                        self.kinds.append(kind)
+                        self.kinds.append("never served" if kind.startswith("refused") else kind)
 
         self.threads = [threading.Thread(target=client_loop) for _ in range(self.concurrency)]
         for thread in self.threads:
@@ -283,6 +296,12 @@ def _role(stack: RunningStack, role: str) -> Any:
     return next(proc for name, proc in stack.stack.processes if name == role)
 
 
+def start_role(stack: RunningStack, role: str, log_dir: Path, **extra: str) -> None:
+    """Start a role with its output in ``log_dir``, not among the figures."""
+    with output_to(log_dir / f"{role}.log"):
+        stack.start(role, **extra)
+
+
 def kill_role(stack: RunningStack, role: str) -> None:
     """SIGKILL one role's process group and forget it (it is not expected to run)."""
     proc = _role(stack, role)
@@ -295,6 +314,7 @@ def kill_role(stack: RunningStack, role: str) -> None:
 class Outcome:
     fault: str
     streams: Counter[str]
+    refusals: Counter[str]
     jobs: Counter[str]
     reasons: Counter[str]
     served_s: float | None
@@ -308,6 +328,8 @@ class Outcome:
             missed.append("truncated-as-finished")
         if self.streams["other"]:
             missed.append("malformed endings")
+        if self.streams["never served"]:
+            missed.append("streams never served")
         if self.jobs["lost"] or self.jobs["twice"]:
             missed.append("jobs lost or run twice")
         if self.served_s is None or self.served_s > SERVED_TARGET_S:
@@ -320,6 +342,7 @@ class Outcome:
         return {
             "fault": self.fault,
             "streams": dict(self.streams),
+            "refusals_retried": dict(self.refusals),
             "jobs": dict(self.jobs),
             "job_failures": dict(self.reasons),
             "served_again_s": self.served_s,
@@ -329,17 +352,20 @@ class Outcome:
 
 
 def run_fault(fault: str, engine: Engine, args: argparse.Namespace) -> Outcome:
-    log(f"{fault}: starting the store and the stack")
+    log_dir = args.log_dir / fault
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log(f"{fault}: starting the store and the stack (role logs in {log_dir})")
     with storage(fault) as (url, kill_store, start_store):
         env = STACK_ENV | engine.env()
         stack = RunningStack(url, env=env)
         with stack:
-            stack.start("worker", BERTH_WORKER_ID="w1")
+            start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w1")
             workers = 1
             if fault == "worker-gone":
-                stack.start("worker", BERTH_WORKER_ID="w2")
+                start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w2")
                 workers = 2
-            stack.start("scheduler", "api")
+            start_role(stack, "scheduler", log_dir)
+            start_role(stack, "api", log_dir)
             stack.wait_ready(args.start_timeout_s, workers=workers)
             if engine.real and not engine.expected:
                 engine.expected = _reference(stack.url, engine)
@@ -348,14 +374,14 @@ def run_fault(fault: str, engine: Engine, args: argparse.Namespace) -> Outcome:
             run.start_streams()
             time.sleep(args.kill_at)
             log(f"{fault}: kill")
-            back = _inflict(fault, stack, kill_store, start_store, args.down_s)
+            back = _inflict(fault, stack, kill_store, start_store, args.down_s, log_dir)
             log(f"{fault}: back; probing")
             served = served_after(stack.url, engine, back, args.hang_s)
             streams = run.finish_streams()
             with direct_client(url) as store:
                 jobs, reasons = run.job_kinds(store)
             exited = stack.stack.dead()
-    return Outcome(fault, streams, jobs, reasons, served, exited)
+    return Outcome(fault, streams, run.refusals, jobs, reasons, served, exited)
 
 
 def _inflict(
@@ -364,6 +390,7 @@ def _inflict(
     kill_store: Callable[[], None],
     start_store: Callable[[], None],
     down_s: float,
+    log_dir: Path,
 ) -> float:
     """Kill the part (and start it again); returns when the fault ended (monotonic)."""
     if fault == "sentinel-failover":
@@ -381,7 +408,7 @@ def _inflict(
     kill_role(stack, role)
     time.sleep(down_s)
     extra = {"BERTH_WORKER_ID": "w1"} if role == "worker" else {}
-    stack.start(role, **extra)
+    start_role(stack, role, log_dir, **extra)
     return time.monotonic()
 
 
@@ -393,15 +420,16 @@ def _reference(url: str, engine: Engine) -> str:
 
 def table(outcomes: list[Outcome]) -> str:
     head = (
-        "| fault | streams whole | error event | refused | conn. lost | hung | truncated "
-        "as finished | other | jobs once | jobs failed | jobs lost | jobs twice | served "
-        "again (s) | targets |"
+        "| fault | streams whole | error event | conn. lost | hung | truncated as finished "
+        "| other | never served | refusals retried | jobs once | jobs failed | jobs lost "
+        "| jobs twice | served again (s) | targets |"
     )
-    rows = [head, "|" + "---|" * 14]
+    rows = [head, "|" + "---|" * 16]
     for o in outcomes:
         served = "never" if o.served_s is None else f"{o.served_s:.1f}"
         missed = o.verdicts()
         cells = [o.fault, *(str(o.streams[k]) for k in STREAM_KINDS)]
+        cells.append(str(sum(o.refusals.values())))
         cells += [str(o.jobs[k]) for k in JOB_KINDS]
         cells += [served, "met" if not missed else "MISSED: " + "; ".join(missed)]
         rows.append("| " + " | ".join(cells) + " |")
@@ -421,6 +449,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--down-s", type=float, default=2.0, help="seconds a killed part stays down")
     add("--hang-s", type=float, default=60.0, help="a stream or job silent this long hung")
     add("--start-timeout-s", type=float, default=180.0)
+    add("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "berth-faults")
     add("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     unknown = set(args.faults.split(",")) - set(FAULTS)
