@@ -73,6 +73,8 @@ def queued_request(
         job=job,
         tenant=tenant,
         affinity=chat.prompt_cache_key,
+        # a job needs no connection; an interactive request dies with its API process
+        origin=None if job else state.instance or None,
     )
 
 

@@ -19,6 +19,7 @@ from berth.api.errors import error_response
 from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
 from berth.api.middleware import NoProxyBuffering, RequestMetrics
+from berth.api.presence import ApiPresence
 from berth.api.quotas import Quotas, limit_book
 from berth.api.relay import TokenRelay
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
@@ -59,9 +60,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
         quotas = Quotas(redis, settings, book)
         followers = StreamFollowers(redis)
+        presence = ApiPresence(redis)
         await relay.start()
         await directory.start()
         await followers.start()
+        await presence.start()
         app.state.berth = ApiState(
             settings=settings,
             redis=redis,
@@ -76,12 +79,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
             batches=BatchStore(redis, settings.job_ttl_s),
             adapters=AdapterStore(redis),
             followers=followers,
+            instance=presence.instance,
         )
         log.info("api ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             await followers.close()
+            await presence.close()
             await directory.close()
             await relay.close()
             await redis.aclose()

@@ -39,3 +39,5 @@ class ApiState:
     adapters: AdapterStore
     # one shared reader for every follower of a stream (job events)
     followers: StreamFollowers
+    # this process's id in the API registry (api/presence.py): queued requests' origin
+    instance: str = ""

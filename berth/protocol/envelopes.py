@@ -43,6 +43,9 @@ class QueuedRequest(BaseModel):
     # incarnation of it): their heartbeat may not have expired yet, so the scheduler must
     # not pick them again; a restarted worker under the same id is another incarnation
     avoid: list[str] = Field(default_factory=list)
+    # the API process holding the client's connection (``keys.api_key``); None for jobs,
+    # which need no connection. Workers cancel a request whose origin died.
+    origin: str | None = None
 
 
 class WorkGroup(BaseModel):
@@ -110,6 +113,8 @@ class ResumableStream(BaseModel):
     parallel_tool_calls: bool = True
     attempt: int = 0
     worker: str | None = None
+    # the resume grace: how long a worker keeps the stream running once its API died
+    grace_s: float = 30.0
 
 
 class WorkerInfo(BaseModel):

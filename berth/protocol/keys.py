@@ -180,6 +180,29 @@ def scheduler_key(scheduler_id: str) -> str:
     return f"{SCHEDULER_KEY_PREFIX}{scheduler_id}"
 
 
+API_KEY_PREFIX = f"{PREFIX}:api:"
+# Sorted set api instance id -> epoch seconds its liveness record expires, kept like
+# WORKERS_INDEX (registry.py): the API processes alive now.
+APIS_INDEX = f"{PREFIX}:apis"
+# An API process refreshes its liveness record every API_REFRESH_S; it lives API_ALIVE_S.
+# A worker treats an API whose record stayed missing for API_ALIVE_S more (Redis may just
+# have come back, before the API's next refresh) as dead, with its clients' connections.
+API_REFRESH_S = 2.0
+API_ALIVE_S = 6.0
+
+
+def api_key(instance: str) -> str:
+    """An API process's liveness record (a string, API_ALIVE_S), refreshed by its supervised
+    loop and indexed in APIS_INDEX; interactive requests name it as their ``origin``."""
+    return f"{API_KEY_PREFIX}{instance}"
+
+
+def stream_owner(request_id: str) -> str:
+    """String (an API instance id), kept as long as the resume record: the API process that
+    resumed a resumable stream and holds its client now, instead of the request's origin."""
+    return f"{PREFIX}:owner:{request_id}"
+
+
 def worker_queue(worker_id: str) -> str:
     """The Celery queue one worker consumes."""
     return f"{WORKER_QUEUE_PREFIX}{worker_id}"

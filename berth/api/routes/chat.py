@@ -140,8 +140,9 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
                 parallel_tool_calls=chat.parallel_tool_calls is not False,
                 attempt=head[-1].attempt,
                 worker=head[-1].worker,
+                grace_s=state.settings.resume_grace_s,
             )
-            ttl = int(state.settings.request_timeout_s + state.settings.resume_grace_s) + 60
+            ttl = _resume_ttl(state)
             await StreamStore(state.redis).save(request_id, record, ttl)
         return StreamingResponse(
             _stream(state, request_id, head, events, writer, timer, resumable),
@@ -164,6 +165,10 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     if isinstance(result, BerthError):
         return error_response(result)
     return JSONResponse(result, headers={"X-Request-Id": request_id})
+
+
+def _resume_ttl(state: ApiState) -> int:
+    return int(state.settings.request_timeout_s + state.settings.resume_grace_s) + 60
 
 
 def _wants_resume(request: Request, state: ApiState) -> bool:
@@ -233,7 +238,8 @@ async def resume_stream(
     timer = metrics.RequestTimer(time.monotonic(), tenant)
     queue = await state.relay.open(request_id)
     try:
-        await streams.attach(request_id)
+        # from now on the stream lives and dies with this process (workers/orphans.py)
+        await streams.attach(request_id, state.instance, _resume_ttl(state))
     except BaseException:
         state.relay.release(request_id)
         raise
