@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
-from berth.workers.broker import transport_for, use_redis
+from berth.workers.broker import BrokerConsumer, transport_for, use_redis
 from berth.workers.runtime import EngineHost
 
 
@@ -17,6 +17,7 @@ def create_worker_app(redis_url: str, host: EngineHost) -> Celery:
     app.conf.update(celery_settings(redis_url))
     # a broker connection lost while tasks run must not end the worker (see broker.py)
     app.conf.broker_transport = transport_for(app.conf.broker_url)
+    app.conf.worker_consumer = f"{BrokerConsumer.__module__}:{BrokerConsumer.__qualname__}"
     use_redis(redis_url)
 
     @app.task(name=RUN_GROUP_TASK)
