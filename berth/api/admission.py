@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import Request
 
+from berth import tracing
 from berth.api.state import ApiState
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import QueuedRequest
@@ -76,9 +77,12 @@ def queued_request(
         job=job,
         tenant=tenant,
         affinity=chat.prompt_cache_key,
+        trace=tracing.carrier(),
     )
 
 
 async def read_chat(request: Request, state: ApiState) -> ChatCompletionRequest:
     limits = state.settings.limits()
-    return parse_chat_request(await read_json(request, limits.max_body_bytes), limits)
+    body = await read_json(request, limits.max_body_bytes)
+    with tracing.span("validate"):
+        return parse_chat_request(body, limits)

@@ -43,6 +43,9 @@ class QueuedRequest(BaseModel):
     # incarnation of it): their heartbeat may not have expired yet, so the scheduler must
     # not pick them again; a restarted worker under the same id is another incarnation
     avoid: list[str] = Field(default_factory=list)
+    # the W3C trace-context carrier ({"traceparent": ..., "tracestate": ...}) of the span
+    # that queued it (the scheduler replaces it with its dispatch span's); None untraced
+    trace: dict[str, str] | None = None
 
 
 class WorkGroup(BaseModel):

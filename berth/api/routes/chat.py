@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from berth import logcontext
+from berth import logcontext, tracing
 from berth.api import metrics
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
@@ -106,6 +106,8 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
             (queued.deadline - time.time()) if queued.deadline else float("inf"),
         ),
     )
+    if tracing.enabled():
+        events = tracing.traced_relay(events)
     created = int(time.time())
     if chat.stream:
         # wait for the first token (or an early error) before answering, so a request the
