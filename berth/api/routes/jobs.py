@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
+from berth.api.keepalive import PING
 from berth.api.state import ApiState
 from berth.protocol.envelopes import event_json
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound
@@ -133,18 +135,27 @@ def _is_stream_id(value: str) -> bool:
 
 
 async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
-    """Every event after ``after``, once each, ending after the terminal one."""
+    """Every event after ``after``, once each, ending after the terminal one; a ping when
+    nothing was sent for keepalive_s (a job waiting in the queue)."""
+    keepalive_s = state.settings.keepalive_s
     block: int | None = None  # first the backlog, then wait for more
+    sent_at = time.monotonic()
     while True:
-        for event_id, payload in await state.jobs.events_after(job_id, after, block):
+        events = await state.jobs.events_after(job_id, after, block)
+        for event_id, payload in events:
             after = event_id
             kind = json.loads(payload).get("type", "message")
             yield f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
             if kind in ("finished", "error", "cancelled"):
                 return
+        if events:
+            sent_at = time.monotonic()
+        elif time.monotonic() - sent_at >= keepalive_s:
+            sent_at = time.monotonic()
+            yield PING
         if block is not None:
             job = await state.jobs.get(job_id, tenant)
             if job is None or job["status"] in TERMINAL_STATUSES:
                 # finished, and its events expired or were trimmed: nothing more will come
                 return
-        block = _EVENTS_BLOCK_MS
+        block = max(1, min(_EVENTS_BLOCK_MS, int(keepalive_s * 1000)))
