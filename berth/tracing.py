@@ -24,7 +24,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -61,14 +61,15 @@ def _exporters_wanted(env: Mapping[str, str]) -> list[str]:
     return wanted
 
 
-def setup(role: str, env: Mapping[str, str] | None = None) -> bool:
+def setup(role: str, env: Mapping[str, str] | None = None, exporter: Any = None) -> bool:
     """Install a tracer provider for this process when ``env`` (default: the environment)
-    configures an exporter; returns whether tracing is on. Call once, at start."""
+    configures an exporter, or ``exporter`` (a SpanExporter: benchmarks) is given; returns
+    whether tracing is on. Call once, at start."""
     global _tracer, _provider
     env = os.environ if env is None else env
     wanted = _exporters_wanted(env)
     traces_dir = env.get(TRACES_DIR_ENV)
-    if not wanted and not traces_dir:
+    if not wanted and not traces_dir and exporter is None:
         return False
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
@@ -81,6 +82,8 @@ def setup(role: str, env: Mapping[str, str] | None = None) -> bool:
     provider = TracerProvider(resource=Resource.create(attributes))
     for name in wanted:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name, env)))
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     if traces_dir:
         path = os.path.join(traces_dir, f"{role}-{os.getpid()}.jsonl")
         provider.add_span_processor(SimpleSpanProcessor(_file_exporter(path)))
@@ -234,26 +237,26 @@ def record(
         span.end(end_time=max(start_ns, end_ns))
 
 
-@contextlib.contextmanager
-def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
+# what span() and current() return when tracing is off: no generator, no allocation
+_OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def span(
+    name: str, attributes: Mapping[str, Any] | None = None
+) -> contextlib.AbstractContextManager[Span | None]:
     """A child of the current span for the ``with`` block, current inside it."""
     if _tracer is None:
-        yield None
-        return
-    with _tracer.start_as_current_span(name, attributes=attributes) as current:
-        yield current
+        return _OFF
+    return _tracer.start_as_current_span(name, attributes=attributes)
 
 
-@contextlib.contextmanager
-def current(span: Span | None) -> Iterator[None]:
+def current(span: Span | None) -> contextlib.AbstractContextManager[Any]:
     """Make ``span`` the current one for the block (its children and log lines see it)."""
     if span is None:
-        yield
-        return
+        return _OFF
     from opentelemetry import trace
 
-    with trace.use_span(span, end_on_exit=False):
-        yield
+    return trace.use_span(span, end_on_exit=False)
 
 
 async def traced_relay(events: AsyncIterator[T]) -> AsyncIterator[T]:
