@@ -145,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     role = next(name for name, cls in _settings_classes().items() if type(chosen) is cls)
     setup_logging(chosen, role)
     if role != "up":
+        from berth import tracing
+
+        # the OTEL_* variables decide; unset, nothing is installed and tracing costs nothing
+        tracing.setup(role)
+    if role != "up":
         from berth.lifeline import watch_parent
 
         # started by `berth up`: stop when it is gone, even if it was killed

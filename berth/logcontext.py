@@ -13,8 +13,10 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar, Token
 from types import MappingProxyType
 
+from berth import tracing
+
 IDS = ("request_id", "job_id", "batch_id", "worker_id", "scheduler_id")
-# a placeholder until traces exist: every JSON line has the field, null for now
+# every JSON line has the field: the current span's trace, null when tracing is off
 TRACE_ID = "trace_id"
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -61,7 +63,7 @@ class ContextFilter(logging.Filter):
             if not hasattr(record, name):
                 setattr(record, name, value)
         if not hasattr(record, TRACE_ID):
-            record.trace_id = None
+            record.trace_id = tracing.current_trace_id()
         return True
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
+from berth import tracing
 from berth.api.state import ApiState
 from berth.protocol import jsonbody
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
@@ -75,9 +76,12 @@ def queued_request(
         affinity=chat.prompt_cache_key,
         # a job needs no connection; an interactive request dies with its API process
         origin=None if job else state.instance or None,
+        trace=tracing.carrier(),
     )
 
 
 async def read_chat(request: Request, state: ApiState) -> ChatCompletionRequest:
     limits = state.settings.limits()
-    return parse_chat_request(await read_json(request, limits.max_body_bytes), limits)
+    body = await read_json(request, limits.max_body_bytes)
+    with tracing.span("validate"):
+        return parse_chat_request(body, limits)

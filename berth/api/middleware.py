@@ -1,5 +1,5 @@
-"""Pure ASGI middleware of the API: request metrics, and SSE answers that proxies must not
-buffer.
+"""Pure ASGI middleware of the API: request metrics, a trace span per request (when tracing
+is on), and SSE answers that proxies must not buffer.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, which runs every response body through
 an extra task and queue (a cost per request and per streamed chunk) and changes how a
@@ -14,6 +14,7 @@ import time
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from berth import tracing
 from berth.api import metrics
 
 UNMATCHED = "unmatched"
@@ -103,3 +104,42 @@ class NoProxyBuffering:
             await send(message)
 
         await self.app(scope, receive, marked_send)
+
+
+class TraceRequests:
+    """A server span for every HTTP request, current while the route runs (and, for a
+    stream, until its last byte): the child of the client's ``traceparent`` when it sent
+    one, else a new trace. Added only when tracing is on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope.get("headers", [])
+            if name in (b"traceparent", b"tracestate")
+        }
+        span = tracing.start_span(
+            f"{scope['method']} {scope.get('path', '')}",
+            tracing.extract(headers),
+            attributes={"http.request.method": scope["method"]},
+            server=True,
+        )
+        assert span is not None  # only added when tracing is on
+
+        async def traced_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                span.set_attribute("http.response.status_code", message["status"])
+            await send(message)
+
+        try:
+            with tracing.current(span):
+                await self.app(scope, receive, traced_send)
+        finally:
+            # named by the route's template once the router matched one: ids stay out
+            span.update_name(f"{scope['method']} {route_label(scope)}")
+            span.end()

@@ -36,6 +36,21 @@ class ApiSettings(CommonSettings, JobRecordSettings):
         "/v1/chat/completions/{id}/stream; 0 turns resuming off (every stream is cancelled "
         "when its client leaves, as without the header).",
     )
+    keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="An event stream with nothing to send for this long gets an SSE comment "
+        "(`: ping`), so proxies keep the connection open: job events, resumed streams, and "
+        "streamed chat completions waiting in the queue.",
+    )
+    stream_headers: Literal["first-token", "immediate"] = Field(
+        default="first-token",
+        description="When a streamed chat completion answers: `first-token` waits for the "
+        "first token (a request refused before it gets a real HTTP error) but at most "
+        "keepalive_s, then sends headers and pings; `immediate` sends headers and pings at "
+        "once (an early refusal is then an error event in a 200 stream). See "
+        "docs/operations.md.",
+    )
     max_retries: int = Field(
         default=2,
         ge=0,

@@ -46,6 +46,9 @@ class QueuedRequest(BaseModel):
     # the API process holding the client's connection (``keys.api_key``); None for jobs,
     # which need no connection. Workers cancel a request whose origin died.
     origin: str | None = None
+    # the W3C trace-context carrier ({"traceparent": ..., "tracestate": ...}) of the span
+    # that queued it (the scheduler replaces it with its dispatch span's); None untraced
+    trace: dict[str, str] | None = None
 
 
 class WorkGroup(BaseModel):

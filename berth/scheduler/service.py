@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from berth import tracing
 from berth.protocol import keys
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
@@ -363,11 +364,14 @@ class Scheduler:
         """One Celery task for the group, then (in one round trip) the jobs' dispatch marks
         or the waiting APIs' dispatched events, and the acknowledgements."""
         model, adapter, lane, _, _ = key
+        dispatch = _trace_dispatch(items, worker) if tracing.enabled() else []
         work = WorkGroup(model=model, adapter=adapter, requests=[p.request for p in items])
         # kombu's publish is a quick blocking write to Redis
         self.celery.send_task(
             RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
         )
+        for span in dispatch:
+            span.end()
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(items)
         sent_at = time.time()
         slots = self._residency.get(worker.id)
@@ -495,6 +499,29 @@ class Scheduler:
                 )
             elif outcome == 2:
                 log.error("job %s failed: worker %s died on the last attempt", job_id, worker)
+
+
+def _trace_dispatch(items: list[policy.Pending], worker: WorkerInfo) -> list[Any]:
+    """Each traced request's scheduler spans: its wait in the queue (from its enqueue to this
+    replica reading it), its grouping and placement (from then until now) and its dispatch
+    (started here, ended once the task is sent). Its envelope then carries the dispatch
+    span, the parent of the worker's spans."""
+    now_ns, now = time.time_ns(), time.monotonic()
+    spans = []
+    for p in items:
+        parent = tracing.extract(p.request.trace)
+        if parent is None:
+            continue
+        read_ns = now_ns - int((now - p.read_at) * 1e9)
+        enqueued_ns = int(p.request.enqueued_at * 1e9)
+        tracing.record("queue wait", parent, enqueued_ns, read_ns, {"berth.lane": p.request.lane})
+        tracing.record("group and place", parent, read_ns, now_ns, {"berth.worker": worker.id})
+        span = tracing.start_span(
+            "dispatch", parent, start_ns=now_ns, attributes={"berth.worker": worker.id}
+        )
+        p.request.trace = tracing.carrier(span)
+        spans.append(span)
+    return spans
 
 
 async def serve(settings: SchedulerSettings) -> None:

@@ -51,6 +51,11 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
         grammar_loop_s=settings.grammar_loop_s,
         grammar_memory_mib=settings.grammar_memory_mib,
         grammar_cache_size=settings.grammar_cache_size,
+        engine_args=(
+            {"otlp_traces_endpoint": settings.vllm_otlp_traces_endpoint}
+            if settings.vllm_otlp_traces_endpoint
+            else {}
+        ),
     )
 
 

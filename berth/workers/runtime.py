@@ -42,6 +42,7 @@ from berth.workers.heartbeat import deregister, heartbeat_loop
 from berth.workers.orphans import OriginWatch
 from berth.workers.publisher import EventPublisher
 from berth.workers.settings import WorkerSettings
+from berth.workers.tracespans import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -474,12 +475,17 @@ class EngineHost:
             self._adapter_running[queued.adapter] += 1
             metrics.ADAPTER_REQUESTS.labels(queued.adapter).inc()
         finished = False
+        traced = RequestTrace.start(queued, self.worker_id) if queued.trace else None
         try:
             request = parse_chat_request(queued.request, ADMITTED)
             events.collect_result(request)
+            if traced is not None:
+                traced.generating()
             async for step in self.engine.generate(queued.id, request, queued.adapter):
                 if first_output is None:
                     first_output = time.monotonic()
+                    if traced is not None:
+                        traced.first_step(step)
                 if not step.finished:
                     events.step(step)
                     continue
@@ -497,6 +503,8 @@ class EngineHost:
             log.exception("request %s failed in the engine", queued.id)
             events.error(EngineFailure("the engine failed while serving the request"))
         finally:
+            if traced is not None:
+                traced.end("finished" if finished else "ended")
             self._active.discard(queued.id)
             self._origins.pop(queued.id, None)
             ran = time.monotonic() - first_output if finished and first_output else None

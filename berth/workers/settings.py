@@ -88,6 +88,11 @@ class WorkerSettings(MetricsSettings, JobRecordSettings):
         "requests of one that died are cancelled (resumable streams after their grace).",
     )
     kv_cache_space_gib: int = Field(default=1, ge=1, description="CPU build: KV-cache GiB.")
+    vllm_otlp_traces_endpoint: str | None = Field(
+        default=None,
+        description="vLLM's own OTLP trace endpoint (its `otlp_traces_endpoint`, gRPC, e.g. "
+        "http://jaeger:4317): vLLM's request span then joins berth's trace of the request.",
+    )
     fake_engine: bool = Field(
         default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."
     )

@@ -13,20 +13,22 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from berth import logcontext
+from berth import logcontext, tracing
 from berth.api import metrics
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
 from berth.api.errors import error_response
 from berth.api.events import request_events
+from berth.api.keepalive import pings_until
 from berth.api.relay import EventQueue
 from berth.api.state import ApiState
+from berth.protocol.chat import ChatCompletionRequest
 from berth.protocol.envelopes import ResumableStream, TokenEvent
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound
 from berth.protocol.output import (
@@ -106,44 +108,33 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
             (queued.deadline - time.time()) if queued.deadline else float("inf"),
         ),
     )
+    if tracing.enabled():
+        events = tracing.traced_relay(events)
     created = int(time.time())
     if chat.stream:
         # wait for the first token (or an early error) before answering, so a request the
-        # worker refuses gets a real HTTP error, as a non-streamed one does
-        head = await _unless_client_leaves(request, _head(events))
-        if head is None:
+        # worker refuses gets a real HTTP error, as a non-streamed one does; but only so long:
+        # then headers go out, and pings keep proxies from closing the quiet connection
+        first = asyncio.ensure_future(_head(events))
+        wait_s = 0.0 if state.settings.stream_headers == "immediate" else state.settings.keepalive_s
+        if await _unless_client_leaves(request, _within(first, wait_s)) is None:
+            first.cancel()
             _finish_soon(state, request_id, False)
             return Response(status_code=499)
+        if not first.done():
+            return await _late_stream_response(
+                state, request, request_id, chat, tenant, created, timer, first, events
+            )
+        head = first.result()
         if head[-1].terminal and head[-1].type != "finished":
             _finish_soon(state, request_id, _ended_by_worker(head[-1]))
             timer.done(time.monotonic())
             _account(request_id, tenant, head[-1])
             return error_response(event_error(head[-1]))
-        writer = ChunkWriter(
-            request_id,
-            chat.model,
-            created,
-            chat.n,
-            chat.wants_usage,
-            stream_reasoning=chat.stream_reasoning,
-            parallel_tool_calls=chat.parallel_tool_calls is not False,
-        )
+        writer = _writer(request_id, chat, created)
         resumable = _wants_resume(request, state)
         if resumable and not head[-1].terminal:
-            record = ResumableStream(
-                tenant=tenant,
-                model=chat.model,
-                created=created,
-                n=chat.n,
-                include_usage=chat.wants_usage,
-                stream_reasoning=chat.stream_reasoning,
-                parallel_tool_calls=chat.parallel_tool_calls is not False,
-                attempt=head[-1].attempt,
-                worker=head[-1].worker,
-                grace_s=state.settings.resume_grace_s,
-            )
-            ttl = _resume_ttl(state)
-            await StreamStore(state.redis).save(request_id, record, ttl)
+            await _save_resumable(state, request_id, chat, tenant, created, head[-1])
         return StreamingResponse(
             _stream(state, request_id, head, events, writer, timer, resumable),
             media_type="text/event-stream",
@@ -169,6 +160,113 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
 
 def _resume_ttl(state: ApiState) -> int:
     return int(state.settings.request_timeout_s + state.settings.resume_grace_s) + 60
+
+
+async def _within(work: asyncio.Future[Any], wait_s: float) -> bool:
+    """Wait up to ``wait_s`` for ``work`` (never cancelling it); True either way."""
+    if wait_s > 0:
+        await asyncio.wait({work}, timeout=wait_s)
+    return True
+
+
+def _writer(request_id: str, chat: ChatCompletionRequest, created: int) -> ChunkWriter:
+    return ChunkWriter(
+        request_id,
+        chat.model,
+        created,
+        chat.n,
+        chat.wants_usage,
+        stream_reasoning=chat.stream_reasoning,
+        parallel_tool_calls=chat.parallel_tool_calls is not False,
+    )
+
+
+async def _save_resumable(
+    state: ApiState,
+    request_id: str,
+    chat: ChatCompletionRequest,
+    tenant: str,
+    created: int,
+    head: TokenEvent | None,
+) -> None:
+    """The record a resumed stream reads: ``head`` is the event the stream follows (its
+    attempt and worker), None while the request is still queued."""
+    record = ResumableStream(
+        tenant=tenant,
+        model=chat.model,
+        created=created,
+        n=chat.n,
+        include_usage=chat.wants_usage,
+        stream_reasoning=chat.stream_reasoning,
+        parallel_tool_calls=chat.parallel_tool_calls is not False,
+        attempt=head.attempt if head else 0,
+        worker=head.worker if head else None,
+        grace_s=state.settings.resume_grace_s,
+    )
+    await StreamStore(state.redis).save(request_id, record, _resume_ttl(state))
+
+
+async def _late_stream_response(
+    state: ApiState,
+    request: Request,
+    request_id: str,
+    chat: ChatCompletionRequest,
+    tenant: str,
+    created: int,
+    timer: metrics.RequestTimer,
+    first: asyncio.Future[list[TokenEvent]],
+    events: AsyncIterator[TokenEvent],
+) -> StreamingResponse:
+    """The answer of a stream whose first token is late: headers now, pings until it comes
+    (an early refusal is then an error event in the stream), then the stream."""
+    wants_resume = _wants_resume(request, state)
+    if wants_resume:
+        # resumable while it waits; saved again with its attempt and worker at the first token
+        await _save_resumable(state, request_id, chat, tenant, created, None)
+
+    async def save(head: TokenEvent) -> None:
+        await _save_resumable(state, request_id, chat, tenant, created, head)
+
+    return StreamingResponse(
+        _pinged(
+            state,
+            request_id,
+            first,
+            events,
+            _writer(request_id, chat, created),
+            timer,
+            wants_resume,
+            save if wants_resume else None,
+        ),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
+    )
+
+
+async def _pinged(
+    state: ApiState,
+    request_id: str,
+    first: asyncio.Future[list[TokenEvent]],
+    events: AsyncIterator[TokenEvent],
+    writer: ChunkWriter,
+    timer: metrics.RequestTimer,
+    resumable: bool,
+    save: Callable[[TokenEvent], Awaitable[None]] | None = None,
+) -> AsyncIterator[str]:
+    """Pings until ``first`` (the events up to the first token) is done, then the stream.
+    Never on the per-token path: once the first token is here, ``_stream`` runs alone."""
+    try:
+        async for ping in pings_until(first, state.settings.keepalive_s):
+            yield ping
+    finally:
+        if not first.done():  # the client left while the request waited
+            first.cancel()
+            _finish_soon(state, request_id, False, resumable)
+    head = first.result()
+    if save is not None and not head[-1].terminal:
+        await save(head[-1])
+    async for chunk in _stream(state, request_id, head, events, writer, timer, resumable):
+        yield chunk
 
 
 def _wants_resume(request: Request, state: ApiState) -> bool:
@@ -264,7 +362,9 @@ async def resume_stream(
         resumed=last >= 0,
     )
     return StreamingResponse(
-        _stream(state, request_id, [], events, writer, timer, True),
+        _pinged(
+            state, request_id, asyncio.ensure_future(_head(events)), events, writer, timer, True
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
     )

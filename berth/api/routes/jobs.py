@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
+from berth.api.keepalive import PING
 from berth.api.state import ApiState
 from berth.protocol import keys
 from berth.protocol.envelopes import event_json
@@ -134,24 +136,32 @@ def _is_stream_id(value: str) -> bool:
 
 
 async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
-    """Every event after ``after``, once each, ending after the terminal one. Reads are
-    shared with every other follower of the job in this process (``api/followers.py``)."""
+    """Every event after ``after``, once each, ending after the terminal one; a ping when
+    nothing was sent for keepalive_s (a job waiting in the queue). Reads are shared with
+    every other follower of the job in this process (``api/followers.py``)."""
+    keepalive_s = state.settings.keepalive_s
 
     def sse(event_id: str, payload: bytes) -> tuple[str, bool]:
         kind = json.loads(payload).get("type", "message")
         frame = f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
         return frame, kind in ("finished", "error", "cancelled")
 
-    events = state.followers.follow(keys.job_events(job_id), after, idle_s=_QUIET_CHECK_S)
+    idle_s = min(_QUIET_CHECK_S, keepalive_s) if keepalive_s > 0 else _QUIET_CHECK_S
+    events = state.followers.follow(keys.job_events(job_id), after, idle_s=idle_s)
+    sent_at = time.monotonic()
     try:
         async for entry in events:
             if entry is not None:
                 after = entry[0]
                 frame, terminal = sse(entry[0], entry[1][b"e"])
                 yield frame
+                sent_at = time.monotonic()
                 if terminal:
                     return
                 continue
+            if keepalive_s > 0 and time.monotonic() - sent_at >= keepalive_s:
+                sent_at = time.monotonic()
+                yield PING
             job = await state.jobs.get(job_id, tenant)
             if job is None or job["status"] in TERMINAL_STATUSES:
                 # ended: its terminal event (written with the status) is in the stream

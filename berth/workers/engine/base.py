@@ -43,6 +43,9 @@ class EngineStep:
     completion_tokens: int = 0
     # True on the last step: every choice has a finish_reason
     finished: bool = False
+    # on the first step, when the engine knows it: seconds the request waited inside the
+    # engine before it was scheduled (its queue, apart from prefill), for traces
+    queued_s: float | None = None
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -145,12 +146,16 @@ class FakeEngine:
         aborted = self._running[request_id] = asyncio.Event()
         try:
             async with contextlib.AsyncExitStack() as stack:
+                arrived = time.monotonic()
                 if self._slots is not None and not await _acquire(self._slots, aborted):
                     yield _abort_step(range(request.n), prompt_len, 0)
                     return
                 if self._slots is not None:
                     stack.callback(self._slots.release)
+                queued_s: float | None = time.monotonic() - arrived
                 async for step in self._run(aborted, request, prompt_len, max_tokens):
+                    # the wait for a slot is this engine's queue
+                    step.queued_s, queued_s = queued_s, None
                     yield step
         finally:
             del self._running[request_id]

@@ -26,6 +26,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from berth import tracing
 from berth.protocol.errors import EngineFailure, InvalidRequest
 from berth.workers.engine.adapters import AdapterRegistry
 from berth.workers.engine.base import (
@@ -80,6 +81,9 @@ class VllmEngine:
         self._lru = AdapterLru(config.max_cpu_loras or config.max_loras)
         self._gauges: list[_SchedulerGauge] = []
         self._grammar: GrammarGate | None = None
+        # vLLM traces only with its own OTLP endpoint (engine arg otlp_traces_endpoint);
+        # without one it drops trace headers with a warning, so none are sent
+        self._traces_to_vllm = bool(config.engine_args.get("otlp_traces_endpoint"))
 
     # --- Engine interface ---
 
@@ -249,6 +253,8 @@ class VllmEngine:
                 params,
                 request_id,
                 lora_request=lora,
+                # vLLM's own request span joins berth's trace (when both trace)
+                trace_headers=tracing.carrier() if self._traces_to_vllm else None,
                 reasoning_ended=parsing.reasoning_ended(prompt),
                 reasoning_parser_kwargs=parsing.reasoning_parser_kwargs,
             )
@@ -274,7 +280,7 @@ class VllmEngine:
         n = req.n
         finish: list[FinishReason | None] = [None] * n
         completion_tokens = 0
-        started = abort_sent = False
+        started = abort_sent = reported_queue = False
         while True:
             try:
                 out = await anext(stream)
@@ -305,6 +311,11 @@ class VllmEngine:
                 step.choices.append(delta)
             step.completion_tokens = completion_tokens
             step.finished = all(f is not None for f in finish)
+            if not reported_queue:
+                reported_queue = True
+                stats = out.metrics
+                if stats is not None and stats.scheduled_ts and stats.queued_ts:
+                    step.queued_s = max(0.0, stats.scheduled_ts - stats.queued_ts)
             if step.finished or step.choices:
                 yield step
             if step.finished:
