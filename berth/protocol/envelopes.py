@@ -57,6 +57,11 @@ class WorkGroup(BaseModel):
     model: str
     adapter: str | None = None
     requests: list[QueuedRequest]
+    # the incarnation of the worker it was sent to: a later process under the same worker
+    # id drops it, because the waiting APIs and the scheduler already treat that
+    # incarnation's requests as lost and queue them again (running both would run a
+    # request twice in one engine)
+    incarnation: str | None = None
 
 
 class EventChoice(BaseModel):

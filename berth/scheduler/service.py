@@ -365,7 +365,12 @@ class Scheduler:
         or the waiting APIs' dispatched events, and the acknowledgements."""
         model, adapter, lane, _, _ = key
         dispatch = _trace_dispatch(items, worker) if tracing.enabled() else []
-        work = WorkGroup(model=model, adapter=adapter, requests=[p.request for p in items])
+        work = WorkGroup(
+            model=model,
+            adapter=adapter,
+            requests=[p.request for p in items],
+            incarnation=worker.incarnation,
+        )
         # kombu's publish is a quick blocking write to Redis
         self.celery.send_task(
             RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue

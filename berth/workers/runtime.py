@@ -264,6 +264,14 @@ class EngineHost:
     def run_group(self, group: dict[str, Any]) -> None:
         """Serve one group; blocks the calling (Celery) thread until every request ended."""
         work = WorkGroup.model_validate(group)
+        if work.incarnation is not None and work.incarnation != self.incarnation:
+            log.warning(
+                "dropping a group of %d sent to an earlier incarnation of worker %s; "
+                "its requests are queued again by those waiting for them",
+                len(work.requests),
+                self.worker_id,
+            )
+            return
         asyncio.run_coroutine_threadsafe(self._run_group(work), self._loop).result()
 
     def info(self) -> WorkerInfo:

@@ -215,3 +215,24 @@ def test_a_second_delivery_of_the_same_group_runs_once(host: EngineHost, redis_u
         (0, "started"),
         (1, "started"),
     ]
+
+
+def test_a_group_sent_to_an_earlier_incarnation_is_dropped(
+    host: EngineHost, redis_url: str
+) -> None:
+    """A worker restarted under its id receives what was sent to its predecessor: it does
+    not run it (the waiting API queues it again as the next attempt), and what is sent to
+    this incarnation runs."""
+    pubsub, got = _listen(redis_url, ["r0"])
+    stale = _group(_body(max_tokens=3))
+    stale["incarnation"] = "an-earlier-process"
+    host.run_group(stale)
+    current = _group(_body(max_tokens=3))
+    current["incarnation"] = host.incarnation
+    current["requests"][0]["attempt"] = 1
+    host.run_group(current)
+    _drain(pubsub, got)
+    assert [e.get("attempt", 0) for e in got["r0"] if e["type"] == "started"] == [1]
+    assert [e.get("attempt", 0) for e in got["r0"]] == [1] * len(got["r0"])
+    assert got["r0"][-1]["type"] == "finished"
+    assert redis.Redis.from_url(redis_url).get(keys.run_key("r0", 0)) is None
