@@ -16,6 +16,7 @@ from berth.api.state import ApiState
 from berth.protocol import keys
 from berth.protocol.envelopes import event_json
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound
+from berth.protocol.limits import MAX_IDEMPOTENCY_KEY_CHARS
 from berth.protocol.response import list_page
 from berth.store.jobs import TERMINAL_STATUSES, new_job_id
 
@@ -36,6 +37,12 @@ async def submit_job(
     tenant: Tenant,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
+    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidRequest(
+            f"Idempotency-Key must have at most {MAX_IDEMPOTENCY_KEY_CHARS} characters, "
+            f"got {len(idempotency_key)}",
+            param="Idempotency-Key",
+        )
     chat = await read_chat(request, state)
     if chat.stream:
         raise InvalidRequest(
