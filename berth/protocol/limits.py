@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 # an Idempotency-Key header (Stripe allows 255 characters; OpenAI documents none)
 MAX_IDEMPOTENCY_KEY_CHARS = 256
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
-from berth.api.deps import State, Tenant
+from berth.api.deps import CountedTenant, State, Tenant
 from berth.api.state import ApiState
 from berth.protocol import keys
 from berth.protocol.envelopes import event_json
@@ -34,7 +34,7 @@ def _not_found(job_id: str) -> NotFound:
 async def submit_job(
     request: Request,
     state: State,
-    tenant: Tenant,
+    tenant: CountedTenant,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
