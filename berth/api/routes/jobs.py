@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import CountedTenant, State, Tenant
+from berth.api.followers import Entry
 from berth.api.state import ApiState
 from berth.protocol import keys
 from berth.protocol.envelopes import event_json
@@ -140,21 +141,27 @@ def _is_stream_id(value: str) -> bool:
     return ms.isdigit() and (not sep or seq.isdigit())
 
 
+def _sse(event_id: str, payload: bytes) -> tuple[str, bool]:
+    """An event's SSE frame, and whether it is the job's last."""
+    kind = json.loads(payload).get("type", "message")
+    frame = f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
+    return frame, kind in ("finished", "error", "cancelled")
+
+
+def _entry_sse(entry: Entry) -> tuple[str, bool]:
+    return _sse(entry.id, entry.fields[b"e"])
+
+
 async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
     """Every event after ``after``, once each, ending after the terminal one. Reads are
-    shared with every other follower of the job in this process (``api/followers.py``)."""
-
-    def sse(event_id: str, payload: bytes) -> tuple[str, bool]:
-        kind = json.loads(payload).get("type", "message")
-        frame = f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
-        return frame, kind in ("finished", "error", "cancelled")
-
+    shared with every other follower of the job in this process (``api/followers.py``),
+    and so is each live event's frame: parsed once, however many follow."""
     events = state.followers.follow(keys.job_events(job_id), after, idle_s=_QUIET_CHECK_S)
     try:
         async for entry in events:
             if entry is not None:
-                after = entry[0]
-                frame, terminal = sse(entry[0], entry[1][b"e"])
+                after = entry.id
+                frame, terminal = entry.view(_entry_sse)
                 yield frame
                 if terminal:
                     return
@@ -164,7 +171,7 @@ async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> Asyn
                 # ended: its terminal event (written with the status) is in the stream
                 # unless the events expired or were trimmed; nothing more will come
                 for event_id, payload in await state.jobs.events_after(job_id, after, None):
-                    frame, terminal = sse(event_id, payload)
+                    frame, terminal = _sse(event_id, payload)
                     yield frame
                     if terminal:
                         return
