@@ -3,11 +3,13 @@ events today; any stream keyed by name) is served by one reader task that XREADs
 followed streams at once on one connection and fans entries out to in-process queues.
 
 A follower reads its backlog itself (one XRANGE), then takes live entries from its queue,
-skipping what the backlog already gave. A live entry is one object shared by every
-follower, so what they derive from it (``Entry.view``: the parsed event, its SSE frame) is
-computed once per entry per process, not once per follower. A follower too slow to drain its queue is not
+skipping what the backlog already gave. A follower too slow to drain its queue is not
 allowed to grow it: it is marked lagging and catches up from the stream with XRANGE, so a
 stalled client costs its own reads, never the reader's memory.
+
+A live entry is one object shared by every follower, so what they derive from it
+(``Entry.view``: the parsed event, its SSE frame) is computed once per entry per process,
+not once per follower.
 """
 
 from __future__ import annotations
