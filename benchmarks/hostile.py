@@ -21,6 +21,9 @@ before it. ``meets`` checks the issue's targets: every answer a 4xx or a success
 limits (no 5xx, no dropped connection), no error for tenant b, and b's p99 under twice its
 quiet p99. Raw figures go to ``benchmarks/results/hostile-<timestamp>.json``.
 
+Tenant a runs under the limits an operator would give a tenant it does not trust
+(``ATTACKER_LIMITS``, ``--attacker-limits``), set through ``BERTH_TENANT_LIMITS``.
+
 A measurement, not a test: it exits non-zero only when the stack cannot be started.
 """
 
@@ -52,6 +55,18 @@ from benchmarks.sim import RESULTS_DIR, RoleProcess, embedded_valkey, free_port,
 
 MODEL = "fake-model"
 KEYS = {"a": "hostile-key-a", "b": "bystander-key-b"}
+# What an operator gives a tenant it does not trust (BERTH_TENANT_LIMITS); the bystander
+# keeps the defaults. Ten requests a second, a few thousand tokens a request, 16 streams at
+# once, a small share of each queue, 100 files of at most 256 MB in all, 4 open batches.
+ATTACKER_LIMITS = {
+    "requests_per_minute": 600,
+    "tokens_per_minute": 2_000_000,
+    "concurrent_requests": 16,
+    "queued_requests": 64,
+    "files": 100,
+    "file_bytes": 256 * 1024 * 1024,
+    "open_batches": 4,
+}
 # the issue's schema: a worker once spent minutes compiling it
 SCHEMA_ATTACK = {
     "type": "object",
@@ -552,7 +567,9 @@ async def main(args: argparse.Namespace) -> int:
             # short enough for a slow upload to meet it within one attack window
             BERTH_UPLOAD_STALL_S=str(window_s / 3),
             BERTH_FAKE_TOKENS_PER_S=str(args.tokens_per_s),
+            BERTH_TENANT_LIMITS=json.dumps({"a": json.loads(args.attacker_limits)}),
         )
+        print(f"tenant a's limits: {args.attacker_limits}; tenant b: the defaults", flush=True)
         url = f"http://127.0.0.1:{port}"
         with stack(redis_url, port, env, logs) as roles:
             try:
@@ -599,4 +616,9 @@ if __name__ == "__main__":
     parser.add_argument("--quiet-s", type=float, default=0.0)
     parser.add_argument("--bystanders", type=int, default=4)
     parser.add_argument("--tokens-per-s", type=float, default=200.0)
+    parser.add_argument(
+        "--attacker-limits",
+        default=json.dumps(ATTACKER_LIMITS),
+        help="tenant a's limits, JSON (as in BERTH_TENANT_LIMITS); '{}' for the defaults",
+    )
     raise SystemExit(asyncio.run(main(parser.parse_args())))

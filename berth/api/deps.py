@@ -1,5 +1,6 @@
 """Typed route dependencies: ``State`` (the process's clients and stores), ``Tenant`` (who the
-API key belongs to) and ``Admin`` (an admin key was presented)."""
+API key belongs to), ``CountedTenant`` (the same, once the request is counted against the
+tenant's requests per minute) and ``Admin`` (an admin key was presented)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ async def _tenant(request: Request, state: State) -> str:
 
 
 Tenant = Annotated[str, Depends(_tenant)]
+
+
+async def _counted_tenant(tenant: Tenant, state: State) -> str:
+    # before the route reads the body: a request over its tenant's rate costs one script call
+    await state.quotas.count_request(tenant)
+    return tenant
+
+
+# the tenant of a request that counts against its requests per minute (chat, jobs)
+CountedTenant = Annotated[str, Depends(_counted_tenant)]
 
 
 async def _admin(request: Request, state: State) -> None:

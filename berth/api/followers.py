@@ -6,6 +6,10 @@ A follower reads its backlog itself (one XRANGE), then takes live entries from i
 skipping what the backlog already gave. A follower too slow to drain its queue is not
 allowed to grow it: it is marked lagging and catches up from the stream with XRANGE, so a
 stalled client costs its own reads, never the reader's memory.
+
+A live entry is one object shared by every follower, so what they derive from it
+(``Entry.view``: the parsed event, its SSE frame) is computed once per entry per process,
+not once per follower.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -32,7 +36,26 @@ QUEUE_BOUND = 10_000
 RETRY_S = 0.1
 RETRY_MAX_S = 5.0
 
-Entry = tuple[str, dict[bytes, bytes]]
+T = TypeVar("T")
+
+
+class Entry:
+    """One stream entry: its id and fields, and what followers derived from it."""
+
+    __slots__ = ("_views", "fields", "id")
+
+    def __init__(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        self.id = entry_id
+        self.fields = fields
+        self._views: dict[Callable[[Entry], Any], Any] = {}
+
+    def view(self, make: Callable[[Entry], T]) -> T:
+        """``make(self)``, computed once for this entry whichever follower asks first."""
+        try:
+            return self._views[make]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._views[make] = make(self)
+            return value
 
 
 def _id(entry_id: str) -> tuple[int, int]:
@@ -84,14 +107,14 @@ class StreamFollowers:
         try:
             last = after
             async for entry in self._range(key, last):
-                last = entry[0]
+                last = entry.id
                 yield entry
             while True:
                 if follower.lagging:
                     follower.lagging = False
                     follower.queue = asyncio.Queue(QUEUE_BOUND)
                     async for entry in self._range(key, last):
-                        last = entry[0]
+                        last = entry.id
                         yield entry
                     continue
                 try:
@@ -99,8 +122,8 @@ class StreamFollowers:
                 except TimeoutError:
                     yield None
                     continue
-                if last == "0" or _id(entry[0]) > _id(last):
-                    last = entry[0]
+                if last == "0" or _id(entry.id) > _id(last):
+                    last = entry.id
                     yield entry
         finally:
             self._leave(follower)
@@ -112,7 +135,7 @@ class StreamFollowers:
             page = await self.redis.xrange(key, min=start, count=COUNT)
             for entry_id, fields in page:
                 after = entry_id.decode()
-                yield after, fields
+                yield Entry(after, fields)
             if len(page) < COUNT:
                 return
 
@@ -157,7 +180,7 @@ class StreamFollowers:
                 if key not in self._cursors or not entries:
                     continue  # unfollowed while the read was out
                 self._cursors[key] = entries[-1][0].decode()
-                self._fan_out(key, [(i.decode(), f) for i, f in entries])
+                self._fan_out(key, [Entry(i.decode(), f) for i, f in entries])
 
     def _fan_out(self, key: str, entries: list[Entry]) -> None:
         for follower in self._followers.get(key, ()):

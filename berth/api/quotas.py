@@ -48,8 +48,30 @@ class Quotas:
     def of(self, tenant: str) -> TenantLimits:
         return self.book.of(tenant)
 
+    async def count_request(self, tenant: str) -> None:
+        """Count a request against its tenant's requests per minute as soon as the tenant
+        is known, before its body is read, or raise RateLimited: every request counts,
+        including those refused later for what they hold, so a tenant flooding bad requests
+        meets its own 429s instead of taking the API's CPU from everyone."""
+        limits = self.book.of(tenant)
+        if not limits.requests_per_minute:
+            return
+        now = time.time()
+        counts = await self.store.count_request(limits, tenant, now)
+        if counts.allowed:
+            return
+        _, elapsed = quota.window(now)
+        retry = quota.retry_after_s(limits, counts, elapsed, 1, self._settings.retry_after_s)
+        raise RateLimited(
+            quota.refusal_message(limits, counts, 1, "", 0, retry),
+            retry_after=retry,
+            headers=quota.rate_headers(limits, counts, elapsed),
+        )
+
     async def admit(self, queued: QueuedRequest, stream: str) -> None:
-        """Count the request against its tenant's limits, or raise RateLimited."""
+        """Count the request against its tenant's token rate, concurrency and share of the
+        queue (its request rate was counted by :meth:`count_request`), or raise
+        RateLimited."""
         tenant = queued.tenant
         if tenant is None:
             return

@@ -157,14 +157,55 @@ def schema_depth(value: Any) -> int:
     return depth
 
 
-# field → (the RequestLimits attribute bounding its length, what it counts)
+# field → (the RequestLimits attribute bounding its length, what it counts); checked on
+# the decoded JSON by :func:`check_sizes`, before any model is built
 _LENGTH_LIMITS = {
-    "regex": ("max_regex_chars", "characters"),
-    "ebnf": ("max_grammar_chars", "characters"),
-    "stop_token_ids": ("max_stop_token_ids", "token ids"),
+    "messages": ("max_messages", "messages"),
     "tools": ("max_tools", "entries"),
     "functions": ("max_tools", "entries"),
+    "stop_token_ids": ("max_stop_token_ids", "token ids"),
+    "regex": ("max_regex_chars", "characters"),
+    "ebnf": ("max_grammar_chars", "characters"),
+    "user": ("max_identifier_chars", "characters"),
+    "safety_identifier": ("max_identifier_chars", "characters"),
+    "prompt_cache_key": ("max_identifier_chars", "characters"),
 }
+
+
+def check_sizes(data: Any, limits: RequestLimits) -> None:
+    """Refuse a body over a count or length bound, from the decoded JSON alone.
+
+    Runs before the pydantic model is built, so a request with 10,000 tools or 50,000
+    messages costs one ``len`` to refuse, not the validation of every entry. Values of
+    the wrong type are left to the model, which says what type is expected.
+    """
+    if not isinstance(data, dict):
+        return
+    for key in data:
+        # unknown fields are reported first, as OpenAI does (and as the model would)
+        if key not in ChatCompletionRequest.model_fields:
+            raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=str(key))
+    for name, (attr, unit) in _LENGTH_LIMITS.items():
+        value = data.get(name)
+        if isinstance(value, list | str):
+            limit = getattr(limits, attr)
+            if len(value) > limit:
+                raise InvalidRequest(
+                    f"{name} must have at most {limit} {unit}, got {len(value)}", param=name
+                )
+    stop = data.get("stop")
+    strings = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    if len(strings) > MAX_STOP_STRINGS:
+        raise InvalidRequest(
+            f"stop must have at most {MAX_STOP_STRINGS} strings, got {len(strings)}", param="stop"
+        )
+    for i, item in enumerate(strings):
+        if isinstance(item, str) and len(item) > limits.max_stop_chars:
+            param = "stop" if isinstance(stop, str) else f"stop[{i}]"
+            raise InvalidRequest(
+                f"{param} must have at most {limits.max_stop_chars} characters, got {len(item)}",
+                param=param,
+            )
 
 
 def _limits(info: ValidationInfo) -> RequestLimits:
@@ -520,13 +561,9 @@ class ChatCompletionRequest(_Model):
 
     @field_validator("messages", mode="before")
     @classmethod
-    def _messages_bounded(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, list):
-            if not value:
-                raise field_error("must contain at least one message")
-            limit = _limits(info).max_messages
-            if len(value) > limit:
-                raise field_error(f"must have at most {limit} messages, got {len(value)}")
+    def _messages_given(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise field_error("must contain at least one message")
         return check_roles(value)
 
     @field_validator("n")
@@ -542,16 +579,6 @@ class ChatCompletionRequest(_Model):
     def _schema_bounded(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, JsonSchemaFormat):
             _check_schema(value.json_schema.schema_, info, ".json_schema.schema")
-        return value
-
-    @field_validator(*_LENGTH_LIMITS)
-    @classmethod
-    def _within_limits(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is not None:
-            attr, unit = _LENGTH_LIMITS[str(info.field_name)]
-            limit = getattr(_limits(info), attr)
-            if len(value) > limit:
-                raise field_error(f"must have at most {limit} {unit}, got {len(value)}")
         return value
 
     @field_validator("regex", "ebnf")
@@ -778,7 +805,9 @@ def parse_chat_request(data: Any, limits: RequestLimits | None = None) -> ChatCo
             data = json.loads(data)
         except ValueError as exc:
             raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-    context = {"limits": limits or DEFAULT_LIMITS}
+    limits = limits or DEFAULT_LIMITS
+    check_sizes(data, limits)
+    context = {"limits": limits}
     try:
         return ChatCompletionRequest.model_validate(data, context=context)
     except ValidationError as exc:
@@ -798,6 +827,7 @@ __all__ = [
     "TextFormat",
     "Tool",
     "ToolName",
+    "check_sizes",
     "parse_chat_request",
     "schema_depth",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "berth"
 
 # Pub/sub channel on which workers announce cancels to each other; every worker listens.
@@ -51,8 +53,10 @@ def tenant_jobs(tenant: str) -> str:
 
 
 def idempotency_key(tenant: str, key: str) -> str:
-    """Maps a tenant's Idempotency-Key to the job it created."""
-    return f"{PREFIX}:idem:{tenant}:{key}"
+    """Maps a tenant's Idempotency-Key to the job it created. The client's key is hashed:
+    whatever it holds, the Redis key has a fixed length and no client text."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{PREFIX}:idem:{tenant}:{digest}"
 
 
 # Sorted set of jobs sent to a worker and not yet finished (score: dispatch time).

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# an Idempotency-Key header (Stripe allows 255 characters; OpenAI documents none)
+MAX_IDEMPOTENCY_KEY_CHARS = 256
+
 
 class RequestLimits(BaseModel):
     """Per-request bounds checked while a chat-completion request is validated."""
@@ -42,6 +45,14 @@ class RequestLimits(BaseModel):
     # enforced by the API on the raw body, before JSON parsing
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     max_stop_token_ids: int = Field(default=64, ge=0)
+    # each stop string is searched for in every decoded chunk of every sequence, and the
+    # request carries it through Redis to the worker: vLLM and OpenAI set no length, so
+    # this bound is berth's (stop strings are words or short markers in practice)
+    max_stop_chars: int = Field(default=256, ge=1)
+    # free text that travels with the request (and for jobs into the job record):
+    # `user`, `safety_identifier`, `prompt_cache_key` (OpenAI documents 64 characters
+    # for `safety_identifier` and `user`; `prompt_cache_key` becomes a scheduling hint)
+    max_identifier_chars: int = Field(default=256, ge=1)
 
 
 DEFAULT_LIMITS = RequestLimits()

@@ -55,7 +55,32 @@ class QuotaStore:
         self.redis: Any = redis
         self._scripts = Scripts(redis)
 
+    async def count_request(self, limits: TenantLimits, tenant: str, now: float) -> Counts:
+        """Count one request against the tenant's requests per minute, or refuse it
+        (``refused`` "requests"; a refused request is not counted)."""
+        index, elapsed = window(now)
+        raw = await self._scripts["count_request"](
+            keys=[
+                keys.quota_rate(tenant, "requests", index - 1),
+                keys.quota_rate(tenant, "requests", index),
+                keys.quota_rate(tenant, "tokens", index - 1),
+                keys.quota_rate(tenant, "tokens", index),
+            ],
+            args=[elapsed, limits.requests_per_minute, _RATE_TTL_S],
+        )
+        allowed, rp, rc, tp, tc = (int(n) for n in raw)
+        return Counts(
+            allowed=bool(allowed),
+            refused="" if allowed else "requests",
+            requests_previous=rp,
+            requests_current=rc,
+            tokens_previous=tp,
+            tokens_current=tc,
+        )
+
     async def admit(self, limits: TenantLimits, ask: Admission, now: float) -> Counts:
+        """Admit a request whose rate :meth:`count_request` already counted: tokens,
+        concurrency and its share of the queue."""
         index, elapsed = window(now)
         t = ask.tenant
         stream = ask.stream or ""

@@ -20,7 +20,7 @@ async def _take(events: AsyncGenerator[Entry | None, None], n: int) -> list[byte
     while len(out) < n:
         entry = await asyncio.wait_for(anext(events), 5)
         if entry is not None:
-            out.append(entry[1][b"n"])
+            out.append(entry.fields[b"n"])
     return out
 
 
@@ -76,5 +76,37 @@ async def test_an_idle_follower_is_told_so(aredis: redis.asyncio.Redis) -> None:
         events = followers.follow("quiet", idle_s=0.1)
         assert await asyncio.wait_for(anext(events), 5) is None
         await events.aclose()
+    finally:
+        await followers.close()
+
+
+async def test_a_live_entry_is_derived_once_for_all_followers(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    # what followers make of an entry (the jobs route: its parsed type and SSE frame) is
+    # computed once per entry per process, however many follow the stream
+    made: list[str] = []
+
+    def frame(entry: Entry) -> str:
+        made.append(entry.id)
+        return f"frame {entry.fields[b'n'].decode()}"
+
+    followers = StreamFollowers(aredis)
+    await followers.start()
+    try:
+        many = [followers.follow("s", idle_s=0.05) for _ in range(20)]
+        for events in many:  # each joins, with an empty backlog, before the entries come
+            assert await asyncio.wait_for(anext(events), 5) is None
+        for i in range(3):
+            await aredis.xadd("s", {"n": i})
+        for events in many:
+            seen: list[str] = []
+            while len(seen) < 3:
+                entry = await asyncio.wait_for(anext(events), 5)
+                if entry is not None:
+                    seen.append(entry.view(frame))
+            assert seen == ["frame 0", "frame 1", "frame 2"]
+            await events.aclose()
+        assert len(made) == 3 and len(set(made)) == 3
     finally:
         await followers.close()

@@ -104,6 +104,11 @@ def test_idempotency_key_returns_the_same_job(stack: RunningStack) -> None:
         with _client(stack, "b") as other:
             theirs = other.post("/v1/jobs", json=_body(max_tokens=2), headers=headers)
         assert theirs.status_code == 202 and theirs.json()["id"] != first.json()["id"]
+        # the key is bounded (and only its hash becomes part of a Redis key)
+        long_key = {"Idempotency-Key": "k" * 257}
+        refused = client.post("/v1/jobs", json=_body(max_tokens=2), headers=long_key)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "Idempotency-Key"
 
 
 def test_cancel_a_running_job(stack: RunningStack) -> None:

@@ -20,7 +20,7 @@ from tests.stack import FAKE_ENGINE, RunningStack, StackFactory
 pytestmark = pytest.mark.e2e
 
 MODEL = "fake-model"
-KEYS = {"a": "key-a", "b": "key-b", "slow": "key-slow"}
+KEYS = {"a": "key-a", "b": "key-b", "slow": "key-slow", "flood": "key-flood"}
 
 
 def _body(**extra: Any) -> dict[str, Any]:
@@ -35,7 +35,9 @@ def stack(make_stack: StackFactory) -> RunningStack:
             "BERTH_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
             "BERTH_MAX_QUEUE_PER_MODEL": "8",
             "BERTH_FAIR_SHARE_FLOOR": "2",
-            "BERTH_TENANT_LIMITS": json.dumps({"slow": {"requests_per_minute": 2}}),
+            "BERTH_TENANT_LIMITS": json.dumps(
+                {"slow": {"requests_per_minute": 2}, "flood": {"requests_per_minute": 4}}
+            ),
         },
     )
     running.start_roles(("worker", FAKE_ENGINE), "api")
@@ -68,6 +70,32 @@ def test_over_requests_per_minute_is_429_with_openai_headers(stack: RunningStack
     assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
     assert "x-ratelimit-limit-tokens" in refused.headers
     assert "x-ratelimit-remaining-tokens" in refused.headers
+
+
+def test_refused_requests_count_against_their_tenants_rate(stack: RunningStack) -> None:
+    # a flood of requests each refused for what it holds (an unknown adapter, a body that
+    # is not JSON) counts like any other: past the tenant's rate they are 429s, answered
+    # before the body is read
+    with _client(stack, "flood") as client:
+        answers = [
+            client.post("/v1/chat/completions", json=_body(lora_path=f"nope-{i}")).status_code
+            for i in range(3)
+        ]
+        answers.append(client.post("/v1/chat/completions", content=b"{not json").status_code)
+        answers += [
+            client.post("/v1/chat/completions", content=b"{not json").status_code,
+            client.post("/v1/jobs", json=_body()).status_code,
+        ]
+        refused = client.post("/v1/chat/completions", json=_body(lora_path="nope"))
+    assert answers == [400, 400, 400, 400, 429, 429]
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-ratelimit-limit-requests"] == "4"
+    assert int(refused.headers["Retry-After"]) >= 1
+    # other tenants are not affected
+    with _client(stack, "b") as other:
+        unknown = other.post("/v1/chat/completions", json=_body(lora_path="nope"))
+        assert unknown.status_code == 400
 
 
 def test_one_tenants_burst_gets_another_no_429(stack: RunningStack) -> None:

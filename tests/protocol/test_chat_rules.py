@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from berth.protocol.chat import parse_chat_request
+from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.errors import InvalidRequest, Unsupported
 from berth.protocol.limits import RequestLimits
 
@@ -364,6 +364,8 @@ class TestLimits:
         max_json_schema_depth=2,
         max_tools=1,
         max_stop_token_ids=1,
+        max_stop_chars=3,
+        max_identifier_chars=4,
     )
 
     @pytest.mark.parametrize(
@@ -376,6 +378,12 @@ class TestLimits:
             ({"tools": [TOOL, TOOL]}, "tools", "at most 1 entries, got 2"),
             ({"functions": [{"name": "a"}, {"name": "b"}]}, "functions", "at most 1 entries"),
             ({"stop_token_ids": [1, 2]}, "stop_token_ids", "at most 1 token ids"),
+            ({"stop": "abcd"}, "stop", "stop must have at most 3 characters, got 4"),
+            ({"stop": ["ab", "abcd"]}, "stop[1]", "stop[1] must have at most 3 characters"),
+            ({"stop": ["a"] * 5}, "stop", "at most 4 strings, got 5"),
+            ({"user": "abcde"}, "user", "at most 4 characters, got 5"),
+            ({"safety_identifier": "abcde"}, "safety_identifier", "at most 4 characters"),
+            ({"prompt_cache_key": "abcde"}, "prompt_cache_key", "at most 4 characters"),
             (
                 {
                     "response_format": {
@@ -400,6 +408,10 @@ class TestLimits:
                 messages=[USER, ASSISTANT],
                 regex="abc",
                 stop_token_ids=[1],
+                stop=["abc", "xyz"],
+                user="abcd",
+                safety_identifier="abcd",
+                prompt_cache_key="abcd",
                 tools=[{"type": "function", "function": {"name": "f", "parameters": {"a": {}}}}],
             ),
             self.limits,
@@ -411,3 +423,24 @@ class TestLimits:
         assert limits.max_body_bytes == 4 * 1024 * 1024
         assert (limits.max_regex_chars, limits.max_grammar_chars) == (4096, 16384)
         assert (limits.max_json_schema_depth, limits.max_stop_token_ids) == (32, 64)
+        assert (limits.max_stop_chars, limits.max_identifier_chars) == (256, 256)
+
+    def test_counts_are_refused_before_the_model_is_built(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # a body over a count bound is refused from the decoded JSON: no entry is validated
+        def no_model(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the request model was built")
+
+        monkeypatch.setattr(ChatCompletionRequest, "model_validate", no_model)
+        many_tools = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(10_000)]
+        many_messages = [USER] * 50_000
+        for fields, param in (
+            ({"tools": many_tools}, "tools"),
+            ({"functions": [t["function"] for t in many_tools]}, "functions"),
+            ({"messages": many_messages}, "messages"),
+            ({"stop": ["x" * 500_000] * 4}, "stop[0]"),
+        ):
+            assert refused(body(**fields)).param == param
+        # an unknown field is still reported first
+        assert refused(body(tools=many_tools, bogus=1)).param == "bogus"

@@ -42,16 +42,28 @@ def _ask(
 async def test_requests_per_minute_slide_over_the_minute(aredis: redis.asyncio.Redis) -> None:
     store = QuotaStore(aredis)
     limits = TenantLimits(requests_per_minute=3)
-    results = [await store.admit(limits, _ask("a", f"r{i}"), NOW) for i in range(4)]
+    results = [await store.count_request(limits, "a", NOW) for _ in range(4)]
     assert [r.allowed for r in results] == [True, True, True, False]
-    assert results[-1].refused == "requests"
-    # another tenant counts apart
-    assert (await store.admit(limits, _ask("b", "b1"), NOW)).allowed
+    assert (results[-1].refused, results[-1].requests_current) == ("requests", 3)
+    # the refused one was not counted; another tenant counts apart
+    assert (await store.count_request(limits, "b", NOW)).allowed
     # half a minute into the next minute, the three count as 1.5 -> 1: two more fit
     later = NOW + 90
-    assert (await store.admit(limits, _ask("a", "r5", now=later), later)).allowed
-    assert (await store.admit(limits, _ask("a", "r6", now=later), later)).allowed
-    assert not (await store.admit(limits, _ask("a", "r7", now=later), later)).allowed
+    assert (await store.count_request(limits, "a", later)).allowed
+    assert (await store.count_request(limits, "a", later)).allowed
+    assert not (await store.count_request(limits, "a", later)).allowed
+
+
+async def test_admission_reads_the_request_rate_without_counting_it(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    store = QuotaStore(aredis)
+    limits = TenantLimits(requests_per_minute=1)
+    assert (await store.count_request(limits, "a", NOW)).allowed
+    # admission checks tokens, concurrency and the queue; the rate was counted already
+    admitted = await store.admit(limits, _ask("a", "r1"), NOW)
+    assert (admitted.allowed, admitted.requests_current) == (True, 1)
+    assert (await store.admit(limits, _ask("a", "r2"), NOW)).requests_current == 1
 
 
 async def test_tokens_per_minute_count_the_cost(aredis: redis.asyncio.Redis) -> None:

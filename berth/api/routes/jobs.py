@@ -12,12 +12,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
-from berth.api.deps import State, Tenant
+from berth.api.deps import CountedTenant, State, Tenant
+from berth.api.followers import Entry
 from berth.api.keepalive import PING
 from berth.api.state import ApiState
 from berth.protocol import keys
 from berth.protocol.envelopes import event_json
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound
+from berth.protocol.limits import MAX_IDEMPOTENCY_KEY_CHARS
 from berth.protocol.response import list_page
 from berth.store.jobs import TERMINAL_STATUSES, new_job_id
 
@@ -35,9 +37,15 @@ def _not_found(job_id: str) -> NotFound:
 async def submit_job(
     request: Request,
     state: State,
-    tenant: Tenant,
+    tenant: CountedTenant,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
+    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidRequest(
+            f"Idempotency-Key must have at most {MAX_IDEMPOTENCY_KEY_CHARS} characters, "
+            f"got {len(idempotency_key)}",
+            param="Idempotency-Key",
+        )
     chat = await read_chat(request, state)
     if chat.stream:
         raise InvalidRequest(
@@ -135,25 +143,31 @@ def _is_stream_id(value: str) -> bool:
     return ms.isdigit() and (not sep or seq.isdigit())
 
 
+def _sse(event_id: str, payload: bytes) -> tuple[str, bool]:
+    """An event's SSE frame, and whether it is the job's last."""
+    kind = json.loads(payload).get("type", "message")
+    frame = f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
+    return frame, kind in ("finished", "error", "cancelled")
+
+
+def _entry_sse(entry: Entry) -> tuple[str, bool]:
+    return _sse(entry.id, entry.fields[b"e"])
+
+
 async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
     """Every event after ``after``, once each, ending after the terminal one; a ping when
     nothing was sent for keepalive_s (a job waiting in the queue). Reads are shared with
-    every other follower of the job in this process (``api/followers.py``)."""
+    every other follower of the job in this process (``api/followers.py``), and so is each
+    live event's frame: parsed once, however many follow."""
     keepalive_s = state.settings.keepalive_s
-
-    def sse(event_id: str, payload: bytes) -> tuple[str, bool]:
-        kind = json.loads(payload).get("type", "message")
-        frame = f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
-        return frame, kind in ("finished", "error", "cancelled")
-
     idle_s = min(_QUIET_CHECK_S, keepalive_s) if keepalive_s > 0 else _QUIET_CHECK_S
     events = state.followers.follow(keys.job_events(job_id), after, idle_s=idle_s)
     sent_at = time.monotonic()
     try:
         async for entry in events:
             if entry is not None:
-                after = entry[0]
-                frame, terminal = sse(entry[0], entry[1][b"e"])
+                after = entry.id
+                frame, terminal = entry.view(_entry_sse)
                 yield frame
                 sent_at = time.monotonic()
                 if terminal:
@@ -167,7 +181,7 @@ async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> Asyn
                 # ended: its terminal event (written with the status) is in the stream
                 # unless the events expired or were trimmed; nothing more will come
                 for event_id, payload in await state.jobs.events_after(job_id, after, None):
-                    frame, terminal = sse(event_id, payload)
+                    frame, terminal = _sse(event_id, payload)
                     yield frame
                     if terminal:
                         return

@@ -1,5 +1,7 @@
 -- Admit one request against its tenant's limits, or say which limit refuses it; all
--- counted at once, so several API processes share the limits exactly.
+-- counted at once, so several API processes share the limits exactly. Requests per minute
+-- are counted earlier, by count_request.lua, as soon as the tenant is known; here they are
+-- only read, for the x-ratelimit-* headers.
 -- KEYS[1], KEYS[2]: the tenant's request counts, previous and current minute
 -- KEYS[3], KEYS[4]: the tenant's token counts, previous and current minute
 -- KEYS[5]: the tenant's running requests (zset request id -> lease expiry)
@@ -8,7 +10,7 @@
 -- KEYS[8]: the ingress stream itself
 -- ARGV[1]: now  ARGV[2]: how far into the current minute (0..1)  ARGV[3]: tenant
 -- ARGV[4]: request id  ARGV[5]: the request's token cost
--- ARGV[6]: requests per minute  ARGV[7]: tokens per minute  ARGV[8]: concurrent requests
+-- ARGV[6]: requests per minute (unused here)  ARGV[7]: tokens per minute  ARGV[8]: concurrent requests
 -- ARGV[9]: queued requests (each 0: unlimited)  ARGV[10]: the queue's bound
 -- ARGV[11]: the fair share's floor (at most the bound)  ARGV[12]: running lease expiry (0: not held)
 -- ARGV[13]: queued lease expiry (0: not queued here)  ARGV[14]: expiry of the count keys (s)
@@ -20,7 +22,7 @@ local now = tonumber(ARGV[1])
 local elapsed = tonumber(ARGV[2])
 local tenant = ARGV[3]
 local cost = tonumber(ARGV[5])
-local rpm, tpm = tonumber(ARGV[6]), tonumber(ARGV[7])
+local tpm = tonumber(ARGV[7])
 local max_running, max_queued = tonumber(ARGV[8]), tonumber(ARGV[9])
 local bound, floor = tonumber(ARGV[10]), tonumber(ARGV[11])
 local running_until, queued_until = tonumber(ARGV[12]), tonumber(ARGV[13])
@@ -59,9 +61,6 @@ local function refuse(reason)
   return {0, reason, rp, rc, tp, tc, running, queued, share}
 end
 
-if rpm > 0 and math.floor(rp * (1 - elapsed)) + rc + 1 > rpm then
-  return refuse('requests')
-end
 if tpm > 0 and math.floor(tp * (1 - elapsed)) + tc + cost > tpm then
   return refuse('tokens')
 end
@@ -79,8 +78,6 @@ if queued_until > 0 then
 end
 
 local ttl = tonumber(ARGV[14])
-rc = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ttl)
 tc = redis.call('INCRBY', KEYS[4], cost)
 redis.call('EXPIRE', KEYS[4], ttl)
 if running_until > 0 then
