@@ -124,7 +124,7 @@ def _load(ports: list[int], clients: int, tokens: int, seconds: float, out: Any)
     """In a process of its own: closed-loop clients for ``seconds``; sends its counts."""
 
     async def main() -> tuple[int, int, float, list[str]]:
-        counts, errors = [0, 0], []
+        counts, errors = [0, 0], list[str]()
         start = time.monotonic()
         await asyncio.gather(
             *(
@@ -150,6 +150,7 @@ def run_load(
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_load, args=(ports, clients, tokens, seconds, child), daemon=True)
     proc.start()
+    assert proc.pid is not None
     meter = CpuMeter({**pids, "client": proc.pid})
     meter.start()
     requests, chunks, wall, errors = parent.recv()
@@ -321,7 +322,7 @@ def measure_pubsub_floor(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def berth_stack(
-    url: str, apis: int, workers: int, log_dir: Path, profile: Path | None
+    url: str, apis: int, workers: int, log_dir: Path
 ) -> Iterator[tuple[list[int], dict[str, int]]]:
     env = dict(os.environ, REDIS_URL=url, BERTH_LOG_LEVEL="WARNING")
     env.update(
@@ -336,13 +337,7 @@ def berth_stack(
     ports = [free_port() for _ in range(apis)]
 
     def start(label: str, role: str, extra: dict[str, str]) -> None:
-        spy = profile / f"{label}.txt" if profile is not None else None
-        procs.append(
-            (
-                label,
-                RoleProcess.berth(role, {**env, **extra}, log_dir / f"{label}.log", profile_to=spy),
-            )
-        )
+        procs.append((label, RoleProcess.berth(role, {**env, **extra}, log_dir / f"{label}.log")))
 
     try:
         for w in range(workers):
@@ -370,10 +365,12 @@ def _wait_ready(port: int, procs: list[tuple[str, RoleProcess]], timeout_s: floa
         for label, proc in procs:
             if not proc.alive():
                 raise RuntimeError(f"{label} exited:\n{proc.tail()}")
-        with contextlib.suppress(Exception):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
-                if json.loads(answer.read()).get("workers", 0) >= 1:
-                    return
+        with (
+            contextlib.suppress(Exception),
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer,
+        ):
+            if json.loads(answer.read()).get("workers", 0) >= 1:
+                return
         time.sleep(0.3)
     raise TimeoutError(f"api on {port} not ready")
 
@@ -381,15 +378,19 @@ def _wait_ready(port: int, procs: list[tuple[str, RoleProcess]], timeout_s: floa
 def measure_berth(
     url: str, apis: int, workers: int, args: argparse.Namespace, log_dir: Path
 ) -> dict[str, Any]:
-    profile = None
-    if args.profile is not None:
-        profile = args.profile / f"berth-{apis}x{workers}-{time.strftime('%H%M%S')}"
-        profile.mkdir(parents=True, exist_ok=True)
-    with berth_stack(url, apis, workers, log_dir, profile) as (ports, pids):
+    with berth_stack(url, apis, workers, log_dir) as (ports, pids):
         run_load(ports, args.clients, args.tokens, 2.0, pids)  # warm-up
+        profiler = None
+        if args.profile is not None:
+            from benchmarks.serve import Profiler
+
+            out = args.profile / f"berth-{apis}x{workers}-{time.strftime('%H%M%S')}"
+            # attached for the measured run only: no start-up in the stacks
+            profiler = Profiler(out, rate=100)
+            profiler.start({k: v for k, v in pids.items() if k != "valkey"})
         result = run_load(ports, args.clients, args.tokens, args.seconds, pids)
-    if profile is not None:
-        result["profile"] = str(profile)
+        if profiler is not None:
+            result["profile"] = profiler.stop()
     return result
 
 
@@ -420,13 +421,17 @@ def report(results: dict[str, list[dict[str, Any]]], layouts: list[tuple[int, in
     for name, runs in results.items():
         tokens = _median(runs, "tokens_per_s")
         apis = next((a for a, w in layouts if name == f"berth {a}x{w}"), 1)
-        req = f"{_median(runs, 'requests_per_s'):>10,.0f}" if "requests_per_s" in runs[0] else " " * 10
+        req = (
+            f"{_median(runs, 'requests_per_s'):>10,.0f}"
+            if "requests_per_s" in runs[0]
+            else " " * 10
+        )
         per_api = tokens / apis
-        ratio = f"{per_api / floor:>9.2f}" if name != "pubsub-floor" else " " * 9
+        shown = f"{per_api / floor:>9.2f}" if name != "pubsub-floor" else " " * 9
         others = statistics.median(r["cores"]["others"] for r in runs)
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted(_median_cpu(runs).items()))
         lines.append(
-            f"{name:<16}{req}{tokens:>12,.0f}{per_api:>10,.0f}{ratio}{others:>8.2f}   {cpu}"
+            f"{name:<16}{req}{tokens:>12,.0f}{per_api:>10,.0f}{shown}{others:>8.2f}   {cpu}"
         )
     first = f"berth {layouts[0][0]}x{layouts[0][1]}"
     if first in results:
@@ -471,7 +476,11 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(result)
                 log(
                     f"round {i + 1}: {name}: {result['tokens_per_s']:,.0f} tokens/s"
-                    + (f", {result['requests_per_s']:,.0f} req/s" if "requests_per_s" in result else "")
+                    + (
+                        f", {result['requests_per_s']:,.0f} req/s"
+                        if "requests_per_s" in result
+                        else ""
+                    )
                     + f", others {result['cores']['others']:.2f} cores"
                     + (f", errors {result['errors']}" if result.get("errors") else "")
                 )
