@@ -140,13 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log=False,
         )
     elif args.role == "scheduler":
-        import asyncio
-
+        from berth import eventloop
         from berth.scheduler.service import serve
         from berth.scheduler.settings import SchedulerSettings
 
         assert isinstance(settings, SchedulerSettings)
-        asyncio.run(serve(settings))
+        eventloop.run(serve(settings))
     elif args.role == "worker":
         from berth.workers.main import run_worker
         from berth.workers.settings import WorkerSettings

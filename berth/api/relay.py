@@ -134,7 +134,9 @@ class TokenRelay:
     async def _read(self) -> None:
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                # no timeout: a timed read arms and cancels a timer per message; a dead
+                # connection still raises (TCP keepalive finds a half-open one)
+                message = await self._pubsub.get_message(timeout=None)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -11,6 +11,10 @@ the buffer is full is reported to its writer, which ends its request with an
 error once the buffer drains (``when_drained``) instead of losing events silently.
 A flush cut by a lost connection is sent again whole: a reader drops what it
 already has by ``seq``, and a stream entry whose id exists is refused by Redis.
+
+Its client should read without a per-reply timeout (``redis_client(...,
+socket_timeout=None)``): redis-py arms and cancels a timer for every reply of a
+pipeline, two replies per token; one timeout bounds the whole flush instead.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
+from berth.redisconn import SOCKET_TIMEOUT_S
+
 log = logging.getLogger(__name__)
 
 _PUBLISH, _APPEND, _EVENT, _SCRIPT = 0, 1, 2, 3
@@ -36,6 +42,8 @@ MAX_BUFFERED = 100_000
 _FLUSH_MAX = 4096
 # pause between attempts while Redis is away (each attempt already retried inside redis-py)
 _BACKOFF_S = (0.2, 2.0)
+# longest one flush may take before it counts as a lost connection (a frozen server)
+FLUSH_TIMEOUT_S = SOCKET_TIMEOUT_S
 
 
 class EventPublisher:
@@ -126,7 +134,10 @@ class EventPublisher:
                 count = min(len(self._buffer), _FLUSH_MAX)
                 batch = [self._buffer[i] for i in range(count)]
                 try:
-                    await self._flush(batch)
+                    # a builtin TimeoutError (an OSError) when it runs out: redis-py drops
+                    # the connection it cut, and the batch is sent again
+                    async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                        await self._flush(batch)
                 except (ConnectionError, TimeoutError, OSError) as err:
                     # keep the batch at the head of the buffer and try again: running work
                     # goes on, its events wait (bounded) until Redis is back

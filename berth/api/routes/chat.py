@@ -71,7 +71,8 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
     except BaseException:
         state.relay.release(request_id)
         raise
-    log.info(
+    # per request: DEBUG; the one INFO line per request is _account's at its end
+    log.debug(
         "request %s queued for %s/%s lane=%s stream=%s tenant=%s user=%s safety_identifier=%s",
         request_id,
         queued.model,
