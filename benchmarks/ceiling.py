@@ -248,14 +248,24 @@ _PAYLOAD = json.dumps(
 )
 
 
-def _publisher(url: str, channels: int, seconds: float, ready: Any) -> None:
+# messages published and not yet read, at most: an unbounded publisher outruns the
+# subscriber and Valkey closes it (client-output-buffer-limit pubsub)
+_WINDOW = 8192
+
+
+def _publisher(url: str, channels: int, seconds: float, ready: Any, read: Any) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
     names = [f"ceiling:{i}" for i in range(channels)]
     ready.wait()
     stop_at = time.monotonic() + seconds
+    sent = 0
     while time.monotonic() < stop_at:
+        if sent - read.value > _WINDOW:
+            time.sleep(0.0005)
+            continue
+        sent += len(names)
         pipe = client.pipeline(transaction=False)
         for name in names:  # one engine step: one event per request, one round trip
             pipe.publish(name, _PAYLOAD)
@@ -269,7 +279,10 @@ def measure_pubsub_floor(url: str, args: argparse.Namespace) -> dict[str, Any]:
     channels = args.clients
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    pub = ctx.Process(target=_publisher, args=(url, channels, args.seconds, ready), daemon=True)
+    read = ctx.Value("q", 0, lock=False)
+    pub = ctx.Process(
+        target=_publisher, args=(url, channels, args.seconds, ready, read), daemon=True
+    )
     pub.start()
     assert pub.pid is not None
     server = valkey_pid(url)
@@ -294,6 +307,8 @@ def measure_pubsub_floor(url: str, args: argparse.Namespace) -> dict[str, Any]:
                 start = time.monotonic()
                 meter.start()
             got += 1
+            if not got % 256:
+                read.value = got
             last = time.monotonic()
         cores = meter.stop()
         await pubsub.aclose()
