@@ -72,6 +72,7 @@ class ChunkWriter:
         stream_reasoning: bool = True,
         parallel_tool_calls: bool = True,
         resumed: bool = False,
+        event_ids: bool = True,
     ):
         self._head = {
             "id": request_id,
@@ -87,6 +88,9 @@ class ChunkWriter:
         # answer starts (SGLang's behaviour)
         self._held: dict[int, list[str]] | None = None if stream_reasoning else {}
         self._single_call = not parallel_tool_calls
+        # ``id:`` lines only where a client can resume: some SSE readers (vLLM's benchmark
+        # client among them) take an event for its data line and fail on any other field
+        self._event_ids = event_ids
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
         return f"data: {_dumps({**self._head, 'choices': choices, **extra})}\n\n"
@@ -122,7 +126,7 @@ class ChunkWriter:
         elif event.terminal:
             parts.append(f"data: {_dumps(event_error(event).body())}\n\n")
             parts.append(DONE)
-        if parts and (event_id := sse_event_id(event)) is not None:
+        if self._event_ids and parts and (event_id := sse_event_id(event)) is not None:
             parts[-1] = f"id: {event_id}\n{parts[-1]}"
         return "".join(parts)
 

@@ -119,6 +119,7 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
             timer.done(time.monotonic())
             _account(request_id, tenant, head[-1])
             return error_response(event_error(head[-1]))
+        resumable = _wants_resume(request, state)
         writer = ChunkWriter(
             request_id,
             chat.model,
@@ -127,8 +128,8 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
             chat.wants_usage,
             stream_reasoning=chat.stream_reasoning,
             parallel_tool_calls=chat.parallel_tool_calls is not False,
+            event_ids=resumable,
         )
-        resumable = _wants_resume(request, state)
         if resumable and not head[-1].terminal:
             record = ResumableStream(
                 tenant=tenant,
