@@ -33,6 +33,12 @@ from redis.asyncio.connection import Connection
 from berth.protocol import keys
 from berth.protocol.envelopes import TokenEvent
 
+try:
+    # what redis-py's hiredis reader returns while a reply is incomplete
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA
+except ImportError:  # another redis-py layout: every message through get_message
+    NOT_ENOUGH_DATA = None
+
 log = logging.getLogger(__name__)
 
 # put on a request's queue after the pub/sub connection was lost and made again
@@ -171,9 +177,9 @@ class TokenRelay:
         hiredis reader (none without hiredis: redis-py then reads each one itself)."""
         connection = self._pubsub.connection
         reader = getattr(getattr(connection, "_parser", None), "_reader", None)
-        if reader is None:
+        if reader is None or NOT_ENOUGH_DATA is None:
             return
-        while (reply := reader.gets()) is not False:
+        while (reply := reader.gets()) is not NOT_ENOUGH_DATA and reply is not False:
             yield reply
 
     def _route(self, message: dict[str, Any]) -> None:
