@@ -390,6 +390,17 @@ def _wait_ready(port: int, procs: list[tuple[str, RoleProcess]], timeout_s: floa
     raise TimeoutError(f"api on {port} not ready")
 
 
+def command_calls(url: str) -> dict[str, int]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats: dict[str, Any] = client.info("commandstats")
+    finally:
+        client.close()
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
 def measure_berth(
     url: str, apis: int, workers: int, args: argparse.Namespace, log_dir: Path
 ) -> dict[str, Any]:
@@ -403,7 +414,16 @@ def measure_berth(
             # attached for the measured run only: no start-up in the stacks
             profiler = Profiler(out, rate=100)
             profiler.start({k: v for k, v in pids.items() if k != "valkey"})
+        calls = command_calls(url)
         result = run_load(ports, args.clients, args.tokens, args.seconds, pids)
+        done = max(1.0, result["requests_per_s"] * args.seconds)
+        after = command_calls(url)
+        # Valkey commands per request, all roles together (INFO commandstats)
+        result["commands_per_request"] = {
+            name: round((n - calls.get(name, 0)) / done, 2)
+            for name, n in sorted(after.items(), key=lambda kv: -kv[1] + calls.get(kv[0], 0))
+            if n - calls.get(name, 0) >= done / 10
+        }
         if profiler is not None:
             result["profile"] = profiler.stop()
     return result
@@ -500,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
                     + (f", errors {result['errors']}" if result.get("errors") else "")
                 )
     text = report(results, layouts)
+    for name, runs in results.items():
+        if "commands_per_request" in runs[-1]:
+            per = ", ".join(f"{k} {v:g}" for k, v in runs[-1]["commands_per_request"].items())
+            text += f"\n{name}: Valkey commands per request: {per}"
     print(f"\n{text}\n", flush=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"ceiling-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
