@@ -896,15 +896,19 @@ def plot(sides: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (tput, ttft) = plt.subplots(1, 2, figsize=(10, 4))
+    every: set[int] = set()
     for name, by_c in sides.items():
         cs = sorted(by_c)
-        style = "-" if name.startswith("berth") else "--"
+        every.update(cs)
+        # a pair shares a colour; vLLM dashed, berth solid
+        style = ("-" if name.startswith("berth") else "--") + ("r" if "lora" in name else "b")
         tput.plot(cs, [by_c[c]["result"]["output_throughput"] for c in cs], style, marker="o",
                   label=name)  # fmt: skip
         ttft.plot(cs, [by_c[c]["result"]["median_ttft_ms"] for c in cs], style, marker="o",
                   label=name)  # fmt: skip
     for ax, title in ((tput, "output tokens/s"), (ttft, "TTFT p50 (ms)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(every), [str(c) for c in sorted(every)])
         ax.set_xlabel("concurrency")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
