@@ -1,30 +1,34 @@
 """Serving benchmark: berth's whole stack against vLLM's own OpenAI server.
 
-    python -m benchmarks.serve                       # both sides, ~3-4 minutes
-    python -m benchmarks.serve --only berth          # rerun one side
-    python -m benchmarks.serve --num-prompts 400 --concurrency 64
+    python -m benchmarks.serve                        # `make bench`: 2 pairs x c=1,32, 3 rounds
+    python -m benchmarks.serve --rounds 1 --num-prompts 64 --warmup-prompts 16   # quick look
+    python -m benchmarks.serve --sweep --plot docs/img/serve-sweep.png  # c=1,8,32,64 + plot
+    python -m benchmarks.serve --pairs lora          # only vLLM+LoRA against berth+LoRA
     python -m benchmarks.serve --profile /tmp/prof   # also py-spy every Python process
 
-Both sides serve the same generated tiny model (``berth-tiny``) and are driven
-by the same client, vLLM's own ``vllm.benchmarks.serve`` (backend
-``openai-chat``, ``/v1/chat/completions``, random dataset, ``--ignore-eos``,
-fixed seeds), after an unreported warm-up run each.
+Two pairs, each server with the same engine setting as its partner:
 
-Both servers are started together and stay up; the measured runs then
-alternate between them (vLLM, berth, berth, vLLM, ...), one at a time, each
-round with fresh prompts that both sides get. On these 2-core, shared machines
-run-to-run noise is large (another developer's test run, CPU scheduling luck),
-and alternating pairs the two sides in time so the noise hits both alike. The
-table shows each metric's median over the rounds.
+- ``plain``: vLLM's server against berth with LoRA off (``BERTH_ENABLE_LORA=false``);
+- ``lora``: vLLM's server with ``--enable-lora --max-loras=4 --max-lora-rank=16`` against
+  berth with LoRA on, as ``berth up`` runs the tiny model (it has adapters).
 
-For each process the script also records the CPU it used during its side's
-runs, which on 2 cores says where the time goes; ``--profile DIR`` adds
-py-spy stacks of every Python process.
+Both sides serve the same generated tiny model (``berth-tiny``) and are driven by the same
+client, vLLM's own ``vllm.benchmarks.serve`` (backend ``openai-chat``, random dataset,
+``--ignore-eos``, fixed seeds).
 
-It prints the results side by side with berth's targets and writes the raw
-results to ``benchmarks/results/serve-<timestamp>.json``. Server logs go to a
-temporary folder whose path is printed. This is a measurement, not a test: it
-exits non-zero only when a side could not be started or measured.
+One server is alive at a time: in each round, for each pair, the first server is started,
+warmed up (unreported), measured at every concurrency and stopped; then the other, in the
+opposite order in the next round (A B, B A, ...). vLLM's engine busy-polls while idle, so a
+second server left running would take CPU from the measured one on these 2 cores. Each
+round's prompts are fresh and the same for both sides. The tables show each metric's
+median over the rounds and the ratio per round.
+
+For each process the script records the CPU it used during its runs (and CPU ms per 1,000
+output tokens), which holds even when other work shares the machine.
+
+It writes the raw results to ``benchmarks/results/serve-<timestamp>.json`` (and with
+``--sweep`` a PNG plot). Server logs go to a temporary folder whose path is printed. This
+is a measurement, not a test: it exits non-zero only when a side could not be measured.
 """
 
 from __future__ import annotations
@@ -354,7 +358,7 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
 @dataclass
 class Workload:
     num_prompts: int
-    concurrency: int
+    concurrencies: list[int]
     input_len: int
     output_len: int
     warmup_prompts: int
@@ -365,7 +369,14 @@ class Workload:
 
 
 def run_client(
-    port: int, model: str, tokenizer: str, num_prompts: int, w: Workload, seed: int, out: Path
+    port: int,
+    model: str,
+    tokenizer: str,
+    num_prompts: int,
+    concurrency: int,
+    w: Workload,
+    seed: int,
+    out: Path,
 ) -> dict[str, Any]:
     """One run of ``vllm.benchmarks.serve`` against 127.0.0.1:port; its printout goes to out."""
     from vllm.benchmarks.serve import add_cli_args, main
@@ -378,7 +389,7 @@ def run_client(
     argv += ["--model", model, "--served-model-name", model, "--tokenizer", tokenizer]
     argv += ["--dataset-name", "random", "--num-prompts", str(num_prompts)]
     argv += ["--random-input-len", str(w.input_len), "--random-output-len", str(w.output_len)]
-    argv += ["--max-concurrency", str(w.concurrency), "--ignore-eos", "--seed", str(seed)]
+    argv += ["--max-concurrency", str(concurrency), "--ignore-eos", "--seed", str(seed)]
     argv += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99"]
     # --save-detailed keeps per-request figures in the returned dict (it saves no file)
     argv += ["--disable-tqdm", "--save-detailed"]
@@ -544,17 +555,20 @@ class VllmServer(Server):
     def __init__(self, tiny: Any, log_dir: Path, extra: list[str], name: str = "vllm") -> None:
         self.name = name
         super().__init__(tiny, log_dir)
-        self.cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
-        self.cmd += ["--model", str(tiny.path), "--served-model-name", tiny.name]
-        self.cmd += ["--host", "127.0.0.1", "--port", str(self.port), *extra]
+        self.extra = extra
+        self.cmd: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def launch(self) -> None:
+        self.port = free_port()
+        self.cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+        self.cmd += ["--model", str(self.tiny.path), "--served-model-name", self.tiny.name]
+        self.cmd += ["--host", "127.0.0.1", "--port", str(self.port), *self.extra]
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         log(f"{self.name}: starting vLLM's OpenAI server on port {self.port}")
         self.started_at = time.monotonic()
-        with open(self.log_dir / f"{self.name}-server.log", "wb") as out:
+        with open(self.log_dir / f"{self.name}-server.log", "ab") as out:
             self.proc = subprocess.Popen(
                 self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -580,16 +594,20 @@ class VllmServer(Server):
 
 
 class BerthServer(Server):
-    """berth's whole stack: embedded Valkey, worker, scheduler and api (``berth.local.Stack``)."""
+    """berth's whole stack: embedded Valkey, worker, scheduler and api (``berth.local.Stack``).
 
-    name = "berth"
+    ``lora``: the worker runs the engine with LoRA on, as ``berth up`` does for the tiny
+    model (it has adapters); off, it serves the base model only (``BERTH_ENABLE_LORA``)."""
 
-    def __init__(self, tiny: Any, log_dir: Path, fake_engine: bool) -> None:
+    def __init__(self, tiny: Any, log_dir: Path, fake_engine: bool, lora: bool) -> None:
+        self.name = "berth-lora" if lora else "berth"
         super().__init__(tiny, log_dir)
         self.fake_engine = fake_engine
+        self.lora = lora
         self.stack: Stack | None = None
 
     def launch(self) -> None:
+        self.port = free_port()
         # the stack owns every process from here on, Valkey included: stop() ends them all
         self.stack = Stack()
         # on an OS-chosen port, so a test run started at the same moment cannot share it
@@ -598,18 +616,19 @@ class BerthServer(Server):
         env.update(BERTH_HOST="127.0.0.1", BERTH_LOG_LEVEL="WARNING", BERTH_ALLOW_ANONYMOUS="true")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.pop("BERTH_MODEL", None)  # no model: the worker serves the tiny one as "berth-tiny"
+        env["BERTH_ENABLE_LORA"] = "true" if self.lora else "false"
         if self.fake_engine:
             env.update(BERTH_FAKE_ENGINE="true", BERTH_SERVED_MODEL_NAME=self.tiny.name)
-        log(f"berth: starting worker, scheduler and api on port {self.port}")
+        log(f"{self.name}: starting worker, scheduler and api on port {self.port}")
         self.started_at = time.monotonic()
         for role in ("worker", "scheduler", "api"):
-            with output_to(self.log_dir / f"berth-{role}.log"):
+            with output_to(self.log_dir / f"{self.name}-{role}.log"):
                 self.stack.start(role, env)
 
     def roots(self) -> dict[str, int]:
         assert self.stack is not None and self.stack.valkey is not None
-        roots = {f"berth/{role}": proc.pid for role, proc in self.stack.processes}
-        roots["berth/valkey"] = self.stack.valkey.pid
+        roots = {f"{self.name}/{role}": proc.pid for role, proc in self.stack.processes}
+        roots[f"{self.name}/valkey"] = self.stack.valkey.pid
         return roots
 
     def dead(self) -> str | None:
@@ -623,12 +642,12 @@ class BerthServer(Server):
 
     def stop(self) -> None:
         if self.stack is not None:
-            log("berth: stopping the stack")
+            log(f"{self.name}: stopping the stack")
             self.stack.stop(grace_s=15)
             self.stack = None
 
     def describe(self) -> dict[str, Any]:
-        return {"fake_engine": self.fake_engine} if self.fake_engine else {}
+        return {"fake_engine": self.fake_engine, "lora": self.lora}
 
 
 # --------------------------------------------------------------------------- #
@@ -636,136 +655,132 @@ class BerthServer(Server):
 # --------------------------------------------------------------------------- #
 
 
+def prompts_at(w: Workload, concurrency: int) -> int:
+    """Prompts per measured run at ``concurrency``: ``num_prompts`` at 32, in proportion
+    above and below, and at least ``min(num_prompts, 40)`` (concurrency 1 needs a few
+    dozen requests for a stable median)."""
+    return max(min(w.num_prompts, 40), w.num_prompts * concurrency // 32)
+
+
 def benchmark(
-    servers: list[Server], w: Workload, args: argparse.Namespace, log_dir: Path
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Start the servers, warm each up, alternate measured runs between them, stop them."""
-    try:
-        return _benchmark(servers, w, args, log_dir)
-    finally:
-        for server in servers:
-            try:
-                server.stop()
-            except Exception as err:  # the next side's processes must still be stopped
-                log(f"{server.name}: could not stop cleanly: {type(err).__name__}: {err}")
+    pairs: list[tuple[Server, Server]], w: Workload, args: argparse.Namespace, log_dir: Path
+) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, str]]:
+    """Measure each pair's two servers in blocks, one server alive at a time.
 
-
-def _benchmark(
-    servers: list[Server], w: Workload, args: argparse.Namespace, log_dir: Path
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    Round i, for each pair: start A, warm it up, run every concurrency, stop it; then B
+    the same way (B before A in odd rounds). vLLM's engine busy-polls while idle, so an
+    idle server left running would take CPU from the measured one on 2 cores."""
     failures: dict[str, str] = {}
-    live: list[Server] = []
-    for server in servers:
-        try:
-            server.launch()
-        except Exception as err:
-            failures[server.name] = f"{type(err).__name__}: {err}"
-            log(f"{server.name}: FAILED to start: {failures[server.name]}")
-    for server in servers:
-        if server.name in failures:
-            continue
-        try:
-            server.wait_ready(args.ready_timeout)
-            if w.warmup_prompts > 0:
-                log(f"{server.name}: warm-up, {w.warmup_prompts} prompts")
-                client_log = log_dir / f"{server.name}-client.log"
-                with watchdog(f"{server.name} warm-up", w.run_timeout_s, server.dead):
-                    warm = run_client(
-                        server.port, server.tiny.name, str(server.tiny.path),
-                        w.warmup_prompts, w, w.seed + 1, client_log,
-                    )  # fmt: skip
-                if not warm.get("completed"):
-                    errors = [e for e in warm.get("errors", []) if e][:1]
-                    raise RuntimeError(f"every warm-up request failed: {errors}")
-            live.append(server)
-        except Exception as err:
-            failures[server.name] = f"{type(err).__name__}: {err}"
-            log(f"{server.name}: FAILED: {failures[server.name]}")
-            show_logs(server)
-    if not live:
-        return {}, failures
-
-    roots: dict[str, int] = {CLIENT: os.getpid()}
-    for server in live:
-        roots.update(server.roots())
-    other_before = wait_quiet(roots, args.quiet_wait)
-    profiler = Profiler(args.profile) if args.profile is not None else None
-    if profiler is not None:
-        profiler.start(roots)
-    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in live}
-    cpu: dict[str, list[dict[str, Any]]] = {s.name: [] for s in live}
-    try:
-        for i in range(w.rounds):
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    cpu: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    profiles: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    others: dict[str, list[float]] = defaultdict(list)
+    startup: dict[str, list[float]] = defaultdict(list)
+    for i in range(w.rounds):
+        for pair in pairs:
             # alternate the order (A B, B A, ...) so drift hits both sides alike
-            for server in live if i % 2 == 0 else live[::-1]:
+            for server in pair if i % 2 == 0 else pair[::-1]:
                 if server.name in failures:
                     continue
-                log(
-                    f"{server.name}: round {i + 1}/{w.rounds}: {w.num_prompts} prompts "
-                    f"at concurrency {w.concurrency}"
-                )
-                time.sleep(SETTLE_S)  # the previous run's engine worker stops spinning
-                meter = CpuMeter(roots)
-                meter.start()
                 try:
-                    with watchdog(f"{server.name} round {i + 1}", w.run_timeout_s, server.dead):
-                        result = run_client(
-                            server.port, server.tiny.name, str(server.tiny.path),
-                            w.num_prompts, w, w.seed + 100 * i,
-                            log_dir / f"{server.name}-client.log",
-                        )  # fmt: skip
+                    block(server, w, args, log_dir, i, runs, cpu, profiles, others)
+                    if server.startup_s is not None:
+                        startup[server.name].append(server.startup_s)
                 except Exception as err:
                     failures[server.name] = f"{type(err).__name__}: {err}"
                     log(f"{server.name}: FAILED: {failures[server.name]}")
                     show_logs(server)
-                    continue
-                sample = meter.stop()
-                cpu[server.name].append(sample)
-                result["first_errors"] = [e for e in result.pop("errors", []) if e][:3]
-                result["other_cores"] = round(
-                    (sample["machine_cpu_s"] - sum(sample["processes_cpu_s"].values()))
-                    / sample["wall_s"],
-                    3,
-                )
-                if not w.save_detailed:
-                    result = {k: v for k, v in result.items() if k not in DETAILED_KEYS}
-                runs[server.name].append(result)
-                log(
-                    f"{server.name}: {result.get('output_throughput', 0):,.0f} output tok/s, "
-                    f"TTFT p50 {result.get('median_ttft_ms', 0):.1f} ms, "
-                    f"ITL p50 {result.get('median_itl_ms', 0):.2f} ms, "
-                    f"{result.get('failed', 0)} failed, "
-                    f"other processes {result['other_cores']:.2f} cores"
-                )
-    finally:
-        profile = profiler.stop() if profiler is not None else None
+                finally:
+                    try:
+                        server.stop()
+                    except Exception as err:  # the next block's server must still start
+                        log(f"{server.name}: could not stop cleanly: {type(err).__name__}: {err}")
 
-    sides: dict[str, dict[str, Any]] = {}
-    for server in live:
-        if not runs[server.name]:
-            continue
-        summary = cpu_summary(cpu[server.name], server.name)
-        side: dict[str, Any] = {
-            "result": median_of(runs[server.name]),
-            "runs": runs[server.name],
-            "cpu": summary,
-            "other_cores_before": other_before,
-            "startup_s": server.startup_s,
-            **server.describe(),
-        }
-        if profile is not None:
-            side["profile"] = {
-                label: prof
-                for label, prof in profile.items()
-                if label.startswith(f"{server.name}/")
+    sides: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, by_c in runs.items():
+        sides[name] = {}
+        for c, results in by_c.items():
+            summary = cpu_summary(cpu[name][c], name)
+            if summary["other_cores"] > OTHER_LOAD_LIMIT:
+                log(
+                    f"{name} at concurrency {c}: WARNING: processes outside the benchmark used "
+                    f"{summary['other_cores']:.2f} cores during its runs; figures disturbed"
+                )
+            sides[name][c] = {
+                "result": median_of(results),
+                "runs": results,
+                "cpu": summary,
+                "other_cores_before": others[name],
+                "startup_s": startup[name],
+                **({"profile": profiles[name]} if profiles[name] else {}),
             }
-        if summary["other_cores"] > OTHER_LOAD_LIMIT:
-            log(
-                f"{server.name}: WARNING: processes outside the benchmark used "
-                f"{summary['other_cores']:.2f} cores during its runs; its figures are disturbed"
-            )
-        sides[server.name] = side
     return sides, failures
+
+
+def block(
+    server: Server,
+    w: Workload,
+    args: argparse.Namespace,
+    log_dir: Path,
+    i: int,
+    runs: dict[str, dict[int, list[dict[str, Any]]]],
+    cpu: dict[str, dict[int, list[dict[str, Any]]]],
+    profiles: dict[str, list[dict[str, Any]]],
+    others: dict[str, list[float]],
+) -> None:
+    """One server's block of round ``i``: start, warm up, every concurrency once."""
+    server.launch()
+    server.wait_ready(args.ready_timeout)
+    client_log = log_dir / f"{server.name}-client.log"
+    if w.warmup_prompts > 0:
+        top = max(w.concurrencies)
+        log(f"{server.name}: warm-up, {w.warmup_prompts} prompts at concurrency {top}")
+        with watchdog(f"{server.name} warm-up", w.run_timeout_s, server.dead):
+            warm = run_client(
+                server.port, server.tiny.name, str(server.tiny.path),
+                w.warmup_prompts, top, w, w.seed + 1, client_log,
+            )  # fmt: skip
+        if not warm.get("completed"):
+            errors = [e for e in warm.get("errors", []) if e][:1]
+            raise RuntimeError(f"every warm-up request failed: {errors}")
+    roots: dict[str, int] = {CLIENT: os.getpid(), **server.roots()}
+    others[server.name].append(wait_quiet(roots, args.quiet_wait))
+    profiler = Profiler(args.profile / f"{server.name}-{i}") if args.profile else None
+    if profiler is not None:
+        profiler.start(roots)
+    try:
+        for c in w.concurrencies:
+            prompts = prompts_at(w, c)
+            log(f"{server.name}: round {i + 1}/{w.rounds}: {prompts} prompts at concurrency {c}")
+            time.sleep(SETTLE_S)  # vLLM's engine worker stops spinning after its last step
+            meter = CpuMeter(roots)
+            meter.start()
+            with watchdog(f"{server.name} round {i + 1}", w.run_timeout_s, server.dead):
+                result = run_client(
+                    server.port, server.tiny.name, str(server.tiny.path),
+                    prompts, c, w, w.seed + 100 * i, client_log,
+                )  # fmt: skip
+            sample = meter.stop()
+            cpu[server.name][c].append(sample)
+            result["first_errors"] = [e for e in result.pop("errors", []) if e][:3]
+            result["other_cores"] = round(
+                (sample["machine_cpu_s"] - sum(sample["processes_cpu_s"].values()))
+                / sample["wall_s"],
+                3,
+            )
+            if not w.save_detailed:
+                result = {k: v for k, v in result.items() if k not in DETAILED_KEYS}
+            runs[server.name][c].append(result)
+            log(
+                f"{server.name} c={c}: {result.get('output_throughput', 0):,.0f} output tok/s, "
+                f"TTFT p50 {result.get('median_ttft_ms', 0):.1f} ms, "
+                f"ITL p50 {result.get('median_itl_ms', 0):.2f} ms, "
+                f"{result.get('failed', 0)} failed, "
+                f"other processes {result['other_cores']:.2f} cores"
+            )
+    finally:
+        if profiler is not None:
+            profiles[server.name].append(profiler.stop())
 
 
 def show_logs(server: Server) -> None:
@@ -778,8 +793,13 @@ def show_logs(server: Server) -> None:
 # --------------------------------------------------------------------------- #
 
 
+# (baseline, berth side): each pair shares the engine's LoRA setting
+PAIRS = {"plain": ("vllm", "berth"), "lora": ("vllm-lora", "berth-lora")}
+
+
 def compare(base: dict[str, Any], berth: dict[str, Any]) -> dict[str, Any]:
-    """berth against a baseline side: throughput ratio, added TTFT and ITL, and the targets."""
+    """berth against its baseline at one concurrency: throughput ratio, added TTFT and ITL,
+    each round's paired ratio, and the targets."""
 
     def get(side: dict[str, Any], key: str) -> float:
         return float(side["result"].get(key, float("nan")))
@@ -795,6 +815,7 @@ def compare(base: dict[str, Any], berth: dict[str, Any]) -> dict[str, Any]:
         "output_throughput_ratio": round(ratio, 4),
         "added_ttft_p50_ms": round(ttft, 3),
         "added_itl_p50_ms": round(itl, 3),
+        "added_tpot_p50_ms": round(get(berth, "median_tpot_ms") - get(base, "median_tpot_ms"), 3),
         "paired_output_throughput_ratios": [round(r, 3) for r in paired],
         "targets": {
             "output_throughput_ratio_min": TARGET_THROUGHPUT_RATIO,
@@ -813,64 +834,90 @@ def fmt(value: Any, decimals: int) -> str:
     return "-" if value is None else f"{float(value):,.{decimals}f}"
 
 
-def report(sides: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, Any]]) -> str:
-    """The side-by-side table, berth against each baseline, and the CPU per process."""
-    names = list(sides)
-    bases = [n for n in comparisons if n in sides]
-    header = f"{'metric':<28}" + "".join(f"{n:>12}" for n in names)
-    for base in bases:
-        header += f"{'berth - ' + base:>18}{'berth / ' + base:>18}"
-    rounds = max(int(sides[n]["result"].get("runs", 1)) for n in names)
-    lines = [f"median of {rounds} measured run(s) per side", header, "-" * len(header)]
-    for label, key, unit, decimals in ROWS:
-        row = f"{label + (f' ({unit})' if unit else ''):<28}"
-        row += "".join(f"{fmt(sides[n]['result'].get(key), decimals):>12}" for n in names)
-        for base in bases:
-            b, v = sides["berth"]["result"].get(key), sides[base]["result"].get(key)
-            if key in ("completed", "failed") or b is None or v is None:
-                continue
-            ratio = float(b) / float(v) if float(v) else float("nan")
-            row += f"{float(b) - float(v):>+18,.{decimals}f}{ratio:>18.3f}"
-        lines.append(row)
-    for name in names:
-        per_run = ", ".join(f"{r.get('output_throughput', 0):,.0f}" for r in sides[name]["runs"])
-        lines.append(f"{name} output tok/s per round: {per_run}")
+def report(
+    sides: dict[str, dict[int, dict[str, Any]]],
+    comparisons: dict[str, dict[int, dict[str, Any]]],
+) -> str:
+    """Per pair and concurrency: both sides' medians, berth's difference and ratio, the
+    targets, then each side's CPU per process."""
 
     def mark(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    for base in bases:
-        c, met = comparisons[base], comparisons[base]["met"]
-        paired = ", ".join(f"{r:.2f}" for r in c["paired_output_throughput_ratios"])
-        lines += [
-            "",
-            f"berth against {base}" + (" (the targets)" if base == "vllm" else "") + ":",
-            f"  output tok/s ratio {c['output_throughput_ratio']:8.3f}"
-            f"     (>= {TARGET_THROUGHPUT_RATIO})   {mark(met['output_throughput'])}"
-            f"   [per round: {paired}]",
-            f"  added TTFT p50     {c['added_ttft_p50_ms']:+8.2f} ms"
-            f"  (<= {TARGET_ADDED_TTFT_P50_MS:g} ms)   {mark(met['ttft_p50'])}",
-            f"  added ITL p50      {c['added_itl_p50_ms']:+8.3f} ms"
-            f"  (<= {TARGET_ADDED_ITL_P50_MS:g} ms)    {mark(met['itl_p50'])}",
-        ]
-    for name in names:
-        cpu = sides[name]["cpu"]
-        lines += [
-            "",
-            f"{name}: CPU during its runs ({cpu['wall_s']:.1f} s wall; {cpu['machine_cores']} "
-            f"cores, {cpu['machine_busy_cores']:.2f} busy, {cpu['steal_cores']:.2f} stolen)",
-        ]
-        for label, used in cpu["processes"].items():
-            lines.append(f"  {label:<40}{used['cores']:>6.2f} cores  {used['cpu_s']:>7.2f} s")
-        if cpu["idle_other_side_cores"]:
-            idle = cpu["idle_other_side_cores"]
-            lines.append(f"  {'(the other sides, idle)':<40}{idle:>6.2f} cores")
-        lines.append(f"  {'(processes outside the benchmark)':<40}{cpu['other_cores']:>6.2f} cores")
-        tokens = sum(r.get("total_output_tokens", 0) for r in sides[name]["runs"])
-        own_s = sum(u["cpu_s"] for label, u in cpu["processes"].items() if label != CLIENT)
-        if tokens:
-            lines.append(f"  server CPU per output token: {1000 * own_s / tokens:.3f} ms")
+    lines: list[str] = []
+    for pair, by_c in comparisons.items():
+        base, berth = PAIRS[pair]
+        for c, comp in sorted(by_c.items()):
+            b, v = sides[berth][c], sides[base][c]
+            rounds = min(int(b["result"]["runs"]), int(v["result"]["runs"]))
+            header = f"{'c=' + str(c) + f' ({rounds} rounds)':<28}{base:>12}{berth:>12}"
+            header += f"{'difference':>14}{'ratio':>9}"
+            lines += ["", header, "-" * len(header)]
+            for label, key, unit, decimals in ROWS:
+                x, y = v["result"].get(key), b["result"].get(key)
+                row = f"{label + (f' ({unit})' if unit else ''):<28}"
+                row += f"{fmt(x, decimals):>12}{fmt(y, decimals):>12}"
+                if key not in ("completed", "failed") and x is not None and y is not None:
+                    ratio = float(y) / float(x) if float(x) else float("nan")
+                    row += f"{float(y) - float(x):>+14,.{decimals}f}{ratio:>9.3f}"
+                lines.append(row)
+            met = comp["met"]
+            paired = ", ".join(f"{r:.2f}" for r in comp["paired_output_throughput_ratios"])
+            lines += [
+                f"  output tok/s ratio {comp['output_throughput_ratio']:8.3f}"
+                f"     (>= {TARGET_THROUGHPUT_RATIO}, at 32)  "
+                f"{mark(met['output_throughput']) if c >= 32 else '-'}   [per round: {paired}]",
+                f"  added TTFT p50     {comp['added_ttft_p50_ms']:+8.2f} ms"
+                f"  (<= {TARGET_ADDED_TTFT_P50_MS:g} ms)       {mark(met['ttft_p50'])}",
+                f"  added ITL p50      {comp['added_itl_p50_ms']:+8.3f} ms"
+                f"  (<= {TARGET_ADDED_ITL_P50_MS:g} ms)        {mark(met['itl_p50'])}",
+            ]
+    for name, by_c in sides.items():
+        for c, side in sorted(by_c.items()):
+            cpu = side["cpu"]
+            lines += [
+                "",
+                f"{name} c={c}: CPU during its runs ({cpu['wall_s']:.1f} s wall; "
+                f"{cpu['machine_busy_cores']:.2f} of {cpu['machine_cores']} cores busy, "
+                f"{cpu['other_cores']:.2f} by other processes)",
+            ]
+            tokens = sum(r.get("total_output_tokens", 0) for r in side["runs"])
+            for label, used in cpu["processes"].items():
+                per_k = f"{1e6 * used['cpu_s'] / tokens:8.1f} ms/1k tok" if tokens else ""
+                lines.append(f"  {label:<40}{used['cores']:>6.2f} cores  {per_k}")
     return "\n".join(lines)
+
+
+def plot(sides: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
+    """Output tok/s and TTFT p50 against concurrency, one line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (tput, ttft) = plt.subplots(1, 2, figsize=(10, 4))
+    every: set[int] = set()
+    for name, by_c in sides.items():
+        cs = sorted(by_c)
+        every.update(cs)
+        # a pair shares a colour; vLLM dashed, berth solid
+        style = ("-" if name.startswith("berth") else "--") + ("r" if "lora" in name else "b")
+        tput.plot(cs, [by_c[c]["result"]["output_throughput"] for c in cs], style, marker="o",
+                  label=name)  # fmt: skip
+        ttft.plot(cs, [by_c[c]["result"]["median_ttft_ms"] for c in cs], style, marker="o",
+                  label=name)  # fmt: skip
+    for ax, title in ((tput, "output tokens/s"), (ttft, "TTFT p50 (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(every), [str(c) for c in sorted(every)])
+        ax.set_xlabel("concurrency")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    ttft.set_yscale("log")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _rounded(value: Any) -> Any:
@@ -939,27 +986,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serve",
         description="berth's whole stack against vLLM's own OpenAI server: same model, same "
-        "client (vllm.benchmarks.serve), alternating measured runs.",
+        "client (vllm.benchmarks.serve), one server alive at a time, alternating blocks.",
     )
     add = parser.add_argument
-    add("--num-prompts", type=int, default=200, help="prompts per measured run (200)")
-    add("--concurrency", type=int, default=32, help="max concurrent requests (32)")
-    add("--only", choices=("vllm", "berth", "vllm-lora"), help="run one side only")
+    add("--num-prompts", type=int, default=200,
+        help="prompts per measured run at concurrency 32, in proportion at others, "
+        "at least 40 (200)")  # fmt: skip
+    add("--concurrency", default="1,32", help="comma-separated concurrencies (1,32)")
+    add("--sweep", action="store_true",
+        help="concurrency 1,8,32,64 and write the plot (--plot)")  # fmt: skip
+    add("--plot", type=Path, help="write the plot here (with --sweep: next to the JSON)")
+    add("--pairs", default="plain,lora",
+        help="plain: vLLM vs berth, both LoRA off; lora: both LoRA on (plain,lora)")  # fmt: skip
     add("--input-len", type=int, default=64, help="prompt tokens (64)")
     add("--output-len", type=int, default=64, help="output tokens, EOS ignored (64)")
     add("--warmup-prompts", type=int, default=None,
-        help="unreported warm-up run per side (default: 2 x concurrency; 0: none)")  # fmt: skip
-    add("--lora-baseline", action="store_true",
-        help="also measure vLLM's server with LoRA enabled as berth's worker runs it "
-        f"({' '.join(LORA_ARGS)}): separates berth's own overhead from LoRA's")  # fmt: skip
-    add("--rounds", type=int, default=5, help="measured runs per side, alternating (5)")
+        help="warm-up per block, unreported (2 x top concurrency; 0: none)")  # fmt: skip
+    add("--rounds", type=int, default=3, help="blocks per server, alternating (3)")
     add("--seed", type=int, default=0, help="dataset seed of round 1; round i adds 100*(i-1)")
     add("--ready-timeout", type=float, default=300.0, metavar="S", help="server start limit")
-    add("--run-timeout", type=float, default=180.0, metavar="S", help="client run limit")
-    add("--quiet-wait", type=float, default=60.0, metavar="S",
-        help="wait up to S seconds for other processes to leave the CPU first (60)")  # fmt: skip
+    add("--run-timeout", type=float, default=300.0, metavar="S", help="client run limit")
+    add("--quiet-wait", type=float, default=30.0, metavar="S",
+        help="wait up to S seconds for other processes to leave the CPU first (30)")  # fmt: skip
     add("--vllm-arg", action="append", default=[], metavar="ARG",
-        help="extra argument for vLLM's server, repeatable: --vllm-arg=--enable-lora")  # fmt: skip
+        help="extra argument for vLLM's server, repeatable")  # fmt: skip
     add("--profile", type=Path, metavar="DIR",
         help="py-spy every Python process during the measured runs, raw stacks into DIR "
         "(adds load: do not compare profiled figures)")  # fmt: skip
@@ -976,13 +1026,14 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    concurrencies = [1, 8, 32, 64] if args.sweep else [int(c) for c in args.concurrency.split(",")]
     w = Workload(
         num_prompts=args.num_prompts,
-        concurrency=args.concurrency,
+        concurrencies=concurrencies,
         input_len=args.input_len,
         output_len=args.output_len,
         warmup_prompts=(
-            2 * args.concurrency if args.warmup_prompts is None else args.warmup_prompts
+            2 * max(concurrencies) if args.warmup_prompts is None else args.warmup_prompts
         ),
         seed=args.seed,
         rounds=args.rounds,
@@ -994,19 +1045,26 @@ def main(argv: list[str] | None = None) -> int:
     tiny = tiny_model(wait_s=30 * 60)
     log(f"model: {tiny.name} at {tiny.path}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    servers: list[Server] = []
-    if args.only in (None, "vllm"):
-        servers.append(VllmServer(tiny, log_dir, args.vllm_arg))
-    if (args.lora_baseline and args.only is None) or args.only == "vllm-lora":
-        servers.append(VllmServer(tiny, log_dir, [*LORA_ARGS, *args.vllm_arg], "vllm-lora"))
-    if args.only in (None, "berth"):
-        servers.append(BerthServer(tiny, log_dir, args.fake_engine))
-    sides, failures = benchmark(servers, w, args, log_dir)
-    comparisons: dict[str, dict[str, Any]] = {
-        base: compare(sides[base], sides["berth"])
-        for base in ("vllm", "vllm-lora")
-        if base in sides and "berth" in sides
-    }
+    pairs: list[tuple[Server, Server]] = []
+    chosen = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    for pair in chosen:
+        if pair not in PAIRS:
+            raise SystemExit(f"--pairs: unknown pair {pair!r} (plain, lora)")
+        lora = pair == "lora"
+        vllm = VllmServer(
+            tiny, log_dir, [*(LORA_ARGS if lora else []), *args.vllm_arg], PAIRS[pair][0]
+        )
+        pairs.append((vllm, BerthServer(tiny, log_dir, args.fake_engine, lora)))
+    sides, failures = benchmark(pairs, w, args, log_dir)
+    comparisons: dict[str, dict[int, dict[str, Any]]] = {}
+    for pair in chosen:
+        base, berth = PAIRS[pair]
+        if base in sides and berth in sides:
+            comparisons[pair] = {
+                c: compare(sides[base][c], sides[berth][c])
+                for c in concurrencies
+                if c in sides[base] and c in sides[berth]
+            }
     if sides:
         print(f"\n{report(sides, comparisons)}\n", flush=True)
     record = {
@@ -1019,20 +1077,24 @@ def main(argv: list[str] | None = None) -> int:
             "dataset": "random",
             "input_len": w.input_len,
             "output_len": w.output_len,
-            "num_prompts": w.num_prompts,
-            "max_concurrency": w.concurrency,
+            "prompts": {c: prompts_at(w, c) for c in concurrencies},
+            "concurrencies": concurrencies,
             "ignore_eos": True,
             "warmup_prompts": w.warmup_prompts,
             "rounds": w.rounds,
             "seeds": [w.seed + 100 * i for i in range(w.rounds)],
             "model": tiny.name,
+            "lora_args": LORA_ARGS,
         },
-        **sides,
-        "comparison": comparisons.get("vllm"),
-        "comparison_vllm_lora": comparisons.get("vllm-lora"),
+        "sides": sides,
+        "comparisons": comparisons,
         "failures": failures or None,
         "logs": str(log_dir),
     }
+    plot_path = args.plot or (args.results_dir / f"serve-{stamp}.png" if args.sweep else None)
+    if plot_path is not None and sides:
+        plot(sides, plot_path)
+        log(f"plot: {plot_path}")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"serve-{stamp}.json"
     path.write_text(to_json(record))

@@ -171,13 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_config=None,
         )
     elif role == "scheduler":
-        import asyncio
-
+        from berth import eventloop
         from berth.scheduler.service import serve
         from berth.scheduler.settings import SchedulerSettings
 
         assert isinstance(chosen, SchedulerSettings)
-        asyncio.run(serve(chosen))
+        eventloop.run(serve(chosen))
     elif role == "worker":
         from celery import signals as celery_signals
 

@@ -172,12 +172,17 @@ class BlockingSentinelConnectionPool(
 
 
 def redis_client(
-    url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS, *, retries: int = RETRIES
+    url: str,
+    max_connections: int = DEFAULT_REDIS_CONNECTIONS,
+    *,
+    retries: int = RETRIES,
+    socket_timeout: float | None = SOCKET_TIMEOUT_S,
 ) -> redis.asyncio.Redis:
     """The async client for ``url``. Its pool waits for a free connection instead of failing
     when all are busy, so a burst queues for a moment rather than ending in errors; after a
-    failover the same client reaches the new primary."""
-    options = socket_options() | {"retry": retry_policy(retries)}
+    failover the same client reaches the new primary. ``socket_timeout`` None: reads have no
+    timer of their own (for a caller that bounds a whole pipeline itself)."""
+    options = socket_options() | {"retry": retry_policy(retries), "socket_timeout": socket_timeout}
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
         sentinel = redis.asyncio.sentinel.Sentinel(

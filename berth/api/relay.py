@@ -10,6 +10,11 @@ Pub/sub drops what is published while the connection is down. redis-py reconnect
 again; the relay then puts ``RESYNC`` (None) on every open request's queue, telling
 its reader (``api/events.py``) to fetch what it missed from the request's event
 stream (``fetch``).
+
+Per message, redis-py's ``get_message`` costs more than everything else the relay does; so
+after each one it returns, the relay takes the messages already read off the socket
+straight from the connection's hiredis reader (``_buffered``), and hands redis-py only
+what is not a published message (subscribe confirmations, pongs), as it would have.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +32,12 @@ from redis.asyncio.connection import Connection
 
 from berth.protocol import keys
 from berth.protocol.envelopes import TokenEvent
+
+try:
+    # what redis-py's hiredis reader returns while a reply is incomplete
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA
+except ImportError:  # another redis-py layout: every message through get_message
+    NOT_ENOUGH_DATA = None
 
 log = logging.getLogger(__name__)
 
@@ -134,26 +146,57 @@ class TokenRelay:
     async def _read(self) -> None:
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                # no timeout: a timed read arms and cancels a timer per message; a dead
+                # connection still raises (TCP keepalive finds a half-open one)
+                message = await self._pubsub.get_message(timeout=None)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("token relay lost its connection; reconnecting")
                 await asyncio.sleep(0.1)
                 continue
-            if message is None:
-                continue
-            channel = message["channel"]
-            kind = message["type"]
-            if kind == "message":
-                queue = self._queues.get(channel)
-                if queue is None:
-                    continue
-                try:
-                    queue.put_nowait(TokenEvent.model_validate_json(message["data"]))
-                except ValidationError:
-                    log.error("malformed event on %s: %r", channel, message["data"][:200])
-            elif kind == "subscribe":
-                confirmed = self._confirmations.pop(channel, None)
-                if confirmed is not None and not confirmed.done():
-                    confirmed.set_result(None)
+            if message is not None:
+                self._route(message)
+            try:
+                for reply in self._buffered():
+                    if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                        self._deliver(reply[1], reply[2])
+                    elif isinstance(reply, Exception):
+                        log.error("token relay: error reply %s", reply)
+                    else:
+                        message = await self._pubsub.handle_message(reply)
+                        if message is not None:
+                            self._route(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("token relay: reading buffered messages failed")
+
+    def _buffered(self) -> Iterator[Any]:
+        """Replies the connection has already read and not parsed yet, straight from its
+        hiredis reader (none without hiredis: redis-py then reads each one itself)."""
+        connection = self._pubsub.connection
+        reader = getattr(getattr(connection, "_parser", None), "_reader", None)
+        if reader is None or NOT_ENOUGH_DATA is None:
+            return
+        while (reply := reader.gets()) is not NOT_ENOUGH_DATA and reply is not False:
+            yield reply
+
+    def _route(self, message: dict[str, Any]) -> None:
+        channel = message["channel"]
+        kind = message["type"]
+        if kind == "message":
+            self._deliver(channel, message["data"])
+        elif kind == "subscribe":
+            confirmed = self._confirmations.pop(channel, None)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        queue = self._queues.get(channel)
+        if queue is None:
+            return
+        try:
+            queue.put_nowait(TokenEvent.model_validate_json(data))
+        except ValidationError:
+            log.error("malformed event on %s: %r", channel, data[:200])

@@ -11,6 +11,12 @@ the buffer is full is reported to its writer, which ends its request with an
 error once the buffer drains (``when_drained``) instead of losing events silently.
 A flush cut by a lost connection is sent again whole: a reader drops what it
 already has by ``seq``, and a stream entry whose id exists is refused by Redis.
+
+The flush is this process's per-token cost, so a batch of events only (no script) is
+written as RESP built here and sent on one pooled connection: redis-py's pipeline packs
+each command in Python and arms a read timer per reply, which cost more than the rest of
+the worker's work per token. Its client should read without a per-reply timeout
+(``redis_client(..., socket_timeout=None)``); one timeout bounds the whole flush instead.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
+from berth.redisconn import SOCKET_TIMEOUT_S
+
 log = logging.getLogger(__name__)
 
 _PUBLISH, _APPEND, _EVENT, _SCRIPT = 0, 1, 2, 3
@@ -36,6 +44,8 @@ MAX_BUFFERED = 100_000
 _FLUSH_MAX = 4096
 # pause between attempts while Redis is away (each attempt already retried inside redis-py)
 _BACKOFF_S = (0.2, 2.0)
+# longest one flush may take before it counts as a lost connection (a frozen server)
+FLUSH_TIMEOUT_S = SOCKET_TIMEOUT_S
 
 
 class EventPublisher:
@@ -126,12 +136,15 @@ class EventPublisher:
                 count = min(len(self._buffer), _FLUSH_MAX)
                 batch = [self._buffer[i] for i in range(count)]
                 try:
-                    try:
-                        await self._flush(batch)
-                    except NoScriptError:
-                        # Redis restarted during the flush's retries and lost its script
-                        # cache: a new pipeline loads the scripts again
-                        await self._flush(batch)
+                    # a builtin TimeoutError (an OSError) when it runs out: redis-py drops
+                    # the connection it cut, and the batch is sent again
+                    async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                        try:
+                            await self._flush(batch)
+                        except NoScriptError:
+                            # Redis restarted during the flush's retries and lost its script
+                            # cache: a new pipeline loads the scripts again
+                            await self._flush(batch)
                 except (ConnectionError, TimeoutError, OSError) as err:
                     # keep the batch at the head of the buffer and try again: running work
                     # goes on, its events wait (bounded) until Redis is back
@@ -147,6 +160,9 @@ class EventPublisher:
             self._idle.set()
 
     async def _flush(self, batch: list[tuple[int, Any, Any]]) -> None:
+        if all(kind != _SCRIPT for kind, _, _ in batch):
+            await self._send_raw(batch)
+            return
         pipe = self._redis.pipeline(transaction=False)
         for kind, target, data in batch:
             if kind == _EVENT:
@@ -166,6 +182,52 @@ class EventPublisher:
         for result in await pipe.execute(raise_on_error=False):
             if isinstance(result, (ConnectionError, TimeoutError)):
                 raise result
-            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
-                # an entry id already present is a write sent twice across a reconnect
-                log.error("an event write failed: %s", result)
+            if isinstance(result, ResponseError):
+                _refused(result)
+
+    async def _send_raw(self, batch: list[tuple[int, Any, Any]]) -> None:
+        """The batch's commands as one RESP write, then their replies, on one connection."""
+        parts: list[bytes] = []
+        for kind, target, data in batch:
+            channel = target.encode()
+            if kind == _EVENT:
+                stream, entry_id, payload, maxlen, expire_s = data
+                body, key = payload.encode(), stream.encode()
+                parts.append(_resp(b"XADD", key, b"MAXLEN", b"~", b"%d" % maxlen,
+                                   entry_id.encode(), b"e", body))  # fmt: skip
+                parts.append(_resp(b"PUBLISH", channel, body))
+                if expire_s is not None:
+                    parts.append(_resp(b"EXPIRE", key, b"%d" % expire_s))
+            elif kind == _PUBLISH:
+                parts.append(_resp(b"PUBLISH", channel, data.encode()))
+            else:
+                payload, maxlen = data
+                parts.append(_resp(b"XADD", channel, b"MAXLEN", b"~", b"%d" % maxlen, b"*",
+                                   b"e", payload.encode()))  # fmt: skip
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            # a lost connection raises here and is dropped by redis-py; the caller sends
+            # the whole batch again
+            await connection.send_packed_command(parts)
+            for _ in parts:
+                try:
+                    await connection.read_response()
+                except ResponseError as err:
+                    _refused(err)
+        finally:
+            await pool.release(connection)
+
+
+def _resp(*args: bytes) -> bytes:
+    """One command in RESP, the protocol's request form."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+def _refused(err: ResponseError) -> None:
+    # an entry id already present is a write sent twice across a reconnect
+    if "equal or smaller" not in str(err):
+        log.error("an event write failed: %s", err)

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from berth import logcontext
+from berth.eventloop import new_loop
 from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import (
@@ -33,6 +34,7 @@ from berth.protocol.envelopes import (
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.protocol.output import CompletionAssembler
+from berth.redisconn import redis_client
 from berth.store.adapters import AdapterStore
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
 from berth.supervise import Backoff, log_failure, supervise
@@ -229,7 +231,7 @@ class EngineHost:
         # this process start: a restart under the same worker id is another incarnation
         self.incarnation = uuid.uuid4().hex
         self.capacity = settings.capacity
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
         )
@@ -241,6 +243,7 @@ class EngineHost:
         self._cancels: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Redis | None = None
+        self._events_redis: Redis | None = None
         self._publisher: EventPublisher | None = None
         self._jobs: JobStore | None = None
         self._started_at = time.time()
@@ -302,7 +305,9 @@ class EngineHost:
     async def _startup(self) -> None:
         self._redis = self.settings.redis()
         await self.engine.start()
-        self._publisher = EventPublisher(self._redis)
+        # the publisher's own client: its reads carry no per-reply timer (publisher.py)
+        self._events_redis = redis_client(self.settings.require_redis_url(), 4, socket_timeout=None)
+        self._publisher = EventPublisher(self._events_redis)
         self._publisher.start()
         self._jobs = JobStore(self._redis, self.settings.job_ttl_s)
         loop = asyncio.get_running_loop()
@@ -364,6 +369,8 @@ class EngineHost:
         await self._publisher.close()
         await self.engine.shutdown()
         await self._redis.aclose()
+        if self._events_redis is not None:
+            await self._events_redis.aclose()
 
     async def _follow_adapter_registry(self) -> None:
         """Adapters registered through the admin API become servable here within a beat."""

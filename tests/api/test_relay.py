@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 import redis.asyncio
 
 from berth.api.relay import TokenRelay
@@ -29,6 +31,35 @@ async def test_events_reach_their_request_only(aredis: redis.asyncio.Redis) -> N
         relay.release("a")
         await asyncio.sleep(0.05)
         assert await aredis.publish(keys.token_channel("a"), "x") == 0
+    finally:
+        await relay.close()
+
+
+async def test_a_burst_read_in_one_go_reaches_every_request_in_order(
+    aredis: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Many messages arrive in one socket read: the relay takes them from the connection's
+    reader, interleaved with subscribe confirmations, with nothing lost or reordered."""
+    relay = TokenRelay(aredis)
+    await relay.start()
+    try:
+        ids = [f"r{i}" for i in range(8)]
+        queues = {rid: await relay.open(rid) for rid in ids}
+        pipe = aredis.pipeline(transaction=False)
+        for seq in range(200):
+            for rid in ids:
+                pipe.publish(
+                    keys.token_channel(rid), f'{{"id":"{rid}","seq":{seq},"type":"delta"}}'
+                )
+        # opened while the burst is on its way: its confirmation comes amid the messages
+        late = asyncio.ensure_future(relay.open("late"))
+        await pipe.execute()
+        await asyncio.wait_for(late, 5)
+        for rid in ids:
+            got = [await asyncio.wait_for(queues[rid].get(), 5) for _ in range(200)]
+            assert [e.seq if e else None for e in got] == list(range(200))
+            assert queues[rid].empty()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
         await relay.close()
 

@@ -148,6 +148,9 @@ def test_the_last_sse_event_of_each_worker_event_carries_its_id() -> None:
     blocks = [b for b in end.split("\n\n") if b]
     assert blocks[-1] == "id: 0-5\ndata: [DONE]"
     assert ChunkWriter("r1", "m", 1, 1, False, resumed=True).render(_event(2, "delta")) == ""
+    # a stream that cannot be resumed has no id: lines (some SSE readers fail on them)
+    plain = ChunkWriter("r1", "m", 1, 1, False, event_ids=False)
+    assert "id:" not in plain.render(_event(0, "delta", choices=[{"index": 0, "content": "x"}]))
     assert parse_sse_event_id("x") is None and parse_sse_event_id("1-2") == (1, 2)
 
 

@@ -64,3 +64,48 @@ async def test_events_wait_for_redis_and_an_overflow_ends_with_an_error() -> Non
         await publisher.close()
         await client.aclose()
         server.stop()
+
+
+async def test_events_are_streamed_published_and_expire_and_a_resent_write_is_harmless() -> None:
+    server = ValkeyServer(port=free_port())
+    server.start()
+    url = server.connection_url
+    client = redis_client(url, 8, socket_timeout=None)
+    listener = redis_client(url, 8)
+    publisher = EventPublisher(client)
+    publisher.start()
+    jobs = JobStore(client, 3600)
+    pubsub = listener.pubsub()
+    try:
+        await pubsub.subscribe(keys.token_channel("r1"))
+        events = _RequestEvents(publisher, QueuedRequest(id="r1", model="m", request={}), "w", jobs)
+        events.emit("started")
+        events.emit("delta", choices=[{"index": 0, "content": "é\u2028"}])
+        await publisher.drain()
+        # the same entry sent again (a flush repeated after a reconnect) is refused by Redis
+        # and changes nothing; the writes after it still land
+        stream = keys.request_events("r1")
+        first: Any = await client.xrange(stream)
+        publisher.event(
+            keys.token_channel("r1"), stream, keys.event_entry_id(0, 1), "{}", 100, None
+        )
+        events.emit("finished")
+        await publisher.drain()
+        got = await _events(client, "r1")
+        assert [e["seq"] for e in got] == [0, 1, 2]
+        assert got[1]["choices"] == [{"index": 0, "content": "é\u2028"}]
+        after: Any = await client.xrange(stream)
+        assert after[:2] == first
+        assert 0 < await client.ttl(stream) <= keys.REQUEST_EVENTS_TTL_S
+        published = []
+        while (message := await pubsub.get_message(timeout=1.0)) is not None:
+            if message["type"] == "message":
+                published.append(json.loads(message["data"]))
+        # the resent write is published again (readers drop it by seq); the rest in order
+        assert [e.get("seq") for e in published] == [0, 1, None, 2]
+    finally:
+        await pubsub.aclose()
+        await publisher.close()
+        await client.aclose()
+        await listener.aclose()
+        server.stop()

@@ -75,7 +75,8 @@ async def chat_completions(request: Request, state: State, tenant: CountedTenant
     except BaseException:
         state.relay.release(request_id)
         raise
-    log.info(
+    # per request: DEBUG; the one INFO line per request is _account's at its end
+    log.debug(
         "request %s queued for %s/%s lane=%s stream=%s tenant=%s user=%s safety_identifier=%s",
         request_id,
         queued.model,
@@ -131,8 +132,8 @@ async def chat_completions(request: Request, state: State, tenant: CountedTenant
             timer.done(time.monotonic())
             _account(request_id, tenant, head[-1])
             return error_response(event_error(head[-1]))
-        writer = _writer(request_id, chat, created)
         resumable = _wants_resume(request, state)
+        writer = _writer(request_id, chat, created, event_ids=resumable)
         if resumable and not head[-1].terminal:
             await _save_resumable(state, request_id, chat, tenant, created, head[-1])
         return StreamingResponse(
@@ -169,7 +170,11 @@ async def _within(work: asyncio.Future[Any], wait_s: float) -> bool:
     return True
 
 
-def _writer(request_id: str, chat: ChatCompletionRequest, created: int) -> ChunkWriter:
+def _writer(
+    request_id: str, chat: ChatCompletionRequest, created: int, event_ids: bool
+) -> ChunkWriter:
+    """``event_ids``: SSE ``id:`` lines, for streams a client may resume (some clients, vLLM's
+    bench client among them, fail on them, so others go without)."""
     return ChunkWriter(
         request_id,
         chat.model,
@@ -178,6 +183,7 @@ def _writer(request_id: str, chat: ChatCompletionRequest, created: int) -> Chunk
         chat.wants_usage,
         stream_reasoning=chat.stream_reasoning,
         parallel_tool_calls=chat.parallel_tool_calls is not False,
+        event_ids=event_ids,
     )
 
 
@@ -233,7 +239,7 @@ async def _late_stream_response(
             request_id,
             first,
             events,
-            _writer(request_id, chat, created),
+            _writer(request_id, chat, created, event_ids=wants_resume),
             timer,
             wants_resume,
             save if wants_resume else None,
@@ -360,6 +366,7 @@ async def resume_stream(
         stream_reasoning=record.stream_reasoning,
         parallel_tool_calls=record.parallel_tool_calls,
         resumed=last >= 0,
+        event_ids=True,
     )
     return StreamingResponse(
         _pinged(
