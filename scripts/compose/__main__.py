@@ -117,7 +117,7 @@ def _build_and_drive(
         ("models listed", lambda: drive.models(api)),
         ("streamed chat", lambda: drive.streamed_chat(api)),
         ("chat with a LoRA adapter", lambda: drive.adapter_chat(api)),
-        ("job", lambda: drive.job(stack.url)),
+        ("job", lambda: drive.job(stack.url, stack.api_key)),
         ("batch of 3", lambda: drive.batch(api)),
     ]
     for name, check in checks:

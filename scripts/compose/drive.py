@@ -72,10 +72,11 @@ def adapter_chat(api: openai.OpenAI) -> None:
     )
 
 
-def job(url: str, timeout_s: float = 120) -> None:
+def job(url: str, api_key: str, timeout_s: float = 120) -> None:
     """An asynchronous job (berth's /v1/jobs): 202, then polled to its stored result."""
     body = {"model": MODEL, "messages": PROMPT, "max_tokens": 5}
-    with httpx.Client(base_url=url, timeout=30) as http:
+    auth = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=url, timeout=30, headers=auth) as http:
         answer = http.post("/v1/jobs", json=body)
         _check(answer.status_code == 202, "POST /v1/jobs answers 202", answer.text)
         job_id = answer.json()["id"]
