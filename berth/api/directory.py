@@ -47,6 +47,7 @@ class WorkerDirectory:
         # whether the last registry read reached Redis; while not, new requests get a 503
         self.redis_ok = True
         self.redis_error = ""
+        self._slow_reads = 0
 
     async def start(self) -> None:
         await self.probe()
@@ -86,6 +87,12 @@ class WorkerDirectory:
             raise
         except Exception as err:
             reason = str(err) or type(err).__name__
+            if isinstance(err, TimeoutError) and self._slow_reads < 1:
+                # one slow read may be this process's own loop, busy under a flood of
+                # requests, not Redis: refusing everyone for it would hand a flooding
+                # client a denial of service; a second one in a row counts
+                self._slow_reads += 1
+                return self.redis_ok
             if self.redis_ok:
                 log.error("reading the worker registry failed: %s", reason)
             self.redis_ok, self.redis_error = False, reason
@@ -93,6 +100,7 @@ class WorkerDirectory:
         if not self.redis_ok:
             log.warning("reading the worker registry works again")
         self.redis_ok, self.redis_error = True, ""
+        self._slow_reads = 0
         return True
 
     async def _loop(self) -> None:
