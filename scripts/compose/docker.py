@@ -115,6 +115,9 @@ def private_daemon(cli: str, state: Path, timeout_s: float = 60.0) -> Iterator[D
         f"--pidfile={state / 'dockerd.pid'}",
         f"--host={docker.host}",
     ]
+    # dockerd makes its bridge and leaves it behind when it stops: remove it then, unless
+    # it was there before
+    bridge_before = Path("/sys/class/net/docker0").exists()
     log.info("starting a private dockerd (data root %s)", state / "data")
     with open(state / "dockerd.log", "ab") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
@@ -127,6 +130,8 @@ def private_daemon(cli: str, state: Path, timeout_s: float = 60.0) -> Iterator[D
         yield docker
     finally:
         _stop(process)
+        if not bridge_before and Path("/sys/class/net/docker0").exists():
+            subprocess.run(["ip", "link", "delete", "docker0"], check=False)
 
 
 def _stop(process: subprocess.Popen[Any], timeout_s: float = 60.0) -> None:
