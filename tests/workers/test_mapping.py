@@ -246,7 +246,8 @@ def test_valid_requests_always_map(body: dict[str, Any]) -> None:
     sp = build_sampling_params(req, vocab_size=VOCAB, max_model_len=CONTEXT, prompt_len=PROMPT)
     assert sp.n == req.n
     assert sp.max_tokens == (req.max_completion_tokens or CONTEXT - PROMPT)
-    assert sp.seed == req.effective_seed
+    # vLLM reads seed -1 as no seed (SamplingParams.__post_init__)
+    assert sp.seed == (None if req.effective_seed == -1 else req.effective_seed)
     assert sp.output_kind is RequestOutputKind.DELTA
     if req.logprobs:
         assert sp.logprobs == (req.top_logprobs or 0)
