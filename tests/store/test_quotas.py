@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis.asyncio
 
 from berth.protocol import keys
@@ -14,6 +15,14 @@ from berth.store.quotas import Admission, QuotaStore
 STREAM = keys.ingress_stream("m")
 # the start of the next minute: real time, since the keys' expiries are absolute
 NOW = float((int(time.time()) // 60 + 1) * 60)
+
+
+@pytest.fixture(autouse=True)
+def _now_is_now() -> None:
+    """NOW is taken again for each test: a suite runs for minutes, and a NOW taken when the
+    module was imported would put the expiries these tests write in the past."""
+    global NOW
+    NOW = float((int(time.time()) // 60 + 1) * 60)
 
 
 def _ask(
