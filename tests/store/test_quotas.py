@@ -34,8 +34,9 @@ def _ask(
     floor: int = 2,
     running: bool = False,
     queued: bool = True,
-    now: float = NOW,
+    now: float | None = None,
 ) -> Admission:
+    now = NOW if now is None else now
     return Admission(
         tenant=tenant,
         request_id=rid,
