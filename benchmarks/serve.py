@@ -569,8 +569,10 @@ class VllmServer(Server):
         log(f"{self.name}: starting vLLM's OpenAI server on port {self.port}")
         self.started_at = time.monotonic()
         with open(self.log_dir / f"{self.name}-server.log", "ab") as out:
+            # in our session, as berth's stack is (berth/local.py): both servers share the
+            # client's scheduling group
             self.proc = subprocess.Popen(
-                self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT, process_group=0
             )
 
     def roots(self) -> dict[str, int]:

@@ -137,7 +137,8 @@ class RoleProcess:
             cwd=REPO,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            # a group of its own in our session, as `berth up` starts roles (berth/local.py)
+            process_group=0,
         )
 
     @classmethod

