@@ -9,7 +9,10 @@ The stack is berth's real roles, each its own process, on an embedded Valkey: ``
 (keys for two tenants, ``a`` the attacker and ``b`` the bystander), ``berth scheduler``
 and ``berth worker`` on the fake engine. Tenant b runs in a process of its own (so the
 attacks' client work does not slow its measurement): ``--bystanders`` closed-loop clients
-each sending a small chat completion as soon as the last one answered.
+each sending a small chat completion as soon as the last one answered. The attacks run in
+another process, at the lowest CPU priority (``os.nice(19)``): it stands for a remote
+client, whose own CPU is not the service's, on a machine where attacker and service share
+the cores. The sampler stays in the main process.
 
 For each attack, first a quiet window (tenant b alone), then the attack window (the attack
 repeated until the window has passed, or held open for it). It prints per attack: the
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import multiprocessing
@@ -373,6 +377,40 @@ _HELD = {"many_connections", "many_followers"}
 
 
 # --------------------------------------------------------------------------- #
+# the attacker (tenant a), in a process of its own at the lowest CPU priority
+# --------------------------------------------------------------------------- #
+
+
+def _lowest_priority() -> None:
+    os.nice(19)
+
+
+def attack_window(ctx: Context, name: str) -> tuple[list[Answer], float, float]:
+    """Run in the attacker's process: the attack repeated until the window has passed (or
+    held open for it); its answers and the window's start and end (wall clock)."""
+
+    async def run() -> tuple[list[Answer], float, float]:
+        started = time.time()
+        answers: list[Answer] = []
+        while True:
+            answers += await ATTACKS[name](ctx)
+            if name in _HELD or time.time() - started >= ctx.window_s:
+                break
+        return answers, started, time.time()
+
+    return asyncio.run(run())
+
+
+def attacker_pool() -> concurrent.futures.ProcessPoolExecutor:
+    """The attacker's process: one, reused for every attack, started at nice 19."""
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_lowest_priority,
+    )
+
+
+# --------------------------------------------------------------------------- #
 # the bystander (tenant b), in a process of its own
 # --------------------------------------------------------------------------- #
 
@@ -471,7 +509,12 @@ def answered_cleanly(answers: list[Answer]) -> bool:
 
 
 async def run_attack(
-    ctx: Context, name: str, sampler: Sampler, b_log: Path, quiet_s: float
+    ctx: Context,
+    name: str,
+    sampler: Sampler,
+    b_log: Path,
+    quiet_s: float,
+    attacker: concurrent.futures.Executor,
 ) -> dict[str, Any]:
     quiet_start = time.time()
     await asyncio.sleep(quiet_s)
@@ -479,13 +522,9 @@ async def run_attack(
     before = await asyncio.to_thread(sampler.now)
     stop = asyncio.Event()
     peaks = asyncio.create_task(sampler.peaks(stop))
-    started = time.time()
-    answers: list[Answer] = []
-    while True:
-        answers += await ATTACKS[name](ctx)
-        if name in _HELD or time.time() - started >= ctx.window_s:
-            break
-    ended = time.time()
+    answers, started, ended = await asyncio.get_running_loop().run_in_executor(
+        attacker, attack_window, ctx, name
+    )
     stop.set()
     peak = await peaks
     during = bystander_window(b_log, started, ended)
@@ -588,12 +627,17 @@ async def main(args: argparse.Namespace) -> int:
             b.start()
             rows = []
             try:
-                await asyncio.sleep(2.0)  # warm up
-                sampler = Sampler(redis_url, api, worker)
-                for name in names:
-                    row = await run_attack(ctx, name, sampler, b_log, args.quiet_s or window_s)
-                    print(f"  {name}: {row['answers']}", flush=True)
-                    rows.append(row)
+                with attacker_pool() as attacker:
+                    # start the attacker's process now, outside every window
+                    await asyncio.get_running_loop().run_in_executor(attacker, time.time)
+                    await asyncio.sleep(2.0)  # warm up
+                    sampler = Sampler(redis_url, api, worker)
+                    for name in names:
+                        row = await run_attack(
+                            ctx, name, sampler, b_log, args.quiet_s or window_s, attacker
+                        )
+                        print(f"  {name}: {row['answers']}", flush=True)
+                        rows.append(row)
             finally:
                 stop.set()
                 b.join(timeout=30)

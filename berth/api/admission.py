@@ -11,7 +11,11 @@ from fastapi import Request
 from berth import tracing
 from berth.api.state import ApiState
 from berth.protocol import jsonbody
-from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
+from berth.protocol.chat import (
+    ChatCompletionRequest,
+    check_sizes_unparsed,
+    parse_chat_request,
+)
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import InvalidRequest
 
@@ -21,14 +25,18 @@ DEADLINE_HEADER = "x-deadline-seconds"
 _TIER_LANES = {"priority": "interactive", "flex": "batch"}
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_body(request: Request, limit: int) -> bytes:
     body = await request.body()
     if len(body) > limit:
         raise InvalidRequest(
             f"the request body is {len(body)} bytes; at most {limit} are allowed",
             code="request_too_large",
         )
-    return jsonbody.loads(body)
+    return body
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    return jsonbody.loads(await read_body(request, limit))
 
 
 def deadline_from(request: Request) -> float | None:
@@ -82,6 +90,8 @@ def queued_request(
 
 async def read_chat(request: Request, state: ApiState) -> ChatCompletionRequest:
     limits = state.settings.limits()
-    body = await read_json(request, limits.max_body_bytes)
+    body = await read_body(request, limits.max_body_bytes)
     with tracing.span("validate"):
-        return parse_chat_request(body, limits)
+        # the counts first, before the body is built into Python objects
+        check_sizes_unparsed(body, limits)
+        return parse_chat_request(jsonbody.loads(body), limits)

@@ -1,6 +1,6 @@
 """Typed route dependencies: ``State`` (the process's clients and stores), ``Tenant`` (who the
-API key belongs to), ``CountedTenant`` (the same, once the request is counted against the
-tenant's requests per minute) and ``Admin`` (an admin key was presented)."""
+API key belongs to, once the request is counted against the tenant's requests per minute)
+and ``Admin`` (an admin key was presented)."""
 
 from __future__ import annotations
 
@@ -21,20 +21,15 @@ State = Annotated[ApiState, Depends(_state)]
 
 
 async def _tenant(request: Request, state: State) -> str:
-    return state.keys.tenant(request.headers.get("authorization"))
-
-
-Tenant = Annotated[str, Depends(_tenant)]
-
-
-async def _counted_tenant(tenant: Tenant, state: State) -> str:
-    # before the route reads the body: a request over its tenant's rate costs one script call
+    tenant = state.keys.tenant(request.headers.get("authorization"))
+    # every tenant request counts, before its route reads the body: a request over its
+    # tenant's rate costs a key lookup and, at most once a second, one script call
     await state.quotas.count_request(tenant)
     return tenant
 
 
-# the tenant of a request that counts against its requests per minute (chat, jobs)
-CountedTenant = Annotated[str, Depends(_counted_tenant)]
+# the tenant of a request, counted against its requests per minute (every tenant route)
+Tenant = Annotated[str, Depends(_tenant)]
 
 
 async def _admin(request: Request, state: State) -> None:

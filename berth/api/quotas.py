@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -15,7 +16,7 @@ from berth.api.settings import ApiSettings
 from berth.protocol import quota
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import InvalidRequest, RateLimited
-from berth.protocol.quota import LimitBook, TenantLimits
+from berth.protocol.quota import Counts, LimitBook, TenantLimits
 from berth.store.batches import BatchStore
 from berth.store.files import new_file_id
 from berth.store.quotas import Admission, QuotaStore
@@ -28,6 +29,16 @@ _OPEN_BATCH_SCAN = 100
 
 # a lease outlives the longest request by this much, so only a dead API's leases lapse
 _LEASE_MARGIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class _OverRate:
+    """Redis's last word on a tenant over its requests per minute, remembered by this
+    process: the counts it read, in which minute, and until when to refuse locally."""
+
+    counts: Counts
+    window: int
+    until: float
 
 
 def limit_book(settings: ApiSettings) -> LimitBook:
@@ -44,6 +55,8 @@ class Quotas:
         self._settings = settings
         # request id -> tenant, of the requests holding a concurrency lease here
         self._running: dict[str, str] = {}
+        # tenant -> its last refusal for requests per minute, while it is refused locally
+        self._over_rate: dict[str, _OverRate] = {}
 
     def of(self, tenant: str) -> TenantLimits:
         return self.book.of(tenant)
@@ -52,17 +65,43 @@ class Quotas:
         """Count a request against its tenant's requests per minute as soon as the tenant
         is known, before its body is read, or raise RateLimited: every request counts,
         including those refused later for what they hold, so a tenant flooding bad requests
-        meets its own 429s instead of taking the API's CPU from everyone."""
+        meets its own 429s instead of taking the API's CPU from everyone.
+
+        Once Redis refused the tenant, its next requests are refused here, without a round
+        trip, for ``rate_memo_s`` at most and never past the moment the rate would admit
+        one again. Redis could only refuse them too: other API processes add to the counts,
+        nothing takes from them but time, and the refusal is recomputed for now (the same
+        message, Retry-After and headers, counting down)."""
         limits = self.book.of(tenant)
         if not limits.requests_per_minute:
             return
         now = time.time()
+        index, elapsed = quota.window(now)
+        memo = self._over_rate.get(tenant)
+        if memo is not None:
+            counts = quota.moved_on(memo.counts, index - memo.window)
+            over = quota.used(counts.requests_previous, counts.requests_current, elapsed) + 1
+            if now < memo.until and over > limits.requests_per_minute:
+                raise self._rate_refusal(limits, counts, elapsed)
+            del self._over_rate[tenant]
         counts = await self.store.count_request(limits, tenant, now)
         if counts.allowed:
             return
-        _, elapsed = quota.window(now)
+        if self._settings.rate_memo_s:
+            admits_in = quota.wait_s(
+                counts.requests_previous,
+                counts.requests_current,
+                elapsed,
+                1,
+                limits.requests_per_minute,
+            )
+            until = now + min(admits_in, self._settings.rate_memo_s)
+            self._over_rate[tenant] = _OverRate(counts, index, until)
+        raise self._rate_refusal(limits, counts, elapsed)
+
+    def _rate_refusal(self, limits: TenantLimits, counts: Counts, elapsed: float) -> RateLimited:
         retry = quota.retry_after_s(limits, counts, elapsed, 1, self._settings.retry_after_s)
-        raise RateLimited(
+        return RateLimited(
             quota.refusal_message(limits, counts, 1, "", 0, retry),
             retry_after=retry,
             headers=quota.rate_headers(limits, counts, elapsed),

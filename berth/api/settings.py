@@ -20,6 +20,13 @@ class ApiSettings(CommonSettings, JobRecordSettings):
         default=2048, ge=1, description="Queued requests per model before answering 429."
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After on 429 answers.")
+    rate_memo_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Once Redis finds a tenant over its requests per minute, this API process "
+        "refuses the tenant's next requests itself for this long (never past the moment the "
+        "rate admits one again), without asking Redis; 0: ask Redis every time.",
+    )
     request_timeout_s: float = Field(
         default=600.0, gt=0, description="Longest a request may take end to end."
     )

@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from berth.protocol import jsonbody
 from berth.protocol.constraints import repetition_violation, schema_violation
 from berth.protocol.errors import InvalidRequest, field_error, invalid_request_from
 from berth.protocol.limits import DEFAULT_LIMITS, RequestLimits
@@ -206,6 +207,15 @@ def check_sizes(data: Any, limits: RequestLimits) -> None:
                 f"{param} must have at most {limits.max_stop_chars} characters, got {len(item)}",
                 param=param,
             )
+
+
+def check_sizes_unparsed(body: bytes, limits: RequestLimits) -> None:
+    """:func:`check_sizes` on a body before it is parsed, from one scan that builds none of
+    its entries: 10,000 tools or 50,000 messages are refused in a millisecond or two, not
+    after the tens of milliseconds of building them (the API's event loop waits for it)."""
+    view = jsonbody.shallow(body, (*_LENGTH_LIMITS, "stop"))
+    if view is not None:
+        check_sizes(view, limits)
 
 
 def _limits(info: ValidationInfo) -> RequestLimits:
@@ -828,6 +838,7 @@ __all__ = [
     "Tool",
     "ToolName",
     "check_sizes",
+    "check_sizes_unparsed",
     "parse_chat_request",
     "schema_depth",
 ]

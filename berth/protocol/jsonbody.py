@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
+
+import msgspec
 
 from berth.protocol.errors import InvalidRequest
 
 # an escaped UTF-16 surrogate: paired ones decode to one character, lone ones cannot
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# a JSON object's top level with its values scanned, not built; an array's items the same
+_TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def loads(raw: bytes | str, what: str = "the request body") -> Any:
@@ -34,3 +40,26 @@ def loads(raw: bytes | str, what: str = "the request body") -> Any:
                 "pair): text must be valid Unicode"
             ) from None
     return value
+
+
+def shallow(raw: bytes, sized: Collection[str]) -> dict[str, Any] | None:
+    """A JSON object's top level from one scan that builds none of its contents (msgspec
+    skips a value at hundreds of MB/s; building it as Python objects is tens of times
+    slower): each field of ``sized`` that holds an array becomes a list of placeholders of
+    the same length, one that holds a string that string; any other value is None. None
+    when ``raw`` is not a JSON object msgspec can read: :func:`loads` then says why."""
+    try:
+        top = _TOP_LEVEL.decode(raw)
+        view: dict[str, Any] = dict.fromkeys(top)
+        for name in sized:
+            value = top.get(name)
+            if value is None:
+                continue
+            first = bytes(memoryview(value)[:1])
+            if first == b"[":
+                view[name] = _ITEMS.decode(value)
+            elif first == b'"':
+                view[name] = msgspec.json.decode(value)
+        return view
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None

@@ -156,6 +156,30 @@ class Counts(BaseModel):
     queue_limit: int = 0
 
 
+def moved_on(counts: Counts, windows: int) -> Counts:
+    """The rate counts ``windows`` minutes later, with nothing counted meanwhile: the
+    current window becomes the previous one."""
+    if windows <= 0:
+        return counts
+    if windows == 1:
+        return counts.model_copy(
+            update={
+                "requests_previous": counts.requests_current,
+                "requests_current": 0,
+                "tokens_previous": counts.tokens_current,
+                "tokens_current": 0,
+            }
+        )
+    return counts.model_copy(
+        update={
+            "requests_previous": 0,
+            "requests_current": 0,
+            "tokens_previous": 0,
+            "tokens_current": 0,
+        }
+    )
+
+
 def rate_headers(limits: TenantLimits, counts: Counts, elapsed: float) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers for a tenant's request and token rates."""
     headers: dict[str, str] = {}

@@ -20,7 +20,14 @@ from tests.stack import FAKE_ENGINE, RunningStack, StackFactory
 pytestmark = pytest.mark.e2e
 
 MODEL = "fake-model"
-KEYS = {"a": "key-a", "b": "key-b", "slow": "key-slow", "flood": "key-flood"}
+KEYS = {
+    "a": "key-a",
+    "b": "key-b",
+    "slow": "key-slow",
+    "flood": "key-flood",
+    "memo": "key-memo",
+    "uploads": "key-uploads",
+}
 
 
 def _body(**extra: Any) -> dict[str, Any]:
@@ -36,7 +43,12 @@ def stack(make_stack: StackFactory) -> RunningStack:
             "BERTH_MAX_QUEUE_PER_MODEL": "8",
             "BERTH_FAIR_SHARE_FLOOR": "2",
             "BERTH_TENANT_LIMITS": json.dumps(
-                {"slow": {"requests_per_minute": 2}, "flood": {"requests_per_minute": 4}}
+                {
+                    "slow": {"requests_per_minute": 2},
+                    "flood": {"requests_per_minute": 4},
+                    "memo": {"requests_per_minute": 3},
+                    "uploads": {"requests_per_minute": 2},
+                }
             ),
         },
     )
@@ -96,6 +108,68 @@ def test_refused_requests_count_against_their_tenants_rate(stack: RunningStack) 
     with _client(stack, "b") as other:
         unknown = other.post("/v1/chat/completions", json=_body(lora_path="nope"))
         assert unknown.status_code == 400
+
+
+def _until_refused(client: httpx.Client, limit: int) -> httpx.Response:
+    """Requests until the tenant's rate refuses one (a minute's turn may let one more by)."""
+    for _ in range(2 * limit + 2):
+        answer = client.get("/v1/models")
+        if answer.status_code == 429:
+            return answer
+        assert answer.status_code == 200, answer.text
+    raise AssertionError(f"never refused at {limit} requests per minute")
+
+
+def _rate_counts(r: redis.Redis, tenant: str) -> list[Any]:
+    return [k for k in r.keys(f"berth:quota:{tenant}:requests:*") if r.get(k) != b"0"]
+
+
+def test_over_its_rate_a_tenant_is_refused_without_asking_redis(stack: RunningStack) -> None:
+    r = redis.Redis.from_url(stack.redis_url)
+    with _client(stack, "memo") as memo, _client(stack, "b") as b:
+        first = _until_refused(memo, 3)
+        # Redis forgets the tenant's counts: asked, it would admit the next request
+        r.delete(*r.keys("berth:quota:memo:requests:*"))
+        again = [memo.get("/v1/models"), memo.post("/v1/jobs", json=_body())]
+        # another tenant is never refused by memo's refusal
+        assert b.get("/v1/models").status_code == 200
+        # the API refused on its own: nothing was counted, and the answer is the same
+        assert [a.status_code for a in again] == [429, 429]
+        assert not _rate_counts(r, "memo")
+        for answer in again:
+            assert answer.json()["error"] == first.json()["error"]
+            assert 1 <= int(answer.headers["Retry-After"]) <= int(first.headers["Retry-After"])
+            assert answer.headers["x-ratelimit-limit-requests"] == "3"
+            assert answer.headers["x-ratelimit-remaining-requests"] == "0"
+            assert answer.headers["x-ratelimit-reset-requests"].endswith("s")
+        # past its bound (BERTH_RATE_MEMO_S, 1 s) the API asks Redis again, which admits
+        time.sleep(1.5)
+        assert memo.get("/v1/models").status_code == 200
+        assert _rate_counts(r, "memo")
+
+
+def test_uploads_and_reads_count_against_requests_per_minute(stack: RunningStack) -> None:
+    content = (
+        json.dumps(
+            {"custom_id": "c0", "method": "POST", "url": "/v1/chat/completions", "body": _body()}
+        )
+        + "\n"
+    ).encode()
+    with _client(stack, "uploads") as client:
+
+        def upload() -> httpx.Response:
+            return client.post(
+                "/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": "batch"}
+            )
+
+        answers = [client.get("/v1/files"), upload()]
+        answers += [upload() for _ in range(3)]
+    statuses = [a.status_code for a in answers]
+    # a minute's turn may let one more by
+    assert statuses[:2] == [200, 200] and 429 in statuses[2:4], statuses
+    refused = answers[statuses.index(429)]
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-ratelimit-limit-requests"] == "2"
 
 
 def test_one_tenants_burst_gets_another_no_429(stack: RunningStack) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
+from berth.protocol.chat import ChatCompletionRequest, check_sizes_unparsed, parse_chat_request
 from berth.protocol.errors import InvalidRequest, Unsupported
 from berth.protocol.limits import RequestLimits
 
@@ -444,3 +445,38 @@ class TestLimits:
             assert refused(body(**fields)).param == param
         # an unknown field is still reported first
         assert refused(body(tools=many_tools, bogus=1)).param == "bogus"
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"messages": [USER, ASSISTANT, USER]},
+            {"tools": [TOOL, TOOL]},
+            {"functions": [{"name": "a"}, {"name": "b"}]},
+            {"stop_token_ids": [1, 2]},
+            {"stop": ["a"] * 5},
+            {"regex": "abcd"},
+            {"user": "abcde"},
+            {"tools": [TOOL, TOOL], "bogus": 1},
+        ],
+    )
+    def test_counts_are_refused_before_the_body_is_parsed(self, fields: dict[str, Any]) -> None:
+        # the same refusal as the full parse, from a scan of the raw body
+        raw = json.dumps(body(**fields)).encode()
+        with pytest.raises(InvalidRequest) as early:
+            check_sizes_unparsed(raw, self.limits)
+        late = refused(body(**fields), self.limits)
+        assert (early.value.param, early.value.message) == (late.param, late.message)
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            json.dumps(body(stop=["ab", "xyz"], tools=[TOOL])).encode(),
+            # left to the full parse, which says what is wrong with them
+            json.dumps(body(stop=["ab", "abcd"])).encode(),
+            b'{"model": "tiny", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            b'{"model": "tiny", "messages": [',
+            b"[1, 2]",
+        ],
+    )
+    def test_what_the_scan_cannot_judge_passes_it(self, raw: bytes) -> None:
+        check_sizes_unparsed(raw, self.limits)

@@ -28,3 +28,21 @@ def test_valid_text_passes_whatever_it_holds() -> None:
 def test_invalid_json_names_what_was_read() -> None:
     with pytest.raises(InvalidRequest, match="the line is not valid JSON"):
         jsonbody.loads(b"{oops", "the line")
+
+
+def test_a_shallow_view_counts_without_building() -> None:
+    raw = b'{"tools": [{"a": [1, 2]}, {}, 3], "user": "ab\\u00e9", "n": 2, "stop": "x"}'
+    view = jsonbody.shallow(raw, ("tools", "user", "messages"))
+    assert view is not None
+    assert set(view) == {"tools", "user", "n", "stop"}
+    assert len(view["tools"]) == 3
+    assert view["user"] == "ab\u00e9"
+    # fields not asked for are only named
+    assert view["n"] is None and view["stop"] is None
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[1]", b'{"a": ', b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"]
+)
+def test_no_shallow_view_of_what_is_not_a_readable_object(raw: bytes) -> None:
+    assert jsonbody.shallow(raw, ("a",)) is None

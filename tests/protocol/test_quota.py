@@ -95,3 +95,25 @@ def test_overrides_with_unknown_limits_or_bad_shape_are_refused() -> None:
         quota.read_overrides('{"a": {"files": -1}}', None)
     with pytest.raises(ValueError, match="tenant -> "):
         quota.read_overrides('{"a": 5}', None)
+
+
+def test_counts_move_on_with_the_minute() -> None:
+    counts = Counts(
+        allowed=False,
+        refused="requests",
+        requests_previous=4,
+        requests_current=10,
+        tokens_previous=100,
+        tokens_current=400,
+    )
+    assert quota.moved_on(counts, 0) == counts
+    later = quota.moved_on(counts, 1)
+    assert (later.requests_previous, later.requests_current) == (10, 0)
+    assert (later.tokens_previous, later.tokens_current) == (400, 0)
+    assert later.refused == "requests"
+    gone = quota.moved_on(counts, 2)
+    assert (gone.requests_previous, gone.requests_current, gone.tokens_current) == (0, 0, 0)
+    # just past the minute's turn, a full minute's count has faded enough for one more
+    # request (as the admission script computes it): a remembered refusal must not stand
+    turned = quota.moved_on(Counts(allowed=False, refused="requests", requests_current=10), 1)
+    assert quota.used(turned.requests_previous, turned.requests_current, 0.01) + 1 <= 10

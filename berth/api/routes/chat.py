@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from berth import logcontext, tracing
 from berth.api import metrics
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
-from berth.api.deps import CountedTenant, State, Tenant
+from berth.api.deps import State, Tenant
 from berth.api.errors import error_response
 from berth.api.events import request_events
 from berth.api.keepalive import pings_until
@@ -55,7 +55,7 @@ async def _until_disconnected(request: Request) -> None:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, state: State, tenant: CountedTenant) -> Response:
+async def chat_completions(request: Request, state: State, tenant: Tenant) -> Response:
     timer = metrics.RequestTimer(time.monotonic(), tenant)
     chat = await read_chat(request, state)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
-from berth.api.deps import CountedTenant, State, Tenant
+from berth.api.deps import State, Tenant
 from berth.api.followers import Entry
 from berth.api.keepalive import PING
 from berth.api.state import ApiState
@@ -37,7 +37,7 @@ def _not_found(job_id: str) -> NotFound:
 async def submit_job(
     request: Request,
     state: State,
-    tenant: CountedTenant,
+    tenant: Tenant,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
