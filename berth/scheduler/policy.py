@@ -36,30 +36,50 @@ class PendingGroup:
     not_before: float = 0.0
     # when its requests were last checked for cancels and deadlines
     checked_at: float = float("-inf")
+    # whether it waits up to the group wait for company; a group whose first request came
+    # alone (none of its key in the wait before) goes at once
+    gathers: bool = True
 
 
-def add_to_groups(groups: dict[GroupKey, PendingGroup], items: Iterable[Pending]) -> None:
-    """Put each pending request into the group of its (model, adapter)."""
+def add_to_groups(
+    groups: dict[GroupKey, PendingGroup],
+    items: Iterable[Pending],
+    last_read: dict[GroupKey, float] | None = None,
+    max_wait: float = 0.0,
+) -> None:
+    """Put each pending request into the group of its (model, adapter).
+
+    ``last_read`` (group key -> when the last request of that key was read; updated here):
+    a new group waits for company only when the key's previous request came less than
+    ``max_wait`` before its first, so a lone request is not held for a group that will
+    not form (at low load the wait was pure latency), while a burst still groups."""
     for item in items:
         req = item.request
         key = (req.model, req.adapter, req.lane, req.affinity, frozenset(req.avoid))
         group = groups.get(key)
         if group is None:
-            group = groups[key] = PendingGroup(key=key, first_at=item.read_at)
+            gathers = last_read is None or item.read_at - last_read.get(key, -max_wait) < max_wait
+            group = groups[key] = PendingGroup(key=key, first_at=item.read_at, gathers=gathers)
         group.items.append(item)
+        if last_read is not None:
+            last_read[key] = item.read_at
 
 
 def ready_groups(
     groups: Mapping[GroupKey, PendingGroup], now: float, max_size: int, max_wait: float
 ) -> list[GroupKey]:
-    """Groups to flush now: full ones, and ones whose oldest request waited ``max_wait``;
-    not those told to wait (``not_before``)."""
+    """Groups to flush now: full ones, and ones whose oldest request waited ``max_wait`` (at
+    once for a group that does not gather); not those told to wait (``not_before``)."""
     return [
         key
         for key, group in groups.items()
         if now >= group.not_before
-        and (len(group.items) >= max_size or now - group.first_at >= max_wait)
+        and (len(group.items) >= max_size or now - group.first_at >= _wait(group, max_wait))
     ]
+
+
+def _wait(group: PendingGroup, max_wait: float) -> float:
+    return max_wait if group.gathers else 0.0
 
 
 def dispatch_order(
@@ -86,7 +106,9 @@ def next_deadline(groups: Mapping[GroupKey, PendingGroup], max_wait: float) -> f
     """When the next group becomes due on time, or None when nothing waits."""
     if not groups:
         return None
-    return min(max(group.first_at + max_wait, group.not_before) for group in groups.values())
+    return min(
+        max(group.first_at + _wait(group, max_wait), group.not_before) for group in groups.values()
+    )
 
 
 def free_slots(worker: WorkerInfo, dispatched: Mapping[str, int]) -> int:

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 _NO_WORKER_RETRY_S = 0.02
 # how often a waiting group's requests are checked for cancels and deadlines
 _HELD_CHECK_S = 0.5
+# group keys whose last read time is kept before the old ones are dropped
+_LAST_READ_KEEP = 1024
 # a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
 # and to the other replicas, which then claim its entries
 _ALIVE_S = 10.0
@@ -81,6 +83,8 @@ class Scheduler:
         # the adapters this replica opened on each worker (LoRA placement)
         self._residency: dict[str, policy.Residency] = {}
         self._groups: dict[policy.GroupKey, policy.PendingGroup] = {}
+        # group key -> when a request of it was last read (whether a new group gathers)
+        self._last_read: dict[policy.GroupKey, float] = {}
         self._held: set[str] = set()
         self._refreshed_at = 0.0
         self._maintained_at = 0.0
@@ -242,7 +246,11 @@ class Scheduler:
                 continue
             self._held.add(entry_id)
             items.append(policy.Pending(stream, entry_id, request, now))
-        policy.add_to_groups(self._groups, items)
+        wait_s = self.settings.max_group_wait_ms / 1000
+        if len(self._last_read) > _LAST_READ_KEEP:
+            # keys are partly client-named (prompt_cache_key): keep only the recent ones
+            self._last_read = {k: t for k, t in self._last_read.items() if now - t < wait_s}
+        policy.add_to_groups(self._groups, items, self._last_read, wait_s)
 
     # -- dispatch -------------------------------------------------------------------------
 

@@ -22,7 +22,11 @@ class SchedulerSettings(MetricsSettings, JobRecordSettings):
         default=32, ge=1, description="Flush a group at this many requests."
     )
     max_group_wait_ms: float = Field(
-        default=2.0, ge=0, description="Flush a group when its oldest request waited this long."
+        default=2.0,
+        ge=0,
+        description="Flush a group when its oldest request waited this long. Only a burst "
+        "waits: a request with no other of its group read within this time before it is "
+        "sent at once.",
     )
     read_count: int = Field(default=256, ge=1, description="Entries read per XREADGROUP call.")
     registry_refresh_s: float = Field(

@@ -404,3 +404,29 @@ def test_a_replacing_adapters_quantum_starts_when_the_old_one_drains() -> None:
     # a heartbeat written after the close that shows no request of a: a is forgotten
     slots.forget_drained(worker.model_copy(update={"heartbeat_at": 100.2}))
     assert slots.closed == {} and "a" not in slots.sent
+
+
+def test_a_lone_request_goes_at_once_and_a_burst_gathers() -> None:
+    """With the read times of earlier requests, a group whose first request came alone
+    (none of its key within the wait before) is due at once; one that follows another
+    request of its key closely waits for company."""
+    groups: dict[policy.GroupKey, policy.PendingGroup] = {}
+    last_read: dict[policy.GroupKey, float] = {}
+    policy.add_to_groups(groups, [_pending(1, at=10.0)], last_read, max_wait=0.002)
+    assert policy.ready_groups(groups, now=10.0, max_size=3, max_wait=0.002) == [_key()]
+    assert policy.next_deadline(groups, 0.002) == 10.0
+    groups.clear()
+    # the next one comes 1 ms later: a burst, so its group gathers
+    policy.add_to_groups(groups, [_pending(2, at=10.001)], last_read, max_wait=0.002)
+    assert policy.ready_groups(groups, now=10.001, max_size=3, max_wait=0.002) == []
+    policy.add_to_groups(groups, [_pending(3, at=10.002)], last_read, max_wait=0.002)
+    assert policy.ready_groups(groups, now=10.003, max_size=3, max_wait=0.002) == [_key()]
+    assert [p.request.id for p in groups[_key()].items] == ["r2", "r3"]
+    groups.clear()
+    # another key is not a burst of this one; and 10 ms of quiet ends the burst
+    policy.add_to_groups(groups, [_pending(4, model="x", at=10.004)], last_read, max_wait=0.002)
+    policy.add_to_groups(groups, [_pending(5, at=10.012)], last_read, max_wait=0.002)
+    assert sorted(policy.ready_groups(groups, now=10.012, max_size=3, max_wait=0.002)) == [
+        _key(),
+        _key("x"),
+    ]
