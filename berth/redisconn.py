@@ -6,10 +6,11 @@ Two URL forms are understood wherever berth takes a REDIS_URL:
 - ``redis://[[user]:password@]host:port[/db]`` (and ``rediss://``, ``unix://``): one server,
   as redis-py reads it;
 - ``redis+sentinel://[[user]:password@]host1:port1,host2:port2/master_name[/db]``: a
-  Sentinel-managed primary. The sentinels are asked where ``master_name`` lives, and asked
-  again after a failover. The password is the primary's; sentinels get the same one unless
-  ``?sentinel_password=...`` names another (``?sentinel_password=`` for none). A sentinel
-  without a port listens on 26379.
+  Sentinel-managed primary. The sentinels are asked where ``master_name`` lives on every
+  connect, including the reconnect inside a command's retry, so a failover is followed as
+  soon as the sentinels name the new primary. The password is the primary's; sentinels get
+  the same one unless ``?sentinel_password=...`` names another (``?sentinel_password=`` for
+  none). A sentinel without a port listens on 26379.
 
 The policy: a command that fails with a connection error or a timeout is retried with
 exponential backoff and jitter for long enough to ride out a Sentinel failover; idle
@@ -164,6 +165,53 @@ def _sentinel_kwargs(target: SentinelTarget) -> dict[str, Any]:
     return kwargs
 
 
+# redis-py's Sentinel-managed connections ask the sentinels where the primary is only when
+# a connection is taken from the pool (``connect``). A command that was in flight when the
+# primary died reconnects inside its own retry through ``connect_check_health``, which dials
+# the address the connection had: the dead primary, for the whole retry budget (about 18 s),
+# long after the sentinels named the new one. These classes ask on every connect, and dial
+# once per attempt: the command's retry backs off between attempts and asks again.
+
+
+class SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """An async connection to a Sentinel-managed primary that asks the sentinels where the
+    primary is on every (re)connect."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+    async def _connect_retry(self) -> None:
+        if not self.connection_pool.is_master:
+            return await super()._connect_retry()  # type: ignore[no-any-return]
+        # redis-py's asks the sentinels, then connects through connect_check_health
+        await self.connect_check_health(check_health=self.connection_pool.check_connection)
+
+
+class SyncSentinelConnection(redis.sentinel.SentinelManagedConnection):
+    """The synchronous twin of SentinelConnection (sync clients, and kombu's Sentinel
+    transport: ``workers/broker.py``)."""
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self._sock:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+    def _connect_retry(self) -> None:
+        if not self.connection_pool.is_master:
+            return super()._connect_retry()  # type: ignore[no-any-return]
+        self.connect_check_health(check_health=self.connection_pool.check_connection)
+
+
 class BlockingSentinelConnectionPool(
     redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
 ):
@@ -191,6 +239,7 @@ def redis_client(
         client: redis.asyncio.Redis = sentinel.master_for(
             target.master,
             connection_pool_class=BlockingSentinelConnectionPool,
+            connection_class=SentinelConnection,
             max_connections=max_connections,
             timeout=POOL_WAIT_S,
             db=target.db,
@@ -218,6 +267,7 @@ def sync_redis_client(
         )
         client: redis.Redis = sentinel.master_for(
             target.master,
+            connection_class=SyncSentinelConnection,
             db=target.db,
             username=target.username,
             password=target.password,

@@ -19,10 +19,13 @@ def celery_settings(redis_url: str) -> dict[str, Any]:
     """
     # imported here: protocol/ stays free of redis imports at module load
     from berth.redisconn import celery_broker
+    from berth.workers.broker import transport_for
 
     broker_url, transport = celery_broker(redis_url)
     return {
         "broker_url": broker_url,
+        # berth's transports (workers/broker.py), for the scheduler's publishing too
+        "broker_transport": transport_for(broker_url),
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",

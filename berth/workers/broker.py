@@ -13,6 +13,10 @@ by kombu's visibility timeout.
 A task that ends after its channel was closed acknowledges its message through a client
 of berth's own (the channel's connection is gone; kombu would raise the same
 AttributeError), so the message is not run again an hour later.
+
+The scheduler publishes through the same transport (``protocol/celeryconf.py``): its
+channels hold no unacknowledged messages, so only the Sentinel connection class matters
+there.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
 
-from berth.redisconn import sync_redis_client
+from berth.redisconn import SyncSentinelConnection, sync_redis_client
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,8 @@ class Transport(kombu_redis.Transport):
 class SentinelChannel(kombu_redis.SentinelChannel):
     do_restore = False
     QoS = QoS
+    # asks the sentinels on every reconnect, also inside a command's retry (redisconn.py)
+    connection_class = SyncSentinelConnection
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
@@ -88,7 +94,7 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 
 
 def transport_for(broker_url: str) -> str:
-    """The ``broker_transport`` setting for a broker URL from ``celery_settings``."""
+    """The ``broker_transport`` setting for a broker URL from ``redisconn.celery_broker``."""
     if broker_url.startswith("sentinel://"):
         return f"{__name__}:SentinelTransport"
     return f"{__name__}:Transport"

@@ -7,15 +7,13 @@ from typing import Any
 from celery import Celery
 
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
-from berth.workers.broker import BrokerConsumer, transport_for, use_redis
+from berth.workers.broker import BrokerConsumer, use_redis
 from berth.workers.runtime import EngineHost
 
 
 def configure_worker(app: Celery, redis_url: str) -> None:
     """berth's Celery settings, with the transport and consumer of broker.py."""
     app.conf.update(celery_settings(redis_url))
-    # a broker connection lost while tasks run must not end the worker (see broker.py)
-    app.conf.broker_transport = transport_for(app.conf.broker_url)
     app.conf.worker_consumer = f"{BrokerConsumer.__module__}:{BrokerConsumer.__qualname__}"
     use_redis(redis_url)
 
