@@ -49,12 +49,16 @@ from typing import Any
 
 import httpx
 import redis
-import redis.sentinel
 
 from benchmarks.serve import output_to
-from berth.protocol import keys
-from berth.redisconn import is_sentinel_url, parse_sentinel_url
-from tests.e2e.faults import fake_text
+from berth.redisconn import sync_redis_client
+from tests.e2e.faults import (
+    fake_text,
+    job_events,
+    job_kind,
+    job_records,
+    stream_outcome,
+)
 from tests.sentinel import sentinel_set
 from tests.stack import RunningStack, free_port
 from tests.valkey import Valkey
@@ -67,7 +71,6 @@ FAULTS = (
     "redis-restart",
     "sentinel-failover",
 )
-JOB_TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 STREAM_KINDS = ("whole", "error", "lost", "hung", "truncated", "other", "never served")
 # a client refused (an HTTP error answer, or no API listening) waits this long and sends the
 # same stream again, as a client with retries would; the refusals are counted apart
@@ -115,43 +118,18 @@ class Engine:
 
 
 def stream_kind(client: httpx.Client, engine: Engine) -> str:
-    try:
-        with client.stream("POST", "/v1/chat/completions", json=engine.body(True)) as answer:
-            if answer.status_code != 200:
-                answer.read()
-                try:
-                    answer.json()["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    return "other"
-                return f"refused:{answer.status_code}"
-            ends: list[str] = []
-            text: list[str] = []
-            done = False
-            for line in answer.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[len("data: ") :]
-                if data == "[DONE]":
-                    done = True
-                    continue
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    ends.append("error")
-                for choice in chunk.get("choices", []):
-                    text.append(choice.get("delta", {}).get("content") or "")
-                    if choice.get("finish_reason"):
-                        ends.append("finished")
-            if len(ends) != 1 or not done:
-                return "other"
-            if ends[0] == "error":
-                return "error"
-            return "whole" if "".join(text) == engine.expected else "truncated"
-    except httpx.TimeoutException:
-        return "hung"
-    except httpx.ConnectError:
-        return "refused:connect"
-    except httpx.HTTPError:
+    """The stream's kind in the table, from the e2e tests' classifier (``refused:...``
+    is retried by the caller)."""
+    outcome = stream_outcome(client, engine.body(True), engine.expected)
+    if outcome == "finished":
+        return "whole"
+    if outcome.startswith("error:"):
+        return "error"
+    if outcome.startswith("connection-lost:"):
         return "lost"
+    if outcome in ("truncated", "hung") or outcome.startswith("refused:"):
+        return outcome
+    return "other"
 
 
 @dataclass
@@ -206,48 +184,17 @@ class Run:
 
     def job_kinds(self, store: redis.Redis) -> tuple[Counter[str], Counter[str]]:
         """(kind -> jobs, failure reason -> jobs), once every job ended or ``hang_s`` passed."""
-        deadline = time.monotonic() + self.hang_s
-        records: dict[str, dict[str, Any] | None] = {}
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while True:
-                for job_id in self.jobs:
-                    with contextlib.suppress(httpx.HTTPError, ValueError):
-                        answer = client.get(f"/v1/jobs/{job_id}")
-                        records[job_id] = answer.json() if answer.status_code == 200 else None
-                ended = [r for r in records.values() if r and r.get("status") in JOB_TERMINAL]
-                if len(ended) == len(self.jobs) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+        records = job_records(self.url, self.jobs, self.hang_s)
         kinds: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
         for job_id in self.jobs:
-            record = records.get(job_id)
-            starts = Counter(
-                e.get("attempt", 0) for e in _job_events(store, job_id) if e["type"] == "started"
+            kind, reason = job_kind(
+                records.get(job_id), job_events(store, job_id), self.engine.expected
             )
-            if starts and max(starts.values()) > 1:
-                kinds["twice"] += 1
-            elif record is None or record.get("status") not in JOB_TERMINAL:
-                kinds["lost"] += 1
-            elif record["status"] == "succeeded":
-                text = record["result"]["choices"][0]["message"].get("content")
-                kinds["once" if text == self.engine.expected else "failed"] += 1
-                if text != self.engine.expected:
-                    reasons["truncated result"] += 1
-            else:
-                kinds["failed"] += 1
-                error = record.get("error") or {}
-                reasons[f"{record['status']}:{error.get('code')}"] += 1
+            kinds[kind] += 1
+            if reason:
+                reasons[reason] += 1
         return kinds, reasons
-
-
-def _job_events(store: redis.Redis, job_id: str) -> list[dict[str, Any]]:
-    for _ in range(20):
-        with contextlib.suppress(redis.RedisError):
-            entries: Any = store.xrange(keys.job_events(job_id))
-            return [json.loads(fields[b"e"]) for _, fields in entries]
-        time.sleep(0.5)
-    return []
 
 
 def served_after(url: str, engine: Engine, since: float, limit_s: float) -> float | None:
@@ -264,12 +211,7 @@ def served_after(url: str, engine: Engine, since: float, limit_s: float) -> floa
 
 def direct_client(url: str) -> redis.Redis:
     """A synchronous client for reading records (through the sentinels when asked)."""
-    if is_sentinel_url(url):
-        target = parse_sentinel_url(url)
-        sentinel = redis.sentinel.Sentinel(target.sentinels, socket_timeout=2)
-        master: redis.Redis = sentinel.master_for(target.master, db=target.db, socket_timeout=2)
-        return master
-    return redis.Redis.from_url(url, socket_timeout=2)
+    return sync_redis_client(url, timeout_s=2)
 
 
 @contextlib.contextmanager

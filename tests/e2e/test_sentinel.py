@@ -5,6 +5,7 @@ and runs tasks before and after the failover."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -51,6 +52,31 @@ async def test_clients_follow_a_failover(ha: SentinelSet) -> None:
         assert (await aclient.info("replication"))["role"] == "master"
     finally:
         await pubsub.aclose()
+        await aclient.aclose()
+        sclient.close()
+
+
+async def test_a_command_in_flight_follows_a_failover(ha: SentinelSet) -> None:
+    # a blocking read is in flight when the primary dies: its retry must reconnect through
+    # the sentinels, not dial the dead primary until the retries run out
+    aclient = redis_client(ha.url, max_connections=8)
+    sclient = sync_redis_client(ha.url)
+    try:
+        await aclient.ping()
+        sclient.ping()
+        block_ms = 3000
+        reading = asyncio.ensure_future(aclient.xread({"in-flight": "$"}, block=block_ms))
+        sync_reading = asyncio.create_task(
+            asyncio.to_thread(sclient.xread, {"in-flight": "$"}, block=block_ms)
+        )
+        await asyncio.sleep(0.5)
+        old, new = await asyncio.to_thread(ha.failover)
+        assert old != new
+        # both end as a read that found nothing on the new primary, neither raises
+        assert await reading in ([], None)
+        assert await sync_reading in ([], None)
+        assert (await aclient.info("replication"))["role"] == "master"
+    finally:
         await aclient.aclose()
         sclient.close()
 
