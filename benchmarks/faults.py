@@ -54,9 +54,10 @@ import redis.sentinel
 from benchmarks.serve import output_to
 from berth.protocol import keys
 from berth.redisconn import is_sentinel_url, parse_sentinel_url
-from tests.e2e.faults import Valkey, fake_text
+from tests.e2e.faults import fake_text
 from tests.sentinel import sentinel_set
 from tests.stack import RunningStack, free_port
+from tests.valkey import Valkey
 
 FAULTS = (
     "api",

@@ -22,22 +22,15 @@ from dataclasses import dataclass, field
 from pydantic import Field
 
 from berth.lifeline import child_env
-from berth.settings import CommonSettings
+from berth.settings import CommonSettings, ListenSettings, ServedModelSettings
 
 log = logging.getLogger(__name__)
 
 
-class UpSettings(CommonSettings):
+# the mixins in this order keep the flags in the order host, port, model, fake engine
+class UpSettings(ServedModelSettings, ListenSettings, CommonSettings):
     """The local stack: where the API listens, what the worker serves."""
 
-    host: str = Field(default="127.0.0.1", description="Address the API listens on.")
-    port: int = Field(default=8000, description="Port the API listens on.")
-    model: str | None = Field(
-        default=None, description="Model to serve. Unset: the generated tiny test model."
-    )
-    fake_engine: bool = Field(
-        default=False, description="Serve with the deterministic fake engine instead of vLLM."
-    )
     ready_timeout_s: float = Field(
         default=600.0, gt=0, description="How long to wait for the stack to become ready."
     )

@@ -12,13 +12,24 @@ from redis.asyncio import Redis
 from berth.logcontext import IDS, ContextFilter, json_formatter, text_formatter
 from berth.redisconn import DEFAULT_REDIS_CONNECTIONS, redis_client
 
-__all__ = ["DEFAULT_REDIS_CONNECTIONS", "CommonSettings", "MetricsSettings", "redis_client"]
+__all__ = [
+    "DEFAULT_REDIS_CONNECTIONS",
+    "CommonSettings",
+    "JobRecordSettings",
+    "ListenSettings",
+    "MetricsSettings",
+    "ServedModelSettings",
+    "redis_client",
+]
+
+# every settings class and mixin: BERTH_<NAME> variables, other variables left alone
+_CONFIG = SettingsConfigDict(env_prefix="BERTH_", extra="ignore", populate_by_name=True)
 
 
 class CommonSettings(BaseSettings):
     """Redis location and logging, read from flags or BERTH_* environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore", populate_by_name=True)
+    model_config = _CONFIG
 
     redis_url: str | None = Field(
         default=None,
@@ -58,10 +69,36 @@ class JobRecordSettings(BaseSettings):
     creates them, the scheduler ends and requeues them, the worker finishes them), so each
     writes the same expiry."""
 
-    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore", populate_by_name=True)
+    model_config = _CONFIG
 
     job_ttl_s: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long job, file and batch records are kept."
+    )
+
+
+class ListenSettings(BaseSettings):
+    """Mixin for where the API listens: its own settings, and `berth up`'s, which hands them
+    to the API it starts."""
+
+    model_config = _CONFIG
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8000, description="Port to listen on.")
+
+
+class ServedModelSettings(BaseSettings):
+    """Mixin for what a worker serves: its own settings, and `berth up`'s, which hands them
+    to the worker it starts."""
+
+    model_config = _CONFIG
+
+    model: str | None = Field(
+        default=None,
+        description="Model directory or name to serve. Unset: generate and serve the tiny "
+        "random-weight test model (CPU only, gibberish output).",
+    )
+    fake_engine: bool = Field(
+        default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."
     )
 
 

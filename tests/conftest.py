@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio
+
+from tests.stack import free_port
+from tests.valkey import Valkey
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -50,3 +54,14 @@ async def aredis(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[Valkey]:
+    """A Valkey of this test's own (AOF on), to kill and restart on the same port."""
+    server = Valkey(tmp_path, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -8,14 +8,13 @@ from pydantic import Field
 
 from berth.protocol.limits import RequestLimits
 from berth.protocol.quota import TenantLimits
-from berth.settings import CommonSettings, JobRecordSettings
+from berth.settings import CommonSettings, JobRecordSettings, ListenSettings
 
 
-class ApiSettings(CommonSettings, JobRecordSettings):
+# ListenSettings first: its host and port come right after the common settings
+class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
     """HTTP front end: where it listens, how much it queues, how long it waits."""
 
-    host: str = Field(default="127.0.0.1", description="Address to listen on.")
-    port: int = Field(default=8000, description="Port to listen on.")
     max_queue_per_model: int = Field(
         default=2048, ge=1, description="Queued requests per model before answering 429."
     )
@@ -72,8 +71,12 @@ class ApiSettings(CommonSettings, JobRecordSettings):
         description="A model whose workers all vanished is still queued for this long (they "
         "may be late or restarting) before requests get 503.",
     )
-    max_n: int = Field(default=16, ge=1, description="Largest `n` a request may ask for.")
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Largest request body.")
+    max_n: int = Field(
+        default=RequestLimits().max_n, ge=1, description="Largest `n` a request may ask for."
+    )
+    max_body_bytes: int = Field(
+        default=RequestLimits().max_body_bytes, ge=1, description="Largest request body."
+    )
     request_limits: RequestLimits = Field(
         default_factory=RequestLimits,
         description="Bounds on one request as JSON, e.g. "

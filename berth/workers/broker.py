@@ -96,7 +96,7 @@ def transport_for(broker_url: str) -> str:
 
 # between attempts to reach the broker again: kombu's default (2, 4, 6 ... 30 s) kept a
 # worker idle for about 15 s after Redis returned or a Sentinel failover had finished
-_RECONNECT = {"interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
+RECONNECT = {"interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
 
 class BrokerConsumer(Consumer):
@@ -105,5 +105,5 @@ class BrokerConsumer(Consumer):
     def ensure_connected(self, conn: Any) -> Any:
         reach = conn.ensure_connection
         # Celery calls ensure_connection without intervals; these take their place
-        conn.ensure_connection = lambda *args, **kwargs: reach(*args, **{**_RECONNECT, **kwargs})
+        conn.ensure_connection = lambda *args, **kwargs: reach(*args, **{**RECONNECT, **kwargs})
         return super().ensure_connected(conn)

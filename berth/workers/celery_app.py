@@ -11,14 +11,19 @@ from berth.workers.broker import BrokerConsumer, transport_for, use_redis
 from berth.workers.runtime import EngineHost
 
 
-def create_worker_app(redis_url: str, host: EngineHost) -> Celery:
-    """A Celery app whose task runs groups on ``host``'s engine."""
-    app = Celery("berth-worker")
+def configure_worker(app: Celery, redis_url: str) -> None:
+    """berth's Celery settings, with the transport and consumer of broker.py."""
     app.conf.update(celery_settings(redis_url))
     # a broker connection lost while tasks run must not end the worker (see broker.py)
     app.conf.broker_transport = transport_for(app.conf.broker_url)
     app.conf.worker_consumer = f"{BrokerConsumer.__module__}:{BrokerConsumer.__qualname__}"
     use_redis(redis_url)
+
+
+def create_worker_app(redis_url: str, host: EngineHost) -> Celery:
+    """A Celery app whose task runs groups on ``host``'s engine."""
+    app = Celery("berth-worker")
+    configure_worker(app, redis_url)
 
     @app.task(name=RUN_GROUP_TASK)
     def run_group(group: dict[str, Any]) -> None:

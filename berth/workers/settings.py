@@ -11,22 +11,17 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from berth.settings import JobRecordSettings, MetricsSettings
+from berth.settings import JobRecordSettings, MetricsSettings, ServedModelSettings
 
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class WorkerSettings(MetricsSettings, JobRecordSettings):
+class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
     """One worker: one engine on one GPU group, fed by its own Celery queue."""
 
     worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker id.")
-    model: str | None = Field(
-        default=None,
-        description="Model directory or name to serve. Unset: generate and serve the tiny "
-        "random-weight test model (CPU only, gibberish output).",
-    )
     served_model_name: str | None = Field(
         default=None, description="Name clients use in `model` (default: the model's name)."
     )
@@ -92,9 +87,6 @@ class WorkerSettings(MetricsSettings, JobRecordSettings):
         default=None,
         description="vLLM's own OTLP trace endpoint (its `otlp_traces_endpoint`, gRPC, e.g. "
         "http://jaeger:4317): vLLM's request span then joins berth's trace of the request.",
-    )
-    fake_engine: bool = Field(
-        default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."
     )
     fake_tokens_per_s: float | None = Field(
         default=None,

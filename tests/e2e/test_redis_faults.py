@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.faults import Load, Valkey, defects, served_again
+from tests.e2e.faults import Load, defects, served_again
 from tests.sentinel import SentinelSet, sentinel_set
-from tests.stack import RunningStack, free_port
+from tests.stack import RunningStack
+from tests.valkey import Valkey
 
 pytestmark = pytest.mark.e2e
 
@@ -35,17 +34,6 @@ ENV = {
 
 def _proc(stack: RunningStack, role: str, nth: int = 0) -> Any:
     return [p for r, p in stack.stack.processes if r == role][nth]
-
-
-@pytest.fixture
-def valkey() -> Iterator[Valkey]:
-    with tempfile.TemporaryDirectory(prefix="berth-aof-") as tmp:
-        server = Valkey(Path(tmp), free_port())
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 def _stack(redis_url: str, **env: str) -> RunningStack:
