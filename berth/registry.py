@@ -85,6 +85,10 @@ async def live_schedulers(redis: Redis) -> list[str]:
     return [m for m, _ in await live_records(redis, keys.SCHEDULERS_INDEX, keys.scheduler_key)]
 
 
+# a registry read that took longer than this rode out an outage in the client's retries (a
+# failover, a restart): the workers' beats were held up as long, so it counts as a failed
+# read (a worker's beat is due every second by default: a read this slow missed one)
+SLOW_READ_S = 1.0
 # a worker counted as gone is forgotten this long after (reader's clock); asked about again,
 # it is judged afresh
 FORGET_AFTER_S = 600.0
@@ -108,7 +112,8 @@ class WorkerLiveness:
     (its record's ``ttl_s``) of successful reads, whether its record is missing or old. A
     missing record alone proves nothing: after a Sentinel failover, or a Redis restart that
     lost recent writes, it is missing until the worker's next beat reaches the new primary.
-    A failed read starts every confirmation over (nobody can tell, and work keeps running).
+    A failed read, or one that rode out an outage in the client's retries, starts every
+    confirmation over (nobody can tell, and work keeps running).
     A record of another incarnation means the incarnation before it is gone at once; a
     record older than the one read before (a copy from before a failover) is no news.
     A dead worker is noticed about a TTL after its last beat, when its record expires too.
@@ -117,8 +122,12 @@ class WorkerLiveness:
     def __init__(self) -> None:
         self._watched: dict[str, _Watched] = {}
 
-    def observe(self, records: list[WorkerInfo], now: float) -> None:
-        """Take one successful read (every live record, read at ``now``, a monotonic time)."""
+    def observe(self, records: list[WorkerInfo], started: float, now: float) -> None:
+        """Take one successful read (every live record), sent at ``started`` and answered
+        at ``now`` (monotonic times). A read slower than ``SLOW_READ_S`` went through an
+        outage the workers' beats went through too: it starts every confirmation over."""
+        if now - started > SLOW_READ_S:
+            self.reset()
         fresh = set()
         for record in records:
             seen = self._watched.get(record.id)

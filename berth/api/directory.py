@@ -60,9 +60,10 @@ class WorkerDirectory:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def refresh(self) -> None:
+        started = time.monotonic()
         records = await live_workers(self._redis)
         now = time.monotonic()
-        self._liveness.observe(records, now)
+        self._liveness.observe(records, started, now)
         self._workers = self._liveness.present()
         for model, served in models_served(self._workers).items():
             self._last_seen[model] = (now, served)

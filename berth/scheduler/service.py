@@ -154,7 +154,9 @@ class Scheduler:
         await announce(
             self.redis, keys.SCHEDULERS_INDEX, me, keys.scheduler_key(me), b"1", _ALIVE_S
         )
-        self._liveness.observe(await live_workers(self.redis), time.monotonic())
+        started = time.monotonic()
+        records = await live_workers(self.redis)
+        self._liveness.observe(records, started, time.monotonic())
         workers = self._liveness.present()
         for worker in workers:
             # a fresh heartbeat already counts what we sent before it
