@@ -117,19 +117,19 @@ class Engine:
         }
 
 
-def stream_kind(client: httpx.Client, engine: Engine) -> str:
-    """The stream's kind in the table, from the e2e tests' classifier (``refused:...``
-    is retried by the caller)."""
+def stream_kind(client: httpx.Client, engine: Engine) -> tuple[str, str]:
+    """The stream's kind in the table (``refused:...`` is retried by the caller), and what
+    the e2e tests' classifier saw (``error:<code>`` for an error event)."""
     outcome = stream_outcome(client, engine.body(True), engine.expected)
     if outcome == "finished":
-        return "whole"
+        return "whole", outcome
     if outcome.startswith("error:"):
-        return "error"
+        return "error", outcome
     if outcome.startswith("connection-lost:"):
-        return "lost"
+        return "lost", outcome
     if outcome in ("truncated", "hung") or outcome.startswith("refused:"):
-        return outcome
-    return "other"
+        return outcome, outcome
+    return "other", outcome
 
 
 @dataclass
@@ -143,6 +143,8 @@ class Run:
     hang_s: float
     kinds: list[str] = field(default_factory=list)
     refusals: Counter[str] = field(default_factory=Counter)
+    # error code -> streams that ended with an error event of it
+    errors: Counter[str] = field(default_factory=Counter)
     jobs: list[str] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -164,14 +166,16 @@ class Run:
                         if next(left, None) is None:
                             return
                     give_up = time.monotonic() + self.hang_s
-                    kind = stream_kind(client, self.engine)
+                    kind, seen = stream_kind(client, self.engine)
                     while kind.startswith("refused") and time.monotonic() < give_up:
                         with lock:
                             self.refusals[kind] += 1
                         time.sleep(RETRY_S)
-                        kind = stream_kind(client, self.engine)
+                        kind, seen = stream_kind(client, self.engine)
                     with lock:
                         self.kinds.append("never served" if kind.startswith("refused") else kind)
+                        if kind == "error":
+                            self.errors[seen.removeprefix("error:")] += 1
 
         self.threads = [threading.Thread(target=client_loop) for _ in range(self.concurrency)]
         for thread in self.threads:
@@ -258,6 +262,7 @@ class Outcome:
     fault: str
     streams: Counter[str]
     refusals: Counter[str]
+    errors: Counter[str]
     jobs: Counter[str]
     reasons: Counter[str]
     served_s: float | None
@@ -286,6 +291,7 @@ class Outcome:
             "fault": self.fault,
             "streams": dict(self.streams),
             "refusals_retried": dict(self.refusals),
+            "error_codes": dict(self.errors),
             "jobs": dict(self.jobs),
             "job_failures": dict(self.reasons),
             "served_again_s": self.served_s,
@@ -324,7 +330,7 @@ def run_fault(fault: str, engine: Engine, args: argparse.Namespace) -> Outcome:
             with direct_client(url) as store:
                 jobs, reasons = run.job_kinds(store)
             exited = stack.stack.dead()
-    return Outcome(fault, streams, run.refusals, jobs, reasons, served, exited)
+    return Outcome(fault, streams, run.refusals, run.errors, jobs, reasons, served, exited)
 
 
 def _inflict(

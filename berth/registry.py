@@ -2,7 +2,8 @@
 member of an index sorted set; shared by the API, the scheduler and the worker.
 
 Readers walk the index (O(live roles), whatever else Redis holds), never the keyspace.
-The record's TTL, kept by Redis's clock, says whether a role is alive; the index score
+The record's TTL, kept by Redis's clock, says whether a role is alive (a worker's is
+judged over successive reads, ``WorkerLiveness``: a failover may lose it); the index score
 (the expiry by the writer's clock) only lets readers prune long-gone members cheaply, so
 clocks that disagree by less than ``PRUNE_AFTER_S`` change nothing.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -67,7 +69,8 @@ async def live_records(
 
 
 async def live_workers(redis: Redis) -> list[WorkerInfo]:
-    """Every worker whose heartbeat has not expired."""
+    """Every worker whose record has not expired (for whether it is alive, pass them to
+    ``WorkerLiveness.observe``)."""
     workers = []
     for _, raw in await live_records(redis, keys.WORKERS_INDEX, keys.worker_key):
         try:
@@ -82,24 +85,103 @@ async def live_schedulers(redis: Redis) -> list[str]:
     return [m for m, _ in await live_records(redis, keys.SCHEDULERS_INDEX, keys.scheduler_key)]
 
 
-async def worker_incarnation(redis: Redis, worker_id: str) -> str | None:
-    """The incarnation of the live worker ``worker_id`` ("" for a record written before
-    incarnations existed), or None when it has no live record."""
-    raw = await redis.get(keys.worker_key(worker_id))
-    if raw is None:
-        return None
-    try:
-        return WorkerInfo.model_validate_json(raw).incarnation
-    except ValidationError:
-        return ""
+# a registry read that took longer than this rode out an outage in the client's retries (a
+# failover, a restart): the workers' beats were held up as long, so it counts as a failed
+# read (a worker's beat is due every second by default: a read this slow missed one)
+SLOW_READ_S = 1.0
+# a worker counted as gone is forgotten this long after (reader's clock); asked about again,
+# it is judged afresh
+FORGET_AFTER_S = 600.0
 
 
-def is_same_incarnation(live: str | None, expected: str | None) -> bool:
-    """Whether a worker whose live incarnation is ``live`` (None: no record) is the process
-    that took work as ``expected`` (None: not known, any live process counts)."""
-    if live is None:
-        return False
-    return expected is None or not expected or not live or live == expected
+@dataclass
+class _Watched:
+    # the newest record read (None: asked about before any read found it)
+    record: WorkerInfo | None
+    # the first successful read since which no newer heartbeat came
+    stale_since: float | None = None
+    gone_since: float | None = None
+
+
+class WorkerLiveness:
+    """Which workers are alive, judged over successive reads of the registry; the one
+    judgement behind the API's directory and streams and the scheduler's placement and
+    requeueing. Pure: the caller reads Redis and hands over what it read.
+
+    A worker is gone once no newer heartbeat of it was read through a full heartbeat TTL
+    (its record's ``ttl_s``) of successful reads, whether its record is missing or old. A
+    missing record alone proves nothing: after a Sentinel failover, or a Redis restart that
+    lost recent writes, it is missing until the worker's next beat reaches the new primary.
+    A failed read, or one that rode out an outage in the client's retries, starts every
+    confirmation over (nobody can tell, and work keeps running).
+    A record of another incarnation means the incarnation before it is gone at once; a
+    record older than the one read before (a copy from before a failover) is no news.
+    A dead worker is noticed about a TTL after its last beat, when its record expires too.
+    """
+
+    def __init__(self) -> None:
+        self._watched: dict[str, _Watched] = {}
+
+    def observe(self, records: list[WorkerInfo], started: float, now: float) -> None:
+        """Take one successful read (every live record), sent at ``started`` and answered
+        at ``now`` (monotonic times). A read slower than ``SLOW_READ_S`` went through an
+        outage the workers' beats went through too: it starts every confirmation over."""
+        if now - started > SLOW_READ_S:
+            self.reset()
+        fresh = set()
+        for record in records:
+            seen = self._watched.get(record.id)
+            if seen is None or seen.record is None or _beat(record) > _beat(seen.record):
+                self._watched[record.id] = _Watched(record)
+                fresh.add(record.id)
+        for worker_id, seen in list(self._watched.items()):
+            if worker_id in fresh:
+                continue
+            if seen.gone_since is not None:
+                if now - seen.gone_since >= FORGET_AFTER_S:
+                    del self._watched[worker_id]
+                continue
+            if seen.stale_since is None:
+                seen.stale_since = now
+            ttl = seen.record.ttl_s if seen.record is not None else keys.WORKER_TTL_S
+            if now - seen.stale_since >= ttl:
+                seen.gone_since = now
+                log.warning(
+                    "worker %s: no new heartbeat through %.1f s of registry reads; counted gone",
+                    worker_id,
+                    ttl,
+                )
+
+    def reset(self) -> None:
+        """A read failed: no worker is judged gone on what was read before it."""
+        for seen in self._watched.values():
+            seen.stale_since = None
+
+    def present(self) -> list[WorkerInfo]:
+        """The newest record of every worker not gone (old ones included: not yet judged)."""
+        return [
+            seen.record
+            for seen in self._watched.values()
+            if seen.record is not None and seen.gone_since is None
+        ]
+
+    def is_alive(self, worker_id: str, incarnation: str | None = None) -> bool:
+        """Whether the worker is not gone and, given ``incarnation`` (None or "": not known,
+        any process start counts), is still that process start. A worker no read found yet
+        counts as alive and is judged from the next read on."""
+        seen = self._watched.get(worker_id)
+        if seen is None:
+            self._watched[worker_id] = _Watched(None)
+            return True
+        if seen.gone_since is not None:
+            return False
+        live = seen.record.incarnation if seen.record is not None else ""
+        return not incarnation or not live or live == incarnation
+
+
+def _beat(record: WorkerInfo) -> tuple[float, float]:
+    # a later process start is newer whatever its heartbeat says
+    return record.started_at, record.heartbeat_at
 
 
 def models_served(workers: list[WorkerInfo]) -> dict[str, set[str]]:

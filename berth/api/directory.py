@@ -12,7 +12,7 @@ from berth.api.metrics import QUEUE_LENGTH
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
 from berth.protocol.errors import InvalidRequest, ModelNotFound, StoreUnavailable, Unavailable
-from berth.registry import is_same_incarnation, live_workers, models_served, worker_incarnation
+from berth.registry import WorkerLiveness, live_workers, models_served
 from berth.store.adapters import AdapterStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class WorkerDirectory:
         # late under load, or a worker restarting, should not bounce requests
         self._grace_s = grace_s
         self._last_seen: dict[str, tuple[float, set[str]]] = {}
+        self._liveness = WorkerLiveness()
         self._workers: list[WorkerInfo] = []
         self._models: dict[str, set[str]] = {}
         # models and adapters that had workers once; without live ones they are unavailable
@@ -59,8 +60,11 @@ class WorkerDirectory:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def refresh(self) -> None:
-        self._workers = await live_workers(self._redis)
+        started = time.monotonic()
+        records = await live_workers(self._redis)
         now = time.monotonic()
+        self._liveness.observe(records, started, now)
+        self._workers = self._liveness.present()
         for model, served in models_served(self._workers).items():
             self._last_seen[model] = (now, served)
         self._models = {
@@ -86,6 +90,8 @@ class WorkerDirectory:
         except asyncio.CancelledError:
             raise
         except Exception as err:
+            # whatever the last reads found missing may just not have been written again
+            self._liveness.reset()
             reason = str(err) or type(err).__name__
             if isinstance(err, TimeoutError) and self._slow_reads < 1:
                 # one slow read may be this process's own loop, busy under a flood of
@@ -116,20 +122,12 @@ class WorkerDirectory:
     def models(self) -> dict[str, set[str]]:
         return self._models
 
-    async def is_alive(self, worker_id: str, incarnation: str | None = None) -> bool:
+    def is_alive(self, worker_id: str, incarnation: str | None = None) -> bool:
         """Whether the worker lives, and, given ``incarnation``, is still that process start
-        (a worker restarted under the same id lost its predecessor's requests). Asks Redis
-        directly: the cache may be older than the worker's death. While Redis is away
-        the worker counts as alive: nobody can tell, and its work keeps running."""
-        try:
-            async with asyncio.timeout(REDIS_PROBE_S):
-                live = await worker_incarnation(self._redis, worker_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.warning("cannot check worker %s (%s); assuming it lives", worker_id, err)
-            return True
-        return is_same_incarnation(live, incarnation)
+        (a worker restarted under the same id lost its predecessor's requests), as judged
+        over the registry reads (``WorkerLiveness``): while Redis is away, or for less than
+        a heartbeat TTL of reads without a new heartbeat, it counts as alive."""
+        return self._liveness.is_alive(worker_id, incarnation)
 
     def resolve(self, model: str, lora_path: str | None) -> tuple[str, str | None]:
         """(base model, adapter) for a request's ``model`` and ``lora_path``.

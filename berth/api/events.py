@@ -37,7 +37,7 @@ async def request_events(
     request_id: str,
     queue: asyncio.Queue[TokenEvent | None],
     *,
-    is_alive: Callable[[str, str | None], Awaitable[bool]],
+    is_alive: Callable[[str, str | None], bool],
     check_every_s: float,
     deadline: float,
     fetch: Fetch,
@@ -103,7 +103,7 @@ async def request_events(
                     continue
                 if not silent:
                     continue
-                if worker is not None and not await is_alive(worker, incarnation):
+                if worker is not None and not is_alive(worker, incarnation):
                     dead.add(worker_ref(worker, incarnation))
                     if not produced and retry is not None and await retry(dead):
                         worker, incarnation, expected = None, None, 0

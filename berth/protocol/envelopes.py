@@ -8,6 +8,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
+from berth.protocol import keys
 from berth.protocol.errors import BerthError
 
 # "dispatched" comes from the scheduler (which worker got the request); "requeued" marks a
@@ -149,6 +150,8 @@ class WorkerInfo(BaseModel):
     kv_cache_usage: float | None = None
     queue: str
     heartbeat_at: float = Field(default_factory=time.time)
+    # the record's TTL: readers count the worker gone after this long without a newer beat
+    ttl_s: float = keys.WORKER_TTL_S
     started_at: float = Field(default_factory=time.time)
     # new at every process start: a worker restarted under the same id is another
     # incarnation, and work held by the previous one is lost ("" from older workers)

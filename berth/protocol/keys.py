@@ -160,6 +160,13 @@ def cancelled_key(request_id: str) -> str:
     return f"{PREFIX}:cancelled:{request_id}"
 
 
+# A worker's heartbeat record lives this long by default (WorkerSettings.heartbeat_ttl; each
+# record names its own, WorkerInfo.ttl_s). A reader counts a worker gone only once no newer
+# heartbeat of it was read through that long of successful reads (registry.WorkerLiveness):
+# after a failover the record may be missing until the worker's next beat.
+WORKER_TTL_S = 4.0
+
+
 def worker_key(worker_id: str) -> str:
     """A worker's heartbeat record (WorkerInfo JSON, a string with a TTL of heartbeat_ttl);
     it expires when the worker stops heartbeating. Indexed in WORKERS_INDEX."""

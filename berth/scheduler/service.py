@@ -25,13 +25,7 @@ from berth.protocol import keys
 from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
 from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
-from berth.registry import (
-    announce,
-    is_same_incarnation,
-    live_workers,
-    withdraw,
-    worker_incarnation,
-)
+from berth.registry import WorkerLiveness, announce, live_workers, withdraw
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
@@ -77,6 +71,8 @@ class Scheduler:
         self._quota_scripts = Scripts(redis)
         self._scripts = Scripts(redis)
         self._streams: set[str] = set()
+        # the workers judged alive (registry.WorkerLiveness), and their newest records
+        self._liveness = WorkerLiveness()
         self._workers: list[WorkerInfo] = []
         self._heartbeats: dict[str, float] = {}
         self._dispatched: dict[str, int] = {}
@@ -122,6 +118,8 @@ class Scheduler:
         self._held.clear()
         self._streams.clear()
         self._refreshed_at = 0.0
+        # whatever the last reads found missing may just not have been written again
+        self._liveness.reset()
 
     async def _serve(self, stop: asyncio.Event, backoff: Backoff) -> None:
         await self._refresh()
@@ -156,7 +154,10 @@ class Scheduler:
         await announce(
             self.redis, keys.SCHEDULERS_INDEX, me, keys.scheduler_key(me), b"1", _ALIVE_S
         )
-        workers = await live_workers(self.redis)
+        started = time.monotonic()
+        records = await live_workers(self.redis)
+        self._liveness.observe(records, started, time.monotonic())
+        workers = self._liveness.present()
         for worker in workers:
             # a fresh heartbeat already counts what we sent before it
             if self._heartbeats.get(worker.id) != worker.heartbeat_at:
@@ -482,13 +483,8 @@ class Scheduler:
     async def _requeue_orphaned_jobs(self) -> None:
         """Jobs whose worker stopped heartbeating, or was restarted (another incarnation
         under the same id), run again elsewhere, or fail for good."""
-        alive = {w.id: w.incarnation for w in self._workers}
         for job_id, attempt, worker, incarnation, payload in await self.jobs.inflight():
-            # a worker missing from the cache may have started since the last refresh
-            live = alive.get(worker)
-            if worker not in alive:
-                live = await worker_incarnation(self.redis, worker)
-            if is_same_incarnation(live, incarnation):
+            if self._liveness.is_alive(worker, incarnation):
                 continue
             queued = QueuedRequest.model_validate_json(payload).model_copy(
                 update={"attempt": attempt}

@@ -29,6 +29,7 @@ async def heartbeat_loop(
         try:
             record = info()
             record.heartbeat_at = time.time()
+            record.ttl_s = ttl
             await announce(
                 redis,
                 keys.WORKERS_INDEX,

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from berth.protocol import keys
 from berth.settings import JobRecordSettings, MetricsSettings, ServedModelSettings
 
 
@@ -31,7 +32,10 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
     )
     heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
     heartbeat_ttl: float = Field(
-        default=4.0, gt=0, description="Seconds after the last heartbeat the worker counts as dead."
+        default=keys.WORKER_TTL_S,
+        gt=0,
+        description="Seconds the heartbeat record lives; a worker with no newer heartbeat "
+        "through this long of successful registry reads counts as dead.",
     )
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per engine.")
     gpu_memory_utilization: float = Field(

@@ -26,7 +26,7 @@ def _event(
 async def _collect(
     queue: asyncio.Queue[TokenEvent | None], alive: bool, deadline_s: float = 5.0
 ) -> list[TokenEvent]:
-    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
+    def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return alive
 
     return [
@@ -79,7 +79,7 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
         queue.put_nowait(_event(1, "finished", worker="w2", attempt=1))
         return True
 
-    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
+    def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return worker != "w1"
 
     got = [
@@ -116,7 +116,7 @@ async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
     async def retry(dead: set[str]) -> bool:
         raise AssertionError("must not retry after tokens were produced")
 
-    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
+    def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return False
 
     got = [
@@ -157,7 +157,7 @@ async def _follow(
     async def fetch(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
         return await relay.fetch("r", attempt, first, end)
 
-    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
+    def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return True
 
     return [
@@ -284,7 +284,7 @@ async def test_restarted_worker_is_a_new_incarnation() -> None:
         queue.put_nowait(event(1, "finished", "new", 1))
         return True
 
-    async def is_alive(worker: str, incarnation: str | None = None) -> bool:
+    def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return worker == "w1" and incarnation == "new"
 
     async def nothing_stored(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
