@@ -25,13 +25,12 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 
 from berth.protocol import keys
-from berth.protocol.envelopes import TokenEvent
+from berth.protocol.envelopes import MalformedEvent, TokenEvent, decode_event
 
 try:
     # what redis-py's hiredis reader returns while a reply is incomplete
@@ -105,8 +104,8 @@ class TokenRelay:
                 if int(entry_id.split(b"-")[0]) != attempt:
                     return found  # a later attempt's entries follow this one's
                 try:
-                    found.append(TokenEvent.model_validate_json(fields[b"e"]))
-                except ValidationError:
+                    found.append(decode_event(fields[b"e"]))
+                except MalformedEvent:
                     log.error("malformed event in %s: %r", stream, fields)
             if len(entries) < _FETCH_COUNT:
                 return found
@@ -197,6 +196,6 @@ class TokenRelay:
         if queue is None:
             return
         try:
-            queue.put_nowait(TokenEvent.model_validate_json(data))
-        except ValidationError:
+            queue.put_nowait(decode_event(data))
+        except MalformedEvent:
             log.error("malformed event on %s: %r", channel, data[:200])

@@ -93,3 +93,28 @@ async def test_a_killed_connection_is_made_again_and_every_channel_resubscribed(
         )
     finally:
         await relay.close()
+
+
+async def test_a_malformed_event_is_logged_and_dropped(
+    aredis: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = TokenRelay(aredis)
+    await relay.start()
+    try:
+        queue = await relay.open("a")
+        channel = keys.token_channel("a")
+        for bad in (
+            "not json",
+            '{"id":"a","seq":"0","type":"delta"}',  # seq is not an integer
+            '{"id":"a","seq":0,"type":"guess"}',  # no such event type
+            '{"id":"a","seq":0,"type":"delta","choices":[{"content":"x"}]}',  # no index
+        ):
+            await aredis.publish(channel, bad)
+        await aredis.publish(channel, '{"id":"a","seq":0,"type":"finished","later":1}')
+        got = await asyncio.wait_for(queue.get(), 5)
+        # the relay goes on; a field it does not know is ignored
+        assert got is not None and got.seq == 0 and got.type == "finished" and queue.empty()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 4 and all(m.startswith("malformed event on") for m in errors)
+    finally:
+        await relay.close()
