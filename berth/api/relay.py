@@ -47,6 +47,12 @@ EventQueue = asyncio.Queue[TokenEvent | None]
 _FETCH_COUNT = 1024
 
 
+def is_published(reply: Any) -> bool:
+    """Whether a hiredis reply is a published message: ``[b"message", channel, data]``, a
+    list under RESP2 and a ``hiredis.PushNotification`` (a list's subclass) under RESP3."""
+    return isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"
+
+
 class TokenRelay:
     """Owns the process's pub/sub connection and its reader task."""
 
@@ -158,7 +164,7 @@ class TokenRelay:
                 self._route(message)
             try:
                 for reply in self._buffered():
-                    if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                    if is_published(reply):
                         self._deliver(reply[1], reply[2])
                     elif isinstance(reply, Exception):
                         log.error("token relay: error reply %s", reply)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import hiredis
 import pytest
 import redis.asyncio
 
-from berth.api.relay import TokenRelay
+from berth.api.relay import TokenRelay, is_published
 from berth.protocol import keys
 
 
@@ -118,3 +119,20 @@ async def test_a_malformed_event_is_logged_and_dropped(
         assert len(errors) == 4 and all(m.startswith("malformed event on") for m in errors)
     finally:
         await relay.close()
+
+
+@pytest.mark.parametrize(
+    ("resp", "published"),
+    [
+        (b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n", True),  # RESP2
+        (b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n", True),  # RESP3 push
+        (b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n", False),
+        (b"$4\r\nPONG\r\n", False),
+    ],
+)
+def test_published_messages_are_told_from_other_replies(resp: bytes, published: bool) -> None:
+    """The relay routes published messages itself, whichever protocol the reader speaks;
+    the rest goes through redis-py."""
+    reader = hiredis.Reader()
+    reader.feed(resp)
+    assert is_published(reader.gets()) is published
