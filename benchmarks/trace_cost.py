@@ -6,8 +6,8 @@ baseline that calls no hook at all.
     python -m benchmarks.trace_cost --requests 5000 --tokens 200 --rounds 15
 
 One "request" runs, in one process, every hook a traced request passes through in the
-three roles, in order: the API's server span (as TraceRequests makes it), ``validate``, the
-envelope's carrier, the relay wrapper over ``--tokens`` events; the scheduler's extract,
+three roles, in order: the API's server span (as HttpMiddleware makes it), ``validate``,
+the envelope's carrier, the relay wrapper over ``--tokens`` events; the scheduler's extract,
 ``queue wait``, ``group and place``, ``dispatch`` and the new carrier; the worker's span and
 its engine spans (RequestTrace). Each side runs the same loop; "off" and "on" switch the
 module's tracer (one provider is installed for the run, as a process does at start). The

@@ -12,14 +12,13 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from berth import tracing
 from berth.api import metrics
 from berth.api.auth import KeyRing, admin_ring, parse_keys
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
 from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
-from berth.api.middleware import NoProxyBuffering, RequestMetrics, TraceRequests
+from berth.api.middleware import HttpMiddleware
 from berth.api.presence import ApiPresence
 from berth.api.quotas import Quotas, limit_book
 from berth.api.relay import TokenRelay
@@ -115,11 +114,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     for feature in (chat, models, health, jobs, admin, files, batches):
         app.include_router(feature.router)
-    # outermost of ours, inside Starlette's ServerErrorMiddleware: it sees every answer, and
-    # an unhandled exception before the server turns it into a 500
-    app.add_middleware(NoProxyBuffering)
-    app.add_middleware(RequestMetrics)
-    if tracing.enabled():
-        # outermost: its span is current for everything the request does
-        app.add_middleware(TraceRequests)
+    # inside Starlette's ServerErrorMiddleware: it sees every answer, and an unhandled
+    # exception before the server turns it into a 500; its span (tracing on) is current for
+    # everything the request does
+    app.add_middleware(HttpMiddleware)
     return app

@@ -9,7 +9,7 @@ from berth.protocol.errors import BerthError, QueueFull, RateLimited, Unavailabl
 
 def error_response(err: BerthError) -> JSONResponse:
     """The OpenAI error body with the error's status (and Retry-After when retrying helps).
-    Counted, as every answer, by the RequestMetrics middleware."""
+    Counted, as every answer, by the HTTP middleware (api/middleware.py)."""
     headers = {}
     if isinstance(err, QueueFull | Unavailable):
         headers["Retry-After"] = str(err.retry_after)

@@ -12,9 +12,12 @@ its reader (``api/events.py``) to fetch what it missed from the request's event
 stream (``fetch``).
 
 Per message, redis-py's ``get_message`` costs more than everything else the relay does; so
-after each one it returns, the relay takes the messages already read off the socket
-straight from the connection's hiredis reader (``_buffered``), and hands redis-py only
-what is not a published message (subscribe confirmations, pongs), as it would have.
+the relay waits for the socket itself (``_read_directly``: the connection's hiredis parser
+reads what arrived), takes the messages read straight from the hiredis reader (``_buffered``),
+and hands redis-py only what is not a published message (subscribe confirmations, pongs),
+as it would have. ``get_message`` still does every read that has more to do than read:
+while the connection is down (it reconnects), after a failed read, and when a health
+check is due.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from berth.protocol import keys
-from berth.protocol.envelopes import TokenEvent
+from berth.protocol.envelopes import MalformedEvent, TokenEvent, decode_event
 
 try:
     # what redis-py's hiredis reader returns while a reply is incomplete
@@ -46,6 +49,12 @@ RESYNC = None
 EventQueue = asyncio.Queue[TokenEvent | None]
 # entries read per XRANGE when filling a gap
 _FETCH_COUNT = 1024
+
+
+def is_published(reply: Any) -> bool:
+    """Whether a hiredis reply is a published message: ``[b"message", channel, data]``, a
+    list under RESP2 and a ``hiredis.PushNotification`` (a list's subclass) under RESP3."""
+    return isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"
 
 
 class TokenRelay:
@@ -105,8 +114,8 @@ class TokenRelay:
                 if int(entry_id.split(b"-")[0]) != attempt:
                     return found  # a later attempt's entries follow this one's
                 try:
-                    found.append(TokenEvent.model_validate_json(fields[b"e"]))
-                except ValidationError:
+                    found.append(decode_event(fields[b"e"]))
+                except MalformedEvent:
                     log.error("malformed event in %s: %r", stream, fields)
             if len(entries) < _FETCH_COUNT:
                 return found
@@ -146,20 +155,21 @@ class TokenRelay:
     async def _read(self) -> None:
         while True:
             try:
-                # no timeout: a timed read arms and cancels a timer per message; a dead
-                # connection still raises (TCP keepalive finds a half-open one)
-                message = await self._pubsub.get_message(timeout=None)
+                if not await self._read_directly():
+                    # no timeout: a timed read arms and cancels a timer per message; a dead
+                    # connection still raises (TCP keepalive finds a half-open one)
+                    message = await self._pubsub.get_message(timeout=None)
+                    if message is not None:
+                        self._route(message)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("token relay lost its connection; reconnecting")
                 await asyncio.sleep(0.1)
                 continue
-            if message is not None:
-                self._route(message)
             try:
                 for reply in self._buffered():
-                    if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                    if is_published(reply):
                         self._deliver(reply[1], reply[2])
                     elif isinstance(reply, Exception):
                         log.error("token relay: error reply %s", reply)
@@ -171,6 +181,30 @@ class TokenRelay:
                 raise
             except Exception:
                 log.exception("token relay: reading buffered messages failed")
+
+    async def _read_directly(self) -> bool:
+        """Wait for the socket and feed what arrived to the connection's hiredis reader;
+        False when redis-py's ``get_message`` must read instead: the connection is down (or
+        this read found it lost: redis-py makes it again), a health check is due, or the
+        parser is not hiredis."""
+        connection = self._pubsub.connection
+        parser = getattr(connection, "_parser", None)
+        if (
+            connection is None
+            or NOT_ENOUGH_DATA is None
+            or getattr(parser, "_reader", None) is None
+            or not connection.is_connected
+        ):
+            return False
+        interval = connection.health_check_interval
+        if interval and asyncio.get_running_loop().time() > connection.next_health_check:
+            return False
+        try:
+            await parser.read_from_socket()
+        except (RedisConnectionError, OSError) as err:
+            log.warning("token relay: pub/sub connection lost (%s); reconnecting", err)
+            return False
+        return True
 
     def _buffered(self) -> Iterator[Any]:
         """Replies the connection has already read and not parsed yet, straight from its
@@ -197,6 +231,6 @@ class TokenRelay:
         if queue is None:
             return
         try:
-            queue.put_nowait(TokenEvent.model_validate_json(data))
-        except ValidationError:
+            queue.put_nowait(decode_event(data))
+        except MalformedEvent:
             log.error("malformed event on %s: %r", channel, data[:200])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+import msgspec
 import orjson
 from pydantic import BaseModel, Field
 
@@ -65,7 +66,12 @@ class WorkGroup(BaseModel):
     incarnation: str | None = None
 
 
-class EventChoice(BaseModel):
+# Token events are msgspec Structs, not pydantic models: the API decodes one per relayed
+# token (``decode_event``) and msgspec does it, type checks included, ~6x faster. They are
+# the one definition of an event's shape; the worker writes them as JSON (``event_json``).
+
+
+class EventChoice(msgspec.Struct, kw_only=True):
     """One choice's progress inside a token event."""
 
     index: int
@@ -76,17 +82,18 @@ class EventChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class EventUsage(BaseModel):
+class EventUsage(msgspec.Struct, kw_only=True):
     """Token counts of a finished request."""
 
     prompt_tokens: int
     completion_tokens: int
 
 
-class TokenEvent(BaseModel):
+class TokenEvent(msgspec.Struct, kw_only=True):
     """One event of a request, on its token channel (interactive) or in its job's event
-    stream. Written only through ``event_json``, whose docstring defines ``seq``. Exactly
-    one event per request (per job) has a terminal ``type``.
+    stream. Written only through ``event_json``, whose docstring defines ``seq``; read
+    through ``decode_event``. Exactly one event per request (per job) has a terminal
+    ``type``.
     """
 
     id: str
@@ -98,7 +105,7 @@ class TokenEvent(BaseModel):
     attempt: int = 0
     # which process start of ``worker`` wrote (or, on "dispatched", was sent) the event
     incarnation: str | None = None
-    choices: list[EventChoice] = Field(default_factory=list)
+    choices: list[EventChoice] = msgspec.field(default_factory=list)
     usage: EventUsage | None = None
     # the OpenAI error body and its HTTP status, on "error" events
     error: dict[str, Any] | None = None
@@ -107,6 +114,18 @@ class TokenEvent(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
+
+
+# what ``decode_event`` raises for bytes that are not a TokenEvent (bad JSON, a missing or
+# mistyped field)
+MalformedEvent = msgspec.DecodeError
+_EVENT_DECODER = msgspec.json.Decoder(TokenEvent)
+
+
+def decode_event(data: bytes | str) -> TokenEvent:
+    """The ``TokenEvent`` of one event's JSON, checked against its types (unknown fields
+    are ignored); ``MalformedEvent`` when it is not one."""
+    return _EVENT_DECODER.decode(data)
 
 
 class ResumableStream(BaseModel):

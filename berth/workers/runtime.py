@@ -26,9 +26,9 @@ from berth.protocol.envelopes import (
     TERMINAL_EVENTS,
     EventType,
     QueuedRequest,
-    TokenEvent,
     WorkerInfo,
     WorkGroup,
+    decode_event,
     event_json,
 )
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
@@ -185,7 +185,7 @@ class _RequestEvents:
         return written
 
     def _write_job(self, type_: EventType, payload: str, terminal: bool, force: bool) -> bool:
-        parsed = TokenEvent.model_validate_json(payload)
+        parsed = decode_event(payload)
         if not terminal:
             if not self._publisher.append(self._target, payload, EVENTS_MAXLEN, force=force):
                 return False

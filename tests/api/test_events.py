@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import redis.asyncio
 
 from berth.api.events import request_events
 from berth.api.relay import TokenRelay
 from berth.protocol import keys
-from berth.protocol.envelopes import TokenEvent, event_json
+from berth.protocol.envelopes import TokenEvent, decode_event, event_json
 
 
 async def _no_stream(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
@@ -102,14 +103,15 @@ async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
     queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
     queue.put_nowait(_event(0, "started"))
     queue.put_nowait(
-        TokenEvent.model_validate(
+        msgspec.convert(
             {
                 "id": "r",
                 "seq": 1,
                 "type": "delta",
                 "worker": "w1",
                 "choices": [{"index": 0, "content": "x"}],
-            }
+            },
+            TokenEvent,
         )
     )
 
@@ -146,7 +148,7 @@ async def _write(
     await aredis.xadd(
         keys.request_events("r"), {"e": payload}, id=keys.event_entry_id(attempt, seq)
     )
-    return TokenEvent.model_validate_json(payload)
+    return decode_event(payload)
 
 
 async def _follow(
@@ -266,7 +268,7 @@ async def test_restarted_worker_is_a_new_incarnation() -> None:
     queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1", incarnation="old"))
 
     def event(seq: int, type_: str, incarnation: str, attempt: int) -> TokenEvent:
-        return TokenEvent.model_validate(
+        return msgspec.convert(
             {
                 "id": "r",
                 "seq": seq,
@@ -274,7 +276,8 @@ async def test_restarted_worker_is_a_new_incarnation() -> None:
                 "worker": "w1",
                 "incarnation": incarnation,
                 "attempt": attempt,
-            }
+            },
+            TokenEvent,
         )
 
     async def retry(dead: set[str]) -> bool:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import hiredis
 import pytest
 import redis.asyncio
 
-from berth.api.relay import TokenRelay
+from berth.api.relay import TokenRelay, is_published
 from berth.protocol import keys
 
 
@@ -93,3 +94,45 @@ async def test_a_killed_connection_is_made_again_and_every_channel_resubscribed(
         )
     finally:
         await relay.close()
+
+
+async def test_a_malformed_event_is_logged_and_dropped(
+    aredis: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = TokenRelay(aredis)
+    await relay.start()
+    try:
+        queue = await relay.open("a")
+        channel = keys.token_channel("a")
+        for bad in (
+            "not json",
+            '{"id":"a","seq":"0","type":"delta"}',  # seq is not an integer
+            '{"id":"a","seq":0,"type":"guess"}',  # no such event type
+            '{"id":"a","seq":0,"type":"delta","choices":[{"content":"x"}]}',  # no index
+        ):
+            await aredis.publish(channel, bad)
+        await aredis.publish(channel, '{"id":"a","seq":0,"type":"finished","later":1}')
+        got = await asyncio.wait_for(queue.get(), 5)
+        # the relay goes on; a field it does not know is ignored
+        assert got is not None and got.seq == 0 and got.type == "finished" and queue.empty()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 4 and all(m.startswith("malformed event on") for m in errors)
+    finally:
+        await relay.close()
+
+
+@pytest.mark.parametrize(
+    ("resp", "published"),
+    [
+        (b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n", True),  # RESP2
+        (b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n", True),  # RESP3 push
+        (b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n", False),
+        (b"$4\r\nPONG\r\n", False),
+    ],
+)
+def test_published_messages_are_told_from_other_replies(resp: bytes, published: bool) -> None:
+    """The relay routes published messages itself, whichever protocol the reader speaks;
+    the rest goes through redis-py."""
+    reader = hiredis.Reader()
+    reader.feed(resp)
+    assert is_published(reader.gets()) is published

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
@@ -28,7 +29,7 @@ USER = {"role": "user", "content": "hi"}
 
 
 def event(seq: int, type_: str = "delta", **fields: Any) -> TokenEvent:
-    return TokenEvent.model_validate({"id": "r1", "seq": seq, "type": type_, **fields})
+    return msgspec.convert({"id": "r1", "seq": seq, "type": type_, **fields}, TokenEvent)
 
 
 def assembled(*events: TokenEvent) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from berth.protocol.envelopes import TokenEvent
@@ -12,7 +13,7 @@ from berth.protocol.output import DONE, ChunkWriter, CompletionAssembler, parse_
 
 
 def _event(seq: int, type_: str = "delta", **fields: object) -> TokenEvent:
-    return TokenEvent.model_validate({"id": "r1", "seq": seq, "type": type_, **fields})
+    return msgspec.convert({"id": "r1", "seq": seq, "type": type_, **fields}, TokenEvent)
 
 
 EVENTS = [
