@@ -19,7 +19,7 @@ from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
 from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
-from berth.api.middleware import NoProxyBuffering, RequestMetrics, TraceRequests
+from berth.api.middleware import NoProxyBuffering, RefuseOverRate, RequestMetrics, TraceRequests
 from berth.api.presence import ApiPresence
 from berth.api.quotas import Quotas, limit_book
 from berth.api.relay import TokenRelay
@@ -120,6 +120,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(NoProxyBuffering)
     app.add_middleware(RequestMetrics)
     if tracing.enabled():
-        # outermost: its span is current for everything the request does
+        # outermost but one: its span is current for everything the request does
         app.add_middleware(TraceRequests)
+    # outermost of ours: a tenant known to be over its rate costs none of the above
+    app.add_middleware(RefuseOverRate)
     return app
