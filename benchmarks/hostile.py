@@ -15,7 +15,10 @@ client, whose own CPU is not the service's, on a machine where attacker and serv
 the cores. The sampler stays in the main process.
 
 For each attack, first a quiet window (tenant b alone), then the attack window (the attack
-repeated until the window has passed, or held open for it). It prints per attack: the
+repeated until the window has passed, or held open for it). Between the two, tenant a gets
+its whole budget back (:func:`fresh_budget`: its files deleted, its rate counts and
+concurrency leases cleared in Redis), so each attack meets a's limits as if it ran first
+and the order of the attacks does not change their results. It prints per attack: the
 answers (status counts; ``conn:...`` a connection error, ``held`` a connection the server
 still held open when the window ended) and their time to answer; the peak growth of Redis
 ``used_memory`` (INFO memory) and of the API's and the worker's RSS (psutil) over the
@@ -56,6 +59,7 @@ import psutil
 import redis
 
 from benchmarks.sim import RESULTS_DIR, RoleProcess, embedded_valkey, free_port, percentile
+from berth.protocol import keys, quota
 
 MODEL = "fake-model"
 KEYS = {"a": "hostile-key-a", "b": "bystander-key-b"}
@@ -503,6 +507,38 @@ def wait_ready(url: str, roles: list[RoleProcess], timeout_s: float = 120) -> No
     raise TimeoutError("the stack did not become ready")
 
 
+async def fresh_budget(ctx: Context, r: redis.Redis) -> int:
+    """Give tenant a its whole budget back before an attack, so each attack meets a's
+    limits as if it came first (not a's rate 429s left by the one before): delete a's
+    files through the API (they count against its file limits; the deletes free their
+    reservations as any delete does), then clear a's request and token counts of this
+    minute and the last and its concurrency leases. Tenant b's counters and the queues'
+    shares are left alone. Returns how many files were deleted."""
+    deleted = 0
+    async with ctx.client() as client:
+        while True:
+            # a's rate may be spent by the attack before: counts cleared first, then again
+            await asyncio.to_thread(_clear_counts, r, "a")
+            listed = await client.get("/v1/files")
+            if listed.status_code != 200:
+                raise RuntimeError(f"listing a's files: {listed.status_code} {listed.text}")
+            files = [f["id"] for f in listed.json()["data"]]
+            if not files:
+                break
+            for file_id in files:
+                answer = await client.delete(f"/v1/files/{file_id}")
+                deleted += answer.status_code == 200
+    await asyncio.to_thread(_clear_counts, r, "a")
+    return deleted
+
+
+def _clear_counts(r: redis.Redis, tenant: str) -> None:
+    index, _ = quota.window(time.time())
+    windows = (index - 1, index)
+    rates = [keys.quota_rate(tenant, kind, w) for kind in ("requests", "tokens") for w in windows]
+    r.delete(*rates, keys.quota_running(tenant))
+
+
 def answered_cleanly(answers: list[Answer]) -> bool:
     """Every answer a 2xx or 4xx, or a connection the server held without harm."""
     return all(s in ("held", "idle-held") or s[:1] in ("2", "4") for s, _ in answers)
@@ -519,6 +555,8 @@ async def run_attack(
     quiet_start = time.time()
     await asyncio.sleep(quiet_s)
     quiet = bystander_window(b_log, quiet_start, time.time())
+    # outside both windows: the quiet one is measured, the attack's starts below
+    await fresh_budget(ctx, sampler.redis)
     before = await asyncio.to_thread(sampler.now)
     stop = asyncio.Event()
     peaks = asyncio.create_task(sampler.peaks(stop))

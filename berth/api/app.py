@@ -18,7 +18,7 @@ from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
 from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
-from berth.api.middleware import HttpMiddleware
+from berth.api.middleware import HttpMiddleware, RefuseOverRate
 from berth.api.presence import ApiPresence
 from berth.api.quotas import Quotas, limit_book
 from berth.api.relay import TokenRelay
@@ -118,4 +118,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # exception before the server turns it into a 500; its span (tracing on) is current for
     # everything the request does
     app.add_middleware(HttpMiddleware)
+    # outermost of ours: a tenant known to be over its rate costs none of the above
+    app.add_middleware(RefuseOverRate)
     return app

@@ -53,6 +53,10 @@ class KeyRing:
                 found = owner
         return found
 
+    def tenant_or_none(self, authorization: str | None) -> str | None:
+        """The tenant of a request's key, or None when the key is missing or unknown."""
+        return OPEN_TENANT if self.open else self.owner(authorization)
+
     def tenant(self, authorization: str | None) -> str:
         if self.open:
             return OPEN_TENANT

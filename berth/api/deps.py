@@ -22,8 +22,9 @@ State = Annotated[ApiState, Depends(_state)]
 
 async def _tenant(request: Request, state: State) -> str:
     tenant = state.keys.tenant(request.headers.get("authorization"))
-    # every tenant request counts, before its route reads the body: a request over its
-    # tenant's rate costs a key lookup and, at most once a second, one script call
+    # every tenant request counts, before its route reads the body. Once Redis refused the
+    # tenant, the RefuseOverRate middleware answers its next requests before routing (and
+    # count_request would, without Redis, if one got here): one script call a second at most
     await state.quotas.count_request(tenant)
     return tenant
 

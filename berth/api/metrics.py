@@ -28,14 +28,16 @@ _LATENCY = (
 )
 _ITL = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 
-# Every HTTP answer, counted by one middleware (berth/api/middleware.py). Replaces
+# Every HTTP answer, counted by one middleware (berth/api/middleware.py; RefuseOverRate counts
+# the answers it gives before that one sees the request). Replaces
 # berth_api_requests_total{route,status}, which counted chat answers and BerthErrors only
 # (migration in docs/operations.md).
 HTTP_REQUESTS = Counter(
     "berth_api_http_requests_total",
-    "HTTP requests answered, by method, route template (`unmatched` when no route matched) "
-    "and status class (2xx, 4xx, 5xx; an unhandled exception counts as 5xx). Counted when "
-    "the response ends, so a stream counts when it closes.",
+    "HTTP requests answered, by method, route template (`unmatched` when no route matched, "
+    "`refused_early` for a tenant's 429 answered before routing) and status class (2xx, "
+    "4xx, 5xx; an unhandled exception counts as 5xx). Counted when the response ends, so a "
+    "stream counts when it closes.",
     ["method", "route", "status"],
 )
 HTTP_RESPONSE_START = Histogram(

@@ -1,5 +1,7 @@
-"""The API's one pure ASGI middleware: request metrics, a trace span per request (when
-tracing is on), and SSE answers that proxies must not buffer.
+"""Pure ASGI middleware of the API: the early 429 of a tenant known to be over its rate
+(``RefuseOverRate``), and one around every request (``HttpMiddleware``): request
+metrics, a trace span per request (when tracing is on), and SSE answers that proxies
+must not buffer.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, which runs every response body through
 an extra task and queue (a cost per request and per streamed chunk) and changes how a
@@ -21,11 +23,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth import tracing
 from berth.api import metrics
+from berth.api.errors import error_response
+from berth.protocol.errors import RateLimited
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 UNMATCHED = "unmatched"
+# the route label of a request RefuseOverRate answered: no route was matched for it
+REFUSED_EARLY = "refused_early"
+# every route under this prefix is a tenant's (counted by requests per minute), but the
+# admin API's (tests/api/test_early_refusal.py holds the routes to it)
+TENANT_PATHS = "/v1/"
+ADMIN_PATHS = "/v1/admin/"
 # a client chooses the method: anything else becomes one label, never a new series
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -40,6 +50,53 @@ def route_label(scope: Scope) -> str:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+def _method(scope: Scope) -> str:
+    return scope["method"] if scope["method"] in _METHODS else "other"
+
+
+class RefuseOverRate:
+    """Answers the 429 of a tenant this process already knows to be over its requests per
+    minute (``Quotas.remembered_refusal``, the rate memo) before FastAPI routes the request,
+    resolves its dependencies or runs the other middlewares: past its rate a flooding
+    tenant's requests cost a key lookup and this answer. The answer is the route's own
+    (the same RateLimited through ``error_response``); counted in
+    ``berth_api_http_requests_total`` with the route ``refused_early``, not timed. With no
+    tenant remembered (the usual case) it costs one check per request.
+
+    Every path under /v1/ but the admin API is a tenant route; a remembered tenant's
+    request for a path no route serves is a 429 here too (a 404 or 405 otherwise)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = self._refusal(scope)
+            if refused is not None:
+                metrics.HTTP_REQUESTS.labels(_method(scope), REFUSED_EARLY, "4xx").inc()
+                await error_response(refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _refusal(scope: Scope) -> RateLimited | None:
+        path: str = scope["path"]
+        if not path.startswith(TENANT_PATHS) or path.startswith(ADMIN_PATHS):
+            return None
+        # Starlette puts the app in the scope; its state is built by the lifespan
+        state = getattr(scope["app"].state, "berth", None)
+        if state is None or not state.quotas.refusing:
+            return None
+        authorization = next(
+            (value for name, value in scope["headers"] if name == b"authorization"), None
+        )
+        tenant = state.keys.tenant_or_none(
+            authorization.decode("latin-1") if authorization is not None else None
+        )
+        # a missing or unknown key goes on to the route, which answers its 401
+        return None if tenant is None else state.quotas.remembered_refusal(tenant)
 
 
 def unbuffered(start: Message) -> Message:
@@ -86,7 +143,7 @@ class HttpMiddleware:
             await self.app(scope, receive, send)
             return
         arrived = time.perf_counter()
-        method = scope["method"] if scope["method"] in _METHODS else "other"
+        method = _method(scope)
         span = _server_span(scope)
         status: int | None = None
 

@@ -61,6 +61,32 @@ class Quotas:
     def of(self, tenant: str) -> TenantLimits:
         return self.book.of(tenant)
 
+    @property
+    def refusing(self) -> bool:
+        """Whether this process remembers any tenant over its requests per minute."""
+        return bool(self._over_rate)
+
+    def remembered_refusal(self, tenant: str) -> RateLimited | None:
+        """The 429 for a tenant this process remembers over its requests per minute, or
+        None (then only Redis can tell). No I/O: the ``RefuseOverRate`` middleware asks it
+        before FastAPI routes the request, :meth:`count_request` before asking Redis.
+
+        Redis could only refuse such a request too: other API processes add to the counts,
+        nothing takes from them but time, and the refusal is recomputed for now (the same
+        message, Retry-After and headers, counting down)."""
+        memo = self._over_rate.get(tenant)
+        if memo is None:
+            return None
+        limits = self.book.of(tenant)
+        now = time.time()
+        index, elapsed = quota.window(now)
+        counts = quota.moved_on(memo.counts, index - memo.window)
+        over = quota.used(counts.requests_previous, counts.requests_current, elapsed) + 1
+        if now < memo.until and over > limits.requests_per_minute:
+            return self._rate_refusal(limits, counts, elapsed)
+        del self._over_rate[tenant]
+        return None
+
     async def count_request(self, tenant: str) -> None:
         """Count a request against its tenant's requests per minute as soon as the tenant
         is known, before its body is read, or raise RateLimited: every request counts,
@@ -68,22 +94,16 @@ class Quotas:
         meets its own 429s instead of taking the API's CPU from everyone.
 
         Once Redis refused the tenant, its next requests are refused here, without a round
-        trip, for ``rate_memo_s`` at most and never past the moment the rate would admit
-        one again. Redis could only refuse them too: other API processes add to the counts,
-        nothing takes from them but time, and the refusal is recomputed for now (the same
-        message, Retry-After and headers, counting down)."""
+        trip (:meth:`remembered_refusal`), for ``rate_memo_s`` at most and never past the
+        moment the rate would admit one again."""
         limits = self.book.of(tenant)
         if not limits.requests_per_minute:
             return
+        refused = self.remembered_refusal(tenant)
+        if refused is not None:
+            raise refused
         now = time.time()
         index, elapsed = quota.window(now)
-        memo = self._over_rate.get(tenant)
-        if memo is not None:
-            counts = quota.moved_on(memo.counts, index - memo.window)
-            over = quota.used(counts.requests_previous, counts.requests_current, elapsed) + 1
-            if now < memo.until and over > limits.requests_per_minute:
-                raise self._rate_refusal(limits, counts, elapsed)
-            del self._over_rate[tenant]
         counts = await self.store.count_request(limits, tenant, now)
         if counts.allowed:
             return

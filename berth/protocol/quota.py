@@ -109,7 +109,9 @@ def used(previous: int, current: int, elapsed: float) -> int:
 
 
 def wait_s(previous: int, current: int, elapsed: float, cost: int, limit: int) -> float:
-    """Seconds until ``cost`` more fits under ``limit`` (0 when it fits now)."""
+    """Seconds until ``cost`` more fits under ``limit`` (0 when it fits now): the moment
+    after which it fits, as :func:`used` (and the script) round the faded count down.
+    ``floor(n * (1 - t)) <= k`` holds once ``n * (1 - t) < k + 1``, not ``<= k``."""
     room = limit - cost
     if room < 0:
         return math.inf
@@ -117,11 +119,11 @@ def wait_s(previous: int, current: int, elapsed: float, cost: int, limit: int) -
         return 0.0
     if current <= room and previous > 0:
         # later in this window the previous window's weight has fallen far enough
-        t = (1 - elapsed) - (room - current) / previous
+        t = (1 - elapsed) - (room - current + 1) / previous
         return max(t, 0.0) * WINDOW_S
     # in the next window, this window's count is the one that fades
-    x = 1 - room / current if current else 0.0
-    return ((1 - elapsed) + x) * WINDOW_S
+    x = 1 - (room + 1) / current if current else 0.0
+    return ((1 - elapsed) + max(x, 0.0)) * WINDOW_S
 
 
 def reset_s(previous: int, current: int, elapsed: float) -> float:

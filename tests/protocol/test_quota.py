@@ -27,15 +27,66 @@ def test_sliding_window_weights_the_previous_minute() -> None:
     assert quota.used(100, 10, 1.0) == 10
 
 
+def _fits_after(
+    previous: int, current: int, elapsed: float, cost: int, limit: int, s: float
+) -> bool:
+    """Whether the script would admit ``cost`` more ``s`` seconds from now, nothing counted
+    meanwhile (past the minute, the current window becomes the previous one)."""
+    at = elapsed + s / quota.WINDOW_S
+    if at < 1:
+        return quota.used(previous, current, at) + cost <= limit
+    if at < 2:
+        return quota.used(current, 0, at - 1) + cost <= limit
+    return cost <= limit
+
+
 def test_wait_until_a_request_fits() -> None:
     # fits now
     assert quota.wait_s(0, 5, 0.5, 1, 10) == 0
-    # the previous window fades: 10*(1-t) <= 9 once a tenth of the minute has passed
-    assert quota.wait_s(10, 0, 0.0, 1, 10) == pytest.approx(0.1 * 60)
+    # the previous window fades: floor(10 * (1 - t)) <= 9 as soon as any time passes
+    assert quota.wait_s(10, 0, 0.0, 1, 10) == pytest.approx(0)
+    # ... and floor(20 * (1 - t)) <= 9 once t > 0.5
+    assert quota.wait_s(20, 0, 0.0, 1, 10) == pytest.approx(0.5 * 60)
     # the current window is full: only next minute, as it fades, is there room
-    assert quota.wait_s(0, 10, 0.5, 1, 10) == pytest.approx((0.5 + 0.1) * 60)
+    assert quota.wait_s(0, 10, 0.5, 1, 10) == pytest.approx(0.5 * 60)
+    assert quota.wait_s(0, 20, 0.5, 1, 10) == pytest.approx((0.5 + 0.5) * 60)
     # never fits
     assert quota.wait_s(0, 0, 0.0, 11, 10) == math.inf
+
+
+def test_wait_near_the_minutes_end_counts_the_rounding_down() -> None:
+    # 10 requests this minute, 0.6 s before its end: the next minute's faded count,
+    # floor(10 * (1 - t)), is 9 at once, so the 11th fits 0.6 s from now (not 6.6 s,
+    # as when the rounding was ignored, which made a 7 s Retry-After)
+    wait = quota.wait_s(0, 10, 0.99, 1, 10)
+    assert wait == pytest.approx(0.6)
+    assert not _fits_after(0, 10, 0.99, 1, 10, wait - 0.01)
+    assert _fits_after(0, 10, 0.99, 1, 10, wait + 0.01)
+    limits = TenantLimits(requests_per_minute=10)
+    counts = Counts(allowed=False, refused="requests", requests_current=10)
+    assert quota.retry_after_s(limits, counts, 0.99, 1, 1) == 1
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "elapsed", "cost", "limit"),
+    [
+        (10, 0, 0.0, 1, 10),
+        (37, 3, 0.2, 1, 30),
+        (600, 300, 0.5, 1, 600),
+        (0, 600, 0.999, 1, 600),
+        (0, 9, 0.3, 2, 10),
+        (500, 450, 0.7, 1, 600),
+        (7, 12, 0.1, 3, 12),
+        (1000, 20, 0.05, 1, 600),
+    ],
+)
+def test_wait_is_the_moment_the_script_admits(
+    previous: int, current: int, elapsed: float, cost: int, limit: int
+) -> None:
+    assert not _fits_after(previous, current, elapsed, cost, limit, 0)
+    wait = quota.wait_s(previous, current, elapsed, cost, limit)
+    assert not _fits_after(previous, current, elapsed, cost, limit, max(wait - 0.01, 0))
+    assert _fits_after(previous, current, elapsed, cost, limit, wait + 0.01)
 
 
 def test_durations_read_as_openai_writes_them() -> None:
@@ -57,7 +108,7 @@ def test_rate_headers_and_retry_after() -> None:
         "x-ratelimit-remaining-tokens": "600",
         "x-ratelimit-reset-tokens": "1m30s",
     }
-    assert quota.retry_after_s(limits, counts, 0.5, 5, 1) == 36
+    assert quota.retry_after_s(limits, counts, 0.5, 5, 1) == 30
     # unlimited rates send no headers
     assert (
         quota.rate_headers(TenantLimits(requests_per_minute=0, tokens_per_minute=0), counts, 0)

@@ -1,0 +1,153 @@
+"""A tenant this API process knows to be over its requests per minute is refused before
+routing (berth/api/middleware.py RefuseOverRate): the same 429 as the route's, nothing
+counted in Redis, and no other tenant touched. The app runs in process against a real
+Valkey; its clock (berth.api.quotas's) is held still, so the route's refusal and the early
+one are computed for the same instant and can be compared byte for byte."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import httpx2
+import pytest
+import redis
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
+
+import berth.api.quotas
+from berth.api import deps
+from berth.api.app import create_app
+from berth.api.middleware import ADMIN_PATHS, REFUSED_EARLY, TENANT_PATHS
+from berth.api.settings import ApiSettings
+from berth.protocol import keys, quota
+
+KEYS = {"a": "key-a", "b": "key-b"}
+ADMIN = "admin-early-refusal"
+RATE = 3
+
+
+@pytest.fixture
+def now(monkeypatch: pytest.MonkeyPatch) -> float:
+    held = time.time()
+    monkeypatch.setattr(berth.api.quotas, "time", SimpleNamespace(time=lambda: held))
+    return held
+
+
+@pytest.fixture
+def app(redis_url: str, now: float) -> FastAPI:
+    return create_app(
+        ApiSettings(
+            redis_url=redis_url,
+            api_keys=",".join(f"{t}:{k}" for t, k in KEYS.items()),
+            admin_keys=ADMIN,
+            tenant_limits=json.dumps({"a": {"requests_per_minute": RATE}}),
+        )
+    )
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+def _auth(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+def _refused_early(method: str) -> float:
+    labels = {"method": method, "route": REFUSED_EARLY, "status": "4xx"}
+    return REGISTRY.get_sample_value("berth_api_http_requests_total", labels) or 0.0
+
+
+def _quota_records(r: redis.Redis, tenant: str) -> dict[Any, Any]:
+    return {key: r.get(key) for key in r.keys(f"{keys.PREFIX}:quota:{tenant}:*")}
+
+
+def _over_rate(client: TestClient) -> httpx2.Response:
+    """Tenant a's requests up to its rate, then the route's refusal (Redis's answer)."""
+    for _ in range(RATE):
+        assert client.get("/v1/models", headers=_auth("a")).status_code == 200
+    before = _refused_early("GET")
+    late = client.get("/v1/models", headers=_auth("a"))
+    assert late.status_code == 429
+    # this one went through the route: the middleware knew nothing yet
+    assert _refused_early("GET") == before
+    return late
+
+
+def test_the_early_refusal_is_the_routes_and_is_not_counted(
+    client: TestClient, redis_url: str, now: float
+) -> None:
+    late = _over_rate(client)
+    r = redis.Redis.from_url(redis_url)
+    records = _quota_records(r, "a")
+    index, _ = quota.window(now)
+    assert r.get(keys.quota_rate("a", "requests", index)) == str(RATE).encode()
+    before = {m: _refused_early(m) for m in ("GET", "POST", "DELETE")}
+    early = [
+        client.get("/v1/models", headers=_auth("a")),
+        # bodies are never read: a malformed one is refused the same
+        client.post("/v1/chat/completions", content=b"{not json", headers=_auth("a")),
+        client.post("/v1/files", content=b"x" * 10_000, headers=_auth("a")),
+        client.delete("/v1/jobs/some-job", headers=_auth("a")),
+    ]
+    for answer in early:
+        assert answer.status_code == 429
+        assert answer.content == late.content
+        assert dict(answer.headers) == dict(late.headers)
+    assert late.json()["error"]["code"] == "rate_limit_exceeded"
+    assert {"retry-after", "x-ratelimit-limit-requests", "x-ratelimit-reset-requests"} <= set(
+        late.headers
+    )
+    # answered before routing, every one
+    assert _refused_early("GET") - before["GET"] == 1
+    assert _refused_early("POST") - before["POST"] == 2
+    assert _refused_early("DELETE") - before["DELETE"] == 1
+    # and nothing of the tenant's changed in Redis
+    assert _quota_records(r, "a") == records
+    r.close()
+
+
+def test_other_tenants_and_other_routes_are_never_refused_early(
+    client: TestClient, redis_url: str, now: float
+) -> None:
+    _over_rate(client)
+    r = redis.Redis.from_url(redis_url)
+    index, _ = quota.window(now)
+    before = _refused_early("GET")
+    for n in range(1, 6):
+        assert client.get("/v1/models", headers=_auth("b")).status_code == 200
+        # b's requests still count, each in Redis
+        assert r.get(keys.quota_rate("b", "requests", index)) == str(n).encode()
+    # a missing or unknown key is the route's 401, never a's 429
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+    # routes that are not a tenant's: health, and the admin API (which wants an admin key)
+    assert client.get("/health", headers=_auth("a")).status_code == 200
+    assert client.get("/v1/admin/adapters", headers=_auth("a")).status_code == 401
+    assert _refused_early("GET") == before
+    # a is still refused, early
+    assert client.get("/v1/models", headers=_auth("a")).status_code == 429
+    assert _refused_early("GET") == before + 1
+    r.close()
+
+
+def _depends_on(dependant: object, call: object) -> bool:
+    return getattr(dependant, "call", None) is call or any(
+        _depends_on(d, call) for d in getattr(dependant, "dependencies", [])
+    )
+
+
+def test_the_middlewares_tenant_paths_are_the_tenant_routes(app: FastAPI) -> None:
+    routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    for route in routes:
+        tenants = route.path.startswith(TENANT_PATHS) and not route.path.startswith(ADMIN_PATHS)
+        assert _depends_on(route.dependant, deps._tenant) == tenants, route.path
+    assert sum(1 for route in routes if route.path.startswith(ADMIN_PATHS)) >= 1
