@@ -121,7 +121,8 @@ class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
     tenant_requests_per_minute: int = Field(
         default=TenantLimits().requests_per_minute,
         ge=0,
-        description="Chat and job requests per tenant per minute.",
+        description="Requests per tenant per minute, on every tenant route (chat, jobs, "
+        "files, batches, models).",
     )
     tenant_tokens_per_minute: int = Field(
         default=TenantLimits().tokens_per_minute,
