@@ -77,6 +77,9 @@ STREAM_KINDS = ("whole", "error", "lost", "hung", "truncated", "other", "never s
 RETRY_S = 0.2
 JOB_KINDS = ("once", "failed", "lost", "twice")
 SERVED_TARGET_S = 5.0
+# a worker started again with the real engine loads its model first: its "served again"
+# is that start-up (reported, held only to being served at all)
+MODEL_LOAD_FAULTS = frozenset({"worker-restart"})
 
 FAKE_ENV = {"BERTH_FAKE_ENGINE": "true", "BERTH_FAKE_TOKENS_PER_S": "40"}
 STACK_ENV = {
@@ -267,6 +270,7 @@ class Outcome:
     reasons: Counter[str]
     served_s: float | None
     exited: str | None
+    real_engine: bool = False
 
     def verdicts(self) -> list[str]:
         missed = []
@@ -280,7 +284,11 @@ class Outcome:
             missed.append("streams never served")
         if self.jobs["lost"] or self.jobs["twice"]:
             missed.append("jobs lost or run twice")
-        if self.served_s is None or self.served_s > SERVED_TARGET_S:
+        if self.served_s is None:
+            missed.append("never served again")
+        elif self.served_s > SERVED_TARGET_S and not (
+            self.real_engine and self.fault in MODEL_LOAD_FAULTS
+        ):
             missed.append(f"served again later than {SERVED_TARGET_S:.0f} s")
         if self.exited:
             missed.append(f"{self.exited} exited")
@@ -330,7 +338,9 @@ def run_fault(fault: str, engine: Engine, args: argparse.Namespace) -> Outcome:
             with direct_client(url) as store:
                 jobs, reasons = run.job_kinds(store)
             exited = stack.stack.dead()
-    return Outcome(fault, streams, run.refusals, run.errors, jobs, reasons, served, exited)
+    return Outcome(
+        fault, streams, run.refusals, run.errors, jobs, reasons, served, exited, engine.real
+    )
 
 
 def _inflict(
@@ -373,7 +383,7 @@ def table(outcomes: list[Outcome]) -> str:
         "| other | never served | refusals retried | jobs once | jobs failed | jobs lost "
         "| jobs twice | served again (s) | targets |"
     )
-    rows = [head, "|" + "---|" * 16]
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for o in outcomes:
         served = "never" if o.served_s is None else f"{o.served_s:.1f}"
         missed = o.verdicts()
