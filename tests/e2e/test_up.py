@@ -19,6 +19,10 @@ from tests.stack import free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 
 
+def _ctrl_c_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_up_serves_and_stops_everything() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BERTH_REDIS_URL")}
@@ -32,6 +36,9 @@ def test_up_serves_and_stops_everything() -> None:
         text=True,
         # its own process group, so the Ctrl-C below reaches the group as a terminal's would
         start_new_session=True,
+        # and Ctrl-C's default action, as in a terminal: a run started in the background of
+        # a non-interactive shell ignores SIGINT, and its children would inherit that
+        preexec_fn=_ctrl_c_default,
     )
     started: list[psutil.Process] = []
     try:
