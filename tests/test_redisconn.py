@@ -97,6 +97,20 @@ async def test_plain_client_keeps_the_blocking_pool(redis_url: str) -> None:
         sync.close()
 
 
+async def test_connections_still_name_the_library(redis_url: str) -> None:
+    """The driver's name and version are read once for every connection, not per
+    connection; the server still hears them (CLIENT SETINFO)."""
+    client = redis_client(redis_url, max_connections=4)
+    sync = sync_redis_client(redis_url)
+    try:
+        for info in (await client.client_info(), sync.client_info()):
+            assert info["lib-name"] == "redis-py"
+            assert info["lib-ver"] == redis.__version__
+    finally:
+        await client.aclose()
+        sync.close()
+
+
 async def test_sentinel_client_pool_waits_for_a_free_connection() -> None:
     client = redis_client("redis+sentinel://h1:1/m", max_connections=4)
     try:

@@ -117,11 +117,18 @@ class StreamFollowers:
                         last = entry.id
                         yield entry
                     continue
-                try:
-                    entry = await asyncio.wait_for(follower.queue.get(), idle_s)
-                except TimeoutError:
-                    yield None
-                    continue
+                queue = follower.queue
+                if queue.empty():
+                    # no wait_for: on Python 3.11 it wraps each get in a task of its own,
+                    # a cost per event and follower; an entry already queued costs no wait
+                    try:
+                        async with asyncio.timeout(idle_s):
+                            entry = await queue.get()
+                    except TimeoutError:
+                        yield None
+                        continue
+                else:
+                    entry = queue.get_nowait()
                 if last == "0" or _id(entry.id) > _id(last):
                     last = entry.id
                     yield entry

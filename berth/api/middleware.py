@@ -28,6 +28,7 @@ from berth.protocol.errors import RateLimited
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+    from prometheus_client import Counter
 
 UNMATCHED = "unmatched"
 # the route label of a request RefuseOverRate answered: no route was matched for it
@@ -38,6 +39,9 @@ TENANT_PATHS = "/v1/"
 ADMIN_PATHS = "/v1/admin/"
 # a client chooses the method: anything else becomes one label, never a new series
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# rendered refusals kept by RefuseOverRate before it starts over (a remembered tenant's
+# answer changes about once a second, when its reset countdown does)
+_RENDERED_MAX = 256
 
 
 def route_label(scope: Scope) -> str:
@@ -61,7 +65,8 @@ class RefuseOverRate:
     minute (``Quotas.remembered_refusal``, the rate memo) before FastAPI routes the request,
     resolves its dependencies or runs the other middlewares: past its rate a flooding
     tenant's requests cost a key lookup and this answer. The answer is the route's own
-    (the same RateLimited through ``error_response``); counted in
+    (the same RateLimited through ``error_response``), rendered once while it stays the
+    same and replayed as bytes (``_render``); counted in
     ``berth_api_http_requests_total`` with the route ``refused_early``, not timed. With no
     tenant remembered (the usual case) it costs one check per request.
 
@@ -70,15 +75,55 @@ class RefuseOverRate:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # what the answer depends on -> its status, raw headers and body
+        self._rendered: dict[tuple[object, ...], tuple[int, list[tuple[bytes, bytes]], bytes]] = {}
+        # method label -> its child of berth_api_http_requests_total
+        self._counted: dict[str, Counter] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             refused = self._refusal(scope)
             if refused is not None:
-                metrics.HTTP_REQUESTS.labels(_method(scope), REFUSED_EARLY, "4xx").inc()
-                await error_response(refused)(scope, receive, send)
+                self._count(_method(scope))
+                status, headers, body = self._render(refused)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+    def _count(self, method: str) -> None:
+        counter = self._counted.get(method)
+        if counter is None:
+            counter = self._counted[method] = metrics.HTTP_REQUESTS.labels(
+                method, REFUSED_EARLY, "4xx"
+            )
+        counter.inc()
+
+    def _render(self, refused: RateLimited) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """``error_response(refused)``'s status, headers and body, rendered once for each
+        distinct answer and replayed after: a flood of refusals costs the arithmetic of its
+        counts (``Quotas.remembered_refusal``), not a JSON body and headers built each time.
+        The key holds everything the answer is made of, so a replay is byte for byte the
+        answer rendered now (Retry-After and the x-ratelimit-* headers included)."""
+        key = (
+            type(refused),
+            refused.message,
+            refused.param,
+            refused.code,
+            refused.retry_after,
+            tuple(refused.headers.items()),
+        )
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            if len(self._rendered) >= _RENDERED_MAX:
+                self._rendered.clear()
+            response = error_response(refused)
+            rendered = self._rendered[key] = (
+                response.status_code,
+                response.raw_headers,
+                bytes(response.body),
+            )
+        return rendered
 
     @staticmethod
     def _refusal(scope: Scope) -> RateLimited | None:

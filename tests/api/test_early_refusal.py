@@ -7,6 +7,7 @@ one are computed for the same instant and can be compared byte for byte."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -151,3 +152,27 @@ def test_the_middlewares_tenant_paths_are_the_tenant_routes(app: FastAPI) -> Non
         tenants = route.path.startswith(TENANT_PATHS) and not route.path.startswith(ADMIN_PATHS)
         assert _depends_on(route.dependant, deps._tenant) == tenants, route.path
     assert sum(1 for route in routes if route.path.startswith(ADMIN_PATHS)) >= 1
+
+
+def test_a_replayed_refusal_follows_the_clock(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, now: float
+) -> None:
+    """The early answer is rendered once and replayed while it is the same answer; as the
+    clock moves, its Retry-After and reset count down: never a stale copy."""
+    # 20.5 s into this minute, so nothing here crosses into the next one
+    clock = [quota.window(now)[0] * quota.WINDOW_S + 20.5]
+    monkeypatch.setattr(berth.api.quotas, "time", SimpleNamespace(time=lambda: clock[0]))
+    late = _over_rate(client)
+    replayed = [client.get("/v1/models", headers=_auth("a")) for _ in range(2)]
+    for answer in replayed:
+        assert answer.content == late.content and dict(answer.headers) == dict(late.headers)
+    # within the memo (rate_memo_s, 1 s), across a whole second of the countdowns
+    clock[0] += 0.9
+    moved = client.get("/v1/models", headers=_auth("a"))
+    assert moved.status_code == 429 and moved.content == late.content
+    _, elapsed = quota.window(clock[0])
+    retry = math.ceil(quota.wait_s(0, RATE, elapsed, 1, RATE))
+    assert moved.headers["retry-after"] == str(retry) != late.headers["retry-after"]
+    reset = quota.duration(quota.reset_s(0, RATE, elapsed))
+    assert moved.headers["x-ratelimit-reset-requests"] == reset
+    assert reset != late.headers["x-ratelimit-reset-requests"]

@@ -27,6 +27,7 @@ router = APIRouter(prefix="/v1/jobs")
 
 # how long a follower waits without an event before checking the job has not ended
 _QUIET_CHECK_S = 5.0
+_PING = PING.encode()
 
 
 def _not_found(job_id: str) -> NotFound:
@@ -143,18 +144,19 @@ def _is_stream_id(value: str) -> bool:
     return ms.isdigit() and (not sep or seq.isdigit())
 
 
-def _sse(event_id: str, payload: bytes) -> tuple[str, bool]:
-    """An event's SSE frame, and whether it is the job's last."""
+def _sse(event_id: str, payload: bytes) -> tuple[bytes, bool]:
+    """An event's SSE frame, and whether it is the job's last. Bytes, so a frame shared by
+    many followers is not encoded again for each (StreamingResponse encodes a str chunk)."""
     kind = json.loads(payload).get("type", "message")
-    frame = f"id: {event_id}\nevent: {kind}\ndata: {payload.decode()}\n\n"
+    frame = b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), kind.encode(), payload)
     return frame, kind in ("finished", "error", "cancelled")
 
 
-def _entry_sse(entry: Entry) -> tuple[str, bool]:
+def _entry_sse(entry: Entry) -> tuple[bytes, bool]:
     return _sse(entry.id, entry.fields[b"e"])
 
 
-async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[str]:
+async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[bytes]:
     """Every event after ``after``, once each, ending after the terminal one; a ping when
     nothing was sent for keepalive_s (a job waiting in the queue). Reads are shared with
     every other follower of the job in this process (``api/followers.py``), and so is each
@@ -175,7 +177,7 @@ async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> Asyn
                 continue
             if keepalive_s > 0 and time.monotonic() - sent_at >= keepalive_s:
                 sent_at = time.monotonic()
-                yield PING
+                yield _PING
             job = await state.jobs.get(job_id, tenant)
             if job is None or job["status"] in TERMINAL_STATUSES:
                 # ended: its terminal event (written with the status) is in the stream
