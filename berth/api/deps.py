@@ -24,8 +24,11 @@ async def _tenant(request: Request, state: State) -> str:
     tenant = state.keys.tenant(request.headers.get("authorization"))
     # every tenant request counts, before its route reads the body. Once Redis refused the
     # tenant, the RefuseOverRate middleware answers its next requests before routing (and
-    # count_request would, without Redis, if one got here): one script call a second at most
-    await state.quotas.count_request(tenant)
+    # count_request would, without Redis, if one got here): one script call a second at most.
+    # While Redis is known away nothing can count: the route answers from what this process
+    # holds (the model list) or with its 503, not after the client's retries run out
+    if state.directory.redis_ok:
+        await state.quotas.count_request(tenant)
     return tenant
 
 
