@@ -645,8 +645,10 @@ async def main(args: argparse.Namespace) -> int:
             BERTH_UPLOAD_STALL_S=str(window_s / 3),
             BERTH_FAKE_TOKENS_PER_S=str(args.tokens_per_s),
             BERTH_TENANT_LIMITS=json.dumps({"a": json.loads(args.attacker_limits)}),
+            BERTH_PROCESSES=str(args.api_processes),
         )
         print(f"tenant a's limits: {args.attacker_limits}; tenant b: the defaults", flush=True)
+        print(f"api processes: {args.api_processes}", flush=True)
         url = f"http://127.0.0.1:{port}"
         with stack(redis_url, port, env, logs) as roles:
             try:
@@ -698,6 +700,12 @@ if __name__ == "__main__":
     parser.add_argument("--quiet-s", type=float, default=0.0)
     parser.add_argument("--bystanders", type=int, default=4)
     parser.add_argument("--tokens-per-s", type=float, default=200.0)
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        default=2,
+        help="API processes on the port (`berth api --processes`): one per core here",
+    )
     parser.add_argument(
         "--attacker-limits",
         default=json.dumps(ATTACKER_LIMITS),

@@ -155,21 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # started by `berth up`: stop when it is gone, even if it was killed
         watch_parent()
     if role == "api":
-        import uvicorn
-
-        from berth.api.app import create_app
+        from berth.api.serve import run_api
         from berth.api.settings import ApiSettings
 
         assert isinstance(chosen, ApiSettings)
-        uvicorn.run(
-            create_app(chosen),
-            host=chosen.host,
-            port=chosen.port,
-            log_level=chosen.log_level.lower(),
-            access_log=False,
-            # uvicorn's own loggers go through ours (JSON when asked)
-            log_config=None,
-        )
+        return run_api(chosen)
     elif role == "scheduler":
         from berth import eventloop
         from berth.scheduler.service import serve

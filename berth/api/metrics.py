@@ -102,7 +102,11 @@ def count_tokens(tenant: str, prompt: int, completion: int) -> None:
 
 
 QUEUE_LENGTH = Gauge(
-    "berth_queue_length", "Requests waiting in a model's ingress stream.", ["model"]
+    "berth_queue_length",
+    "Requests waiting in a model's ingress stream.",
+    ["model"],
+    # several API processes read the same stream: the latest reading of any of them
+    multiprocess_mode="mostrecent",
 )
 
 

@@ -15,6 +15,13 @@ from berth.settings import CommonSettings, JobRecordSettings, ListenSettings
 class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
     """HTTP front end: where it listens, how much it queues, how long it waits."""
 
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="API processes accepting on the one port, each with an event loop of its "
+        "own (one core each at most): more keep one tenant's flood of requests from queueing "
+        "the others' behind it. See docs/operations.md.",
+    )
     max_queue_per_model: int = Field(
         default=2048, ge=1, description="Queued requests per model before answering 429."
     )
