@@ -140,6 +140,8 @@ def build(redis_url: str, early: bool) -> FastAPI:
                 {"a": {"requests_per_minute": 1}, "b": {"requests_per_minute": 0}}
             ),
             rate_memo_s=60,
+            # the CPU of an answer, not the pacing of a flood
+            rate_refusal_hold_s=0,
         )
     )
     if not early:

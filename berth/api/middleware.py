@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
     from prometheus_client import Counter
 
+    from berth.api.quotas import Quotas
+
 UNMATCHED = "unmatched"
 # the route label of a request RefuseOverRate answered: no route was matched for it
 REFUSED_EARLY = "refused_early"
@@ -64,7 +66,9 @@ class RefuseOverRate:
     """Answers the 429 of a tenant this process already knows to be over its requests per
     minute (``Quotas.remembered_refusal``, the rate memo) before FastAPI routes the request,
     resolves its dependencies or runs the other middlewares: past its rate a flooding
-    tenant's requests cost a key lookup and this answer. The answer is the route's own
+    tenant's requests cost a key lookup and this answer. The answer waits up to
+    ``rate_refusal_hold_s`` (``Quotas.refusal_hold_s``), so a client sending as fast as it
+    can gets one refusal per connection per hold, not one per parse. The answer is the route's own
     (the same RateLimited through ``error_response``), rendered once while it stays the
     same and replayed as bytes (``_render``); counted in
     ``berth_api_http_requests_total`` with the route ``refused_early``, not timed. With no
@@ -82,8 +86,16 @@ class RefuseOverRate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            refused = self._refusal(scope)
-            if refused is not None:
+            over = self._over_rate(scope)
+            refused = over[0].remembered_refusal(over[1]) if over is not None else None
+            if over is not None and refused is not None:
+                quotas, tenant = over
+                hold_s = quotas.refusal_hold_s(tenant)
+                if hold_s > 0:
+                    # answered at the pace of the tenant's connections, not of its CPU; still
+                    # within the memo, so the refusal stays what Redis would answer
+                    await asyncio.sleep(hold_s)
+                    refused = quotas.remembered_refusal(tenant) or refused
                 self._count(_method(scope))
                 status, headers, body = self._render(refused)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -126,7 +138,9 @@ class RefuseOverRate:
         return rendered
 
     @staticmethod
-    def _refusal(scope: Scope) -> RateLimited | None:
+    def _over_rate(scope: Scope) -> tuple[Quotas, str] | None:
+        """The process's quotas and the request's tenant, when the process remembers some
+        tenant over its rate and the request is a tenant route's with a known key."""
         path: str = scope["path"]
         if not path.startswith(TENANT_PATHS) or path.startswith(ADMIN_PATHS):
             return None
@@ -141,7 +155,7 @@ class RefuseOverRate:
             authorization.decode("latin-1") if authorization is not None else None
         )
         # a missing or unknown key goes on to the route, which answers its 401
-        return None if tenant is None else state.quotas.remembered_refusal(tenant)
+        return None if tenant is None else (state.quotas, tenant)
 
 
 def unbuffered(start: Message) -> Message:

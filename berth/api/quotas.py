@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -55,6 +56,10 @@ class Quotas:
         self._settings = settings
         # request id -> tenant, of the requests holding a concurrency lease here
         self._running: dict[str, str] = {}
+        # tenant -> how many of those it holds
+        self._held: Counter[str] = Counter()
+        # tenant -> the rate counts Redis last gave for it, and in which minute
+        self._seen: dict[str, tuple[Counts, int]] = {}
         # tenant -> its last refusal for requests per minute, while it is refused locally
         self._over_rate: dict[str, _OverRate] = {}
 
@@ -87,6 +92,15 @@ class Quotas:
         del self._over_rate[tenant]
         return None
 
+    def refusal_hold_s(self, tenant: str) -> float:
+        """How long to hold a remembered refusal of ``tenant`` before answering it:
+        ``rate_refusal_hold_s``, but never past the memo's end (until then the refusal is
+        what Redis would answer)."""
+        memo = self._over_rate.get(tenant)
+        if memo is None:
+            return 0.0
+        return max(0.0, min(self._settings.rate_refusal_hold_s, memo.until - time.time()))
+
     async def count_request(self, tenant: str) -> None:
         """Count a request against its tenant's requests per minute as soon as the tenant
         is known, before its body is read, or raise RateLimited: every request counts,
@@ -105,6 +119,7 @@ class Quotas:
         now = time.time()
         index, elapsed = quota.window(now)
         counts = await self.store.count_request(limits, tenant, now)
+        self._seen[tenant] = (counts, index)
         if counts.allowed:
             return
         if self._settings.rate_memo_s:
@@ -127,6 +142,31 @@ class Quotas:
             headers=quota.rate_headers(limits, counts, elapsed),
         )
 
+    def refuse_if_all_held(self, queued: QueuedRequest) -> None:
+        """Raise the 429 for an interactive request whose tenant already holds every one of
+        its concurrency leases in this process. No I/O: the chat route asks before it
+        subscribes to the request's events, so such a request costs neither that nor the
+        admission script. Redis could only refuse it too: the leases of other API processes
+        add to these, and only their requests' ends take from them."""
+        tenant = queued.tenant
+        if tenant is None or queued.lane != "interactive" or queued.job:
+            return
+        limits = self.book.of(tenant)
+        if not limits.concurrent_requests or self._held[tenant] < limits.concurrent_requests:
+            return
+        now = time.time()
+        index, elapsed = quota.window(now)
+        seen, window = self._seen.get(tenant, (Counts(allowed=True), index))
+        counts = quota.moved_on(seen, index - window).model_copy(
+            update={"allowed": False, "refused": "concurrent", "running": self._held[tenant]}
+        )
+        retry = quota.retry_after_s(limits, counts, elapsed, 1, self._settings.retry_after_s)
+        raise RateLimited(
+            quota.refusal_message(limits, counts, 1, "", 0, retry),
+            retry_after=retry,
+            headers=quota.rate_headers(limits, counts, elapsed),
+        )
+
     async def admit(self, queued: QueuedRequest, stream: str) -> None:
         """Count the request against its tenant's token rate, concurrency and share of the
         queue (its request rate was counted by :meth:`count_request`), or raise
@@ -134,6 +174,7 @@ class Quotas:
         tenant = queued.tenant
         if tenant is None:
             return
+        self.refuse_if_all_held(queued)
         limits = self.book.of(tenant)
         chat = queued.request
         cost = quota.request_cost(
@@ -165,7 +206,8 @@ class Quotas:
             queued_until=now + lease_s,
         )
         counts = await self.store.admit(limits, ask, now)
-        _, elapsed = quota.window(now)
+        index, elapsed = quota.window(now)
+        self._seen[tenant] = (counts, index)
         if not counts.allowed:
             retry = quota.retry_after_s(limits, counts, elapsed, cost, self._settings.retry_after_s)
             log.info("request %s refused: tenant=%s limit=%s", queued.id, tenant, counts.refused)
@@ -185,11 +227,15 @@ class Quotas:
             )
         if hold:
             self._running[queued.id] = tenant
+            self._held[tenant] += 1
 
     async def release(self, request_id: str) -> None:
         """The request ended at this API (any way): its concurrency slot is free."""
         tenant = self._running.pop(request_id, None)
         if tenant is not None:
+            self._held[tenant] -= 1
+            if not self._held[tenant]:
+                del self._held[tenant]
             await self.store.release_running(tenant, request_id)
 
     async def abandon(self, queued: QueuedRequest) -> None:

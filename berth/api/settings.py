@@ -33,6 +33,14 @@ class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
         "refuses the tenant's next requests itself for this long (never past the moment the "
         "rate admits one again), without asking Redis; 0: ask Redis every time.",
     )
+    rate_refusal_hold_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A refusal from the rate memo is answered after this long (never past "
+        "the memo's end): a tenant flooding past its requests per minute gets one 429 per "
+        "connection per hold instead of as many as it can send, and a client that honours "
+        "Retry-After waits no longer; 0: answer at once.",
+    )
     request_timeout_s: float = Field(
         default=600.0, gt=0, description="Longest a request may take end to end."
     )

@@ -40,16 +40,20 @@ def now(monkeypatch: pytest.MonkeyPatch) -> float:
     return held
 
 
+def _settings(redis_url: str, hold_s: float) -> ApiSettings:
+    return ApiSettings(
+        redis_url=redis_url,
+        api_keys=",".join(f"{t}:{k}" for t, k in KEYS.items()),
+        admin_keys=ADMIN,
+        tenant_limits=json.dumps({"a": {"requests_per_minute": RATE}}),
+        rate_refusal_hold_s=hold_s,
+    )
+
+
 @pytest.fixture
 def app(redis_url: str, now: float) -> FastAPI:
-    return create_app(
-        ApiSettings(
-            redis_url=redis_url,
-            api_keys=",".join(f"{t}:{k}" for t, k in KEYS.items()),
-            admin_keys=ADMIN,
-            tenant_limits=json.dumps({"a": {"requests_per_minute": RATE}}),
-        )
-    )
+    # the held clock would hold each refusal for the whole memo (the last test holds one)
+    return create_app(_settings(redis_url, hold_s=0))
 
 
 @pytest.fixture
@@ -176,3 +180,28 @@ def test_a_replayed_refusal_follows_the_clock(
     reset = quota.duration(quota.reset_s(0, RATE, elapsed))
     assert moved.headers["x-ratelimit-reset-requests"] == reset
     assert reset != late.headers["x-ratelimit-reset-requests"]
+
+
+def test_a_remembered_refusal_is_held_within_the_memo(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, now: float
+) -> None:
+    """Answered after ``rate_refusal_hold_s`` but never past the memo's end, and the same
+    answer as the route's for the moment it is sent."""
+    clock = [quota.window(now)[0] * quota.WINDOW_S + 20.5]
+    monkeypatch.setattr(berth.api.quotas, "time", SimpleNamespace(time=lambda: clock[0]))
+    app = create_app(_settings(redis_url, hold_s=0.2))
+    with TestClient(app) as client:
+        late = _over_rate(client)
+        quotas = app.state.berth.quotas
+        assert quotas.refusal_hold_s("a") == pytest.approx(0.2)
+        assert quotas.refusal_hold_s("b") == 0.0
+        before = _refused_early("GET")
+        held = client.get("/v1/models", headers=_auth("a"))
+        assert held.content == late.content and dict(held.headers) == dict(late.headers)
+        assert _refused_early("GET") == before + 1
+        # 0.05 s before the memo's end (rate_memo_s, 1 s): held only that long
+        clock[0] += 0.95
+        assert quotas.refusal_hold_s("a") == pytest.approx(0.05)
+        assert client.get("/v1/models", headers=_auth("a")).status_code == 429
+        clock[0] += 0.1
+        assert quotas.refusal_hold_s("a") == 0.0

@@ -68,6 +68,8 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         lane=lane_for(chat, "interactive"),
         deadline=deadline_from(request),
     )
+    # a tenant holding all its leases here is refused before the subscription below
+    state.quotas.refuse_if_all_held(queued)
     # subscribe before enqueueing: no event can be published before we listen
     queue = await state.relay.open(request_id)
     try:
