@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from berth.api.ratecount import BurstCounter
 from berth.api.settings import ApiSettings
 from berth.protocol import quota
 from berth.protocol.envelopes import QueuedRequest
@@ -52,6 +53,7 @@ class Quotas:
 
     def __init__(self, redis: Redis, settings: ApiSettings, book: LimitBook) -> None:
         self.store = QuotaStore(redis)
+        self._counter = BurstCounter(self.store)
         self.book = book
         self._settings = settings
         # request id -> tenant, of the requests holding a concurrency lease here
@@ -116,11 +118,10 @@ class Quotas:
         refused = self.remembered_refusal(tenant)
         if refused is not None:
             raise refused
-        now = time.time()
+        fits, counts, now = await self._counter.count(limits, tenant, time.time())
         index, elapsed = quota.window(now)
-        counts = await self.store.count_request(limits, tenant, now)
         self._seen[tenant] = (counts, index)
-        if counts.allowed:
+        if fits:
             return
         if self._settings.rate_memo_s:
             admits_in = quota.wait_s(

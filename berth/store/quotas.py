@@ -58,6 +58,14 @@ class QuotaStore:
     async def count_request(self, limits: TenantLimits, tenant: str, now: float) -> Counts:
         """Count one request against the tenant's requests per minute, or refuse it
         (``refused`` "requests"; a refused request is not counted)."""
+        return (await self.count_requests(limits, tenant, now, 1))[1]
+
+    async def count_requests(
+        self, limits: TenantLimits, tenant: str, now: float, asked: int
+    ) -> tuple[int, Counts]:
+        """Count ``asked`` requests of the tenant at once: how many of them fit (the first
+        ones; the rest are refused and not counted), and the counts after counting those.
+        ``allowed`` is whether all of them fit."""
         index, elapsed = window(now)
         raw = await self._scripts["count_request"](
             keys=[
@@ -66,12 +74,12 @@ class QuotaStore:
                 keys.quota_rate(tenant, "tokens", index - 1),
                 keys.quota_rate(tenant, "tokens", index),
             ],
-            args=[elapsed, limits.requests_per_minute, _RATE_TTL_S],
+            args=[elapsed, limits.requests_per_minute, _RATE_TTL_S, asked],
         )
-        allowed, rp, rc, tp, tc = (int(n) for n in raw)
-        return Counts(
-            allowed=bool(allowed),
-            refused="" if allowed else "requests",
+        admitted, rp, rc, tp, tc = (int(n) for n in raw)
+        return admitted, Counts(
+            allowed=admitted == asked,
+            refused="" if admitted == asked else "requests",
             requests_previous=rp,
             requests_current=rc,
             tokens_previous=tp,
