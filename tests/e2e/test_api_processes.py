@@ -134,3 +134,17 @@ def test_sigterm_stops_every_process(stack: RunningStack) -> None:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     # each withdrew its record on the way out
     assert len(recorded) - len(_instances(stack)) == PROCESSES
+
+
+def test_a_killed_supervisor_takes_its_processes_with_it(make_stack: StackFactory) -> None:
+    with make_stack(ready=False) as running:
+        running.start("api", BERTH_PROCESSES=str(PROCESSES))
+        running._wait(WAIT_S, "/health", lambda body: body.get("status") == "ok")
+        supervisor = _supervisor(running)
+        _until("every process started", lambda: len(supervisor.children()) == PROCESSES)
+        children = supervisor.children()
+        supervisor.kill()
+        supervisor.wait(WAIT_S)
+        # each was told by the kernel (its parent-death signal) and stopped as on SIGTERM
+        gone, alive = psutil.wait_procs(children, timeout=WAIT_S)
+        assert not alive
