@@ -34,18 +34,20 @@ log = logging.getLogger(__name__)
 # setting would otherwise fork in a tight loop)
 _RESTART_BACKOFF_S = (0.5, 10.0)
 _POLL_S = 0.2
+# uvicorn's exit status for a server that never started
+_STARTUP_FAILURE = 3
 
 
 def run_api(settings: ApiSettings) -> int:
     """Serve until stopped; the exit status of the role."""
     if settings.processes == 1:
-        _serve(settings, sockets=None)
-        return 0
+        return _serve(settings, sockets=None)
     return _Supervisor(settings).run()
 
 
-def _serve(settings: ApiSettings, sockets: list[socket.socket] | None) -> None:
-    """One API process: uvicorn on ``sockets``, or on a socket of its own."""
+def _serve(settings: ApiSettings, sockets: list[socket.socket] | None) -> int:
+    """One API process: uvicorn on ``sockets``, or on a socket of its own; the exit status
+    (uvicorn's 3 when it never started serving: the port taken, the lifespan failed)."""
     import uvicorn
 
     from berth.api.app import create_app
@@ -59,7 +61,9 @@ def _serve(settings: ApiSettings, sockets: list[socket.socket] | None) -> None:
         # uvicorn's own loggers go through ours (JSON when asked)
         log_config=None,
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    return 0 if server.started else _STARTUP_FAILURE
 
 
 def bind(host: str, port: int, listen: bool = True) -> socket.socket:
@@ -116,8 +120,7 @@ class _Supervisor:
                 set_parent_death_signal(signal.SIGTERM)
                 if os.getppid() == parent:
                     sock = bind(self.settings.host, self.settings.port)
-                    _serve(self.settings, sockets=[sock])
-                    status = 0
+                    status = _serve(self.settings, sockets=[sock])
             except BaseException:
                 log.exception("api process %d failed", os.getpid())
             finally:
