@@ -703,8 +703,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--api-processes",
         type=int,
-        default=2,
-        help="API processes on the port (`berth api --processes`): one per core here",
+        default=1,
+        help="API processes on the port (`berth api --processes`)",
     )
     parser.add_argument(
         "--attacker-limits",
