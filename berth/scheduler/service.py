@@ -81,7 +81,9 @@ class Scheduler:
         self._groups: dict[policy.GroupKey, policy.PendingGroup] = {}
         # group key -> when a request of it was last read (whether a new group gathers)
         self._last_read: dict[policy.GroupKey, float] = {}
-        self._held: set[str] = set()
+        # (stream, entry id) of every entry read and not yet acknowledged: an entry id is
+        # unique only within its stream (two lanes' XADDs in one millisecond share one)
+        self._held: set[tuple[str, str]] = set()
         self._refreshed_at = 0.0
         self._maintained_at = 0.0
         self.dispatched_total = 0
@@ -237,7 +239,7 @@ class Scheduler:
         items = []
         for raw_id, fields in entries:
             entry_id = raw_id.decode()
-            if not fields or entry_id in self._held:  # deleted meanwhile, or already held
+            if not fields or (stream, entry_id) in self._held:  # deleted, or already held
                 continue
             try:
                 request = QueuedRequest.model_validate_json(fields[b"r"])
@@ -245,7 +247,7 @@ class Scheduler:
                 log.error("dropping malformed ingress entry %s on %s", entry_id, stream)
                 await self._ack({stream: [entry_id]})
                 continue
-            self._held.add(entry_id)
+            self._held.add((stream, entry_id))
             items.append(policy.Pending(stream, entry_id, request, now))
         wait_s = self.settings.max_group_wait_ms / 1000
         if len(self._last_read) > _LAST_READ_KEEP:
@@ -452,7 +454,7 @@ class Scheduler:
         for stream, ids in ids_by_stream.items():
             pipe.xack(stream, keys.SCHEDULER_GROUP, *ids)
             pipe.xdel(stream, *ids)
-            self._held.difference_update(ids)
+            self._held.difference_update((stream, entry_id) for entry_id in ids)
 
     # -- recovery -------------------------------------------------------------------------
 

@@ -6,13 +6,20 @@ import json
 import os
 import socket
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from berth.protocol import keys
 from berth.settings import JobRecordSettings, MetricsSettings, ServedModelSettings
+
+# Readers count a worker dead once no newer beat of it came through a heartbeat TTL, so a
+# beat may be late by the TTL less one interval (the worker's loop held up under load, a
+# slow Redis) before a live worker counts as dead: a short TTL needs a shorter interval.
+HEARTBEAT_INTERVAL_S = 1.0
+BEATS_PER_TTL = 4
+MIN_BEATS_PER_TTL = 3
 
 
 def _default_worker_id() -> str:
@@ -30,7 +37,13 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
     group_concurrency: int = Field(
         default=64, ge=1, description="Groups served at once (Celery threads feeding the engine)."
     )
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_interval: float = Field(
+        default=HEARTBEAT_INTERVAL_S,
+        gt=0,
+        description=f"Seconds between heartbeats. Unset: {HEARTBEAT_INTERVAL_S:g} s, or the "
+        f"heartbeat TTL / {BEATS_PER_TTL} when that is shorter; set, at most the TTL / "
+        f"{MIN_BEATS_PER_TTL}.",
+    )
     heartbeat_ttl: float = Field(
         default=keys.WORKER_TTL_S,
         gt=0,
@@ -97,6 +110,18 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
         gt=0,
         description="Fake engine: tokens per second per request (unset: no delay).",
     )
+
+    @model_validator(mode="after")
+    def _beats_fit_in_a_ttl(self) -> Self:
+        if "heartbeat_interval" not in self.model_fields_set:
+            self.heartbeat_interval = min(HEARTBEAT_INTERVAL_S, self.heartbeat_ttl / BEATS_PER_TTL)
+        elif self.heartbeat_interval * MIN_BEATS_PER_TTL > self.heartbeat_ttl:
+            raise ValueError(
+                f"heartbeat_interval must leave at least {MIN_BEATS_PER_TTL} beats in a "
+                f"heartbeat_ttl (at most {self.heartbeat_ttl / MIN_BEATS_PER_TTL:g} s with "
+                f"heartbeat_ttl {self.heartbeat_ttl:g} s), got {self.heartbeat_interval:g} s"
+            )
+        return self
 
     @field_validator("adapters", mode="before")
     @classmethod

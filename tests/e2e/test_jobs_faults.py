@@ -22,6 +22,12 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "fake-model"
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
+# the workers' heartbeat TTL: a killed worker counts gone about a TTL after its last beat;
+# one just started, its beats held up by a loaded machine, must not (four beats fit in it)
+TTL_S = 4.0
+# a bound on what waits for a killed worker to count gone (a TTL) and its job to move on:
+# it catches "never", it is not a figure
+GONE_WITHIN_S = 10 * TTL_S
 
 
 def _body(tokens: int) -> dict[str, Any]:
@@ -31,7 +37,7 @@ def _body(tokens: int) -> dict[str, Any]:
 @pytest.fixture
 def stack(make_stack: StackFactory) -> Iterator[RunningStack]:
     env = {
-        "BERTH_HEARTBEAT_TTL": "2",
+        "BERTH_HEARTBEAT_TTL": str(TTL_S),
         "BERTH_MAINTENANCE_INTERVAL_S": "0.5",
         "BERTH_FAKE_ENGINE": "true",
         "BERTH_FAKE_TOKENS_PER_S": "20",
@@ -104,12 +110,13 @@ def test_job_fails_with_reason_after_its_retries(stack: RunningStack) -> None:
             time.sleep(0.05)
         if n == 0:
             job_id = client.post("/v1/jobs", json=_body(1000)).json()["id"]
-        deadline = time.monotonic() + 15
+        # the second attempt waits for the first worker to count gone
+        deadline = time.monotonic() + GONE_WITHIN_S
         while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         os.killpg(_proc(stack, "worker", n).pid, signal.SIGKILL)
-    [job] = _all_done(client, [job_id], timeout_s=20)
+    [job] = _all_done(client, [job_id], timeout_s=GONE_WITHIN_S)
     assert job["status"] == "failed"
     assert job["error"]["error"]["code"] == "worker_lost"
     assert "2 attempts" in job["error"]["error"]["message"]

@@ -131,6 +131,25 @@ async def test_group_size_bounds_each_task(aredis: redis.asyncio.Redis, redis_ur
     assert sum(sizes) == 10 and max(sizes) <= 4
 
 
+async def test_entries_of_two_lanes_with_one_id_are_both_dispatched(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """An entry id is unique only within its stream: two lanes' XADDs in the same
+    millisecond (a chat request and a job queued again at once) get the same id. Both
+    entries are dispatched and acknowledged; neither is taken for the other."""
+    await _register(aredis, "w1")
+    for request in (
+        QueuedRequest(id="chat", model="m", request={}),
+        QueuedRequest(id="job", model="m", request={}, lane="job", job=True),
+    ):
+        stream = keys.ingress_stream(request.model, request.lane)
+        await aredis.xadd(stream, {"r": request.model_dump_json()}, id="1-1")
+    async with _running(aredis, redis_url):
+        await _until(lambda: _has_sent(aredis, 2))
+        await _until(lambda: _none_pending(aredis, "interactive", "job"))
+    assert sorted(await _sent_ids(aredis, "w1")) == ["chat", "job"]
+
+
 @contextlib.asynccontextmanager
 async def _running(
     r: redis.asyncio.Redis, url: str, scheduler_id: str = "s1", **overrides: Any
@@ -164,6 +183,15 @@ async def _sent_ids(r: redis.asyncio.Redis, wid: str) -> list[str]:
 
 async def _pending(r: redis.asyncio.Redis) -> int:
     return int((await r.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP))["pending"])
+
+
+async def _none_pending(r: redis.asyncio.Redis, *lanes: str) -> bool:
+    """Whether every entry read from these lanes of model m was acknowledged."""
+    for lane in lanes:
+        pending = await r.xpending(keys.ingress_stream("m", lane), keys.SCHEDULER_GROUP)
+        if pending["pending"]:
+            return False
+    return True
 
 
 async def _has_sent(r: redis.asyncio.Redis, n: int) -> bool:
