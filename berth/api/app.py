@@ -61,6 +61,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         quotas = Quotas(redis, settings, book)
         followers = StreamFollowers(redis)
         presence = ApiPresence(redis)
+        # none of these needs Redis (compose or Kubernetes may start the API first): each
+        # starts its loop, which connects when it can; the directory's first read is bounded
         await relay.start()
         await directory.start()
         await followers.start()

@@ -45,12 +45,17 @@ class WorkerDirectory:
         self._known_models: set[str] = set()
         self._known_adapters: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
-        # whether the last registry read reached Redis; while not, new requests get a 503
-        self.redis_ok = True
-        self.redis_error = ""
+        # whether the last registry read reached Redis; while not (from the start until a
+        # read answers), new requests get a 503
+        self.redis_ok = False
+        self.redis_error = "the worker registry was not read yet"
         self._slow_reads = 0
+        # whether the outage now going on was logged (its end is logged then too)
+        self._away_logged = False
 
     async def start(self) -> None:
+        """Read the registry once (at most ``REDIS_PROBE_S``: Redis may be away, and the API
+        starts all the same), then keep it fresh in a task of its own."""
         await self.probe()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="worker-directory")
 
@@ -99,12 +104,14 @@ class WorkerDirectory:
                 # client a denial of service; a second one in a row counts
                 self._slow_reads += 1
                 return self.redis_ok
-            if self.redis_ok:
+            if not self._away_logged:
                 log.error("reading the worker registry failed: %s", reason)
+                self._away_logged = True
             self.redis_ok, self.redis_error = False, reason
             return False
-        if not self.redis_ok:
+        if self._away_logged:
             log.warning("reading the worker registry works again")
+            self._away_logged = False
         self.redis_ok, self.redis_error = True, ""
         self._slow_reads = 0
         return True

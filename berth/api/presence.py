@@ -6,7 +6,6 @@ a worker cancels the requests of an API process that died with its clients' conn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 
@@ -38,9 +37,9 @@ class ApiPresence:
             await asyncio.sleep(keys.API_REFRESH_S)
 
     async def start(self) -> None:
-        # announced before the first request if Redis is there; the loop keeps trying if not
-        with contextlib.suppress(RedisError):
-            await self._announce()
+        # the loop announces at once, and keeps trying while Redis is away: the API starts
+        # without it. A request served before the first announcement is safe: a worker
+        # cancels one only after its origin's record stayed missing for API_ALIVE_S
         self._task = asyncio.get_running_loop().create_task(
             supervise("announcing this API process", self._beat), name="api-presence"
         )

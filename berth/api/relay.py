@@ -5,6 +5,10 @@ message to the queue of the request whose channel it arrived on. Subscribing
 waits for Redis to confirm, so the request is enqueued only after its channel
 is live and no event can be missed.
 
+The reader makes the connection itself (a keepalive channel's SUBSCRIBE, supervised: it
+backs off and tries again while Redis is away), so the API starts without Redis. A request
+opened before that waits for it, at most ``CONNECT_WAIT_S``, then is refused with a 503.
+
 Pub/sub drops what is published while the connection is down. redis-py reconnects
 (with the retry policy of ``berth.redisconn``) and subscribes every open channel
 again; the relay then puts ``RESYNC`` (None) on every open request's queue, telling
@@ -35,6 +39,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from berth.protocol import keys
 from berth.protocol.envelopes import MalformedEvent, TokenEvent, decode_event
+from berth.protocol.errors import StoreUnavailable
+from berth.supervise import supervise
 
 try:
     # what redis-py's hiredis reader returns while a reply is incomplete
@@ -49,6 +55,9 @@ RESYNC = None
 EventQueue = asyncio.Queue[TokenEvent | None]
 # entries read per XRANGE when filling a gap
 _FETCH_COUNT = 1024
+# how long a request waits for the relay's first connection (Redis away since the API
+# started, or just back) before it is refused; once made, redis-py makes it again itself
+CONNECT_WAIT_S = 5.0
 
 
 def is_published(reply: Any) -> bool:
@@ -78,11 +87,23 @@ class TokenRelay:
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        # set once the reader made the pub/sub connection; from then on it exists (redis-py
+        # reconnects it), and requests subscribe on it
+        self._connected = asyncio.Event()
 
     async def start(self) -> None:
-        # a channel of our own keeps the connection subscribed while no request is open
+        """Start the reader, which makes the connection: Redis need not be up yet."""
+        self._reader = asyncio.get_running_loop().create_task(self._run(), name="token-relay")
+
+    async def _run(self) -> None:
+        await supervise("connecting the token relay", self._subscribe_keepalive)
+        self._connected.set()
+        await self._read()
+
+    async def _subscribe_keepalive(self) -> None:
+        # a channel of our own keeps the connection subscribed while no request is open; the
+        # first subscribe makes the connection (only this task does: two would race)
         await self._pubsub.subscribe(f"{keys.PREFIX}:relay-keepalive")
-        self._reader = asyncio.get_running_loop().create_task(self._read(), name="token-relay")
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -129,6 +150,8 @@ class TokenRelay:
         self._queues[channel] = queue
         self._confirmations[channel] = confirmed
         try:
+            if not self._connected.is_set():
+                await self._until_connected()
             await self._pubsub.subscribe(channel)
             await confirmed
         except BaseException:
@@ -136,12 +159,23 @@ class TokenRelay:
             raise
         return queue
 
+    async def _until_connected(self) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_WAIT_S):
+                await self._connected.wait()
+        except TimeoutError:
+            raise StoreUnavailable(
+                "the request queue (Redis) cannot be reached; retry shortly"
+            ) from None
+
     def release(self, request_id: str) -> None:
         """Stop relaying the request's events. Safe to call from a cancelled task:
         the unsubscribe runs in a task of its own."""
         channel = keys.token_channel(request_id).encode()
         self._queues.pop(channel, None)
         self._confirmations.pop(channel, None)
+        if not self._connected.is_set():
+            return  # never subscribed: open() waited for the connection and gave up
         task = asyncio.get_running_loop().create_task(self._unsubscribe(channel))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

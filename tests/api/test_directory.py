@@ -4,11 +4,18 @@ row is, and a read that answers again ends it."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 import redis.asyncio
 
 from berth.api import directory as directory_module
 from berth.api.directory import WorkerDirectory
+from berth.protocol.errors import StoreUnavailable
+from berth.redisconn import redis_client
+from tests.stack import free_port
+from tests.valkey import Valkey
 
 # the probe's bound for these tests, and how long the server holds every command: the pause
 # outlasts two probes, so each probe made inside it is a slow read
@@ -57,3 +64,29 @@ async def test_one_slow_read_keeps_redis_ready_and_a_second_in_a_row_does_not(
     await _until_answering(aredis)
     assert await directory.probe()
     assert directory.redis_ok and directory.redis_error == ""
+
+
+async def test_started_before_redis_it_refuses_requests_until_a_read_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens on Redis's port yet (an API started first): start returns after its
+    bounded read, and the directory counts Redis as away (a 503 for new requests, not a
+    404 from an empty model list) until a read answers."""
+    monkeypatch.setattr(directory_module, "REDIS_PROBE_S", PROBE_S)
+    server = Valkey(tmp_path, free_port())
+    client = redis_client(server.url)
+    directory = WorkerDirectory(client, refresh_s=60)
+    try:
+        await directory.start()
+        assert not directory.redis_ok and directory.redis_error
+        with pytest.raises(StoreUnavailable):
+            directory.resolve("fake-model", None)
+        await asyncio.to_thread(server.start)
+        async with asyncio.timeout(60):
+            while not await directory.probe():
+                await asyncio.sleep(0.1)
+        assert directory.redis_ok and directory.redis_error == ""
+    finally:
+        await directory.close()
+        await client.aclose()
+        server.stop()

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import hiredis
 import pytest
 import redis.asyncio
 
+from berth.api import relay as relay_module
 from berth.api.relay import TokenRelay, is_published
 from berth.protocol import keys
+from berth.protocol.errors import StoreUnavailable
+from berth.redisconn import redis_client
+from tests.stack import free_port
+from tests.valkey import Valkey
 
 
 async def test_events_reach_their_request_only(aredis: redis.asyncio.Redis) -> None:
@@ -119,6 +125,41 @@ async def test_a_malformed_event_is_logged_and_dropped(
         assert len(errors) == 4 and all(m.startswith("malformed event on") for m in errors)
     finally:
         await relay.close()
+
+
+async def test_a_relay_started_before_redis_connects_once_it_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started while nothing listens on Redis's port (an API started first): start returns
+    at once; a request opened meanwhile waits for the connection, a bounded while, then is
+    refused; one opened shortly before Redis comes is served once the relay subscribed."""
+    server = Valkey(tmp_path, free_port())
+    client = redis_client(server.url)
+    relay = TokenRelay(client)
+    await relay.start()
+    try:
+        monkeypatch.setattr(relay_module, "CONNECT_WAIT_S", 0.2)
+        with pytest.raises(StoreUnavailable):
+            await relay.open("early")
+        monkeypatch.setattr(relay_module, "CONNECT_WAIT_S", 60.0)
+        waiting = asyncio.ensure_future(relay.open("a"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await asyncio.to_thread(server.start)
+        queue = await asyncio.wait_for(waiting, 60)
+        # open() returned: the subscription is live
+        assert (
+            await client.publish(keys.token_channel("a"), '{"id":"a","seq":0,"type":"finished"}')
+            == 1
+        )
+        got = await asyncio.wait_for(queue.get(), 5)
+        assert got is not None and got.seq == 0 and got.terminal
+        assert relay.reconnects == 0  # a first connection, not a resync
+        assert await client.publish(keys.token_channel("early"), "x") == 0
+    finally:
+        await relay.close()
+        await client.aclose()
+        server.stop()
 
 
 @pytest.mark.parametrize(
