@@ -17,6 +17,7 @@ streams drain); one that has not exited after the grace period is killed.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 # setting would otherwise fork in a tight loop)
 _RESTART_BACKOFF_S = (0.5, 10.0)
 _POLL_S = 0.2
+# time for a stuck process to write its stacks before it is killed
+_DUMP_S = 0.5
 # uvicorn's exit status for a server that never started
 _STARTUP_FAILURE = 3
 
@@ -116,6 +119,8 @@ class _Supervisor:
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, signal.SIG_DFL)
+                # what a process that would not stop was doing (the supervisor asks)
+                faulthandler.register(signal.SIGUSR1, all_threads=True)
                 # a supervisor killed outright takes its processes with it
                 set_parent_death_signal(signal.SIGTERM)
                 if os.getppid() == parent:
@@ -141,7 +146,13 @@ class _Supervisor:
             if self.stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + GRACE_S
             if stop_deadline is not None and time.monotonic() > stop_deadline:
-                log.error("api: processes %s did not stop; killing", sorted(self.children))
+                log.error(
+                    "api: processes %s did not stop; their stacks follow, then they are killed",
+                    sorted(self.children),
+                )
+                for pid in self.children:
+                    _signal(pid, signal.SIGUSR1)
+                time.sleep(_DUMP_S)
                 for pid in self.children:
                     _signal(pid, signal.SIGKILL)
                 stop_deadline = float("inf")
