@@ -169,7 +169,13 @@ class StreamFollowers:
 
     async def _run(self) -> None:
         delay = RETRY_S
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # redis-py can swallow a cancellation that lands while a command connects
+                # (redis/redis-py#2028) and return as if nothing happened: honour it here,
+                # or close() waits for a reader that reads on forever
+                raise asyncio.CancelledError
             if not self._cursors:
                 self._wake.clear()
                 await self._wake.wait()
