@@ -1,11 +1,19 @@
 """Many followers, one read: every follower of a Redis stream in this API process (a job's
 events today; any stream keyed by name) is served by one reader task that XREADs all
-followed streams at once on one connection and fans entries out to in-process queues.
+followed streams at once on one connection and fans what it read out to in-process queues.
 
-A follower reads its backlog itself (one XRANGE), then takes live entries from its queue,
-skipping what the backlog already gave. A follower too slow to drain its queue is not
-allowed to grow it: it is marked lagging and catches up from the stream with XRANGE, so a
-stalled client costs its own reads, never the reader's memory.
+Followers take entries in batches, so a follower's cost (a wakeup, a write to its client)
+scales with its batches, not with the stream's entries: the reader puts the entries of one
+XREAD into each follower's queue as one item, then pauses ``FAN_OUT_INTERVAL_S`` so that
+what is written meanwhile comes back from the next XREAD as one batch; a follower takes
+everything queued when it wakes. A stream written a token at a time thus costs each of its
+followers at most ~1/FAN_OUT_INTERVAL_S wakeups a second, however fast the tokens come.
+
+A follower reads its backlog itself (XRANGE, a page per batch), then takes live batches
+from its queue, skipping what the backlog already gave. A follower too slow to drain its
+queue is not allowed to grow it: past QUEUE_BOUND entries waiting it is marked lagging and
+catches up from the stream with XRANGE, so a stalled client costs its own reads, never the
+reader's memory.
 
 A live entry is one object shared by every follower, so what they derive from it
 (``Entry.view``: the parsed event, its SSE frame) is computed once per entry per process,
@@ -30,7 +38,16 @@ log = logging.getLogger(__name__)
 BLOCK_MS = 200
 # entries one XREAD returns per stream
 COUNT = 1000
-# entries waiting for one follower before it is made to catch up from the stream itself
+# after a read that returned entries the reader waits this long before the next, so entries
+# written meanwhile reach followers as one batch: one wakeup and one write per follower
+# instead of one per entry. Followers of a stream (job events) use an asynchronous API, so
+# 50 ms later costs them little, while it caps each follower at ~20 wakeups a second however
+# fast the stream is written (600 followers of a job at 200 tokens/s would otherwise wake
+# 120,000 times a second on one event loop). The first entry after a quiet spell is not
+# delayed: the reader is then blocked in XREAD, which returns it at once.
+FAN_OUT_INTERVAL_S = 0.05
+# entries (in whatever batches) waiting for one follower before it is made to catch up from
+# the stream itself; an empty queue takes one batch of any size (at most COUNT)
 QUEUE_BOUND = 10_000
 # after a Redis error the reader waits this long (doubling to RETRY_MAX_S) and retries
 RETRY_S = 0.1
@@ -66,8 +83,20 @@ def _id(entry_id: str) -> tuple[int, int]:
 @dataclass(eq=False)
 class _Follower:
     key: str
-    queue: asyncio.Queue[Entry] = field(default_factory=lambda: asyncio.Queue(QUEUE_BOUND))
+    # batches, each the entries of one read, shared with the stream's other followers
+    queue: asyncio.Queue[list[Entry]] = field(default_factory=asyncio.Queue)
+    # entries in the queue, bounded by QUEUE_BOUND (the queue itself is not: a batch holds
+    # up to COUNT entries)
+    queued: int = 0
     lagging: bool = False
+
+    def take(self) -> list[list[Entry]]:
+        """Every batch queued now."""
+        batches = []
+        while not self.queue.empty():
+            batches.append(self.queue.get_nowait())
+        self.queued -= sum(map(len, batches))
+        return batches
 
 
 class StreamFollowers:
@@ -97,52 +126,57 @@ class StreamFollowers:
         """Streams followed now."""
         return len(self._followers)
 
-    async def follow(
+    async def follow_batches(
         self, key: str, after: str = "0", idle_s: float | None = None
-    ) -> AsyncGenerator[Entry | None, None]:
+    ) -> AsyncGenerator[list[Entry] | None, None]:
         """Every entry of stream ``key`` after the id ``after`` ("0": all), then each new
-        one as it comes, until the caller stops iterating; None after each ``idle_s``
-        seconds without one (so the caller can check whether more can come)."""
+        one as it comes, in order and in batches (never empty; a batch may be shared with
+        other followers, so it is read, never changed) until the caller stops iterating;
+        None after each ``idle_s`` seconds without one (so the caller can check whether
+        more can come)."""
         follower = await self._join(key)
         try:
             last = after
-            async for entry in self._range(key, last):
-                last = entry.id
-                yield entry
+            async for page in self._range(key, last):
+                last = page[-1].id
+                yield page
             while True:
                 if follower.lagging:
                     follower.lagging = False
-                    follower.queue = asyncio.Queue(QUEUE_BOUND)
-                    async for entry in self._range(key, last):
-                        last = entry.id
-                        yield entry
+                    follower.queue, follower.queued = asyncio.Queue(), 0
+                    async for page in self._range(key, last):
+                        last = page[-1].id
+                        yield page
                     continue
-                queue = follower.queue
-                if queue.empty():
+                if follower.queue.empty():
                     # no wait_for: on Python 3.11 it wraps each get in a task of its own,
-                    # a cost per event and follower; an entry already queued costs no wait
+                    # a cost per wakeup and follower; a batch already queued costs no wait
                     try:
                         async with asyncio.timeout(idle_s):
-                            entry = await queue.get()
+                            first = await follower.queue.get()
                     except TimeoutError:
                         yield None
                         continue
+                    follower.queued -= len(first)
+                    batches = [first, *follower.take()]
                 else:
-                    entry = queue.get_nowait()
-                if last == "0" or _id(entry.id) > _id(last):
-                    last = entry.id
-                    yield entry
+                    batches = follower.take()
+                fresh = _after(last, batches)
+                if fresh:
+                    last = fresh[-1].id
+                    yield fresh
         finally:
             self._leave(follower)
 
-    async def _range(self, key: str, after: str) -> AsyncIterator[Entry]:
-        """The stream's entries after ``after``, read a page at a time."""
+    async def _range(self, key: str, after: str) -> AsyncIterator[list[Entry]]:
+        """The stream's entries after ``after``, a page at a time (never empty)."""
         while True:
             start = "-" if after == "0" else f"({after}"
             page = await self.redis.xrange(key, min=start, count=COUNT)
-            for entry_id, fields in page:
-                after = entry_id.decode()
-                yield Entry(after, fields)
+            if page:
+                entries = [Entry(i.decode(), fields) for i, fields in page]
+                after = entries[-1].id
+                yield entries
             if len(page) < COUNT:
                 return
 
@@ -194,15 +228,33 @@ class StreamFollowers:
                     continue  # unfollowed while the read was out
                 self._cursors[key] = entries[-1][0].decode()
                 self._fan_out(key, [Entry(i.decode(), f) for i, f in entries])
+            if reply:
+                await self._pause()
 
-    def _fan_out(self, key: str, entries: list[Entry]) -> None:
+    async def _pause(self) -> None:
+        """Between a read that returned entries and the next: what is written meanwhile
+        comes back from the next read, and reaches each follower, as one batch."""
+        await asyncio.sleep(FAN_OUT_INTERVAL_S)
+
+    def _fan_out(self, key: str, batch: list[Entry]) -> None:
+        """One queue item per follower for the whole batch: one wakeup each."""
         for follower in self._followers.get(key, ()):
             if follower.lagging:
                 continue
-            for entry in entries:
-                try:
-                    follower.queue.put_nowait(entry)
-                except asyncio.QueueFull:
-                    # a full queue means the follower is not waiting: it sees the flag next
-                    follower.lagging = True
-                    break
+            if follower.queued and follower.queued + len(batch) > QUEUE_BOUND:
+                # so many waiting means the follower is not reading: it sees the flag next
+                # (an empty queue takes a batch of any size: its follower may be waiting)
+                follower.lagging = True
+                continue
+            follower.queued += len(batch)
+            follower.queue.put_nowait(batch)
+
+
+def _after(last: str, batches: list[list[Entry]]) -> list[Entry]:
+    """The entries of ``batches`` (in stream order) after the id ``last`` ("0": all)."""
+    entries = batches[0] if len(batches) == 1 else [e for batch in batches for e in batch]
+    # the usual case, checked on the first entry alone: nothing in them was seen before
+    if last == "0" or _id(entries[0].id) > _id(last):
+        return entries
+    after = _id(last)
+    return [entry for entry in entries if _id(entry.id) > after]

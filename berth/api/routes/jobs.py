@@ -160,19 +160,21 @@ async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> Asyn
     """Every event after ``after``, once each, ending after the terminal one; a ping when
     nothing was sent for keepalive_s (a job waiting in the queue). Reads are shared with
     every other follower of the job in this process (``api/followers.py``), and so is each
-    live event's frame: parsed once, however many follow."""
+    live event's frame: parsed once, however many follow. Events come in batches (what the
+    shared reader got in one read, or what queued while this follower wrote), each sent in
+    one write: a follower costs a wakeup per batch, not per token."""
     keepalive_s = state.settings.keepalive_s
     idle_s = min(_QUIET_CHECK_S, keepalive_s) if keepalive_s > 0 else _QUIET_CHECK_S
-    events = state.followers.follow(keys.job_events(job_id), after, idle_s=idle_s)
+    batches = state.followers.follow_batches(keys.job_events(job_id), after, idle_s=idle_s)
     sent_at = time.monotonic()
     try:
-        async for entry in events:
-            if entry is not None:
-                after = entry.id
-                frame, terminal = entry.view(_entry_sse)
-                yield frame
+        async for batch in batches:
+            if batch is not None:
+                after = batch[-1].id
+                frames, ended = _frames(batch)
+                yield frames
                 sent_at = time.monotonic()
-                if terminal:
+                if ended:
                     return
                 continue
             if keepalive_s > 0 and time.monotonic() - sent_at >= keepalive_s:
@@ -189,4 +191,16 @@ async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> Asyn
                         return
                 return
     finally:
-        await events.aclose()
+        await batches.aclose()
+
+
+def _frames(batch: list[Entry]) -> tuple[bytes, bool]:
+    """The SSE frames of a batch as one chunk, up to its terminal event if it has one, and
+    whether it had."""
+    frames = []
+    for entry in batch:
+        frame, terminal = entry.view(_entry_sse)
+        frames.append(frame)
+        if terminal:
+            return b"".join(frames), True
+    return b"".join(frames), False
