@@ -83,20 +83,48 @@ def _id(entry_id: str) -> tuple[int, int]:
 @dataclass(eq=False)
 class _Follower:
     key: str
-    # batches, each the entries of one read, shared with the stream's other followers
-    queue: asyncio.Queue[list[Entry]] = field(default_factory=asyncio.Queue)
+    # batches, each the entries of one read, shared with the stream's other followers; None
+    # from the idle timer
+    queue: asyncio.Queue[list[Entry] | None] = field(default_factory=asyncio.Queue)
     # entries in the queue, bounded by QUEUE_BOUND (the queue itself is not: a batch holds
     # up to COUNT entries)
     queued: int = 0
     lagging: bool = False
+    # loop time it last took from its queue, and the timer that tells it it is idle
+    took_at: float = 0.0
+    idle_timer: asyncio.TimerHandle | None = None
 
-    def take(self) -> list[list[Entry]]:
-        """Every batch queued now."""
-        batches = []
+    async def take(self) -> list[list[Entry] | None]:
+        """Every item queued now, after waiting for one if there is none."""
+        items = [await self.queue.get()] if self.queue.empty() else []
         while not self.queue.empty():
-            batches.append(self.queue.get_nowait())
-        self.queued -= sum(map(len, batches))
-        return batches
+            items.append(self.queue.get_nowait())
+        self.queued -= sum(len(item) for item in items if item is not None)
+        self.took_at = asyncio.get_running_loop().time()
+        return items
+
+    def watch_idle(self, idle_s: float) -> None:
+        """Queue None whenever ``idle_s`` pass without this follower taking anything. One
+        timer, re-armed when it fires, instead of a timeout around each wait: that one is a
+        timer made and cancelled per wakeup, as costly as the rest of a wakeup together."""
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            now = loop.time()
+            due = self.took_at + idle_s
+            if now >= due:
+                if self.queue.empty():
+                    self.queue.put_nowait(None)
+                # else it has something it has not taken yet: not idle
+                due = now + idle_s
+            self.idle_timer = loop.call_at(due, check)
+
+        self.took_at = loop.time()
+        self.idle_timer = loop.call_at(self.took_at + idle_s, check)
+
+    def stop(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
 
 
 class StreamFollowers:
@@ -135,6 +163,8 @@ class StreamFollowers:
         None after each ``idle_s`` seconds without one (so the caller can check whether
         more can come)."""
         follower = await self._join(key)
+        if idle_s is not None:
+            follower.watch_idle(idle_s)
         try:
             last = after
             async for page in self._range(key, last):
@@ -148,24 +178,16 @@ class StreamFollowers:
                         last = page[-1].id
                         yield page
                     continue
-                if follower.queue.empty():
-                    # no wait_for: on Python 3.11 it wraps each get in a task of its own,
-                    # a cost per wakeup and follower; a batch already queued costs no wait
-                    try:
-                        async with asyncio.timeout(idle_s):
-                            first = await follower.queue.get()
-                    except TimeoutError:
-                        yield None
-                        continue
-                    follower.queued -= len(first)
-                    batches = [first, *follower.take()]
-                else:
-                    batches = follower.take()
+                batches = [item for item in await follower.take() if item is not None]
+                if not batches:
+                    yield None
+                    continue
                 fresh = _after(last, batches)
                 if fresh:
                     last = fresh[-1].id
                     yield fresh
         finally:
+            follower.stop()
             self._leave(follower)
 
     async def _range(self, key: str, after: str) -> AsyncIterator[list[Entry]]:
