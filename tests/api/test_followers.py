@@ -163,10 +163,15 @@ async def test_a_stalled_follower_catches_up_from_the_stream(
 
 
 async def test_an_idle_follower_is_told_so(aredis: redis.asyncio.Redis) -> None:
+    # each time it has taken nothing for idle_s: before its first entry, after it, again
     followers = StreamFollowers(aredis)
     await followers.start()
     try:
         batches = followers.follow_batches("quiet", idle_s=0.1)
+        assert await asyncio.wait_for(anext(batches), 5) is None
+        await aredis.xadd("quiet", {"n": 0})
+        assert await _take(batches, 1) == [b"0"]
+        assert await asyncio.wait_for(anext(batches), 5) is None
         assert await asyncio.wait_for(anext(batches), 5) is None
         await batches.aclose()
     finally:
