@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 BLOCK_MS = 200
 # entries one XREAD returns per stream
 COUNT = 1000
+# entries one XRANGE returns (a follower's backlog and catch-up, read by each follower for
+# itself): a page's entries and frames live while its follower writes them, so followers
+# joining a long stream at once hold a page each, never the whole backlog (a long backlog
+# costs a few more XRANGEs)
+PAGE = 100
 # after a read that returned entries the reader waits this long before the next, so entries
 # written meanwhile reach followers as one batch: one wakeup and one write per follower
 # instead of one per entry. Followers of a stream (job events) use an asynchronous API, so
@@ -167,16 +172,22 @@ class StreamFollowers:
             follower.watch_idle(idle_s)
         try:
             last = after
-            async for page in self._range(key, last):
-                last = page[-1].id
-                yield page
+            # read from the stream itself until caught up: the backlog first, and again
+            # whenever this follower lagged
+            reading = True
             while True:
                 if follower.lagging:
-                    follower.lagging = False
+                    follower.lagging, reading = False, True
                     follower.queue, follower.queued = asyncio.Queue(), 0
-                    async for page in self._range(key, last):
+                if reading:
+                    page = await self._page(key, last)
+                    reading = len(page) == PAGE
+                    if page:
                         last = page[-1].id
                         yield page
+                    # a page's entries, and the frames made of them, are this follower's
+                    # own: not kept while it waits for the next (a thousand followers would)
+                    del page
                     continue
                 batches = [item for item in await follower.take() if item is not None]
                 if not batches:
@@ -190,17 +201,11 @@ class StreamFollowers:
             follower.stop()
             self._leave(follower)
 
-    async def _range(self, key: str, after: str) -> AsyncIterator[list[Entry]]:
-        """The stream's entries after ``after``, a page at a time (never empty)."""
-        while True:
-            start = "-" if after == "0" else f"({after}"
-            page = await self.redis.xrange(key, min=start, count=COUNT)
-            if page:
-                entries = [Entry(i.decode(), fields) for i, fields in page]
-                after = entries[-1].id
-                yield entries
-            if len(page) < COUNT:
-                return
+    async def _page(self, key: str, after: str) -> list[Entry]:
+        """Up to PAGE entries of the stream after the id ``after`` ("0": from the start)."""
+        start = "-" if after == "0" else f"({after}"
+        reply = await self.redis.xrange(key, min=start, count=PAGE)
+        return [Entry(entry_id.decode(), fields) for entry_id, fields in reply]
 
     async def _join(self, key: str) -> _Follower:
         follower = _Follower(key)

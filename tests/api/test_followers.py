@@ -61,6 +61,29 @@ async def test_followers_get_backlog_then_live_entries_once(aredis: redis.asynci
         await followers.close()
 
 
+async def test_a_long_backlog_comes_a_page_at_a_time(
+    aredis: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(followers_module, "PAGE", 4)
+    followers = StreamFollowers(aredis)
+    await followers.start()
+    try:
+        for i in range(10):
+            await aredis.xadd("s", {"n": i})
+        batches = followers.follow_batches("s")
+        sizes = []
+        for _ in range(3):
+            batch = await asyncio.wait_for(anext(batches), 5)
+            assert batch is not None
+            sizes.append(len(batch))
+        assert sizes == [4, 4, 2]
+        await aredis.xadd("s", {"n": 10})
+        assert await _take(batches, 1) == [b"10"]
+        await batches.aclose()
+    finally:
+        await followers.close()
+
+
 async def test_the_entries_of_one_read_are_one_batch(aredis: redis.asyncio.Redis) -> None:
     followers = StreamFollowers(aredis)
     await followers.start()
@@ -146,6 +169,7 @@ async def test_a_stalled_follower_catches_up_from_the_stream(
     aredis: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(followers_module, "QUEUE_BOUND", 4)
+    monkeypatch.setattr(followers_module, "PAGE", 8)  # it catches up in several pages
     monkeypatch.setattr(followers_module, "FAN_OUT_INTERVAL_S", 0)  # a read per entry
     followers = StreamFollowers(aredis)
     await followers.start()
