@@ -1,11 +1,19 @@
 """Many followers, one read: every follower of a Redis stream in this API process (a job's
 events today; any stream keyed by name) is served by one reader task that XREADs all
-followed streams at once on one connection and fans entries out to in-process queues.
+followed streams at once on one connection and fans what it read out to in-process queues.
 
-A follower reads its backlog itself (one XRANGE), then takes live entries from its queue,
-skipping what the backlog already gave. A follower too slow to drain its queue is not
-allowed to grow it: it is marked lagging and catches up from the stream with XRANGE, so a
-stalled client costs its own reads, never the reader's memory.
+Followers take entries in batches, so a follower's cost (a wakeup, a write to its client)
+scales with its batches, not with the stream's entries: the reader puts the entries of one
+XREAD into each follower's queue as one item, then pauses ``FAN_OUT_INTERVAL_S`` so that
+what is written meanwhile comes back from the next XREAD as one batch; a follower takes
+everything queued when it wakes. A stream written a token at a time thus costs each of its
+followers at most ~1/FAN_OUT_INTERVAL_S wakeups a second, however fast the tokens come.
+
+A follower reads its backlog itself (XRANGE, a page per batch), then takes live batches
+from its queue, skipping what the backlog already gave. A follower too slow to drain its
+queue is not allowed to grow it: past QUEUE_BOUND entries waiting it is marked lagging and
+catches up from the stream with XRANGE, so a stalled client costs its own reads, never the
+reader's memory.
 
 A live entry is one object shared by every follower, so what they derive from it
 (``Entry.view``: the parsed event, its SSE frame) is computed once per entry per process,
@@ -17,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,7 +38,21 @@ log = logging.getLogger(__name__)
 BLOCK_MS = 200
 # entries one XREAD returns per stream
 COUNT = 1000
-# entries waiting for one follower before it is made to catch up from the stream itself
+# entries one XRANGE returns (a follower's backlog and catch-up, read by each follower for
+# itself): a page's entries and frames live while its follower writes them, so followers
+# joining a long stream at once hold a page each, never the whole backlog (a long backlog
+# costs a few more XRANGEs)
+PAGE = 100
+# after a read that returned entries the reader waits this long before the next, so entries
+# written meanwhile reach followers as one batch: one wakeup and one write per follower
+# instead of one per entry. Followers of a stream (job events) use an asynchronous API, so
+# 50 ms later costs them little, while it caps each follower at ~20 wakeups a second however
+# fast the stream is written (600 followers of a job at 200 tokens/s would otherwise wake
+# 120,000 times a second on one event loop). The first entry after a quiet spell is not
+# delayed: the reader is then blocked in XREAD, which returns it at once.
+FAN_OUT_INTERVAL_S = 0.05
+# entries (in whatever batches) waiting for one follower before it is made to catch up from
+# the stream itself; an empty queue takes one batch of any size (at most COUNT)
 QUEUE_BOUND = 10_000
 # after a Redis error the reader waits this long (doubling to RETRY_MAX_S) and retries
 RETRY_S = 0.1
@@ -66,8 +88,48 @@ def _id(entry_id: str) -> tuple[int, int]:
 @dataclass(eq=False)
 class _Follower:
     key: str
-    queue: asyncio.Queue[Entry] = field(default_factory=lambda: asyncio.Queue(QUEUE_BOUND))
+    # batches, each the entries of one read, shared with the stream's other followers; None
+    # from the idle timer
+    queue: asyncio.Queue[list[Entry] | None] = field(default_factory=asyncio.Queue)
+    # entries in the queue, bounded by QUEUE_BOUND (the queue itself is not: a batch holds
+    # up to COUNT entries)
+    queued: int = 0
     lagging: bool = False
+    # loop time it last took from its queue, and the timer that tells it it is idle
+    took_at: float = 0.0
+    idle_timer: asyncio.TimerHandle | None = None
+
+    async def take(self) -> list[list[Entry] | None]:
+        """Every item queued now, after waiting for one if there is none."""
+        items = [await self.queue.get()] if self.queue.empty() else []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        self.queued -= sum(len(item) for item in items if item is not None)
+        self.took_at = asyncio.get_running_loop().time()
+        return items
+
+    def watch_idle(self, idle_s: float) -> None:
+        """Queue None whenever ``idle_s`` pass without this follower taking anything. One
+        timer, re-armed when it fires, instead of a timeout around each wait: that one is a
+        timer made and cancelled per wakeup, as costly as the rest of a wakeup together."""
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            now = loop.time()
+            due = self.took_at + idle_s
+            if now >= due:
+                if self.queue.empty():
+                    self.queue.put_nowait(None)
+                # else it has something it has not taken yet: not idle
+                due = now + idle_s
+            self.idle_timer = loop.call_at(due, check)
+
+        self.took_at = loop.time()
+        self.idle_timer = loop.call_at(self.took_at + idle_s, check)
+
+    def stop(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
 
 
 class StreamFollowers:
@@ -97,54 +159,53 @@ class StreamFollowers:
         """Streams followed now."""
         return len(self._followers)
 
-    async def follow(
+    async def follow_batches(
         self, key: str, after: str = "0", idle_s: float | None = None
-    ) -> AsyncGenerator[Entry | None, None]:
+    ) -> AsyncGenerator[list[Entry] | None, None]:
         """Every entry of stream ``key`` after the id ``after`` ("0": all), then each new
-        one as it comes, until the caller stops iterating; None after each ``idle_s``
-        seconds without one (so the caller can check whether more can come)."""
+        one as it comes, in order and in batches (never empty; a batch may be shared with
+        other followers, so it is read, never changed) until the caller stops iterating;
+        None after each ``idle_s`` seconds without one (so the caller can check whether
+        more can come)."""
         follower = await self._join(key)
+        if idle_s is not None:
+            follower.watch_idle(idle_s)
         try:
             last = after
-            async for entry in self._range(key, last):
-                last = entry.id
-                yield entry
+            # read from the stream itself until caught up: the backlog first, and again
+            # whenever this follower lagged
+            reading = True
             while True:
                 if follower.lagging:
-                    follower.lagging = False
-                    follower.queue = asyncio.Queue(QUEUE_BOUND)
-                    async for entry in self._range(key, last):
-                        last = entry.id
-                        yield entry
+                    follower.lagging, reading = False, True
+                    follower.queue, follower.queued = asyncio.Queue(), 0
+                if reading:
+                    page = await self._page(key, last)
+                    reading = len(page) == PAGE
+                    if page:
+                        last = page[-1].id
+                        yield page
+                    # a page's entries, and the frames made of them, are this follower's
+                    # own: not kept while it waits for the next (a thousand followers would)
+                    del page
                     continue
-                queue = follower.queue
-                if queue.empty():
-                    # no wait_for: on Python 3.11 it wraps each get in a task of its own,
-                    # a cost per event and follower; an entry already queued costs no wait
-                    try:
-                        async with asyncio.timeout(idle_s):
-                            entry = await queue.get()
-                    except TimeoutError:
-                        yield None
-                        continue
-                else:
-                    entry = queue.get_nowait()
-                if last == "0" or _id(entry.id) > _id(last):
-                    last = entry.id
-                    yield entry
+                batches = [item for item in await follower.take() if item is not None]
+                if not batches:
+                    yield None
+                    continue
+                fresh = _after(last, batches)
+                if fresh:
+                    last = fresh[-1].id
+                    yield fresh
         finally:
+            follower.stop()
             self._leave(follower)
 
-    async def _range(self, key: str, after: str) -> AsyncIterator[Entry]:
-        """The stream's entries after ``after``, read a page at a time."""
-        while True:
-            start = "-" if after == "0" else f"({after}"
-            page = await self.redis.xrange(key, min=start, count=COUNT)
-            for entry_id, fields in page:
-                after = entry_id.decode()
-                yield Entry(after, fields)
-            if len(page) < COUNT:
-                return
+    async def _page(self, key: str, after: str) -> list[Entry]:
+        """Up to PAGE entries of the stream after the id ``after`` ("0": from the start)."""
+        start = "-" if after == "0" else f"({after}"
+        reply = await self.redis.xrange(key, min=start, count=PAGE)
+        return [Entry(entry_id.decode(), fields) for entry_id, fields in reply]
 
     async def _join(self, key: str) -> _Follower:
         follower = _Follower(key)
@@ -169,7 +230,13 @@ class StreamFollowers:
 
     async def _run(self) -> None:
         delay = RETRY_S
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # redis-py can swallow a cancellation that lands while a command connects
+                # (redis/redis-py#2028) and return as if nothing happened: honour it here,
+                # or close() waits for a reader that reads on forever
+                raise asyncio.CancelledError
             if not self._cursors:
                 self._wake.clear()
                 await self._wake.wait()
@@ -188,15 +255,33 @@ class StreamFollowers:
                     continue  # unfollowed while the read was out
                 self._cursors[key] = entries[-1][0].decode()
                 self._fan_out(key, [Entry(i.decode(), f) for i, f in entries])
+            if reply:
+                await self._pause()
 
-    def _fan_out(self, key: str, entries: list[Entry]) -> None:
+    async def _pause(self) -> None:
+        """Between a read that returned entries and the next: what is written meanwhile
+        comes back from the next read, and reaches each follower, as one batch."""
+        await asyncio.sleep(FAN_OUT_INTERVAL_S)
+
+    def _fan_out(self, key: str, batch: list[Entry]) -> None:
+        """One queue item per follower for the whole batch: one wakeup each."""
         for follower in self._followers.get(key, ()):
             if follower.lagging:
                 continue
-            for entry in entries:
-                try:
-                    follower.queue.put_nowait(entry)
-                except asyncio.QueueFull:
-                    # a full queue means the follower is not waiting: it sees the flag next
-                    follower.lagging = True
-                    break
+            if follower.queued and follower.queued + len(batch) > QUEUE_BOUND:
+                # so many waiting means the follower is not reading: it sees the flag next
+                # (an empty queue takes a batch of any size: its follower may be waiting)
+                follower.lagging = True
+                continue
+            follower.queued += len(batch)
+            follower.queue.put_nowait(batch)
+
+
+def _after(last: str, batches: list[list[Entry]]) -> list[Entry]:
+    """The entries of ``batches`` (in stream order) after the id ``last`` ("0": all)."""
+    entries = batches[0] if len(batches) == 1 else [e for batch in batches for e in batch]
+    # the usual case, checked on the first entry alone: nothing in them was seen before
+    if last == "0" or _id(entries[0].id) > _id(last):
+        return entries
+    after = _id(last)
+    return [entry for entry in entries if _id(entry.id) > after]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -28,6 +28,10 @@ router = APIRouter(prefix="/v1/jobs")
 # how long a follower waits without an event before checking the job has not ended
 _QUIET_CHECK_S = 5.0
 _PING = PING.encode()
+# frames joined into one write up to about this size: a follower's backlog (up to a page of
+# COUNT events) goes out in a few writes, so a slow client's follower holds no more than one
+# of them beyond what its transport buffers, as when each event was a write of its own
+_WRITE_BYTES = 64 * 1024
 
 
 def _not_found(job_id: str) -> NotFound:
@@ -160,20 +164,25 @@ async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> Asyn
     """Every event after ``after``, once each, ending after the terminal one; a ping when
     nothing was sent for keepalive_s (a job waiting in the queue). Reads are shared with
     every other follower of the job in this process (``api/followers.py``), and so is each
-    live event's frame: parsed once, however many follow."""
+    live event's frame: parsed once, however many follow. Events come in batches (what the
+    shared reader got in one read, or what queued while this follower wrote), each sent in
+    one write: a follower costs a wakeup per batch, not per token."""
     keepalive_s = state.settings.keepalive_s
     idle_s = min(_QUIET_CHECK_S, keepalive_s) if keepalive_s > 0 else _QUIET_CHECK_S
-    events = state.followers.follow(keys.job_events(job_id), after, idle_s=idle_s)
+    batches = state.followers.follow_batches(keys.job_events(job_id), after, idle_s=idle_s)
     sent_at = time.monotonic()
     try:
-        async for entry in events:
-            if entry is not None:
-                after = entry.id
-                frame, terminal = entry.view(_entry_sse)
-                yield frame
+        async for batch in batches:
+            if batch is not None:
+                after = batch[-1].id
+                for chunk, ended in _writes(batch):
+                    yield chunk
+                    if ended:
+                        return
+                # not kept while this follower waits for the next batch: a backlog page and
+                # its write are this follower's own, up to a page of frames each
+                del batch, chunk
                 sent_at = time.monotonic()
-                if terminal:
-                    return
                 continue
             if keepalive_s > 0 and time.monotonic() - sent_at >= keepalive_s:
                 sent_at = time.monotonic()
@@ -189,4 +198,23 @@ async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> Asyn
                         return
                 return
     finally:
-        await events.aclose()
+        await batches.aclose()
+
+
+def _writes(batch: list[Entry]) -> Iterator[tuple[bytes, bool]]:
+    """The SSE frames of a batch joined into writes of about _WRITE_BYTES at most (one for
+    a live batch), up to its terminal event if it has one; with each, whether it ends."""
+    frames: list[bytes] = []
+    size = 0
+    for entry in batch:
+        frame, terminal = entry.view(_entry_sse)
+        frames.append(frame)
+        size += len(frame)
+        if terminal:
+            yield b"".join(frames), True
+            return
+        if size >= _WRITE_BYTES:
+            yield b"".join(frames), False
+            frames, size = [], 0
+    if frames:
+        yield b"".join(frames), False
