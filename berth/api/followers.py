@@ -9,11 +9,11 @@ what is written meanwhile comes back from the next XREAD as one batch; a followe
 everything queued when it wakes. A stream written a token at a time thus costs each of its
 followers at most ~1/FAN_OUT_INTERVAL_S wakeups a second, however fast the tokens come.
 
-A follower reads its backlog itself (XRANGE, a page per batch), then takes live batches
-from its queue, skipping what the backlog already gave. A follower too slow to drain its
-queue is not allowed to grow it: past QUEUE_BOUND entries waiting it is marked lagging and
-catches up from the stream with XRANGE, so a stalled client costs its own reads, never the
-reader's memory.
+A follower reads its backlog itself (XRANGE, a page per batch; followers asking for the
+same page at once share one read), then takes live batches from its queue, skipping what
+the backlog already gave. A follower too slow to drain its queue is not allowed to grow
+it: past QUEUE_BOUND entries waiting it is marked lagging and catches up from the stream
+with XRANGE, so a stalled client costs its own reads, never the reader's memory.
 
 A live entry is one object shared by every follower, so what they derive from it
 (``Entry.view``: the parsed event, its SSE frame) is computed once per entry per process,
@@ -38,10 +38,9 @@ log = logging.getLogger(__name__)
 BLOCK_MS = 200
 # entries one XREAD returns per stream
 COUNT = 1000
-# entries one XRANGE returns (a follower's backlog and catch-up, read by each follower for
-# itself): a page's entries and frames live while its follower writes them, so followers
-# joining a long stream at once hold a page each, never the whole backlog (a long backlog
-# costs a few more XRANGEs)
+# entries one XRANGE returns (a follower's backlog and catch-up): a page's entries and
+# frames live while its followers write them, so followers joining a long stream at once
+# hold a page each at most, never the whole backlog (a long backlog costs a few more XRANGEs)
 PAGE = 100
 # after a read that returned entries the reader waits this long before the next, so entries
 # written meanwhile reach followers as one batch: one wakeup and one write per follower
@@ -144,6 +143,8 @@ class StreamFollowers:
         self._cursors: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # (stream, after) -> the page read out now, shared by whoever asks for it meanwhile
+        self._pages: dict[tuple[str, str], asyncio.Task[list[Entry]]] = {}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stream-followers")
@@ -185,8 +186,8 @@ class StreamFollowers:
                     if page:
                         last = page[-1].id
                         yield page
-                    # a page's entries, and the frames made of them, are this follower's
-                    # own: not kept while it waits for the next (a thousand followers would)
+                    # a page's entries, and the frames made of them, are not kept by this
+                    # follower while it waits for the next (a thousand followers would)
                     del page
                     continue
                 batches = [item for item in await follower.take() if item is not None]
@@ -202,7 +203,27 @@ class StreamFollowers:
             self._leave(follower)
 
     async def _page(self, key: str, after: str) -> list[Entry]:
-        """Up to PAGE entries of the stream after the id ``after`` ("0": from the start)."""
+        """Up to PAGE entries of the stream after the id ``after`` ("0": from the start).
+
+        Followers asking for the same page while it is being read share the read: hundreds
+        joining a job at once (each starting from its first event) cost one XRANGE a page,
+        not one each, and the page's entries are the same objects for all of them, so each
+        entry's frame (``Entry.view``) is made once. The read runs in a task of its own: a
+        follower that leaves does not cancel it for the others."""
+        read = self._pages.get((key, after))
+        if read is None:
+            read = asyncio.get_running_loop().create_task(self._read_page(key, after))
+            self._pages[(key, after)] = read
+            read.add_done_callback(lambda done: self._read_done(key, after, done))
+        return await asyncio.shield(read)
+
+    def _read_done(self, key: str, after: str, read: asyncio.Task[list[Entry]]) -> None:
+        self._pages.pop((key, after), None)
+        # every follower waiting may have left: nobody else would take a failure from it
+        if not read.cancelled():
+            read.exception()
+
+    async def _read_page(self, key: str, after: str) -> list[Entry]:
         start = "-" if after == "0" else f"({after}"
         reply = await self.redis.xrange(key, min=start, count=PAGE)
         return [Entry(entry_id.decode(), fields) for entry_id, fields in reply]

@@ -230,3 +230,31 @@ async def test_a_live_entry_is_derived_once_for_all_followers(
         assert len(made) == 3 and len(set(made)) == 3
     finally:
         await followers.close()
+
+
+async def test_followers_joining_at_once_share_each_backlog_read(
+    aredis: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(followers_module, "PAGE", 4)
+    followers = StreamFollowers(aredis)
+    await followers.start()
+    try:
+        pipe = aredis.pipeline(transaction=False)
+        for i in range(10):
+            pipe.xadd("shared", {"n": i})
+        await pipe.execute()
+        stats: Any = await aredis.info("commandstats")
+        before = int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+        many = [followers.follow_batches("shared") for _ in range(20)]
+        firsts = await asyncio.gather(*(asyncio.wait_for(anext(b), 5) for b in many))
+        # one page read for all twenty, its entries the same objects for each
+        assert all(batch is not None and batch[0] is firsts[0][0] for batch in firsts)  # type: ignore[index]
+        rest = await asyncio.gather(*(_take(b, 6) for b in many))
+        assert all(r == [str(i).encode() for i in range(4, 10)] for r in rest)
+        stats = await aredis.info("commandstats")
+        # three pages (4, 4, 2), each read once whatever the number of followers
+        assert int(stats.get("cmdstat_xrange", {}).get("calls", 0)) - before == 3
+        for batches in many:
+            await batches.aclose()
+    finally:
+        await followers.close()
