@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # setting would otherwise fork in a tight loop)
 _RESTART_BACKOFF_S = (0.5, 10.0)
 _POLL_S = 0.2
+# see _serve
+_SWITCH_INTERVAL_S = 0.001
 # time for a stuck process to write its stacks before it is killed
 _DUMP_S = 0.5
 # uvicorn's exit status for a server that never started
@@ -54,6 +56,11 @@ def _serve(settings: ApiSettings, sockets: list[socket.socket] | None) -> int:
     import uvicorn
 
     from berth.api.app import create_app
+
+    # work handed to threads (checking uploaded lines) holds the GIL for this long at most
+    # before the event loop gets it back: 5 ms, Python's default, held every request on the
+    # loop that long per wakeup while uploads were checked
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
 
     config = uvicorn.Config(
         create_app(settings),

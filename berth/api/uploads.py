@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import python_multipart.multipart as multipart
 from fastapi import Request
@@ -22,6 +24,20 @@ _MAX_FIELD_BYTES = 1024
 # the slowest an upload may average once its stall time has passed (a 200 MB file at this
 # rate takes 14 hours): a drip-fed body holds a connection and a partial file no longer
 MIN_BYTES_PER_S = 4096
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# one thread checks uploaded and batched lines for the whole process: checks queue behind
+# each other, not beside the event loop (every busy thread is one more holder of the GIL
+# the loop waits for between its steps)
+_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="line-checks")
+
+
+async def off_loop(check: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``check(*args)`` on the line-checking thread."""
+    return await asyncio.get_running_loop().run_in_executor(_CHECKS, lambda: check(*args, **kwargs))
 
 
 def too_slow(received: int, elapsed: float) -> TooSlow:

@@ -4,7 +4,6 @@ and error files by the schedulers (``berth/scheduler/batches.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Any, Literal
 
@@ -15,6 +14,7 @@ from berth import logcontext
 from berth.api.admission import read_json
 from berth.api.deps import State, Tenant
 from berth.api.state import ApiState
+from berth.api.uploads import off_loop
 from berth.protocol.batch_input import BATCH_URL, InputChecker, at_line
 from berth.protocol.errors import (
     InvalidRequest,
@@ -136,7 +136,7 @@ async def create_batch(request: Request, state: State, tenant: Tenant) -> dict[s
     async for first, lines in state.files.iter_lines(spec.input_file_id, CHUNK):
         if first + len(lines) == count and not lines[-1]:
             lines = lines[:-1]  # what follows the final newline: no line at all
-        await asyncio.to_thread(_resolve, state, checker, lines, resolved)
+        await off_loop(_resolve, state, checker, lines, resolved)
     checker.finish()
     state.quotas.check_batch_lines(tenant, checker.requests)
     return await state.batches.create(

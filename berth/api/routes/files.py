@@ -3,14 +3,13 @@ it arrives), read it, list, delete. Batch output and error files are read here t
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from berth.api.deps import State, Tenant
-from berth.api.uploads import read_upload
+from berth.api.uploads import off_loop, read_upload
 from berth.protocol.batch_input import InputChecker, LineSplitter
 from berth.protocol.errors import InvalidRequest, NotFound
 from berth.protocol.response import list_page
@@ -57,7 +56,7 @@ async def upload_file(request: Request, state: State, tenant: Tenant) -> Any:
     async def store(lines: list[bytes]) -> None:
         if lines:
             # validating thousands of lines takes a while: off the event loop
-            await asyncio.to_thread(checker.check, lines)
+            await off_loop(checker.check, lines)
             await state.files.append(file_id, lines)
 
     async def on_file_data(data: bytes) -> None:
@@ -94,7 +93,7 @@ async def upload_file(request: Request, state: State, tenant: Tenant) -> Any:
         )
         last = splitter.end()
         if last:
-            await asyncio.to_thread(checker.check, [last])
+            await off_loop(checker.check, [last])
         checker.finish()
         view = await state.files.commit(
             file_id,
