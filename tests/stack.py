@@ -64,18 +64,27 @@ class RunningStack:
         """Until GET /ready answers 200 with ``workers`` live workers (and a scheduler)."""
         self._wait(timeout_s, "/ready", lambda body: body.get("workers", 0) >= workers)
 
-    def wait_served(self, timeout_s: float = 300.0) -> None:
-        """Until the API lists a model: for stacks started without a scheduler."""
-        self._wait(timeout_s, "/v1/models", lambda body: bool(body.get("data")))
+    def wait_served(self, timeout_s: float = 300.0, api_key: str | None = None) -> None:
+        """Until the API lists a model: for stacks started without a scheduler (asking
+        with ``api_key`` when the stack has keys)."""
+        self._wait(timeout_s, "/v1/models", lambda body: bool(body.get("data")), api_key)
 
-    def _wait(self, timeout_s: float, path: str, done: Callable[[dict[str, Any]], bool]) -> None:
+    def _wait(
+        self,
+        timeout_s: float,
+        path: str,
+        done: Callable[[dict[str, Any]], bool],
+        api_key: str | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
             if (role := self.stack.dead()) is not None:
                 raise RuntimeError(f"{role} exited while the stack started")
             try:
-                with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as answer:
+                ask = urllib.request.Request(f"{self.url}{path}", headers=headers)
+                with urllib.request.urlopen(ask, timeout=2) as answer:
                     if done(json.load(answer)):
                         return
             except (urllib.error.URLError, OSError) as err:

@@ -41,13 +41,8 @@ def stack(make_stack: StackFactory) -> RunningStack:
         },
     )
     running.start_roles(("worker", FAKE_ENGINE), "api")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError), _client(running, "b") as client:
-            if client.get("/v1/models").json().get("data"):
-                return running
-        time.sleep(0.3)
-    raise TimeoutError("the worker's model was not served in time")
+    running.wait_served(60, api_key=KEYS["b"])
+    return running
 
 
 def _client(stack: RunningStack, tenant: str) -> httpx.Client:

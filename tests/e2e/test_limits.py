@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -54,13 +53,8 @@ def stack(make_stack: StackFactory) -> RunningStack:
         },
     )
     running.start_roles(("worker", FAKE_ENGINE), "api")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError), _client(running, "a") as client:
-            if client.get("/v1/models").json().get("data"):
-                return running
-        time.sleep(0.3)
-    raise TimeoutError("the worker's model was not served in time")
+    running.wait_served(60, api_key=KEYS["a"])
+    return running
 
 
 def _client(stack: RunningStack, tenant: str) -> httpx.Client:
