@@ -51,7 +51,7 @@ import httpx
 import redis
 
 from benchmarks.serve import output_to
-from berth.redisconn import sync_redis_client
+from berth.plumbing.redisconn import sync_redis_client
 from tests.e2e.faults import (
     fake_text,
     job_events,

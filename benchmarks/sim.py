@@ -439,7 +439,7 @@ class SimulatedFleet:
     async def _beat(self, redis: Any, worker: SimWorker) -> None:
         """The record and its member in the workers' index, as a worker's heartbeat writes."""
         from berth.protocol import keys
-        from berth.registry import announce
+        from berth.store.registry import announce
 
         key, record, ttl_ms = self._record(worker)
         await announce(redis, keys.WORKERS_INDEX, worker.id, key, record, ttl_ms / 1000)

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from berth import tracing
+from berth.plumbing import tracing
 from berth.protocol.envelopes import QueuedRequest
 from berth.workers.engine.base import EngineStep
 from berth.workers.tracespans import RequestTrace

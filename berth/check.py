@@ -11,8 +11,8 @@ import urllib.request
 
 import redis
 
+from berth.plumbing.redisconn import sync_redis_client
 from berth.protocol import keys
-from berth.redisconn import sync_redis_client
 
 
 def check_api(url: str) -> bool:

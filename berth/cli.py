@@ -25,7 +25,7 @@ from pydantic_settings import (
     get_subcommand,
 )
 
-from berth.settings import CommonSettings
+from berth.plumbing.settings import CommonSettings
 
 
 def _settings_classes() -> dict[str, type[CommonSettings]]:
@@ -127,7 +127,7 @@ def _keep_our_logging(**_: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from berth.settings import setup_logging
+    from berth.plumbing.settings import setup_logging
 
     chosen = parse(argv)
     if isinstance(chosen, CheckArgs):
@@ -145,12 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     role = next(name for name, cls in _settings_classes().items() if type(chosen) is cls)
     setup_logging(chosen, role)
     if role != "up":
-        from berth import tracing
+        from berth.plumbing import tracing
 
         # the OTEL_* variables decide; unset, nothing is installed and tracing costs nothing
         tracing.setup(role)
     if role != "up":
-        from berth.lifeline import watch_parent
+        from berth.plumbing.lifeline import watch_parent
 
         # started by `berth up`: stop when it is gone, even if it was killed
         watch_parent()
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert isinstance(chosen, ApiSettings)
         return run_api(chosen)
     elif role == "scheduler":
-        from berth import eventloop
+        from berth.plumbing import eventloop
         from berth.scheduler.service import serve
         from berth.scheduler.settings import SchedulerSettings
 

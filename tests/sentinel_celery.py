@@ -7,8 +7,8 @@ import os
 
 from celery import Celery
 
-from berth.protocol.celeryconf import celery_settings
-from berth.redisconn import sync_redis_client
+from berth.plumbing.celeryconf import celery_settings
+from berth.plumbing.redisconn import sync_redis_client
 from tests.sentinel import DONE_KEY, PROBE_TASK
 
 app = Celery("berth-sentinel-test")

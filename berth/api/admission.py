@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import Request
 
-from berth import tracing
 from berth.api.state import ApiState
+from berth.plumbing import tracing
 from berth.protocol import jsonbody
 from berth.protocol.chat import (
     ChatCompletionRequest,

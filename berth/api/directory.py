@@ -12,8 +12,8 @@ from berth.api.metrics import QUEUE_LENGTH
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
 from berth.protocol.errors import InvalidRequest, ModelNotFound, StoreUnavailable, Unavailable
-from berth.registry import WorkerLiveness, live_workers, models_served
 from berth.store.adapters import AdapterStore
+from berth.store.registry import WorkerLiveness, live_workers, models_served
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from berth import tracing
 from berth.api import metrics
 from berth.api.errors import error_response
+from berth.plumbing import tracing
 from berth.protocol.errors import RateLimited
 
 if TYPE_CHECKING:

@@ -12,9 +12,9 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from berth.plumbing.supervise import supervise
 from berth.protocol import keys
-from berth.registry import announce, withdraw
-from berth.supervise import supervise
+from berth.store.registry import announce, withdraw
 
 log = logging.getLogger(__name__)
 

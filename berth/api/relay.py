@@ -10,7 +10,7 @@ backs off and tries again while Redis is away), so the API starts without Redis.
 opened before that waits for it, at most ``CONNECT_WAIT_S``, then is refused with a 503.
 
 Pub/sub drops what is published while the connection is down. redis-py reconnects
-(with the retry policy of ``berth.redisconn``) and subscribes every open channel
+(with the retry policy of ``berth.plumbing.redisconn``) and subscribes every open channel
 again; the relay then puts ``RESYNC`` (None) on every open request's queue, telling
 its reader (``api/events.py``) to fetch what it missed from the request's event
 stream (``fetch``).
@@ -37,10 +37,10 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from berth.plumbing.supervise import supervise
 from berth.protocol import keys
 from berth.protocol.envelopes import MalformedEvent, TokenEvent, decode_event
 from berth.protocol.errors import StoreUnavailable
-from berth.supervise import supervise
 
 try:
     # what redis-py's hiredis reader returns while a reply is incomplete

@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from berth.api.settings import ApiSettings
-from berth.lifeline import GRACE_S, set_parent_death_signal
+from berth.plumbing.lifeline import GRACE_S, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ ADAPTERS = f"{PREFIX}:adapters"
 WORKER_KEY_PREFIX = f"{PREFIX}:worker:"
 # Sorted set worker_id -> epoch seconds its heartbeat record expires (the writer's clock):
 # the index readers walk instead of scanning the keyspace. No TTL; each heartbeat re-adds
-# its worker, readers drop members whose record is gone (registry.py).
+# its worker, readers drop members whose record is gone (store/registry.py).
 WORKERS_INDEX = f"{PREFIX}:workers"
 # Consumer group every scheduler replica joins on every ingress stream.
 SCHEDULER_GROUP = "schedulers"
@@ -193,7 +193,7 @@ def scheduler_key(scheduler_id: str) -> str:
 
 API_KEY_PREFIX = f"{PREFIX}:api:"
 # Sorted set api instance id -> epoch seconds its liveness record expires, kept like
-# WORKERS_INDEX (registry.py): the API processes alive now.
+# WORKERS_INDEX (store/registry.py): the API processes alive now.
 APIS_INDEX = f"{PREFIX}:apis"
 # An API process refreshes its liveness record every API_REFRESH_S; it lives API_ALIVE_S.
 # A worker treats an API whose record stayed missing for API_ALIVE_S more (Redis may just

@@ -20,20 +20,20 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from berth import tracing
+from berth.plumbing import tracing
+from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
+from berth.plumbing.supervise import Backoff, log_failure
 from berth.protocol import keys
-from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
 from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
-from berth.registry import WorkerLiveness, announce, live_workers, withdraw
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
 from berth.store.adapters import AdapterStore
 from berth.store.jobs import JobStore
 from berth.store.quotas import release_queued
+from berth.store.registry import WorkerLiveness, announce, live_workers, withdraw
 from berth.store.scripts import Scripts
-from berth.supervise import Backoff, log_failure
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from berth.settings import JobRecordSettings, MetricsSettings
+from berth.plumbing.settings import JobRecordSettings, MetricsSettings
 
 
 class SchedulerSettings(MetricsSettings, JobRecordSettings):

@@ -6,8 +6,8 @@ from typing import Any
 
 from celery import Celery
 
-from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
-from berth.workers.broker import BrokerConsumer, use_redis
+from berth.plumbing.broker import BrokerConsumer, use_redis
+from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.workers.runtime import EngineHost
 
 

@@ -1,5 +1,5 @@
 """The worker's entry in the registry: a record with a TTL, refreshed while the worker lives,
-and its member in the workers' index (berth/registry.py)."""
+and its member in the workers' index (berth/store/registry.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
-from berth.registry import announce, withdraw
+from berth.store.registry import announce, withdraw
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from berth.redisconn import SOCKET_TIMEOUT_S
+from berth.plumbing.redisconn import SOCKET_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from berth import logcontext
-from berth.eventloop import new_loop
+from berth.plumbing import logcontext
+from berth.plumbing.eventloop import new_loop
+from berth.plumbing.redisconn import redis_client
+from berth.plumbing.supervise import Backoff, log_failure, supervise
 from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.envelopes import (
@@ -34,10 +36,8 @@ from berth.protocol.envelopes import (
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.protocol.output import CompletionAssembler
-from berth.redisconn import redis_client
 from berth.store.adapters import AdapterStore
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
-from berth.supervise import Backoff, log_failure, supervise
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
 from berth.workers.heartbeat import deregister, heartbeat_loop

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from berth.plumbing.settings import JobRecordSettings, MetricsSettings, ServedModelSettings
 from berth.protocol import keys
-from berth.settings import JobRecordSettings, MetricsSettings, ServedModelSettings
 
 # Readers count a worker dead once no newer beat of it came through a heartbeat TTL, so a
 # beat may be late by the TTL less one interval (the worker's loop held up under load, a

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from berth import tracing
+from berth.plumbing import tracing
 from berth.protocol.envelopes import QueuedRequest
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ import redis.asyncio
 
 from berth.api import directory as directory_module
 from berth.api.directory import WorkerDirectory
+from berth.plumbing.redisconn import redis_client
 from berth.protocol.errors import StoreUnavailable
-from berth.redisconn import redis_client
 from tests.stack import free_port
 from tests.valkey import Valkey
 

@@ -12,9 +12,9 @@ import redis.asyncio
 
 from berth.api import relay as relay_module
 from berth.api.relay import TokenRelay, is_published
+from berth.plumbing.redisconn import redis_client
 from berth.protocol import keys
 from berth.protocol.errors import StoreUnavailable
-from berth.redisconn import redis_client
 from tests.stack import free_port
 from tests.valkey import Valkey
 

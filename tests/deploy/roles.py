@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 from berth.api.settings import ApiSettings
 from berth.cli import CheckArgs, parse
+from berth.plumbing.settings import CommonSettings
 from berth.scheduler.settings import SchedulerSettings
-from berth.settings import CommonSettings
 from berth.workers.settings import WorkerSettings
 
 SETTINGS: dict[str, type[CommonSettings]] = {

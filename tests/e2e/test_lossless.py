@@ -14,8 +14,8 @@ import pytest
 import redis
 from celery import Celery
 
+from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol import keys
-from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkGroup
 from tests.stack import FAKE_ENGINE, RunningStack, StackFactory
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from berth.redisconn import sync_redis_client
+from berth.plumbing.redisconn import sync_redis_client
 from tests.e2e.faults import Load, defects, served_again
 from tests.sentinel import SentinelSet, sentinel_set
 from tests.stack import RunningStack

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 ENV = FAKE_ENGINE | {"BERTH_HEARTBEAT_TTL": "3", "BERTH_LIVENESS_CHECK_S": "0.5"}
 # how long Redis stays away once the API answers: past the Redis client's retries of one
-# command (about 18 s, berth/redisconn.py), so a role that gives up after them is caught
+# command (about 18 s, berth/plumbing/redisconn.py), so a role that gives up after them is caught
 AWAY_S = 20.0
 
 

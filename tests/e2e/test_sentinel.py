@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from berth.protocol.celeryconf import celery_settings
-from berth.redisconn import redis_client, sync_redis_client
+from berth.plumbing.celeryconf import celery_settings
+from berth.plumbing.redisconn import redis_client, sync_redis_client
 from tests.sentinel import DONE_KEY, PROBE_QUEUE, PROBE_TASK, SentinelSet, sentinel_set
 
 pytestmark = pytest.mark.e2e

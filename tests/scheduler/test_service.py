@@ -15,12 +15,12 @@ from celery import Celery
 from berth.api.ingress import Ingress
 from berth.api.quotas import Quotas, limit_book
 from berth.api.settings import ApiSettings
+from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol import keys
-from berth.protocol.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo
-from berth.registry import announce
 from berth.scheduler.service import Scheduler
 from berth.scheduler.settings import SchedulerSettings
+from berth.store.registry import announce
 
 
 async def _register(

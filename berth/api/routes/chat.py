@@ -19,7 +19,6 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from berth import logcontext, tracing
 from berth.api import metrics
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
@@ -28,6 +27,7 @@ from berth.api.events import request_events
 from berth.api.keepalive import pings_until
 from berth.api.relay import EventQueue
 from berth.api.state import ApiState
+from berth.plumbing import logcontext, tracing
 from berth.protocol.chat import ChatCompletionRequest
 from berth.protocol.envelopes import ResumableStream, TokenEvent
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound

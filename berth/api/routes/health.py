@@ -13,7 +13,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from berth.api.deps import State
 from berth.api.directory import REDIS_PROBE_S
-from berth.registry import live_schedulers
+from berth.store.registry import live_schedulers
 
 log = logging.getLogger(__name__)
 router = APIRouter()

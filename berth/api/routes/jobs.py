@@ -10,12 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from berth import logcontext
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.deps import State, Tenant
 from berth.api.followers import Entry
 from berth.api.keepalive import PING
 from berth.api.state import ApiState
+from berth.plumbing import logcontext
 from berth.protocol import keys
 from berth.protocol.envelopes import event_json
 from berth.protocol.errors import BerthError, InvalidRequest, NotFound

@@ -26,7 +26,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from berth import tracing
+from berth.plumbing import tracing
 from berth.protocol.errors import EngineFailure, InvalidRequest
 from berth.workers.engine.adapters import AdapterRegistry
 from berth.workers.engine.base import (

@@ -9,7 +9,7 @@ engine process).
 
 The embedded Valkey must outlive the roles a little, or their clean stop would spend its
 time retrying a server that is gone. So `berth up` runs it under a keeper
-(`python -m berth.lifeline -- CMD...`) and writes each role's pid to the keeper's stdin.
+(`python -m berth.plumbing.lifeline -- CMD...`) and writes each role's pid to the keeper's stdin.
 End of input means `berth up` is gone (the kernel closes the pipe of a killed process):
 the keeper waits for those roles to exit, then stops the server with SIGINT.
 """

@@ -18,8 +18,8 @@ def celery_settings(redis_url: str) -> dict[str, Any]:
     transport, which asks the sentinels for the primary again after a failover.
     """
     # imported here: protocol/ stays free of redis imports at module load
-    from berth.redisconn import celery_broker
-    from berth.workers.broker import transport_for
+    from berth.plumbing.broker import transport_for
+    from berth.plumbing.redisconn import celery_broker
 
     broker_url, transport = celery_broker(redis_url)
     return {

@@ -29,7 +29,7 @@ from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
 
-from berth.redisconn import SyncSentinelConnection, sync_redis_client
+from berth.plumbing.redisconn import SyncSentinelConnection, sync_redis_client
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _fallback_client() -> Any:
     with _fallback_lock:
         if _fallback is None:
             if _fallback_url is None:
-                raise RuntimeError("berth.workers.broker.use_redis was not called")
+                raise RuntimeError("berth.plumbing.broker.use_redis was not called")
             _fallback = sync_redis_client(_fallback_url)
         return _fallback
 

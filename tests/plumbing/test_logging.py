@@ -10,13 +10,13 @@ import textwrap
 
 import pytest
 
-from berth import logcontext
+from berth.plumbing import logcontext
 
 _PROGRAM = textwrap.dedent(
     """
     import asyncio, logging
-    from berth import logcontext
-    from berth.settings import setup_logging
+    from berth.plumbing import logcontext
+    from berth.plumbing.settings import setup_logging
     from berth.workers.settings import WorkerSettings
 
     setup_logging(WorkerSettings(worker_id="w-9", log_format="{fmt}"), "worker")

@@ -11,7 +11,7 @@ import redis.asyncio
 
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
-from berth.registry import (
+from berth.store.registry import (
     PRUNE_AFTER_S,
     SLOW_READ_S,
     WorkerLiveness,

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar, Token
 from types import MappingProxyType
 
-from berth import tracing
+from berth.plumbing import tracing
 
 IDS = ("request_id", "job_id", "batch_id", "worker_id", "scheduler_id")
 # every JSON line has the field: the current span's trace, null when tracing is off

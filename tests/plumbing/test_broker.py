@@ -1,4 +1,4 @@
-"""The worker's Celery consumer (berth/workers/broker.py) against a real Valkey killed and
+"""The worker's Celery consumer (berth/plumbing/broker.py) against a real Valkey killed and
 started again under it: a real Celery worker, configured as `berth worker` configures its
 own, reconnects on berth's intervals (0.2 s rising to 2 s, not kombu's 2, 4, 6 s ...) and
 consumes a task sent once Valkey is back."""
@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from berth.workers.broker import RECONNECT
+from berth.plumbing.broker import RECONNECT
 from berth.workers.celery_app import configure_worker
 from tests.valkey import Valkey
 

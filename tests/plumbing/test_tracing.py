@@ -1,4 +1,4 @@
-"""berth/tracing.py: which OTEL_* settings turn tracing on, and the trace id on log lines."""
+"""plumbing/tracing.py: which OTEL_* settings turn tracing on, and the trace id on log lines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from berth import logcontext, tracing
+from berth.plumbing import logcontext, tracing
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import pytest
 import redis
 
 from berth.api.followers import BLOCK_MS as FOLLOWERS_BLOCK_MS
-from berth.protocol.celeryconf import celery_settings
-from berth.redisconn import (
+from berth.plumbing.celeryconf import celery_settings
+from berth.plumbing.redisconn import (
     SOCKET_TIMEOUT_S,
     BlockingSentinelConnectionPool,
     parse_sentinel_url,

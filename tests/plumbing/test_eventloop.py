@@ -6,7 +6,7 @@ import asyncio
 
 import uvloop
 
-from berth import eventloop
+from berth.plumbing import eventloop
 
 
 def test_roles_run_on_uvloop() -> None:

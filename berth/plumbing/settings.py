@@ -9,8 +9,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 
-from berth.logcontext import IDS, ContextFilter, json_formatter, text_formatter
-from berth.redisconn import DEFAULT_REDIS_CONNECTIONS, redis_client
+from berth.plumbing.logcontext import IDS, ContextFilter, json_formatter, text_formatter
+from berth.plumbing.redisconn import DEFAULT_REDIS_CONNECTIONS, redis_client
 
 __all__ = [
     "DEFAULT_REDIS_CONNECTIONS",
@@ -113,7 +113,7 @@ class MetricsSettings(CommonSettings):
 
 def setup_logging(settings: CommonSettings, role: str) -> None:
     """One log format for every role, so a request id can be followed across processes:
-    text, or JSON lines carrying the ids of berth/logcontext.py."""
+    text, or JSON lines carrying the ids of berth/plumbing/logcontext.py."""
     handler = logging.StreamHandler()
     # the process's own ids (a worker's, a scheduler's) are on every line it logs
     process_ids = {
