@@ -8,9 +8,11 @@ one fact each; only list and dict settings read their flag's value as JSON.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model
@@ -45,13 +47,16 @@ def _settings_classes() -> dict[str, type[CommonSettings]]:
 _HELP = {
     "api": "Run the HTTP API (OpenAI-compatible /v1/chat/completions).",
     "scheduler": "Run a scheduler replica: read queued requests, group them, dispatch to workers.",
-    "worker": "Run a worker: one vLLM engine fed by Celery tasks.",
+    "worker": "Run a worker: one vLLM engine fed by Celery tasks. Every vLLM engine flag "
+    "(--dtype, --quantization, --max-num-seqs, ...; `berth worker --help-engine` lists them) "
+    "and --config FILE (YAML) are taken as well.",
     "up": "Run the whole stack on this machine (embedded Valkey, tiny model if none given).",
 }
 _ROOT_HELP = (
     "Queue-based, OpenAI-compatible LLM serving. Start with `berth up` to run everything "
-    "locally. Every flag is also an environment variable: BERTH_ and the flag's name in capitals "
-    "(--max-n: BERTH_MAX_N; --redis-url: REDIS_URL); a flag wins over the environment."
+    "locally (`berth --version` prints the version). Every flag is also an environment "
+    "variable: BERTH_ and the flag's name in capitals (--max-n: BERTH_MAX_N; --redis-url: "
+    "REDIS_URL); a flag wins over the environment."
 )
 _ORDER = ("up", "api", "scheduler", "worker")
 _CLI_CONFIG = SettingsConfigDict(
@@ -111,9 +116,57 @@ def _command() -> type[BaseSettings]:
     return create_model("Berth", __base__=_Root, __doc__=_ROOT_HELP, **roles, check=check)
 
 
+def _berth_flags(settings: type[BaseModel]) -> set[str]:
+    """The flags pydantic-settings makes of a settings class (kebab case, ``--no-`` for
+    booleans), and help."""
+    flags = {"-h", "--help"}
+    for name, field in settings.model_fields.items():
+        for spelled in {
+            name,
+            *(a for a in (field.alias, field.validation_alias) if isinstance(a, str)),
+        }:
+            flag = "--" + spelled.lower().replace("_", "-")
+            flags |= {flag, "--no-" + flag[2:]}
+    return flags
+
+
+def _with_engine_flags(args: list[str]) -> list[str]:
+    """A worker's command line with vLLM's engine flags (and ``--config`` files) folded
+    into berth's ``--engine-args``; vLLM's parser is imported only when there are any."""
+    from berth.workers.settings import WorkerSettings
+
+    ours = _berth_flags(WorkerSettings)
+    if "--help-engine" in args:
+        from berth.workers.engine.flags import engine_help
+
+        print(engine_help())
+        raise SystemExit(0)
+    if not any(
+        t.startswith("--") and t.partition("=")[0].replace("_", "-") not in ours for t in args
+    ):
+        return args
+    from berth.workers.engine.flags import EngineFlagError, expand_config, split_engine_flags
+
+    try:
+        rest, engine_args = split_engine_flags(expand_config(args[1:]), ours)
+    except EngineFlagError as err:
+        raise SystemExit(f"berth worker: {err}") from None
+    if not engine_args:
+        return [args[0], *rest]
+    # the environment's BERTH_ENGINE_ARGS is the base; the command line's flags win
+    env = os.environ.get("BERTH_ENGINE_ARGS", "").strip()
+    merged = (json.loads(env) if env else {}) | engine_args
+    return [args[0], *rest, "--engine-args", json.dumps(merged, default=str)]
+
+
 def parse(argv: Sequence[str] | None = None) -> BaseModel:
     """The chosen subcommand's settings (or CheckArgs), from flags and the environment."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--version"], ["-V"]):
+        print(f"berth {version('berth')}")
+        raise SystemExit(0)
+    if args[:1] == ["worker"]:
+        args = _with_engine_flags(args)
     try:
         chosen = get_subcommand(CliApp.run(_command(), cli_args=args))
     except (ValidationError, SettingsError) as err:

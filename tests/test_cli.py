@@ -83,3 +83,12 @@ def test_no_subcommand_is_an_error_that_lists_them() -> None:
     )
     assert answer.returncode != 0
     assert "up, api, scheduler, worker, check" in answer.stdout + answer.stderr
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"berth {version('berth')}\n"

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
 
 from berth.api import metrics
 from berth.api.auth import KeyRing, admin_ring, parse_keys
@@ -25,7 +26,13 @@ from berth.api.relay import TokenRelay
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
 from berth.api.settings import ApiSettings
 from berth.api.state import ApiState
-from berth.protocol.errors import BerthError, InvalidRequest, StoreUnavailable
+from berth.protocol.errors import (
+    BerthError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    StoreUnavailable,
+)
 from berth.store.adapters import AdapterStore
 from berth.store.batches import BatchStore
 from berth.store.files import FileStore
@@ -113,6 +120,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         invalid = InvalidRequest(str(first.get("msg", "invalid request")), param=param)
         return error_response(invalid)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+        # Starlette's own answers (no such route, a method the route does not take) in the
+        # OpenAI error body like every other error, not FastAPI's {"detail": ...}
+        method, path = request.method, request.url.path
+        known: BerthError
+        if err.status_code == 404:
+            known = NotFound(f"no route {method} {path}", code="route_not_found")
+        elif err.status_code == 405:
+            allowed = (err.headers or {}).get("Allow", "")
+            known = MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allowed}")
+        else:
+            known = BerthError(str(err.detail))
+            known.status_code = err.status_code
+            known.error_type = "invalid_request_error" if err.status_code < 500 else "server_error"
+        answer = error_response(known)
+        answer.headers.update(err.headers or {})
+        return answer
 
     for feature in (chat, models, health, jobs, admin, files, batches):
         app.include_router(feature.router)

@@ -109,6 +109,13 @@ class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
 
+class MethodNotAllowed(InvalidRequest):
+    """The route exists, but not for this HTTP method."""
+
+    status_code = 405
+    default_code = "method_not_allowed"
+
+
 class QueueFull(BerthError):
     """The model's ingress queue is at its bound; retry later."""
 

@@ -55,7 +55,8 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
             {"otlp_traces_endpoint": settings.vllm_otlp_traces_endpoint}
             if settings.vllm_otlp_traces_endpoint
             else {}
-        ),
+        )
+        | settings.engine_args,
     )
 
 

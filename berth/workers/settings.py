@@ -100,6 +100,12 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
         "requests of one that died are cancelled (resumable streams after their grace).",
     )
     kv_cache_space_gib: int = Field(default=1, ge=1, description="CPU build: KV-cache GiB.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further vLLM engine arguments (AsyncEngineArgs fields, vLLM's names) as "
+        'JSON, e.g. {"dtype": "bfloat16", "max_num_seqs": 128}. On the command line give '
+        "vLLM's own flags instead (--dtype bfloat16 --max-num-seqs 128); they win over this.",
+    )
     vllm_otlp_traces_endpoint: str | None = Field(
         default=None,
         description="vLLM's own OTLP trace endpoint (its `otlp_traces_endpoint`, gRPC, e.g. "

@@ -67,19 +67,26 @@ def adapter_root(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
 async def vllm_engine(tiny_model: TinyModel, adapter_root: Path) -> AsyncIterator[Any]:
     """One real vLLM CPU engine serving the tiny model, hermes tool parser, both adapters."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from berth.workers.engine import EngineConfig, make_engine
+    from berth.cli import parse
+    from berth.workers.engine import make_engine
+    from berth.workers.main import engine_config
+    from berth.workers.settings import WorkerSettings
 
-    config = EngineConfig(
-        model=str(tiny_model.path),
-        served_model_name=tiny_model.name,
-        max_model_len=512,
-        max_loras=2,
-        max_lora_rank=8,
-        adapters={name: str(path) for name, path in tiny_model.adapters.items()},
-        adapter_root=str(adapter_root),
-        tool_call_parser="hermes",
-        kv_cache_space_gib=1,
+    # built as `berth worker` builds it, from its command line: vLLM's own engine flags
+    # (--dtype, --max-num-seqs, --seed) beside berth's (test_engine_vllm.py checks them)
+    settings = parse(
+        [
+            "worker",
+            *("--model", str(tiny_model.path), "--served-model-name", tiny_model.name),
+            *("--max-model-len", "512", "--max-loras", "2", "--max-lora-rank", "8"),
+            *("--adapters", json.dumps({n: str(p) for n, p in tiny_model.adapters.items()})),
+            *("--adapter-root", str(adapter_root), "--tool-call-parser", "hermes"),
+            *("--kv-cache-space-gib", "1"),
+            *("--dtype", "float32", "--max-num-seqs", "16", "--seed", "7"),
+        ]
     )
+    assert isinstance(settings, WorkerSettings)
+    config = engine_config(settings)
     engine = make_engine(config)
     await engine.start()
     try:

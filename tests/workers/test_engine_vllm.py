@@ -54,6 +54,21 @@ def tool_calls(steps: list[EngineStep]) -> list[dict[str, Any]]:
     return [calls[i] for i in sorted(calls)]
 
 
+async def test_vllm_flags_given_to_the_worker_reach_the_engine(vllm_engine: Any) -> None:
+    # the fixture's engine was configured from `berth worker ... --dtype float32
+    # --max-num-seqs 16 --seed 7`: vLLM's own configuration shows them (the defaults
+    # would be the model's dtype, 256 sequences on the CPU build, seed 0)
+    import torch
+
+    config = vllm_engine._llm.vllm_config
+    assert config.model_config.dtype == torch.float32
+    assert config.scheduler_config.max_num_seqs == 16
+    assert config.model_config.seed == 7
+    # berth's own flags still configure what they did
+    assert config.model_config.max_model_len == 512
+    assert config.lora_config.max_loras == 2
+
+
 async def test_max_tokens_ends_with_length(vllm_engine: Any, chat_request: Build) -> None:
     req = chat_request(max_completion_tokens=8, ignore_eos=True, temperature=0)
     steps = await run(vllm_engine, "len-1", req)

@@ -121,27 +121,29 @@ class VllmEngine:
         if cfg.kv_cache_space_gib is not None:
             # read by the CPU build's engine process, which inherits our environment
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.kv_cache_space_gib)))
-        args = AsyncEngineArgs(
+        settings: dict[str, Any] = dict(
             model=cfg.model,
             served_model_name=[cfg.name],
             tokenizer=cfg.tokenizer,
-            dtype=cfg.dtype,  # type: ignore[arg-type]
+            dtype=cfg.dtype,
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_model_len,  # type: ignore[arg-type]
+            max_model_len=cfg.max_model_len,
             max_num_seqs=cfg.max_num_seqs,
             enable_prefix_caching=cfg.enable_prefix_caching,
             enforce_eager=cfg.enforce_eager,
             seed=cfg.seed,
             enable_lora=cfg.enable_lora,
             max_loras=cfg.max_loras,
-            max_lora_rank=cfg.max_lora_rank,  # type: ignore[arg-type]
+            max_lora_rank=cfg.max_lora_rank,
             max_cpu_loras=cfg.max_cpu_loras,
             # the engine's structured-output gate waits for the end of reasoning
             reasoning_parser=cfg.reasoning_parser or "",
             disable_log_stats=True,
-            **cfg.engine_args,
         )
+        # vLLM's own flags given to the worker (berth worker --dtype ...) win over the
+        # values berth derives
+        args = AsyncEngineArgs(**(settings | cfg.engine_args))
         log.info("starting vLLM engine for %s (%s)", cfg.name, cfg.model)
 
         # building the engine blocks for tens of seconds while the engine process
