@@ -4,7 +4,7 @@ plus PUBLISH (plus the stream's occasional EXPIRE), the worker's write path eith
     python -m benchmarks.relay_cost                       # 64 requests x 200 tokens, 6 rounds
     python -m benchmarks.relay_cost --requests 256 --tokens 100 --rounds 10
 
-Both sides run the worker's real ``EventPublisher`` and ``_RequestEvents`` code on an
+Both sides run the worker's real ``EventPublisher`` and ``RequestEvents`` code on an
 embedded Valkey (its own process), with one subscriber on every request's channel (as the
 API has), so PUBLISH delivers. An "engine step" emits one delta per running request, then
 waits until the publisher has flushed it: one pipeline per step, as on a worker. The sides
@@ -27,8 +27,8 @@ from benchmarks.sim import embedded_valkey
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, event_json
 from berth.store.jobs import JobStore
+from berth.workers.events import RequestEvents
 from berth.workers.publisher import EventPublisher
-from berth.workers.runtime import _RequestEvents
 
 
 async def _server_cpu(client: redis.asyncio.Redis) -> float:
@@ -58,7 +58,7 @@ async def _round(
     publisher.start()
     jobs = JobStore(client, 3600)
     writers = [
-        _RequestEvents(publisher, QueuedRequest(id=i, model="m", request={}), "w1", jobs)
+        RequestEvents(publisher, QueuedRequest(id=i, model="m", request={}), "w1", jobs)
         for i in ids
     ]
     choices = [{"index": 0, "content": "word "}]

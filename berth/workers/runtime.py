@@ -2,6 +2,7 @@
 
 Celery runs tasks on its own threads; each task hands its group to this loop
 and waits, so every group feeds the same engine and it batches across them.
+Each request's events are numbered and written by its ``RequestEvents`` (``events.py``).
 """
 
 from __future__ import annotations
@@ -23,23 +24,15 @@ from berth.plumbing.eventloop import new_loop
 from berth.plumbing.redisconn import redis_client
 from berth.plumbing.supervise import Backoff, log_failure, supervise
 from berth.protocol import keys
-from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
-from berth.protocol.envelopes import (
-    TERMINAL_EVENTS,
-    EventType,
-    QueuedRequest,
-    WorkerInfo,
-    WorkGroup,
-    decode_event,
-    event_json,
-)
+from berth.protocol.chat import parse_chat_request
+from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
-from berth.protocol.output import CompletionAssembler
 from berth.store.adapters import AdapterStore
-from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
+from berth.store.jobs import JobStore
 from berth.workers import metrics
-from berth.workers.engine.base import ChoiceDelta, Engine, EngineStep
+from berth.workers.engine.base import Engine
+from berth.workers.events import RequestEvents
 from berth.workers.heartbeat import deregister, heartbeat_loop
 from berth.workers.orphans import OriginWatch
 from berth.workers.publisher import EventPublisher
@@ -52,173 +45,6 @@ log = logging.getLogger(__name__)
 _CANCEL_MEMORY_S = 120.0
 # weight of each finished request in the mean run time the heartbeat reports
 _MEAN_WEIGHT = 0.02
-
-
-def _choice_json(delta: ChoiceDelta) -> dict[str, Any]:
-    out: dict[str, Any] = {"index": delta.index}
-    if delta.content:
-        out["content"] = delta.content
-    if delta.reasoning_content:
-        out["reasoning_content"] = delta.reasoning_content
-    if delta.tool_calls:
-        out["tool_calls"] = delta.tool_calls
-    if delta.logprobs is not None:
-        out["logprobs"] = delta.logprobs
-    if delta.finish_reason is not None:
-        out["finish_reason"] = delta.finish_reason
-    return out
-
-
-class _RequestEvents:
-    """Numbers one request's events and writes them: for a waiting client on its pub/sub
-    channel and its short-lived event stream (one pipeline), or for a job into its event
-    stream, ending with the script that stores its result. The hot path builds JSON directly.
-
-    When the publisher's buffer is full (Redis away too long), the request's later events
-    are dropped and, once the buffer drains, one error event ends it at the first seq that
-    was dropped: the reader sees an answer that ends with an error, never a truncated one."""
-
-    __slots__ = (
-        "_assembler",
-        "_attempt",
-        "_channel",
-        "_id",
-        "_incarnation",
-        "_jobs",
-        "_lost",
-        "_publisher",
-        "_queued",
-        "_refreshed",
-        "_seq",
-        "_target",
-        "_worker",
-    )
-
-    def __init__(
-        self,
-        publisher: EventPublisher,
-        queued: QueuedRequest,
-        worker: str,
-        jobs: JobStore,
-        incarnation: str | None = None,
-    ) -> None:
-        self._publisher = publisher
-        self._queued = queued
-        self._id = queued.id
-        self._attempt = queued.attempt
-        self._worker = worker
-        self._incarnation = incarnation
-        self._jobs = jobs
-        self._seq = 0
-        self._lost = False
-        self._refreshed = -float("inf")
-        self._assembler: CompletionAssembler | None = None
-        self._channel = keys.token_channel(queued.id)
-        self._target = keys.job_events(queued.id) if queued.job else keys.request_events(queued.id)
-
-    def collect_result(self, request: ChatCompletionRequest) -> None:
-        """Jobs keep their assembled result; call once the request is parsed."""
-        if self._queued.job:
-            self._assembler = CompletionAssembler(
-                self._id,
-                request.model,
-                int(time.time()),
-                request.n,
-                parallel_tool_calls=request.parallel_tool_calls is not False,
-            )
-
-    def emit(self, type_: EventType, *, error: BerthError | None = None, **fields: Any) -> None:
-        if self._lost:
-            return  # the error event written once the publisher drains ends this request
-        if self._write(type_, error, fields, force=False):
-            return
-        self._lost = True
-        log.error("request %s: event buffer full; it ends with an error", self._id)
-        self._publisher.when_drained(self._end_lost)
-
-    def _end_lost(self) -> None:
-        self._write(
-            "error",
-            EngineFailure("events of this request were lost while Redis was unreachable"),
-            {},
-            force=True,
-        )
-
-    def _write(
-        self, type_: EventType, error: BerthError | None, fields: dict[str, Any], force: bool
-    ) -> bool:
-        seq = self._seq
-        payload = event_json(
-            self._id,
-            type_,
-            seq=seq,
-            worker=self._worker,
-            attempt=self._attempt,
-            incarnation=self._incarnation,
-            error=error,
-            **fields,
-        )
-        terminal = type_ in TERMINAL_EVENTS
-        if not self._queued.job:
-            # the stream's expiry is refreshed now and then, and at the end
-            now = time.monotonic()
-            expire = None
-            if terminal or now - self._refreshed > keys.REQUEST_EVENTS_TTL_S / 4:
-                expire = keys.REQUEST_EVENTS_TTL_S
-            written = self._publisher.event(
-                self._channel,
-                self._target,
-                keys.event_entry_id(self._attempt, seq),
-                payload,
-                keys.REQUEST_EVENTS_MAXLEN,
-                expire,
-                force=force,
-            )
-            if written and expire is not None:
-                self._refreshed = now
-        else:
-            written = self._write_job(type_, payload, terminal, force)
-        if written:
-            self._seq += 1
-            if terminal:
-                metrics.FINISHED.labels(type_).inc()
-        return written
-
-    def _write_job(self, type_: EventType, payload: str, terminal: bool, force: bool) -> bool:
-        parsed = decode_event(payload)
-        if not terminal:
-            if not self._publisher.append(self._target, payload, EVENTS_MAXLEN, force=force):
-                return False
-            if self._assembler is not None:
-                self._assembler.add(parsed)
-            return True
-        result = None
-        if type_ == "finished" and self._assembler is not None:
-            self._assembler.add(parsed)
-            result = self._assembler.response(parsed)
-        script, script_keys, args = self._jobs.finish_call(
-            self._id,
-            self._queued.attempt,
-            terminal_status(type_, parsed.status),
-            result=result,
-            error=parsed.error,
-            event=payload,
-        )
-        return self._publisher.script(script, script_keys, args, force=force)
-
-    def step(self, step: EngineStep, type_: EventType = "delta") -> None:
-        fields: dict[str, Any] = {"choices": [_choice_json(c) for c in step.choices]}
-        if type_ != "delta":
-            metrics.PROMPT_TOKENS.inc(step.prompt_tokens)
-            metrics.GENERATED_TOKENS.inc(step.completion_tokens)
-            fields["usage"] = {
-                "prompt_tokens": step.prompt_tokens,
-                "completion_tokens": step.completion_tokens,
-            }
-        self.emit(type_, **fields)
-
-    def error(self, err: BerthError) -> None:
-        self.emit("error", error=err)
 
 
 class EngineHost:
@@ -472,9 +298,7 @@ class EngineHost:
         ):
             log.info("job %s attempt %d is no longer queued; skipping", queued.id, queued.attempt)
             return
-        events = _RequestEvents(
-            self._publisher, queued, self.worker_id, self._jobs, self.incarnation
-        )
+        events = RequestEvents(self._publisher, queued, self.worker_id, jobs, self.incarnation)
         events.emit("started")
         if cancelled or queued.id in self._cancels:
             events.emit("cancelled")

@@ -15,8 +15,8 @@ from berth.plumbing.redisconn import redis_client
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
 from berth.store.jobs import JobStore
+from berth.workers.events import RequestEvents
 from berth.workers.publisher import EventPublisher
-from berth.workers.runtime import _RequestEvents
 from tests.stack import free_port
 
 
@@ -33,8 +33,8 @@ async def test_events_wait_for_redis_and_an_overflow_ends_with_an_error() -> Non
     publisher = EventPublisher(client, max_buffered=20)
     publisher.start()
     jobs = JobStore(client, 3600)
-    small = _RequestEvents(publisher, QueuedRequest(id="small", model="m", request={}), "w", jobs)
-    big = _RequestEvents(publisher, QueuedRequest(id="big", model="m", request={}), "w", jobs)
+    small = RequestEvents(publisher, QueuedRequest(id="small", model="m", request={}), "w", jobs)
+    big = RequestEvents(publisher, QueuedRequest(id="big", model="m", request={}), "w", jobs)
     try:
         small.emit("started")
         await publisher.drain()
@@ -78,7 +78,7 @@ async def test_events_are_streamed_published_and_expire_and_a_resent_write_is_ha
     pubsub = listener.pubsub()
     try:
         await pubsub.subscribe(keys.token_channel("r1"))
-        events = _RequestEvents(publisher, QueuedRequest(id="r1", model="m", request={}), "w", jobs)
+        events = RequestEvents(publisher, QueuedRequest(id="r1", model="m", request={}), "w", jobs)
         events.emit("started")
         events.emit("delta", choices=[{"index": 0, "content": "é\u2028"}])
         await publisher.drain()
