@@ -79,10 +79,17 @@ async def test_over_time_budget_is_refused_and_the_gate_recovers(gate: GrammarGa
     assert gate.compiles == 2
 
 
-async def test_front_end_share_over_its_budget_is_refused(gate: GrammarGate) -> None:
+async def test_front_end_share_over_its_budget_is_refused(tokenizer_info: str) -> None:
     # converting a schema pattern grows with the square of its repetition count; this
-    # one finishes within the compile budget, but vLLM would repeat it on the event loop
-    verdict = await gate.verdict("json", pattern_schema(3000))
+    # one finishes within the compile budget, but vLLM would repeat it on the event loop.
+    # The compile budget is generous: a loaded machine takes longer, and must not turn this
+    # into a refusal for time (the part that repeats on the loop only grows with it)
+    gate = GrammarGate(tokenizer_info, CompileBudget(timeout_s=120.0, loop_s=0.25))
+    gate.start()
+    try:
+        verdict = await gate.verdict("json", pattern_schema(3000))
+    finally:
+        await gate.close()
     assert verdict.refusal is not None and "grammar takes" in verdict.refusal
     assert verdict.parse_s > 0.25
 
