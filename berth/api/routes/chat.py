@@ -21,11 +21,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from berth.api import metrics
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
+from berth.api.delivery.events import request_events
+from berth.api.delivery.keepalive import pings_until
+from berth.api.delivery.relay import EventQueue
 from berth.api.deps import State, Tenant
 from berth.api.errors import error_response
-from berth.api.events import request_events
-from berth.api.keepalive import pings_until
-from berth.api.relay import EventQueue
 from berth.api.state import ApiState
 from berth.plumbing import logcontext, tracing
 from berth.protocol.chat import ChatCompletionRequest
