@@ -15,14 +15,14 @@ from starlette.exceptions import HTTPException
 
 from berth.api import metrics
 from berth.api.auth import KeyRing, admin_ring, parse_keys
+from berth.api.delivery.followers import StreamFollowers
+from berth.api.delivery.relay import TokenRelay
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
-from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
 from berth.api.middleware import HttpMiddleware, RefuseOverRate
 from berth.api.presence import ApiPresence
 from berth.api.quotas import Quotas, limit_book
-from berth.api.relay import TokenRelay
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
 from berth.api.settings import ApiSettings
 from berth.api.state import ApiState

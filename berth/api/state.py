@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from berth.api.auth import KeyRing
+from berth.api.delivery.followers import StreamFollowers
+from berth.api.delivery.relay import TokenRelay
 from berth.api.directory import WorkerDirectory
-from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
 from berth.api.quotas import Quotas
-from berth.api.relay import TokenRelay
 from berth.api.settings import ApiSettings
 from berth.store.adapters import AdapterStore
 from berth.store.batches import BatchStore

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from berth.api.followers import BLOCK_MS as FOLLOWERS_BLOCK_MS
+from berth.api.delivery.followers import BLOCK_MS as FOLLOWERS_BLOCK_MS
 from berth.plumbing.celeryconf import celery_settings
 from berth.plumbing.redisconn import (
     SOCKET_TIMEOUT_S,

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
+from berth.api.delivery.followers import Entry
+from berth.api.delivery.keepalive import PING
 from berth.api.deps import State, Tenant
-from berth.api.followers import Entry
-from berth.api.keepalive import PING
 from berth.api.state import ApiState
 from berth.plumbing import logcontext
 from berth.protocol import keys
@@ -163,7 +163,7 @@ def _entry_sse(entry: Entry) -> tuple[bytes, bool]:
 async def _follow(state: ApiState, job_id: str, tenant: str, after: str) -> AsyncIterator[bytes]:
     """Every event after ``after``, once each, ending after the terminal one; a ping when
     nothing was sent for keepalive_s (a job waiting in the queue). Reads are shared with
-    every other follower of the job in this process (``api/followers.py``), and so is each
+    every other follower of the job in this process (``api/delivery/followers.py``), and so is each
     live event's frame: parsed once, however many follow. Events come in batches (what the
     shared reader got in one read, or what queued while this follower wrote), each sent in
     one write: a follower costs a wakeup per batch, not per token."""

@@ -8,8 +8,8 @@ import time
 import msgspec
 import redis.asyncio
 
-from berth.api.events import request_events
-from berth.api.relay import TokenRelay
+from berth.api.delivery.events import request_events
+from berth.api.delivery.relay import TokenRelay
 from berth.protocol import keys
 from berth.protocol.envelopes import TokenEvent, decode_event, event_json
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from berth.api import followers as followers_module
-from berth.api.followers import Entry, StreamFollowers
+from berth.api.delivery import followers as followers_module
+from berth.api.delivery.followers import Entry, StreamFollowers
 
 Batches = AsyncGenerator[list[Entry] | None, None]
 

@@ -12,7 +12,7 @@ opened before that waits for it, at most ``CONNECT_WAIT_S``, then is refused wit
 Pub/sub drops what is published while the connection is down. redis-py reconnects
 (with the retry policy of ``berth.plumbing.redisconn``) and subscribes every open channel
 again; the relay then puts ``RESYNC`` (None) on every open request's queue, telling
-its reader (``api/events.py``) to fetch what it missed from the request's event
+its reader (``api/delivery/events.py``) to fetch what it missed from the request's event
 stream (``fetch``).
 
 Per message, redis-py's ``get_message`` costs more than everything else the relay does; so

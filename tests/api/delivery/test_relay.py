@@ -10,8 +10,8 @@ import hiredis
 import pytest
 import redis.asyncio
 
-from berth.api import relay as relay_module
-from berth.api.relay import TokenRelay, is_published
+from berth.api.delivery import relay as relay_module
+from berth.api.delivery.relay import TokenRelay, is_published
 from berth.plumbing.redisconn import redis_client
 from berth.protocol import keys
 from berth.protocol.errors import StoreUnavailable
