@@ -27,6 +27,7 @@ from berth.protocol.batch_input import Resolved, batch_request
 from berth.protocol.envelopes import QueuedRequest, event_json
 from berth.protocol.errors import BerthError, Timeout
 from berth.protocol.limits import RequestLimits
+from berth.store import queue
 from berth.store.adapters import AdapterStore
 from berth.store.files import FileStore
 from berth.store.jobs import TERMINAL_STATUSES, JobStore, new_job_id
@@ -401,10 +402,8 @@ class BatchStore:
                 job_id, None, status, error=err.body(), event=ending_event(job_id, status, err)
             )
             await script(keys=script_keys, args=args, client=pipe)
-            pipe.set(keys.cancelled_key(job_id), b"1", ex=3600)
             # only workers that may hold it are told: a batch's queued jobs are many
-            if worker or was == b"running":
-                pipe.publish(keys.CANCEL_CHANNEL, job_id)
+            queue.mark_cancelled(pipe, job_id, tell_workers=bool(worker) or was == b"running")
         if ended:
             await pipe.execute()
         return ended
