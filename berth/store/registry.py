@@ -100,6 +100,13 @@ async def scheduler_alive(redis: Redis, scheduler_id: str) -> bool:
     return bool(await redis.exists(keys.scheduler_key(scheduler_id)))
 
 
+async def apis_alive(redis: Redis, instances: list[str]) -> list[bool]:
+    """Whether each API process's liveness record is there now (one read: a caller judges
+    an API gone only once it stayed missing, see ``workers/orphans.py``)."""
+    records = await redis.mget([keys.api_key(i) for i in instances])
+    return [raw is not None for raw in records]
+
+
 async def live_schedulers(redis: Redis) -> list[str]:
     """The ids of the scheduler replicas whose liveness record has not expired."""
     return [m for m, _ in await live_records(redis, keys.SCHEDULERS_INDEX, keys.scheduler_key)]

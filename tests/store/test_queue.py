@@ -5,6 +5,8 @@ marks carry their lifetimes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio
 
@@ -22,7 +24,7 @@ def _queued(request_id: str, **fields: object) -> QueuedRequest:
     )
 
 
-def _raw(fields: dict[object, object]) -> dict[bytes, bytes]:
+def _raw(fields: Mapping[Any, Any]) -> dict[bytes, bytes]:
     return {str(k).encode(): str(v).encode() for k, v in fields.items()}
 
 
