@@ -5,8 +5,9 @@ attempt (``keys.run_key``).
 
 A request's life in the queue, and the one place for each of its commands:
 
-- ``enqueue``: the API adds the entry (a job's is added by ``create_job.lua`` /
-  ``requeue_job.lua``, which get the entry's field name from here);
+- ``enqueue``, ``lengths``: the API adds the entry, and reads the queue's length (a job's
+  entry is added by ``create_job.lua`` / ``requeue_job.lua``, which get the entry's field
+  name from here);
 - ``create_group``, ``read``: a scheduler replica joins the group and reads;
 - ``acknowledge``: once dispatched or ended, the entry is acknowledged and deleted, so a
   stream's length is the queue's;
