@@ -92,9 +92,11 @@ def _queued_json(body: dict[str, Any], adapter: str | None) -> str:
 
 
 async def _xadd_many(redis: Any, stream: str, payloads: list[str]) -> None:
+    from berth.store import queue
+
     pipe = redis.pipeline(transaction=False)
     for payload in payloads:
-        pipe.xadd(stream, {"r": payload})
+        pipe.xadd(stream, {queue.ENTRY_FIELD: payload})
     await pipe.execute()
 
 

@@ -12,6 +12,7 @@ from berth.api.metrics import QUEUE_LENGTH
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
 from berth.protocol.errors import InvalidRequest, ModelNotFound, StoreUnavailable, Unavailable
+from berth.store import queue
 from berth.store.adapters import AdapterStore
 from berth.store.registry import WorkerLiveness, live_workers, models_served
 
@@ -80,10 +81,9 @@ class WorkerDirectory:
         self._known_models = await self._registry.known_models()
         self._known_adapters = await self._registry.parents()
         if self._models:
-            pipe = self._redis.pipeline(transaction=False)
-            for model in self._models:
-                pipe.xlen(keys.ingress_stream(model))
-            for model, length in zip(self._models, await pipe.execute(), strict=True):
+            streams = [keys.ingress_stream(model) for model in self._models]
+            lengths = await queue.lengths(self._redis, streams)
+            for model, length in zip(self._models, lengths, strict=True):
                 QUEUE_LENGTH.labels(model).set(length)
 
     async def probe(self) -> bool:

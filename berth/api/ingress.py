@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 from berth.api.quotas import Quotas
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
+from berth.store import queue
 from berth.store.adapters import AdapterStore
 
 
@@ -32,9 +33,9 @@ class Ingress:
         return stream
 
     async def enqueue(self, queued: QueuedRequest) -> None:
-        stream = await self.admit(queued)
+        await self.admit(queued)
         try:
-            await self._redis.xadd(stream, {"r": queued.model_dump_json(exclude_none=True)})
+            await queue.enqueue(self._redis, queued)
         except BaseException:
             await self.abandon(queued)
             raise
@@ -48,12 +49,8 @@ class Ingress:
 
     async def requeue(self, queued: QueuedRequest) -> None:
         """Queue an admitted request again (its worker died first); no bound applies."""
-        stream = keys.ingress_stream(queued.model, queued.lane)
-        await self._redis.xadd(stream, {"r": queued.model_dump_json(exclude_none=True)})
+        await queue.enqueue(self._redis, queued)
 
     async def cancel(self, request_id: str) -> None:
         """Mark a request cancelled (the scheduler drops it) and tell the workers."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.set(keys.cancelled_key(request_id), b"1", ex=3600)
-        pipe.publish(keys.CANCEL_CHANNEL, request_id)
-        await pipe.execute()
+        await queue.cancel(self._redis, request_id)

@@ -31,7 +31,9 @@ LANES = ("interactive", "job", "batch")
 
 
 def ingress_stream(model: str, lane: str = "interactive") -> str:
-    """The stream of queued requests for one base model in one priority lane."""
+    """The stream of queued requests for one base model in one priority lane (one field per
+    entry, the QueuedRequest's JSON; store/queue.py owns it); no TTL: the scheduler deletes
+    each entry as it acknowledges it, so its length is the queue's."""
     if lane == "interactive":
         return f"{PREFIX}:ingress:{model}"
     return f"{PREFIX}:ingress:{model}:{lane}"
@@ -155,8 +157,14 @@ def detached_key(request_id: str) -> str:
     return f"{PREFIX}:detached:{request_id}"
 
 
+# A cancel mark is kept an hour: past any request's time in the queue or on a worker, so the
+# scheduler and a worker that read it late (a delivery after a lost publish) still drop it.
+CANCEL_MARK_TTL_S = 3600
+
+
 def cancelled_key(request_id: str) -> str:
-    """Marker (with a TTL) that a request was cancelled, read by the scheduler before dispatch."""
+    """String "1", CANCEL_MARK_TTL_S: the request was cancelled; read by the scheduler before
+    dispatch and by workers (written with a PUBLISH on CANCEL_CHANNEL, store/queue.py)."""
     return f"{PREFIX}:cancelled:{request_id}"
 
 
@@ -175,7 +183,8 @@ def worker_key(worker_id: str) -> str:
 
 def open_adapters(worker_id: str) -> str:
     """The LoRA adapters the schedulers have opened on a worker (adapter -> when its
-    quantum starts), shared by every scheduler replica; deleted when the worker is gone."""
+    quantum starts), shared by every scheduler replica; no TTL: deleted when the worker is
+    gone (store/adapters.py: OpenAdapters)."""
     return f"{PREFIX}:lora:{worker_id}"
 
 
@@ -185,9 +194,15 @@ SCHEDULER_KEY_PREFIX = f"{PREFIX}:scheduler:"
 SCHEDULERS_INDEX = f"{PREFIX}:schedulers"
 
 
+# A scheduler replica's liveness record lives this long: a replica whose loop stalls longer
+# counts as dead to `berth check scheduler` and to the other replicas, which then claim its
+# entries (store/queue.py: reclaim).
+SCHEDULER_ALIVE_S = 10.0
+
+
 def scheduler_key(scheduler_id: str) -> str:
-    """A scheduler replica's liveness record (a string with a TTL of a few seconds),
-    refreshed by its loop; indexed in SCHEDULERS_INDEX."""
+    """A scheduler replica's liveness record (a string, SCHEDULER_ALIVE_S), refreshed by its
+    loop; indexed in SCHEDULERS_INDEX (store/registry.py)."""
     return f"{SCHEDULER_KEY_PREFIX}{scheduler_id}"
 
 

@@ -22,7 +22,6 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import LockError
 
-from berth.protocol import keys
 from berth.protocol.batch_input import custom_id_of
 from berth.protocol.errors import (
     InvalidRequest,
@@ -38,6 +37,9 @@ from berth.store.batches import (
     TERMINAL_BATCH_STATUSES,
     BatchStore,
     Scan,
+    active_batches,
+    forget_active,
+    load_record,
 )
 from berth.store.files import OUTPUT_PURPOSE, FileStore
 from berth.store.jobs import new_job_id
@@ -65,10 +67,8 @@ _ENDED: dict[str | None, tuple[str, str]] = {
 
 async def finalize_batches(redis: Redis) -> list[str]:
     """One pass over the active batches; returns the batches this call finalised."""
-    members: Any = await redis.smembers(keys.BATCHES_ACTIVE)
     finished = []
-    for raw in sorted(members):
-        batch_id = raw.decode()
+    for batch_id in await active_batches(redis):
         try:
             if await finalize_batch(redis, batch_id) is not None:
                 finished.append(batch_id)
@@ -79,11 +79,10 @@ async def finalize_batches(redis: Redis) -> list[str]:
 
 async def finalize_batch(redis: Redis, batch_id: str) -> str | None:
     """Advance one batch; returns its final status when this call ended it."""
-    r: Any = redis
-    record: dict[bytes, bytes] = await r.hgetall(keys.batch_key(batch_id))
+    record = await load_record(redis, batch_id)
     status = record.get(b"status", b"").decode()
     if not record or status in TERMINAL_BATCH_STATUSES:
-        await r.srem(keys.BATCHES_ACTIVE, batch_id)  # expired, or ended by another replica
+        await forget_active(redis, batch_id)  # expired, or ended by another replica
         return None
     store = BatchStore(redis, int(record[b"ttl_s"]))
     now = time.time()
@@ -138,7 +137,7 @@ async def _scan(
     ahead: Counter[str] = Counter()
     scanned = start = read
     blocked = False
-    listed = int(await store.redis.llen(keys.batch_jobs(batch_id)))
+    listed = await store.listed(batch_id)
     while start < listed and start - read < SCAN_BUDGET:
         ids = await store.job_ids(batch_id, start, start + CHUNK)
         if not ids:  # the job list expired under a batch that outlived its window
@@ -212,7 +211,7 @@ async def _fail_interrupted(
     token = secrets.token_hex(16)
     if not await store.claim(batch_id, token, STALE_CLAIM_S):
         return None
-    listed = int(await store.redis.llen(keys.batch_jobs(batch_id)))
+    listed = await store.listed(batch_id)
     message = f"the batch's creation stopped after {listed} requests; resubmit it"
     log.error("batch %s: %s", batch_id, message)
     await FileStore(store.redis, store.ttl_s).unpin(record[b"input_file_id"].decode(), batch_id)
@@ -233,7 +232,7 @@ async def _render(
     batch never reached (it was cancelled or expired first) end the error file."""
     output: list[bytes] = []
     errors: list[bytes] = []
-    listed = int(await store.redis.llen(keys.batch_jobs(batch_id)))
+    listed = await store.listed(batch_id)
     for start in range(0, listed, CHUNK):
         ids = await store.job_ids(batch_id, start, start + CHUNK)
         rows = await store.job_fields(ids, "status", "custom_id", "result", "error")

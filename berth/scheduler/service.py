@@ -16,9 +16,8 @@ from typing import Any
 
 from celery import Celery
 from prometheus_client import start_http_server
-from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from berth.plumbing import tracing
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
@@ -29,10 +28,17 @@ from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
-from berth.store.adapters import AdapterStore
+from berth.store import queue
+from berth.store.adapters import AdapterStore, OpenAdapters
 from berth.store.jobs import JobStore
 from berth.store.quotas import release_queued
-from berth.store.registry import WorkerLiveness, announce, live_workers, withdraw
+from berth.store.registry import (
+    WorkerLiveness,
+    announce_scheduler,
+    live_workers,
+    scheduler_alive,
+    withdraw_scheduler,
+)
 from berth.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -43,9 +49,6 @@ _NO_WORKER_RETRY_S = 0.02
 _HELD_CHECK_S = 0.5
 # group keys whose last read time is kept before the old ones are dropped
 _LAST_READ_KEEP = 1024
-# a scheduler whose loop stalls this long counts as dead to `berth check scheduler`
-# and to the other replicas, which then claim its entries
-_ALIVE_S = 10.0
 
 
 def _entry_ids(items: list[policy.Pending]) -> dict[str, list[str]]:
@@ -69,7 +72,7 @@ class Scheduler:
         self.celery = celery
         self.jobs = JobStore(redis, settings.job_ttl_s)
         self._quota_scripts = Scripts(redis)
-        self._scripts = Scripts(redis)
+        self._open_adapters = OpenAdapters(redis)
         self._streams: set[str] = set()
         # the workers judged alive (registry.WorkerLiveness), and their newest records
         self._liveness = WorkerLiveness()
@@ -152,10 +155,7 @@ class Scheduler:
     async def _refresh(self) -> None:
         self._refreshed_at = time.monotonic()
         # proves the loop turns, not just that the process exists
-        me = self.settings.scheduler_id
-        await announce(
-            self.redis, keys.SCHEDULERS_INDEX, me, keys.scheduler_key(me), b"1", _ALIVE_S
-        )
+        await announce_scheduler(self.redis, self.settings.scheduler_id)
         started = time.monotonic()
         records = await live_workers(self.redis)
         self._liveness.observe(records, started, time.monotonic())
@@ -173,30 +173,22 @@ class Scheduler:
         for worker_id in gone:
             del self._residency[worker_id]
         if gone:
-            await self.redis.delete(*(keys.open_adapters(w) for w in gone))
+            await self._open_adapters.forget(list(gone))
         await self._read_open_adapters([w.id for w in workers if w.max_loras])
         self._workers = workers
         models = await AdapterStore(self.redis).known_models() | {w.model for w in workers}
         wanted = {keys.ingress_stream(m, lane) for m in models for lane in keys.LANES}
         for stream in wanted - self._streams:
-            try:
-                # id 0: entries queued before any scheduler existed are read too
-                await self.redis.xgroup_create(stream, keys.SCHEDULER_GROUP, id="0", mkstream=True)
-            except ResponseError as err:
-                if "BUSYGROUP" not in str(err):
-                    raise
+            await queue.create_group(self.redis, stream)
             self._streams.add(stream)
 
     async def _read_open_adapters(self, worker_ids: list[str]) -> None:
         """The adapters every replica has opened on these workers."""
         if not worker_ids:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for worker_id in worker_ids:
-            pipe.hgetall(keys.open_adapters(worker_id))
-        for worker_id, table in zip(worker_ids, await pipe.execute(), strict=True):
-            slots = self._residency.setdefault(worker_id, policy.Residency())
-            slots.open = {name.decode(): float(start) for name, start in table.items()}
+        tables = await self._open_adapters.read(worker_ids)
+        for worker_id, table in zip(worker_ids, tables, strict=True):
+            self._residency.setdefault(worker_id, policy.Residency()).open = table
 
     def _wait_s(self) -> tuple[float, bool]:
         """How long to wait for new entries, and whether a group falls due by then."""
@@ -220,30 +212,28 @@ class Scheduler:
         if not reply and group_due and wait_s > 0:
             await asyncio.sleep(wait_s)
             reply = await self._xreadgroup(">", None)
-        for stream, entries in reply or []:
-            await self._take(stream.decode(), entries)
+        for stream, entries in reply:
+            await self._take(stream, entries)
 
-    async def _xreadgroup(self, start: str, block: int | None) -> Any:
-        # redis-py types replies loosely; with bytes responses this is [(stream, [(id, fields)])]
-        return await self.redis.xreadgroup(
-            keys.SCHEDULER_GROUP,
+    async def _xreadgroup(self, start: str, block: int | None) -> queue.Read:
+        return await queue.read(
+            self.redis,
             self.settings.scheduler_id,
-            {s: start for s in self._streams},
-            count=self.settings.read_count,
-            block=block,
+            self._streams,
+            start,
+            self.settings.read_count,
+            block,
         )
 
-    async def _take(self, stream: str, entries: Any) -> None:
+    async def _take(self, stream: str, entries: list[queue.Entry]) -> None:
         """Put read (or claimed) entries into their groups, once each."""
         now = time.monotonic()
         items = []
-        for raw_id, fields in entries:
-            entry_id = raw_id.decode()
+        for entry_id, fields in entries:
             if not fields or (stream, entry_id) in self._held:  # deleted, or already held
                 continue
-            try:
-                request = QueuedRequest.model_validate_json(fields[b"r"])
-            except (ValidationError, KeyError):
+            request = queue.decode_entry(fields)
+            if request is None:
                 log.error("dropping malformed ingress entry %s on %s", entry_id, stream)
                 await self._ack({stream: [entry_id]})
                 continue
@@ -318,15 +308,13 @@ class Scheduler:
             slots = self._residency.setdefault(worker.id, policy.Residency())
             closes = placement.closes
             starts = slots.quantum_start(placement, now)
-            opened = await self._scripts["open_adapter"](
-                keys=[keys.open_adapters(worker.id)],
-                args=[
-                    adapter,
-                    repr(starts),
-                    closes or "",
-                    repr(slots.open.get(closes, 0.0)) if closes else "0",
-                    worker.max_loras,
-                ],
+            opened = await self._open_adapters.open(
+                worker.id,
+                adapter,
+                starts,
+                closes,
+                slots.open.get(closes, 0.0) if closes else 0.0,
+                worker.max_loras,
             )
             if not opened:
                 # another replica changed the worker's adapters first: look again
@@ -350,11 +338,11 @@ class Scheduler:
             await self._end(p, "expired", Timeout("the request expired in the queue"))
         if not items:
             return []
-        marks = await self.redis.mget([keys.cancelled_key(p.request.id) for p in items])
-        for p, mark in zip(items, marks, strict=True):
-            if mark is not None:
+        marks = await queue.cancelled(self.redis, [p.request.id for p in items])
+        for p, marked in zip(items, marks, strict=True):
+            if marked:
                 await self._end(p, "cancelled", None)
-        return [p for p, mark in zip(items, marks, strict=True) if mark is None]
+        return [p for p, marked in zip(items, marks, strict=True) if not marked]
 
     async def _without_worker(
         self, key: policy.GroupKey, items: list[policy.Pending], now: float
@@ -416,7 +404,7 @@ class Scheduler:
                     worker=worker.id,
                     incarnation=worker.incarnation or None,
                 )
-                pipe.publish(keys.token_channel(p.request.id), event)
+                queue.notify_waiting(pipe, p.request.id, event)
         await release_queued(pipe, self._quota_scripts, [p.request for p in items])
         self._ack_into(pipe, _entry_ids(items))
         await pipe.execute()
@@ -434,7 +422,7 @@ class Scheduler:
             body = err.body() if err is not None else None
             await self.jobs.finish(request.id, None, status, error=body, event=event)
         else:
-            await self.redis.publish(keys.token_channel(request.id), event)
+            await queue.notify_waiting(self.redis, request.id, event)
         await self._ack_items([item])
 
     async def _ack_items(self, items: list[policy.Pending]) -> None:
@@ -450,10 +438,8 @@ class Scheduler:
         await pipe.execute()
 
     def _ack_into(self, pipe: Any, ids_by_stream: dict[str, list[str]]) -> None:
-        # acknowledged entries are deleted too, so XLEN is the queue length the API bounds
         for stream, ids in ids_by_stream.items():
-            pipe.xack(stream, keys.SCHEDULER_GROUP, *ids)
-            pipe.xdel(stream, *ids)
+            queue.acknowledge(pipe, stream, ids)
             self._held.difference_update((stream, entry_id) for entry_id in ids)
 
     # -- recovery -------------------------------------------------------------------------
@@ -462,25 +448,13 @@ class Scheduler:
         """Claim the unacknowledged entries of replicas that stopped refreshing their record."""
         me = self.settings.scheduler_id
         for stream in self._streams:
-            try:
-                consumers: Any = await self.redis.xinfo_consumers(stream, keys.SCHEDULER_GROUP)
-            except ResponseError:
-                continue
-            for consumer in consumers:
-                name = consumer["name"]
-                name = name.decode() if isinstance(name, bytes) else str(name)
-                if name == me or await self.redis.exists(keys.scheduler_key(name)):
+            for name, pending in await queue.consumers(self.redis, stream):
+                if name == me or await scheduler_alive(self.redis, name):
                     continue
-                if consumer["pending"]:
-                    pending: Any = await self.redis.xpending_range(
-                        stream, keys.SCHEDULER_GROUP, "-", "+", 1000, consumername=name
-                    )
-                    ids = [p["message_id"] for p in pending]
-                    claimed: Any = await self.redis.xclaim(stream, keys.SCHEDULER_GROUP, me, 0, ids)
+                claimed = await queue.reclaim(self.redis, stream, name, pending, me)
+                if pending:
                     log.warning("claimed %d entries of dead scheduler %s", len(claimed), name)
                     await self._take(stream, claimed)
-                if not consumer["pending"] or len(claimed) == consumer["pending"]:
-                    await self.redis.xgroup_delconsumer(stream, keys.SCHEDULER_GROUP, name)
 
     async def _requeue_orphaned_jobs(self) -> None:
         """Jobs whose worker stopped heartbeating, or was restarted (another incarnation
@@ -553,7 +527,7 @@ async def serve(settings: SchedulerSettings) -> None:
     finally:
         me = settings.scheduler_id
         try:
-            await withdraw(redis, keys.SCHEDULERS_INDEX, me, keys.scheduler_key(me))
+            await withdraw_scheduler(redis, me)
         except RedisError as err:
             log.warning("could not withdraw scheduler %s (%s); its record will expire", me, err)
         await redis.aclose()

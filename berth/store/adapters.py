@@ -5,6 +5,9 @@ Workers announce their model and configured adapters at start, and the API adds 
 when it first queues a request for it; the admin API registers
 and removes adapters; workers follow the registry to load adapters by name; the API reads
 it to tell an unavailable model (503) from an unknown one (404). No record expires.
+
+Beside the registry, ``OpenAdapters``: the adapters the scheduler replicas have opened on
+each worker (``keys.open_adapters``), for LoRA placement.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from berth.protocol import keys
+from berth.store.scripts import Scripts
 
 
 class AdapterStore:
@@ -70,3 +74,50 @@ class AdapterStore:
     async def remove(self, name: str) -> bool:
         """False when no adapter had that name."""
         return bool(await self.redis.hdel(keys.ADAPTERS, name))
+
+
+class OpenAdapters:
+    """The adapters opened on each worker, shared by every scheduler replica: each replica
+    opens one through ``open_adapter.lua`` against the table as it read it."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._scripts = Scripts(redis)
+
+    async def read(self, worker_ids: list[str]) -> list[dict[str, float]]:
+        """Per worker: adapter -> when its quantum started, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in worker_ids:
+            pipe.hgetall(keys.open_adapters(worker_id))
+        return [
+            {name.decode(): float(start) for name, start in table.items()}
+            for table in await pipe.execute()
+        ]
+
+    async def open(
+        self,
+        worker_id: str,
+        adapter: str,
+        start: float,
+        closes: str | None,
+        closes_start: float,
+        max_loras: int,
+    ) -> bool:
+        """Open ``adapter`` on the worker from ``start`` on, closing ``closes`` (opened at
+        ``closes_start`` as read); False when another replica changed the table first."""
+        return bool(
+            await self._scripts["open_adapter"](
+                keys=[keys.open_adapters(worker_id)],
+                args=[
+                    adapter,
+                    repr(start),
+                    closes or "",
+                    repr(closes_start) if closes else "0",
+                    max_loras,
+                ],
+            )
+        )
+
+    async def forget(self, worker_ids: list[str]) -> None:
+        """The workers are gone: so are the adapters opened on them."""
+        await self.redis.delete(*(keys.open_adapters(w) for w in worker_ids))

@@ -27,6 +27,7 @@ from berth.protocol.batch_input import Resolved, batch_request
 from berth.protocol.envelopes import QueuedRequest, event_json
 from berth.protocol.errors import BerthError, Timeout
 from berth.protocol.limits import RequestLimits
+from berth.store import queue
 from berth.store.adapters import AdapterStore
 from berth.store.files import FileStore
 from berth.store.jobs import TERMINAL_STATUSES, JobStore, new_job_id
@@ -130,6 +131,23 @@ class Scan:
 def ending_event(job_id: str, status: str, err: BerthError) -> str:
     """The terminal event of a job ended from outside (the batch was cancelled or expired)."""
     return event_json(job_id, "cancelled" if status == "cancelled" else "error", error=err)
+
+
+async def active_batches(redis: Redis) -> list[str]:
+    """The ids of the batches not yet finalised, in order."""
+    members: Any = await redis.smembers(keys.BATCHES_ACTIVE)
+    return [raw.decode() for raw in sorted(members)]
+
+
+async def forget_active(redis: Redis, batch_id: str) -> None:
+    """The batch is no longer watched (it ended, or its record expired)."""
+    await redis.srem(keys.BATCHES_ACTIVE, batch_id)
+
+
+async def load_record(redis: Redis, batch_id: str) -> dict[bytes, bytes]:
+    """A batch's raw record ({} when missing), read before its ``ttl_s`` is known."""
+    record: Any = await redis.hgetall(keys.batch_key(batch_id))
+    return dict(record)
 
 
 class BatchStore:
@@ -303,7 +321,7 @@ class BatchStore:
 
     async def record(self, batch_id: str, tenant: str | None = None) -> dict[bytes, bytes] | None:
         """The raw record; None when missing or owned by another tenant."""
-        record: dict[bytes, bytes] = await self.redis.hgetall(keys.batch_key(batch_id))
+        record = await load_record(self.redis, batch_id)
         if not record or (tenant is not None and _str(record, "tenant") != tenant):
             return None
         return record
@@ -371,9 +389,13 @@ class BatchStore:
             await self.end_all(batch_id, "cancelled")
         return before
 
+    async def listed(self, batch_id: str) -> int:
+        """How many of the batch's lines were queued as jobs so far."""
+        return int(await self.redis.llen(keys.batch_jobs(batch_id)))
+
     async def end_all(self, batch_id: str, status: str) -> None:
         """End every job of the batch that has not ended (see ``end_jobs``)."""
-        listed = await self.redis.llen(keys.batch_jobs(batch_id))
+        listed = await self.listed(batch_id)
         for start in range(0, listed, CHUNK):
             ids = await self.job_ids(batch_id, start, start + CHUNK)
             await self.end_jobs(ids, await self.job_fields(ids, *LIVE_FIELDS), status)
@@ -401,10 +423,8 @@ class BatchStore:
                 job_id, None, status, error=err.body(), event=ending_event(job_id, status, err)
             )
             await script(keys=script_keys, args=args, client=pipe)
-            pipe.set(keys.cancelled_key(job_id), b"1", ex=3600)
             # only workers that may hold it are told: a batch's queued jobs are many
-            if worker or was == b"running":
-                pipe.publish(keys.CANCEL_CHANNEL, job_id)
+            queue.mark_cancelled(pipe, job_id, tell_workers=bool(worker) or was == b"running")
         if ended:
             await pipe.execute()
         return ended

@@ -13,6 +13,7 @@ from redis.commands.core import AsyncScript
 
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
+from berth.store import queue
 from berth.store.paging import index_page
 from berth.store.scripts import Scripts
 
@@ -123,12 +124,12 @@ class JobStore:
             "created_at": now,
             "attempt": queued.attempt,
             "lane": queued.lane,
-            "payload": queued.model_dump_json(exclude_none=True),
+            "payload": queue.entry_payload(queued),
             "metadata": _dumps(metadata),
             "batch_id": batch_id or "",
             "custom_id": custom_id or "",
         }
-        args: list[Any] = [queued.id, now, self.ttl_s, fields["payload"]]
+        args: list[Any] = [queued.id, now, self.ttl_s, queue.ENTRY_FIELD, fields["payload"]]
         for name, value in fields.items():
             args += [name, value]
         idem = keys.idempotency_key(tenant, idempotency_key) if idempotency_key else ""
@@ -252,13 +253,14 @@ class JobStore:
                     queued.attempt,
                     dead_worker,
                     max_attempts,
-                    again.model_dump_json(exclude_none=True),
+                    queue.entry_payload(again),
                     time.time(),
                     _dumps(failure),
                     failure_event,
                     requeue_event,
                     EVENTS_MAXLEN,
                     dead_incarnation,
+                    queue.ENTRY_FIELD,
                 ],
             )
         )

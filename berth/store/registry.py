@@ -80,6 +80,33 @@ async def live_workers(redis: Redis) -> list[WorkerInfo]:
     return workers
 
 
+async def announce_scheduler(redis: Redis, scheduler_id: str) -> None:
+    """A scheduler replica's loop turns: its record lives SCHEDULER_ALIVE_S more."""
+    await announce(
+        redis,
+        keys.SCHEDULERS_INDEX,
+        scheduler_id,
+        keys.scheduler_key(scheduler_id),
+        b"1",
+        keys.SCHEDULER_ALIVE_S,
+    )
+
+
+async def withdraw_scheduler(redis: Redis, scheduler_id: str) -> None:
+    await withdraw(redis, keys.SCHEDULERS_INDEX, scheduler_id, keys.scheduler_key(scheduler_id))
+
+
+async def scheduler_alive(redis: Redis, scheduler_id: str) -> bool:
+    return bool(await redis.exists(keys.scheduler_key(scheduler_id)))
+
+
+async def apis_alive(redis: Redis, instances: list[str]) -> list[bool]:
+    """Whether each API process's liveness record is there now (one read: a caller judges
+    an API gone only once it stayed missing, see ``workers/orphans.py``)."""
+    records = await redis.mget([keys.api_key(i) for i in instances])
+    return [raw is not None for raw in records]
+
+
 async def live_schedulers(redis: Redis) -> list[str]:
     """The ids of the scheduler replicas whose liveness record has not expired."""
     return [m for m, _ in await live_records(redis, keys.SCHEDULERS_INDEX, keys.scheduler_key)]

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from berth.protocol import keys
 from berth.protocol.envelopes import ResumableStream
+from berth.store.registry import apis_alive
 from berth.store.streams import StreamStore
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,7 @@ class OriginWatch:
         held = await streams.owned(ids)
         owners = {rid: owner or running[rid] for rid, (owner, _) in zip(ids, held, strict=True)}
         distinct = sorted(set(owners.values()))
-        records = await self.redis.mget([keys.api_key(o) for o in distinct])
-        alive = {o: r is not None for o, r in zip(distinct, records, strict=True)}
+        alive = dict(zip(distinct, await apis_alive(self.redis, distinct), strict=True))
         gone = gone_owners(self._missing, alive, now, self.confirm_s)
         for request_id, (_, raw) in zip(ids, held, strict=True):
             if owners[request_id] not in gone:

@@ -28,6 +28,7 @@ from berth.protocol.chat import parse_chat_request
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
+from berth.store import queue
 from berth.store.adapters import AdapterStore
 from berth.store.jobs import JobStore
 from berth.workers import metrics
@@ -173,10 +174,7 @@ class EngineHost:
     async def _cancel_orphan(self, request_id: str) -> None:
         """Cancel a request whose API process died, as its client's disconnect would have."""
         assert self._redis is not None
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.set(keys.cancelled_key(request_id), b"1", ex=3600)
-        pipe.publish(keys.CANCEL_CHANNEL, request_id)
-        await pipe.execute()
+        await queue.cancel(self._redis, request_id)
         metrics.ORPHANS_CANCELLED.inc()
         await self._cancel(request_id)
 
@@ -227,9 +225,9 @@ class EngineHost:
         active = sorted(self._active)
         if not active:
             return
-        marks = await self._redis.mget([keys.cancelled_key(r) for r in active])
-        for request_id, mark in zip(active, marks, strict=True):
-            if mark is not None:
+        marks = await queue.cancelled(self._redis, active)
+        for request_id, marked in zip(active, marks, strict=True):
+            if marked:
                 await self._cancel(request_id)
 
     async def _cancel(self, request_id: str) -> None:
@@ -257,26 +255,18 @@ class EngineHost:
         assert self._redis is not None
         # one round trip: which requests were cancelled, and the run markers of the
         # interactive ones (a job is claimed through its record in _serve)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.mget([keys.cancelled_key(q.id) for q in group.requests])
-        for q in group.requests:
-            if not q.job:
-                pipe.set(
-                    keys.run_key(q.id, q.attempt), self.worker_id, nx=True, ex=keys.RUN_MARK_TTL_S
-                )
         try:
-            marks, *claims = await pipe.execute()
+            marks, claims = await queue.start_runs(self._redis, group.requests, self.worker_id)
         except RedisError as err:
             # the cancel listener catches up on the marks once Redis is back; with no
             # marker to set, serving is the side that loses no request
             log.warning("reading cancel marks failed (%s); serving the group", err)
-            marks = [None] * len(group.requests)
+            marks = [False] * len(group.requests)
             claims = [True] * len(group.requests)
-        claimed = iter(claims)
         await asyncio.gather(
             *(
-                self._serve(q, mark is not None, q.job or bool(next(claimed)))
-                for q, mark in zip(group.requests, marks, strict=True)
+                self._serve(q, marked, claimed)
+                for q, marked, claimed in zip(group.requests, marks, claims, strict=True)
             )
         )
 

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from berth.protocol import keys
+from berth.store import queue
 from tests.stack import FAKE_ENGINE, StackFactory
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +56,9 @@ def test_a_request_timed_out_in_the_queue_is_dropped(make_stack: StackFactory) -
         r = redis.Redis.from_url(idle.redis_url)
         queued: Any = r.xrange(keys.ingress_stream(MODEL))
         ((_, fields),) = queued
-        request_id = json.loads(fields[b"r"])["id"]
+        request = queue.decode_entry(fields)
+        assert request is not None
+        request_id = request.id
         deadline = time.monotonic() + 10
         while not r.exists(keys.cancelled_key(request_id)):
             assert time.monotonic() < deadline

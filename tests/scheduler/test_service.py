@@ -20,6 +20,7 @@ from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo
 from berth.scheduler.service import Scheduler
 from berth.scheduler.settings import SchedulerSettings
+from berth.store import queue
 from berth.store.registry import announce
 
 
@@ -143,7 +144,7 @@ async def test_entries_of_two_lanes_with_one_id_are_both_dispatched(
         QueuedRequest(id="job", model="m", request={}, lane="job", job=True),
     ):
         stream = keys.ingress_stream(request.model, request.lane)
-        await aredis.xadd(stream, {"r": request.model_dump_json()}, id="1-1")
+        await aredis.xadd(stream, queue.encode_entry(request), id="1-1")
     async with _running(aredis, redis_url):
         await _until(lambda: _has_sent(aredis, 2))
         await _until(lambda: _none_pending(aredis, "interactive", "job"))

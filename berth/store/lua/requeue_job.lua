@@ -2,7 +2,8 @@
 -- its attempts are used up. Only the first replica to notice wins.
 -- KEYS: job key, in-flight set, ingress stream, job events stream
 -- ARGV: job id, attempt, dead worker, max attempts, next payload, now, failure error json,
---       failure event json, requeue event json, maxlen, dead incarnation ('' : any)
+--       failure event json, requeue event json, maxlen, dead incarnation ('' : any),
+--       the ingress entry's field (store/queue.py owns the entry's encoding)
 -- A job held by another incarnation of the same worker id than the dead one is left alone.
 local s = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker', 'incarnation')
 if not s[1] or (s[1] ~= 'queued' and s[1] ~= 'running') then
@@ -21,5 +22,5 @@ end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', next_attempt, 'worker', '',
   'incarnation', '')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', 'e', ARGV[9])
-redis.call('XADD', KEYS[3], '*', 'r', ARGV[5])
+redis.call('XADD', KEYS[3], '*', ARGV[12], ARGV[5])
 return 1
