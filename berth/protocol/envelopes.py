@@ -87,6 +87,9 @@ class EventUsage(msgspec.Struct, kw_only=True):
 
     prompt_tokens: int
     completion_tokens: int
+    # of the prompt, tokens the engine's prefix cache held; of the completion, reasoning
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class TokenEvent(msgspec.Struct, kw_only=True):

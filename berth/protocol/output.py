@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from berth.protocol.envelopes import EventChoice, TokenEvent
+from berth.protocol.envelopes import EventChoice, EventUsage, TokenEvent
 from berth.protocol.errors import BerthError, error_from_body
 
 DONE = "data: [DONE]\n\n"
@@ -48,13 +48,15 @@ def event_error(event: TokenEvent) -> BerthError:
     return error_from_body(event.error or {}, event.status or 500)
 
 
-def _usage(event: TokenEvent) -> dict[str, int]:
-    prompt = event.usage.prompt_tokens if event.usage else 0
-    completion = event.usage.completion_tokens if event.usage else 0
+def _usage(event: TokenEvent) -> dict[str, Any]:
+    """OpenAI's usage object, details included as OpenAI always sends them."""
+    usage = event.usage or EventUsage(prompt_tokens=0, completion_tokens=0)
     return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 
 

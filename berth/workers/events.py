@@ -134,6 +134,8 @@ class RequestEvents:
             fields["usage"] = {
                 "prompt_tokens": step.prompt_tokens,
                 "completion_tokens": step.completion_tokens,
+                "cached_tokens": step.cached_tokens,
+                "reasoning_tokens": step.reasoning_tokens,
             }
         self.emit(type_, **fields)
 

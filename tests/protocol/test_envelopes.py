@@ -20,7 +20,7 @@ def test_every_field_written_is_read_back() -> None:
             "finish_reason": "stop",
         }
     ]
-    usage = {"prompt_tokens": 3, "completion_tokens": 4}
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "cached_tokens": 2, "reasoning_tokens": 1}
     payload = event_json(
         "r", "finished", seq=7, worker="w", attempt=2, incarnation="i", choices=choices, usage=usage
     )

@@ -203,3 +203,28 @@ def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
         assembler.add(e)
     reply = ChatCompletion.model_validate(assembler.response(events[-1]))
     assert [c.id for c in reply.choices[0].message.tool_calls or []] == ["a"]
+
+
+def test_usage_carries_cached_and_reasoning_tokens_as_openai_does() -> None:
+    usage = {
+        "prompt_tokens": 40,
+        "completion_tokens": 9,
+        "cached_tokens": 32,
+        "reasoning_tokens": 5,
+    }
+    final = _event(1, "finished", choices=[{"index": 0, "finish_reason": "stop"}], usage=usage)
+    assembler = CompletionAssembler("r1", "m", 123, n=1)
+    assembler.add(_event(0, "started"))
+    assembler.add(final)
+    reply = ChatCompletion.model_validate(assembler.response(final))
+    assert reply.usage is not None
+    assert reply.usage.total_tokens == 49
+    assert reply.usage.prompt_tokens_details is not None
+    assert reply.usage.prompt_tokens_details.cached_tokens == 32
+    assert reply.usage.completion_tokens_details is not None
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 5
+    writer = ChunkWriter("r1", "m", 123, n=1, include_usage=True)
+    chunks = _data_lines(writer.render(_event(0, "started")) + writer.render(final))
+    last = ChatCompletionChunk.model_validate(json.loads(chunks[-2]))
+    assert last.usage is not None and last.usage.prompt_tokens_details is not None
+    assert last.usage.prompt_tokens_details.cached_tokens == 32

@@ -64,8 +64,11 @@ async def test_thinking_goes_to_reasoning_content(
     thinking_engine: Any, chat_request: Build, end_think: str
 ) -> None:
     req = chat_request(max_completion_tokens=12, ignore_eos=True, logit_bias={end_think: -100})
-    content, reasoning = parts(await run(thinking_engine, "think-1", req))
+    steps = await run(thinking_engine, "think-1", req)
+    content, reasoning = parts(steps)
     assert content == "" and reasoning
+    # usage's completion_tokens_details.reasoning_tokens: every token was thinking
+    assert steps[-1].reasoning_tokens == steps[-1].completion_tokens == 12
 
 
 async def test_separate_reasoning_false_leaves_it_in_content(
@@ -90,8 +93,10 @@ async def test_thinking_off_in_the_template_is_content(
         logit_bias={end_think: -100},
         chat_template_kwargs={"enable_thinking": False},
     )
-    content, reasoning = parts(await run(thinking_engine, "think-3", req))
+    steps = await run(thinking_engine, "think-3", req)
+    content, reasoning = parts(steps)
     assert content and reasoning == ""
+    assert steps[-1].reasoning_tokens == 0
 
 
 async def test_constraint_applies_after_reasoning_ends(

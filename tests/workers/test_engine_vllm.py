@@ -69,6 +69,51 @@ async def test_vllm_flags_given_to_the_worker_reach_the_engine(vllm_engine: Any)
     assert config.lora_config.max_loras == 2
 
 
+async def test_a_repeated_prompt_reports_its_cached_tokens(
+    vllm_engine: Any, chat_request: Build
+) -> None:
+    # usage.prompt_tokens_details.cached_tokens: vLLM's num_cached_tokens, whole blocks of
+    # the prompt found in the prefix cache; a prompt no request sent before finds none
+    content = "cached prefix " + " ".join(f"w{i}" for i in range(120))
+    req = chat_request(messages=[{"role": "user", "content": content}], max_completion_tokens=2)
+    first = (await run(vllm_engine, "cache-1", req))[-1]
+    again = (await run(vllm_engine, "cache-2", req))[-1]
+    assert first.cached_tokens == 0
+    assert 0 < again.cached_tokens < again.prompt_tokens
+    assert again.cached_tokens % 16 == 0, "whole KV blocks"
+
+
+async def test_vllms_own_metrics_are_in_the_workers_registry(
+    vllm_engine: Any, chat_request: Build
+) -> None:
+    # the worker serves prometheus_client's registry (--metrics-port): vLLM's vllm:* series
+    # (the dashboards and alerts written for vLLM) are there beside berth's own
+    from prometheus_client import REGISTRY
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await run(vllm_engine, "metrics-1", chat_request(max_completion_tokens=2))
+    from prometheus_client import generate_latest
+
+    samples = {
+        s.name: s
+        for family in text_string_to_metric_families(generate_latest(REGISTRY).decode())
+        for s in family.samples
+        if s.name.startswith("vllm:")
+    }
+    for name in (
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:num_preemptions_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+    ):
+        assert name in samples, name
+    assert samples["vllm:prompt_tokens_total"].value > 0
+    assert samples["vllm:prompt_tokens_total"].labels["model_name"] == "berth-tiny"
+
+
 async def test_max_tokens_ends_with_length(vllm_engine: Any, chat_request: Build) -> None:
     req = chat_request(max_completion_tokens=8, ignore_eos=True, temperature=0)
     steps = await run(vllm_engine, "len-1", req)

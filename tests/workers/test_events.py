@@ -77,7 +77,12 @@ async def test_an_interactive_request_numbers_its_events_in_its_attempts_stream(
     assert got[1][1]["choices"] == [{"index": 0, "content": "Hel"}]
     assert "usage" not in got[1][1]
     assert got[2][1]["choices"] == [{"index": 0, "content": "lo", "finish_reason": "stop"}]
-    assert got[2][1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert got[2][1]["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+    }
     assert 0 < await client.ttl(keys.request_events("r1")) <= keys.REQUEST_EVENTS_TTL_S
     # a job's stream and record are not touched by an interactive request
     assert not await client.exists(keys.job_events("r1"), keys.job_key("r1"))

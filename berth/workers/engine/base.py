@@ -41,6 +41,10 @@ class EngineStep:
     prompt_tokens: int = 0
     # cumulative over all choices so far
     completion_tokens: int = 0
+    # prompt tokens whose KV the engine found in its prefix cache (vLLM's
+    # num_cached_tokens), and completion tokens that were reasoning: set on the last step
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     # True on the last step: every choice has a finish_reason
     finished: bool = False
     # on the first step, when the engine knows it: seconds the request waited inside the

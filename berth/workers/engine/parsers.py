@@ -236,8 +236,21 @@ class ChoiceParser:
         self._prompt = prompt_token_ids
         self._first = True
         self.tools_called = False
+        # the choice's token ids, kept only where a reasoning parser can count its tokens
+        reasoning = getattr(parser, "reasoning_parser", None)
+        self._reasoning = reasoning
+        self._token_ids: list[int] | None = [] if reasoning is not None else None
+
+    def reasoning_tokens(self) -> int:
+        """How many of the choice's tokens so far are reasoning, as vLLM's reasoning
+        parser counts them (0 without one, or for a parser that cannot tell)."""
+        if self._reasoning is None or not self._token_ids:
+            return 0
+        return int(self._reasoning.count_reasoning_tokens(self._token_ids))
 
     def feed(self, text: str, token_ids: list[int], *, finished: bool) -> ParsedDelta:
+        if self._token_ids is not None:
+            self._token_ids += token_ids
         if self._parser is None:
             return ParsedDelta(content=text)
         delta = self._parser.parse_delta(

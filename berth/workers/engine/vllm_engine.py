@@ -313,6 +313,9 @@ class VllmEngine:
                 step.choices.append(delta)
             step.completion_tokens = completion_tokens
             step.finished = all(f is not None for f in finish)
+            if step.finished:
+                step.cached_tokens = out.num_cached_tokens or 0
+                step.reasoning_tokens = sum(p.reasoning_tokens() for p in parsers)
             if not reported_queue:
                 reported_queue = True
                 stats = out.metrics
