@@ -52,19 +52,24 @@ HTTP_RESPONSE_END = Histogram(
     ["method", "route"],
     buckets=_LATENCY,
 )
+# by model (the served base model a request resolved to, so label values are bounded by
+# what workers serve), as vLLM's own vllm:* latency series are by model_name
 TTFT = Histogram(
     "berth_api_time_to_first_token_seconds",
-    "From the request's arrival to its first generated token.",
+    "From the request's arrival to its first generated token, by model.",
+    ["model"],
     buckets=_LATENCY,
 )
 ITL = Histogram(
     "berth_api_inter_token_latency_seconds",
-    "Between successive token events of one request.",
+    "Between successive token events of one request, by model.",
+    ["model"],
     buckets=_ITL,
 )
 E2E = Histogram(
     "berth_api_request_duration_seconds",
-    "From the request's arrival to its terminal event.",
+    "From the request's arrival to its terminal event, by model.",
+    ["model"],
     buckets=_LATENCY,
 )
 TOKENS = Counter(
@@ -111,21 +116,29 @@ QUEUE_LENGTH = Gauge(
 
 
 class RequestTimer:
-    """Times one request's tokens; cheap enough to call per event."""
+    """Times one request's tokens; cheap enough to call per event. Started when the
+    request arrives, before its model is known: :meth:`for_model` names it once resolved."""
 
-    __slots__ = ("_arrived", "_last", "tenant")
+    __slots__ = ("_arrived", "_itl", "_last", "_model", "tenant")
 
-    def __init__(self, arrived: float, tenant: str = "") -> None:
+    def __init__(self, arrived: float, tenant: str = "", model: str = "") -> None:
         self._arrived = arrived
         self._last: float | None = None
         self.tenant = tenant
+        self.for_model(model)
+
+    def for_model(self, model: str) -> None:
+        """Observe under ``model`` (a served model's name)."""
+        self._model = model or "unknown"
+        # the per-event histogram's child, looked up once rather than per token
+        self._itl = ITL.labels(self._model)
 
     def token(self, now: float) -> None:
         if self._last is None:
-            TTFT.observe(now - self._arrived)
+            TTFT.labels(self._model).observe(now - self._arrived)
         else:
-            ITL.observe(now - self._last)
+            self._itl.observe(now - self._last)
         self._last = now
 
     def done(self, now: float) -> None:
-        E2E.observe(now - self._arrived)
+        E2E.labels(self._model).observe(now - self._arrived)

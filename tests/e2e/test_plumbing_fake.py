@@ -144,7 +144,9 @@ def test_metrics_are_exported(stack: RunningStack, client: openai.OpenAI) -> Non
     chat = 'method="POST",route="/v1/chat/completions",status="2xx"'
     assert f"berth_api_http_requests_total{{{chat}}}" in text
     assert 'berth_api_http_response_end_seconds_count{method="POST"' in text
-    assert "berth_api_time_to_first_token_seconds_count" in text
+    # berth's latency histograms by model, as vLLM's are by model_name
+    assert 'berth_api_time_to_first_token_seconds_count{model="fake-model"}' in text
+    assert 'berth_api_request_duration_seconds_count{model="fake-model"}' in text
     assert 'berth_queue_length{model="fake-model"}' in text
 
 

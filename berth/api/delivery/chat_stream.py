@@ -64,7 +64,7 @@ async def resume(
 ) -> StreamingResponse:
     """Continue the resumable stream ``record`` after its event ``attempt``-``last`` (from
     the start when ``last`` is -1)."""
-    timer = metrics.RequestTimer(time.monotonic(), record.tenant)
+    timer = metrics.RequestTimer(time.monotonic(), record.tenant, record.model)
     queue = await state.relay.open(request_id)
     try:
         # from now on the stream lives and dies with this process (workers/orphans.py)

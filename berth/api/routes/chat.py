@@ -41,6 +41,7 @@ async def chat_completions(request: Request, state: State, tenant: Tenant) -> Re
         lane=lane_for(chat, "interactive"),
         deadline=deadline_from(request),
     )
+    timer.for_model(queued.model)
     run = await chat_run.start(state, chat, queued, timer)
     if chat.stream:
         return await chat_stream.respond(run, request, chat)
