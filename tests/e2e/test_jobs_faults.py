@@ -73,7 +73,7 @@ def test_jobs_survive_killed_scheduler_and_worker(stack: RunningStack) -> None:
     stack.start("worker", BERTH_CAPACITY="4", BERTH_WORKER_ID="w-old")
     stack.start("scheduler", BERTH_SCHEDULER_ID="s-old")
     stack.start("api")
-    stack.wait_ready(60)
+    stack.wait_ready(START_WITHIN_S)
     client = httpx.Client(base_url=stack.url, timeout=30)
     ids = [client.post("/v1/jobs", json=_body(30)).json()["id"] for _ in range(12)]
     r = redis.Redis.from_url(stack.redis_url)
@@ -87,7 +87,7 @@ def test_jobs_survive_killed_scheduler_and_worker(stack: RunningStack) -> None:
     time.sleep(0.5)
     stack.start("worker", BERTH_CAPACITY="8", BERTH_WORKER_ID="w-new")
     stack.start("scheduler", BERTH_SCHEDULER_ID="s-new")
-    jobs = _all_done(client, ids, timeout_s=60)
+    jobs = _all_done(client, ids, timeout_s=START_WITHIN_S)
     assert [j["status"] for j in jobs] == ["succeeded"] * len(ids), [
         (j["id"], j["status"], j["error"]) for j in jobs
     ]
@@ -110,7 +110,7 @@ def test_job_fails_with_reason_after_its_retries(stack: RunningStack) -> None:
     for n in range(2):
         stack.start("worker", BERTH_WORKER_ID=f"w-{n}")
         if n == 0:
-            stack.wait_ready(60)
+            stack.wait_ready(START_WITHIN_S)
         deadline = time.monotonic() + START_WITHIN_S
         while (
             not r.exists(keys.worker_key(f"w-{n}")) or not client.get("/v1/models").json()["data"]
@@ -135,11 +135,11 @@ def test_job_fails_with_reason_after_its_retries(stack: RunningStack) -> None:
 
 def test_queued_job_past_its_deadline_expires(stack: RunningStack) -> None:
     stack.start("worker", "api")
-    stack.wait_served(60)
+    stack.wait_served(START_WITHIN_S)
     client = httpx.Client(base_url=stack.url, timeout=30)
     job = client.post("/v1/jobs", json=_body(3), headers={"X-Deadline-Seconds": "0.3"}).json()
     time.sleep(0.5)
     stack.start("scheduler")  # only now can anything run it
-    [done] = _all_done(client, [job["id"]], timeout_s=15)
+    [done] = _all_done(client, [job["id"]], timeout_s=START_WITHIN_S)
     assert done["status"] == "expired"
     assert done["error"]["error"]["code"] == "timeout"
