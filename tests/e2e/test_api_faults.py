@@ -96,7 +96,12 @@ def test_api_killed_its_requests_are_cancelled_resumable_ones_resumed(
                     last_id = event_id
                     if len(datas) >= 5:
                         break
-        time.sleep(1)  # every stream of the load has started
+        # every stream of the load reached the worker (the probe's, the resumable one's and
+        # the load's 6 have events): one still connecting when the API dies is refused
+        deadline = time.monotonic() + WAIT_S
+        while len(ends := _ends(admin)) < 8 or not all(ends.values()):
+            assert time.monotonic() < deadline, ends
+            time.sleep(0.1)
         api = [p for role, p in stack.stack.processes if role == "api"][0]
         os.killpg(api.pid, signal.SIGKILL)
         api.wait()

@@ -52,7 +52,9 @@ def test_killed_worker_ends_stream_with_error_event(stack: RunningStack) -> None
                 break
         started = time.monotonic()
         events.extend(data)
-    assert time.monotonic() - started < 10
+    # noticed by the worker's heartbeat (a TTL of 2 s), not by the request's timeout (600 s):
+    # the error's code says which; the bound only catches the wait for the timeout
+    assert time.monotonic() - started < 60
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["code"] == "worker_lost"
@@ -94,7 +96,9 @@ def test_known_model_without_live_workers_is_503_unknown_is_404(stack: RunningSt
     stack.wait_ready(60)
     worker = stack.stack.processes[0][1]
     os.killpg(worker.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
+    # counted gone a TTL (2 s) of registry reads after its last beat; a read slowed by a
+    # loaded machine starts that over, so the bound only catches "never"
+    deadline = time.monotonic() + 60
     while httpx.get(f"{stack.url}/ready").status_code == 200:
         assert time.monotonic() < deadline
         time.sleep(0.1)
