@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from berth.limits import TenantLimits
 from berth.plumbing.settings import CommonSettings, JobRecordSettings, ListenSettings
 from berth.protocol.limits import RequestLimits
-from berth.protocol.quota import TenantLimits
 
 
 # ListenSettings first: its host and port come right after the common settings

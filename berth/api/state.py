@@ -10,9 +10,9 @@ from berth.api.auth import KeyRing
 from berth.api.directory import WorkerDirectory
 from berth.api.followers import StreamFollowers
 from berth.api.ingress import Ingress
-from berth.api.quotas import Quotas
 from berth.api.relay import TokenRelay
 from berth.api.settings import ApiSettings
+from berth.limits import Quotas
 from berth.store.adapters import AdapterStore
 from berth.store.batches import BatchStore
 from berth.store.files import FileStore

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from berth.limits import limit_scripts, release_queued
 from berth.plumbing import tracing
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.plumbing.supervise import Backoff, log_failure
@@ -31,7 +32,6 @@ from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
 from berth.store.adapters import AdapterStore
 from berth.store.jobs import JobStore
-from berth.store.quotas import release_queued
 from berth.store.registry import WorkerLiveness, announce, live_workers, withdraw
 from berth.store.scripts import Scripts
 
@@ -68,7 +68,7 @@ class Scheduler:
         self.redis = redis
         self.celery = celery
         self.jobs = JobStore(redis, settings.job_ttl_s)
-        self._quota_scripts = Scripts(redis)
+        self._quota_scripts = limit_scripts(redis)
         self._scripts = Scripts(redis)
         self._streams: set[str] = set()
         # the workers judged alive (registry.WorkerLiveness), and their newest records

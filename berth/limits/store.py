@@ -1,8 +1,8 @@
 """Every read and write of the per-tenant limit counters (``berth:quota:*``): admission of
 a request (rates, concurrency, a fair share of the queue) in one script call, the release
-of its leases, and file storage reservations. The arithmetic is in
-``berth/protocol/quota.py``; the scheduler releases queue leases through
-:func:`release_queued` when it takes requests off a stream.
+of its leases, and file storage reservations, through the scripts in ``lua/``. The
+arithmetic is in ``berth/limits/model.py``; the scheduler releases queue leases through
+:func:`release_queued` (with :func:`limit_scripts`) when it takes requests off a stream.
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from berth.limits.model import WINDOW_S, Counts, TenantLimits, window
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
-from berth.protocol.quota import WINDOW_S, Counts, TenantLimits, window
 from berth.store.scripts import Scripts
 
 _RATE_TTL_S = 2 * WINDOW_S + 5
+
+
+def limit_scripts(redis: Redis) -> Scripts:
+    """The limits' own Lua scripts (``berth/limits/lua/``) on ``redis``."""
+    return Scripts(redis, "berth.limits")
 
 
 def lease_member(tenant: str, request_id: str) -> str:
@@ -53,7 +58,7 @@ class QuotaStore:
 
     def __init__(self, redis: Redis) -> None:
         self.redis: Any = redis
-        self._scripts = Scripts(redis)
+        self._scripts = limit_scripts(redis)
 
     async def count_request(self, limits: TenantLimits, tenant: str, now: float) -> Counts:
         """Count one request against the tenant's requests per minute, or refuse it

@@ -1,4 +1,4 @@
-"""The per-tenant counters (berth/store/quotas.py and its Lua scripts) against a real Valkey."""
+"""The per-tenant counters (berth/limits/store.py and its Lua scripts) against a real Valkey."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import time
 import pytest
 import redis.asyncio
 
+from berth.limits import Admission, QuotaStore, TenantLimits
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
-from berth.protocol.quota import TenantLimits
-from berth.store.quotas import Admission, QuotaStore
 
 STREAM = keys.ingress_stream("m")
 # the start of the next minute: real time, since the keys' expiries are absolute

@@ -1,7 +1,8 @@
 """The API's side of the per-tenant limits: admit a request (rates, concurrency, its
 tenant's fair share of the queue), free its lease when it ends, and check file storage
 and batches. Refusals are 429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*`` headers;
-a request that could never fit is 400.
+a request that could never fit is 400. Its settings are the API's
+(:class:`QuotaSettings`, which ``ApiSettings`` satisfies).
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from redis.asyncio import Redis
 
-from berth.api.ratecount import BurstCounter
-from berth.api.settings import ApiSettings
-from berth.protocol import quota
+from berth.limits import model as quota
+from berth.limits.counting import BurstCounter
+from berth.limits.model import Counts, LimitBook, TenantLimits
+from berth.limits.store import Admission, QuotaStore
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import InvalidRequest, RateLimited
-from berth.protocol.quota import Counts, LimitBook, TenantLimits
 from berth.store.batches import BatchStore
 from berth.store.files import new_file_id
-from berth.store.quotas import Admission, QuotaStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,32 @@ class _OverRate:
     until: float
 
 
-def limit_book(settings: ApiSettings) -> LimitBook:
+class QuotaSettings(Protocol):
+    """The settings the limits read (the API's: ``berth/api/settings.py`` documents each)."""
+
+    @property
+    def tenant_limits(self) -> str | None: ...
+    @property
+    def tenant_limits_file(self) -> str | None: ...
+    @property
+    def retry_after_s(self) -> int: ...
+    @property
+    def rate_memo_s(self) -> float: ...
+    @property
+    def rate_refusal_hold_s(self) -> float: ...
+    @property
+    def assumed_max_tokens(self) -> int: ...
+    @property
+    def request_timeout_s(self) -> float: ...
+    @property
+    def max_queue_per_model(self) -> int: ...
+    @property
+    def fair_share_floor(self) -> int: ...
+
+    def tenant_defaults(self) -> TenantLimits: ...
+
+
+def limit_book(settings: QuotaSettings) -> LimitBook:
     overrides = quota.read_overrides(settings.tenant_limits, settings.tenant_limits_file)
     return LimitBook(settings.tenant_defaults(), overrides)
 
@@ -51,7 +77,7 @@ def limit_book(settings: ApiSettings) -> LimitBook:
 class Quotas:
     """Per-tenant admission for one API process; the counts live in Redis, shared."""
 
-    def __init__(self, redis: Redis, settings: ApiSettings, book: LimitBook) -> None:
+    def __init__(self, redis: Redis, settings: QuotaSettings, book: LimitBook) -> None:
         self.store = QuotaStore(redis)
         self._counter = BurstCounter(self.store)
         self.book = book

@@ -1,7 +1,7 @@
 """Per-tenant limits as pure policy: what each limit is, which applies to a tenant, what a
 request costs, and what a refused client is told (``Retry-After`` and OpenAI's
 ``x-ratelimit-*`` headers). The counting itself is atomic in Redis
-(``berth/store/lua/admit_tenant.lua``, through ``berth/store/quotas.py``); this module
+(``berth/limits/lua/*.lua``, through ``berth/limits/store.py``); this module
 holds the arithmetic both sides agree on, so it is tested without Redis.
 
 Rates use a sliding window approximated from two fixed one-minute windows (the previous
