@@ -65,6 +65,8 @@ class QuotaSettings(Protocol):
     def max_queue_per_model(self) -> int: ...
     @property
     def fair_share_floor(self) -> int: ...
+    @property
+    def rate_window_frozen_at(self) -> float | None: ...
 
     def tenant_defaults(self) -> TenantLimits: ...
 
@@ -78,7 +80,10 @@ class Quotas:
     """Per-tenant admission for one API process; the counts live in Redis, shared."""
 
     def __init__(self, redis: Redis, settings: QuotaSettings, book: LimitBook) -> None:
-        self.store = QuotaStore(redis)
+        frozen_at = settings.rate_window_frozen_at
+        # the rate windows' clock: the real one, or (tests only) one stopped at a moment
+        self._window = quota.window if frozen_at is None else quota.frozen_window(frozen_at)
+        self.store = QuotaStore(redis, self._window)
         self._counter = BurstCounter(self.store)
         self.book = book
         self._settings = settings
@@ -112,7 +117,7 @@ class Quotas:
             return None
         limits = self.book.of(tenant)
         now = time.time()
-        index, elapsed = quota.window(now)
+        index, elapsed = self._window(now)
         counts = quota.moved_on(memo.counts, index - memo.window)
         over = quota.used(counts.requests_previous, counts.requests_current, elapsed) + 1
         if now < memo.until and over > limits.requests_per_minute:
@@ -145,7 +150,7 @@ class Quotas:
         if refused is not None:
             raise refused
         fits, counts, now = await self._counter.count(limits, tenant, time.time())
-        index, elapsed = quota.window(now)
+        index, elapsed = self._window(now)
         self._seen[tenant] = (counts, index)
         if fits:
             return
@@ -182,7 +187,7 @@ class Quotas:
         if not limits.concurrent_requests or self._held[tenant] < limits.concurrent_requests:
             return
         now = time.time()
-        index, elapsed = quota.window(now)
+        index, elapsed = self._window(now)
         seen, window = self._seen.get(tenant, (Counts(allowed=True), index))
         counts = quota.moved_on(seen, index - window).model_copy(
             update={"allowed": False, "refused": "concurrent", "running": self._held[tenant]}
@@ -233,7 +238,7 @@ class Quotas:
             queued_until=now + lease_s,
         )
         counts = await self.store.admit(limits, ask, now)
-        index, elapsed = quota.window(now)
+        index, elapsed = self._window(now)
         self._seen[tenant] = (counts, index)
         if not counts.allowed:
             retry = quota.retry_after_s(limits, counts, elapsed, cost, self._settings.retry_after_s)
