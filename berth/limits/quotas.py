@@ -47,26 +47,16 @@ class _OverRate:
 class QuotaSettings(Protocol):
     """The settings the limits read (the API's: ``berth/api/settings.py`` documents each)."""
 
-    @property
-    def tenant_limits(self) -> str | None: ...
-    @property
-    def tenant_limits_file(self) -> str | None: ...
-    @property
-    def retry_after_s(self) -> int: ...
-    @property
-    def rate_memo_s(self) -> float: ...
-    @property
-    def rate_refusal_hold_s(self) -> float: ...
-    @property
-    def assumed_max_tokens(self) -> int: ...
-    @property
-    def request_timeout_s(self) -> float: ...
-    @property
-    def max_queue_per_model(self) -> int: ...
-    @property
-    def fair_share_floor(self) -> int: ...
-    @property
-    def rate_window_frozen_at(self) -> float | None: ...
+    tenant_limits: str | None
+    tenant_limits_file: str | None
+    retry_after_s: int
+    rate_memo_s: float
+    rate_refusal_hold_s: float
+    rate_window_frozen_at: float | None
+    assumed_max_tokens: int
+    request_timeout_s: float
+    max_queue_per_model: int
+    fair_share_floor: int
 
     def tenant_defaults(self) -> TenantLimits: ...
 
