@@ -59,7 +59,8 @@ import psutil
 import redis
 
 from benchmarks.sim import RESULTS_DIR, RoleProcess, embedded_valkey, free_port, percentile
-from berth.protocol import keys, quota
+from berth.limits import model as quota
+from berth.protocol import keys
 
 MODEL = "fake-model"
 KEYS = {"a": "hostile-key-a", "b": "bystander-key-b"}

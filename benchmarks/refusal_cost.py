@@ -31,8 +31,8 @@ from starlette.types import Message
 
 from benchmarks.sim import embedded_valkey
 from berth.api.app import create_app
-from berth.api.middleware import RefuseOverRate
 from berth.api.settings import ApiSettings
+from berth.limits import RefuseOverRate
 
 KEYS = {"a": "key-a", "b": "key-b"}
 # no worker serves it: were the request admitted (the memo lapses at a minute's turn), it

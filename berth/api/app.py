@@ -20,12 +20,12 @@ from berth.api.delivery.relay import TokenRelay
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
 from berth.api.ingress import Ingress
-from berth.api.middleware import HttpMiddleware, RefuseOverRate
+from berth.api.middleware import HttpMiddleware, count_refused_early
 from berth.api.presence import ApiPresence
-from berth.api.quotas import Quotas, limit_book
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
 from berth.api.settings import ApiSettings
 from berth.api.state import ApiState
+from berth.limits import Quotas, RefuseOverRate, limit_book
 from berth.protocol.errors import (
     BerthError,
     InvalidRequest,
@@ -147,5 +147,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # everything the request does
     app.add_middleware(HttpMiddleware)
     # outermost of ours: a tenant known to be over its rate costs none of the above
-    app.add_middleware(RefuseOverRate)
+    app.add_middleware(RefuseOverRate, render=error_response, count=count_refused_early)
     return app

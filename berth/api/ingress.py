@@ -1,11 +1,11 @@
 """Puts validated requests on their model's ingress stream, refusing a tenant over its
-limits or its share of a full queue (``berth/api/quotas.py``)."""
+limits or its share of a full queue (``berth/limits/quotas.py``)."""
 
 from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from berth.api.quotas import Quotas
+from berth.limits import Quotas
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
 from berth.store import queue

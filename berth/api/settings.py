@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from berth.limits import TenantLimits
 from berth.plumbing.settings import CommonSettings, JobRecordSettings, ListenSettings
 from berth.protocol.limits import RequestLimits
-from berth.protocol.quota import TenantLimits
 
 
 # ListenSettings first: its host and port come right after the common settings
@@ -40,6 +40,14 @@ class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
         "the memo's end): a tenant flooding past its requests per minute gets one 429 per "
         "connection per hold instead of as many as it can send, and a client that honours "
         "Retry-After waits no longer; 0: answer at once.",
+    )
+    rate_window_frozen_at: float | None = Field(
+        default=None,
+        description="For tests only: every request counts against the rate limits in the "
+        "minute of this moment (Unix seconds), at that point of it, whatever the time: the "
+        "one-minute windows never turn, so a test's counts never fade at a minute's turn, "
+        "however slow the machine. Leases and the rate memo keep to the real clock. Never set "
+        "it in production: a tenant's counts would fade only when their keys expire.",
     )
     request_timeout_s: float = Field(
         default=600.0, gt=0, description="Longest a request may take end to end."

@@ -11,8 +11,8 @@ from berth.api.delivery.followers import StreamFollowers
 from berth.api.delivery.relay import TokenRelay
 from berth.api.directory import WorkerDirectory
 from berth.api.ingress import Ingress
-from berth.api.quotas import Quotas
 from berth.api.settings import ApiSettings
+from berth.limits import Quotas
 from berth.store.adapters import AdapterStore
 from berth.store.batches import BatchStore
 from berth.store.files import FileStore

@@ -234,7 +234,7 @@ def worker_queue(worker_id: str) -> str:
     return f"{WORKER_QUEUE_PREFIX}{worker_id}"
 
 
-# --- per-tenant limits (berth/store/quotas.py owns these records) ----------------------
+# --- per-tenant limits (berth/limits/store.py owns these records) ----------------------
 
 
 def quota_rate(tenant: str, kind: str, window: int) -> str:

@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from berth.limits import limit_scripts, release_queued
 from berth.plumbing import tracing
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.plumbing.supervise import Backoff, log_failure
@@ -31,7 +32,6 @@ from berth.scheduler.settings import SchedulerSettings
 from berth.store import queue
 from berth.store.adapters import AdapterStore, OpenAdapters
 from berth.store.jobs import JobStore
-from berth.store.quotas import release_queued
 from berth.store.registry import (
     WorkerLiveness,
     announce_scheduler,
@@ -39,7 +39,6 @@ from berth.store.registry import (
     scheduler_alive,
     withdraw_scheduler,
 )
-from berth.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class Scheduler:
         self.redis = redis
         self.celery = celery
         self.jobs = JobStore(redis, settings.job_ttl_s)
-        self._quota_scripts = Scripts(redis)
+        self._quota_scripts = limit_scripts(redis)
         self._open_adapters = OpenAdapters(redis)
         self._streams: set[str] = set()
         # the workers judged alive (registry.WorkerLiveness), and their newest records

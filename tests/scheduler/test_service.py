@@ -13,8 +13,8 @@ import redis.asyncio
 from celery import Celery
 
 from berth.api.ingress import Ingress
-from berth.api.quotas import Quotas, limit_book
 from berth.api.settings import ApiSettings
+from berth.limits import Quotas, limit_book
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo

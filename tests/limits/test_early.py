@@ -1,7 +1,7 @@
 """A tenant this API process knows to be over its requests per minute is refused before
-routing (berth/api/middleware.py RefuseOverRate): the same 429 as the route's, nothing
+routing (berth/limits/early.py RefuseOverRate): the same 429 as the route's, nothing
 counted in Redis, and no other tenant touched. The app runs in process against a real
-Valkey; its clock (berth.api.quotas's) is held still, so the route's refusal and the early
+Valkey; its clock (berth.limits.quotas's) is held still, so the route's refusal and the early
 one are computed for the same instant and can be compared byte for byte."""
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-import berth.api.quotas
+import berth.limits.quotas
 from berth.api import deps
 from berth.api.app import create_app
-from berth.api.middleware import ADMIN_PATHS, REFUSED_EARLY, TENANT_PATHS
+from berth.api.middleware import REFUSED_EARLY
 from berth.api.settings import ApiSettings
-from berth.protocol import keys, quota
+from berth.limits import ADMIN_PATHS, TENANT_PATHS
+from berth.limits import model as quota
+from berth.protocol import keys
 
 KEYS = {"a": "key-a", "b": "key-b"}
 ADMIN = "admin-early-refusal"
@@ -36,7 +38,7 @@ RATE = 3
 @pytest.fixture
 def now(monkeypatch: pytest.MonkeyPatch) -> float:
     held = time.time()
-    monkeypatch.setattr(berth.api.quotas, "time", SimpleNamespace(time=lambda: held))
+    monkeypatch.setattr(berth.limits.quotas, "time", SimpleNamespace(time=lambda: held))
     return held
 
 
@@ -165,7 +167,7 @@ def test_a_replayed_refusal_follows_the_clock(
     clock moves, its Retry-After and reset count down: never a stale copy."""
     # 20.5 s into this minute, so nothing here crosses into the next one
     clock = [quota.window(now)[0] * quota.WINDOW_S + 20.5]
-    monkeypatch.setattr(berth.api.quotas, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(berth.limits.quotas, "time", SimpleNamespace(time=lambda: clock[0]))
     late = _over_rate(client)
     replayed = [client.get("/v1/models", headers=_auth("a")) for _ in range(2)]
     for answer in replayed:
@@ -188,7 +190,7 @@ def test_a_remembered_refusal_is_held_within_the_memo(
     """Answered after ``rate_refusal_hold_s`` but never past the memo's end, and the same
     answer as the route's for the moment it is sent."""
     clock = [quota.window(now)[0] * quota.WINDOW_S + 20.5]
-    monkeypatch.setattr(berth.api.quotas, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(berth.limits.quotas, "time", SimpleNamespace(time=lambda: clock[0]))
     app = create_app(_settings(redis_url, hold_s=0.2))
     with TestClient(app) as client:
         late = _over_rate(client)

@@ -1,7 +1,8 @@
 """The API's side of the per-tenant limits: admit a request (rates, concurrency, its
 tenant's fair share of the queue), free its lease when it ends, and check file storage
 and batches. Refusals are 429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*`` headers;
-a request that could never fit is 400.
+a request that could never fit is 400. Its settings are the API's
+(:class:`QuotaSettings`, which ``ApiSettings`` satisfies).
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from redis.asyncio import Redis
 
-from berth.api.ratecount import BurstCounter
-from berth.api.settings import ApiSettings
-from berth.protocol import quota
+from berth.limits import model as quota
+from berth.limits.counting import BurstCounter
+from berth.limits.model import Counts, LimitBook, TenantLimits
+from berth.limits.store import Admission, QuotaStore
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import InvalidRequest, RateLimited
-from berth.protocol.quota import Counts, LimitBook, TenantLimits
 from berth.store.batches import BatchStore
 from berth.store.files import new_file_id
-from berth.store.quotas import Admission, QuotaStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,24 @@ class _OverRate:
     until: float
 
 
-def limit_book(settings: ApiSettings) -> LimitBook:
+class QuotaSettings(Protocol):
+    """The settings the limits read (the API's: ``berth/api/settings.py`` documents each)."""
+
+    tenant_limits: str | None
+    tenant_limits_file: str | None
+    retry_after_s: int
+    rate_memo_s: float
+    rate_refusal_hold_s: float
+    rate_window_frozen_at: float | None
+    assumed_max_tokens: int
+    request_timeout_s: float
+    max_queue_per_model: int
+    fair_share_floor: int
+
+    def tenant_defaults(self) -> TenantLimits: ...
+
+
+def limit_book(settings: QuotaSettings) -> LimitBook:
     overrides = quota.read_overrides(settings.tenant_limits, settings.tenant_limits_file)
     return LimitBook(settings.tenant_defaults(), overrides)
 
@@ -51,8 +69,11 @@ def limit_book(settings: ApiSettings) -> LimitBook:
 class Quotas:
     """Per-tenant admission for one API process; the counts live in Redis, shared."""
 
-    def __init__(self, redis: Redis, settings: ApiSettings, book: LimitBook) -> None:
-        self.store = QuotaStore(redis)
+    def __init__(self, redis: Redis, settings: QuotaSettings, book: LimitBook) -> None:
+        frozen_at = settings.rate_window_frozen_at
+        # the rate windows' clock: the real one, or (tests only) one stopped at a moment
+        self._window = quota.window if frozen_at is None else quota.frozen_window(frozen_at)
+        self.store = QuotaStore(redis, self._window)
         self._counter = BurstCounter(self.store)
         self.book = book
         self._settings = settings
@@ -86,7 +107,7 @@ class Quotas:
             return None
         limits = self.book.of(tenant)
         now = time.time()
-        index, elapsed = quota.window(now)
+        index, elapsed = self._window(now)
         counts = quota.moved_on(memo.counts, index - memo.window)
         over = quota.used(counts.requests_previous, counts.requests_current, elapsed) + 1
         if now < memo.until and over > limits.requests_per_minute:
@@ -119,7 +140,7 @@ class Quotas:
         if refused is not None:
             raise refused
         fits, counts, now = await self._counter.count(limits, tenant, time.time())
-        index, elapsed = quota.window(now)
+        index, elapsed = self._window(now)
         self._seen[tenant] = (counts, index)
         if fits:
             return
@@ -156,7 +177,7 @@ class Quotas:
         if not limits.concurrent_requests or self._held[tenant] < limits.concurrent_requests:
             return
         now = time.time()
-        index, elapsed = quota.window(now)
+        index, elapsed = self._window(now)
         seen, window = self._seen.get(tenant, (Counts(allowed=True), index))
         counts = quota.moved_on(seen, index - window).model_copy(
             update={"allowed": False, "refused": "concurrent", "running": self._held[tenant]}
@@ -207,7 +228,7 @@ class Quotas:
             queued_until=now + lease_s,
         )
         counts = await self.store.admit(limits, ask, now)
-        index, elapsed = quota.window(now)
+        index, elapsed = self._window(now)
         self._seen[tenant] = (counts, index)
         if not counts.allowed:
             retry = quota.retry_after_s(limits, counts, elapsed, cost, self._settings.retry_after_s)

@@ -1,8 +1,8 @@
 """Every read and write of the per-tenant limit counters (``berth:quota:*``): admission of
 a request (rates, concurrency, a fair share of the queue) in one script call, the release
-of its leases, and file storage reservations. The arithmetic is in
-``berth/protocol/quota.py``; the scheduler releases queue leases through
-:func:`release_queued` when it takes requests off a stream.
+of its leases, and file storage reservations, through the scripts in ``lua/``. The
+arithmetic is in ``berth/limits/model.py``; the scheduler releases queue leases through
+:func:`release_queued` (with :func:`limit_scripts`) when it takes requests off a stream.
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from berth.limits.model import WINDOW_S, Counts, TenantLimits, Windows, window
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
-from berth.protocol.quota import WINDOW_S, Counts, TenantLimits, window
 from berth.store.scripts import Scripts
 
 _RATE_TTL_S = 2 * WINDOW_S + 5
+
+
+def limit_scripts(redis: Redis) -> Scripts:
+    """The limits' own Lua scripts (``berth/limits/lua/``) on ``redis``."""
+    return Scripts(redis, "berth.limits")
 
 
 def lease_member(tenant: str, request_id: str) -> str:
@@ -51,9 +56,11 @@ class FileUsage:
 class QuotaStore:
     """The counters behind the per-tenant limits, shared by every API process."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, windows: Windows = window) -> None:
         self.redis: Any = redis
-        self._scripts = Scripts(redis)
+        self._scripts = limit_scripts(redis)
+        # which rate window a moment counts in (model.frozen_window in tests)
+        self._window = windows
 
     async def count_request(self, limits: TenantLimits, tenant: str, now: float) -> Counts:
         """Count one request against the tenant's requests per minute, or refuse it
@@ -66,7 +73,7 @@ class QuotaStore:
         """Count ``asked`` requests of the tenant at once: how many of them fit (the first
         ones; the rest are refused and not counted), and the counts after counting those.
         ``allowed`` is whether all of them fit."""
-        index, elapsed = window(now)
+        index, elapsed = self._window(now)
         raw = await self._scripts["count_request"](
             keys=[
                 keys.quota_rate(tenant, "requests", index - 1),
@@ -89,7 +96,7 @@ class QuotaStore:
     async def admit(self, limits: TenantLimits, ask: Admission, now: float) -> Counts:
         """Admit a request whose rate :meth:`count_request` already counted: tokens,
         concurrency and its share of the queue."""
-        index, elapsed = window(now)
+        index, elapsed = self._window(now)
         t = ask.tenant
         stream = ask.stream or ""
         keys_ = [

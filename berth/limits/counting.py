@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 
-from berth.protocol.quota import Counts, TenantLimits
-from berth.store.quotas import QuotaStore
+from berth.limits.model import Counts, TenantLimits
+from berth.limits.store import QuotaStore
 
 # what a batch's call gives each request in it: how many of the batch fit, the counts
 # after counting those, and the time they were counted at

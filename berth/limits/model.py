@@ -1,7 +1,7 @@
 """Per-tenant limits as pure policy: what each limit is, which applies to a tenant, what a
 request costs, and what a refused client is told (``Retry-After`` and OpenAI's
 ``x-ratelimit-*`` headers). The counting itself is atomic in Redis
-(``berth/store/lua/admit_tenant.lua``, through ``berth/store/quotas.py``); this module
+(``berth/limits/lua/*.lua``, through ``berth/limits/store.py``); this module
 holds the arithmetic both sides agree on, so it is tested without Redis.
 
 Rates use a sliding window approximated from two fixed one-minute windows (the previous
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,24 @@ def window(now: float) -> tuple[int, float]:
     """The current window's number and how far into it ``now`` is (0..1)."""
     index = int(now // WINDOW_S)
     return index, (now - index * WINDOW_S) / WINDOW_S
+
+
+# what :func:`window` answers: how a moment maps to a window and how far into it
+Windows = Callable[[float], tuple[int, float]]
+
+
+def frozen_window(at: float) -> Windows:
+    """For tests only (the API's ``rate_window_frozen_at``): a :func:`window` that answers
+    for the moment ``at`` whatever moment it is asked about. The minute never turns, so
+    what a test counted never fades into the previous window's weight, however long the
+    test takes. Only the rate windows stop: leases, the rate memo and key expiries keep
+    to the real clock."""
+    fixed = window(at)
+
+    def frozen(_now: float) -> tuple[int, float]:
+        return fixed
+
+    return frozen
 
 
 def used(previous: int, current: int, elapsed: float) -> int:

@@ -1,4 +1,4 @@
-"""The per-tenant limit policy (berth/protocol/quota.py), without Redis."""
+"""The per-tenant limit policy (berth/limits/model.py), without Redis."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from berth.protocol import quota
-from berth.protocol.quota import Counts, LimitBook, TenantLimits
+from berth.limits import Counts, LimitBook, TenantLimits
+from berth.limits import model as quota
 
 
 def test_fair_share_divides_the_queue_but_keeps_a_floor() -> None:

@@ -1,4 +1,4 @@
-"""A burst of one tenant's requests is counted in one call (berth/api/ratecount.py), with
+"""A burst of one tenant's requests is counted in one call (berth/limits/counting.py), with
 the same outcome as counting them one by one, against a real Valkey."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from typing import Any
 
 import redis.asyncio
 
-from berth.api.ratecount import BurstCounter
-from berth.protocol.quota import TenantLimits
-from berth.store.quotas import QuotaStore
+from berth.limits import QuotaStore, TenantLimits
+from berth.limits.counting import BurstCounter
 
 RATE = 30
 

@@ -2,7 +2,7 @@
 -- for them (their bodies are not even read yet), or refuse them: a tenant flooding requests
 -- that would be refused later (400s) pays for them in its own rate, not in everyone's CPU.
 -- One call counts a burst: the requests of one tenant that arrived at an API process while
--- its previous call was out (berth/api/ratecount.py).
+-- its previous call was out (berth/limits/counting.py).
 -- KEYS[1], KEYS[2]: the tenant's request counts, previous and current minute
 -- KEYS[3], KEYS[4]: its token counts, previous and current minute (only read, for headers)
 -- ARGV[1]: how far into the current minute (0..1)  ARGV[2]: requests per minute (0: unlimited)

@@ -1,4 +1,4 @@
-"""The per-tenant counters (berth/store/quotas.py and its Lua scripts) against a real Valkey."""
+"""The per-tenant counters (berth/limits/store.py and its Lua scripts) against a real Valkey."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import time
 import pytest
 import redis.asyncio
 
+from berth.limits import Admission, QuotaStore, TenantLimits
+from berth.limits.model import frozen_window
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
-from berth.protocol.quota import TenantLimits
-from berth.store.quotas import Admission, QuotaStore
 
 STREAM = keys.ingress_stream("m")
 # the start of the next minute: real time, since the keys' expiries are absolute
@@ -62,6 +62,20 @@ async def test_requests_per_minute_slide_over_the_minute(aredis: redis.asyncio.R
     assert (await store.count_request(limits, "a", later)).allowed
     assert (await store.count_request(limits, "a", later)).allowed
     assert not (await store.count_request(limits, "a", later)).allowed
+
+
+async def test_frozen_windows_never_turn(aredis: redis.asyncio.Redis) -> None:
+    # what the e2e tests run with (rate_window_frozen_at): a request counted just before a
+    # minute's turn still counts in full after it, however late
+    store = QuotaStore(aredis, frozen_window(NOW - 1))
+    limits = TenantLimits(requests_per_minute=2)
+    assert (await store.count_request(limits, "a", NOW - 1)).allowed
+    assert (await store.count_request(limits, "a", NOW - 0.5)).allowed
+    for later in (NOW + 0.1, NOW + 90):
+        refused = await store.count_request(limits, "a", later)
+        assert (refused.allowed, refused.requests_current) == (False, 2)
+    # on the real clock the turn forgets one of the two: floor(2 * (1 - 0.1/60)) = 1
+    assert (await QuotaStore(aredis).count_request(limits, "a", NOW + 0.1)).allowed
 
 
 async def test_admission_reads_the_request_rate_without_counting_it(
