@@ -20,7 +20,7 @@ from berth.api.delivery.relay import TokenRelay
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
 from berth.api.ingress import Ingress
-from berth.api.middleware import HttpMiddleware, count_refused_early
+from berth.api.middleware import HttpMiddleware, count_refused_early, stamp_request_id
 from berth.api.presence import ApiPresence
 from berth.api.routes import admin, batches, chat, files, health, jobs, models
 from berth.api.settings import ApiSettings
@@ -147,5 +147,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # everything the request does
     app.add_middleware(HttpMiddleware)
     # outermost of ours: a tenant known to be over its rate costs none of the above
-    app.add_middleware(RefuseOverRate, render=error_response, count=count_refused_early)
+    app.add_middleware(
+        RefuseOverRate, render=error_response, count=count_refused_early, stamp=stamp_request_id
+    )
     return app

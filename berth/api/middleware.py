@@ -1,7 +1,7 @@
 """Pure ASGI middleware of the API around every request (``HttpMiddleware``): request
-metrics, a trace span per request (when tracing is on), and SSE answers that proxies
-must not buffer. The early 429 of a tenant known to be over its rate, outside this one, is
-the limits' (``berth/limits/early.py``).
+metrics, a trace span per request (when tracing is on), an ``X-Request-Id`` on every
+answer, and SSE answers that proxies must not buffer. The early 429 of a tenant known to
+be over its rate, outside this one, is the limits' (``berth/limits/early.py``).
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, which runs every response body through
 an extra task and queue (a cost per request and per streamed chunk) and changes how a
@@ -14,7 +14,9 @@ body's messages to the server's ``send`` as they are.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import uuid
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
@@ -22,7 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth.api import metrics
-from berth.plumbing import tracing
+from berth.plumbing import logcontext, tracing
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -80,6 +82,39 @@ def unbuffered(start: Message) -> Message:
     return start
 
 
+# a client's own X-Request-Id is honoured when it is this: printable, no spaces, bounded
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+_REQUEST_ID = b"x-request-id"
+
+
+def client_request_id(scope: Scope) -> bytes | None:
+    """The request's own ``X-Request-Id`` when it is well-formed, else None (ignored, and
+    the answer carries one of berth's)."""
+    for name, value in scope.get("headers", []):
+        if name == _REQUEST_ID:
+            return value if _CLIENT_ID.fullmatch(value) else None
+    return None
+
+
+def with_request_id(start: Message, client_id: bytes | None) -> Message:
+    """``start`` with its ``X-Request-Id``: the client's own when it sent a well-formed one
+    (a chat answer's id stays in its body), else the one the route set (a chat completion's
+    id, the handle to resume or cancel it), else a new one."""
+    headers = start.get("headers", [])
+    own = next((value for name, value in headers if name.lower() == _REQUEST_ID), None)
+    if client_id is None and own is not None:
+        return start
+    rid = client_id or f"req-{uuid.uuid4().hex}".encode()
+    kept = [(n, v) for n, v in headers if n.lower() != _REQUEST_ID]
+    return {**start, "headers": [*kept, (_REQUEST_ID, rid)]}
+
+
+def stamp_request_id(scope: Scope, start: Message) -> Message:
+    """``with_request_id`` for an answer given outside ``HttpMiddleware`` (the limits' early
+    refusal)."""
+    return with_request_id(start, client_request_id(scope))
+
+
 def _server_span(scope: Scope) -> Span | None:
     """A server span for the request: the child of the client's ``traceparent`` when it
     sent one, else a new trace; None when tracing is off."""
@@ -100,9 +135,10 @@ def _server_span(scope: Scope) -> Span | None:
 
 class HttpMiddleware:
     """Around every HTTP request: counts it by method, route template and status class and
-    times it to its response's start and end (berth_api_http_*); marks event streams
-    unbuffered (``unbuffered``); when tracing is on, a server span current while the route
-    runs (and, for a stream, until its last byte)."""
+    times it to its response's start and end (berth_api_http_*); sets its ``X-Request-Id``
+    (``with_request_id``); marks event streams unbuffered (``unbuffered``); when tracing is
+    on, a server span current while the route runs (and, for a stream, until its last
+    byte)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -115,6 +151,10 @@ class HttpMiddleware:
         method = _method(scope)
         span = _server_span(scope)
         status: int | None = None
+        client_id = client_request_id(scope)
+        if client_id is not None:
+            # the client's id on every log line of its request, beside berth's own ids
+            logcontext.bind(client_request_id=client_id.decode())
 
         def observed_send(message: Message) -> Awaitable[None]:
             # not a coroutine of its own: a body message costs this call, not another await
@@ -126,7 +166,7 @@ class HttpMiddleware:
                 )
                 if span is not None:
                     span.set_attribute("http.response.status_code", status)
-                message = unbuffered(message)
+                message = unbuffered(with_request_id(message, client_id))
             return send(message)
 
         try:

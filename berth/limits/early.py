@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth.protocol.errors import RateLimited
 
@@ -47,10 +47,13 @@ class RefuseOverRate:
         app: ASGIApp,
         render: Callable[[RateLimited], Response],
         count: Callable[[Scope], None],
+        stamp: Callable[[Scope, Message], Message] = lambda scope, start: start,
     ) -> None:
         self.app = app
         self._render_error = render
         self._count = count
+        # what the API sets on every answer's start (its X-Request-Id), on these too
+        self._stamp = stamp
         # what the answer depends on -> its status, raw headers and body
         self._rendered: dict[tuple[object, ...], tuple[int, list[tuple[bytes, bytes]], bytes]] = {}
 
@@ -68,7 +71,8 @@ class RefuseOverRate:
                     refused = quotas.remembered_refusal(tenant) or refused
                 self._count(scope)
                 status, headers, body = self._render(refused)
-                await send({"type": "http.response.start", "status": status, "headers": headers})
+                start = {"type": "http.response.start", "status": status, "headers": headers}
+                await send(self._stamp(scope, start))
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 from berth.plumbing import tracing
 
-IDS = ("request_id", "job_id", "batch_id", "worker_id", "scheduler_id")
+IDS = ("request_id", "job_id", "batch_id", "worker_id", "scheduler_id", "client_request_id")
 # every JSON line has the field: the current span's trace, null when tracing is off
 TRACE_ID = "trace_id"
 
@@ -69,7 +69,8 @@ class ContextFilter(logging.Filter):
 
 def json_formatter() -> logging.Formatter:
     """One JSON object per line: time (ISO 8601, UTC), level, role, logger, message, the ids
-    known (request_id, job_id, batch_id, worker_id, scheduler_id), trace_id, and exc_info
+    known (request_id, job_id, batch_id, worker_id, scheduler_id, and a client's own
+    X-Request-Id as client_request_id), trace_id, and exc_info
     when an exception is logged."""
     from pythonjsonlogger.json import JsonFormatter
 

@@ -43,3 +43,20 @@ def test_a_wrong_method_is_a_405_naming_the_allowed_ones(client: TestClient) -> 
     assert error["code"] == "method_not_allowed"
     assert error["message"] == "GET is not allowed on /v1/chat/completions; allowed: POST"
     assert answer.headers["Allow"] == "POST"
+
+
+def test_every_answer_carries_an_x_request_id(client: TestClient) -> None:
+    # berth's own where the client sent none; a chat answer's is its completion id
+    ids = {client.get(path).headers["X-Request-Id"] for path in ("/health", "/v1/nope")}
+    assert len(ids) == 2 and all(rid.startswith("req-") for rid in ids)
+    assert client.post("/v1/chat/completions", content=b"{").headers["X-Request-Id"]
+
+
+def test_a_clients_well_formed_request_id_is_honoured(client: TestClient) -> None:
+    mine = {"X-Request-Id": "trace-42:abc/DEF"}
+    assert client.get("/health", headers=mine).headers["X-Request-Id"] == "trace-42:abc/DEF"
+    assert client.get("/v1/nope", headers=mine).headers["X-Request-Id"] == "trace-42:abc/DEF"
+    # one with spaces or too long is not echoed: berth's own instead
+    for bad in ("has space", "x" * 129):
+        answer = client.get("/health", headers={"X-Request-Id": bad})
+        assert answer.headers["X-Request-Id"].startswith("req-")
