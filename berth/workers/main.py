@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from prometheus_client import start_http_server
 
@@ -35,7 +34,8 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
     return EngineConfig(
         model=model,
         enable_lora=enable_lora,
-        served_model_name=served or os.path.basename(model.rstrip("/")),
+        # as vLLM's server names it: the model as given (a Hugging Face id, or the path)
+        served_model_name=served or model,
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_model_len=settings.max_model_len,

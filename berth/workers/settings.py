@@ -31,7 +31,9 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
 
     worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker id.")
     served_model_name: str | None = Field(
-        default=None, description="Name clients use in `model` (default: the model's name)."
+        default=None,
+        description="Name clients use in `model` (default: --model as given, as vLLM's "
+        "server names it: a Hugging Face id, or the path).",
     )
     capacity: int = Field(default=256, ge=1, description="Requests the worker accepts at once.")
     group_concurrency: int = Field(

@@ -1,4 +1,4 @@
-"""A worker's settings: its heartbeat interval fits its heartbeat TTL."""
+"""A worker's settings: its heartbeat interval fits its heartbeat TTL; its served name."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ def test_a_set_interval_must_leave_three_beats_in_a_ttl() -> None:
     assert WorkerSettings(heartbeat_ttl=2, heartbeat_interval=0.6).heartbeat_interval == 0.6
     with pytest.raises(ValidationError, match="at most 0.666667 s with heartbeat_ttl 2 s"):
         WorkerSettings(heartbeat_ttl=2, heartbeat_interval=1)
+
+
+def test_the_served_name_defaults_to_the_model_as_given() -> None:
+    # as vLLM's server names it: a client sending the Hugging Face id finds the model
+    from berth.workers.main import engine_config
+
+    hub = WorkerSettings(model="meta-llama/Llama-3.1-8B-Instruct")
+    assert engine_config(hub).name == "meta-llama/Llama-3.1-8B-Instruct"
+    local = WorkerSettings(model="/models/llama-3-8b/")
+    assert engine_config(local).name == "/models/llama-3-8b/"
+    named = WorkerSettings(model="/models/llama-3-8b", served_model_name="llama-3-8b")
+    assert engine_config(named).name == "llama-3-8b"
