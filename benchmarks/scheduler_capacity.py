@@ -21,7 +21,7 @@ What runs where (a 2-core machine):
 Two experiments:
 
 1. Drain: ``Q`` requests (1k, 10k, 50k) are queued first — the exact entries
-   ``berth.api.ingress.Ingress.enqueue`` writes (``XADD`` of QueuedRequest JSON to the
+   ``berth.api.intake.ingress.Ingress.enqueue`` writes (``XADD`` of QueuedRequest JSON to the
    model's ingress stream), pipelined — then the scheduler starts; the rate is ``Q`` over
    the time from the first to the last dispatched request seen by the workers. The
    cluster's total capacity (16,384 slots) is split among 1, 8 or 64 workers, so worker

@@ -14,12 +14,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
 from berth.api import metrics
-from berth.api.auth import KeyRing, admin_ring, parse_keys
 from berth.api.delivery.followers import StreamFollowers
 from berth.api.delivery.relay import TokenRelay
 from berth.api.directory import WorkerDirectory
 from berth.api.errors import error_response
-from berth.api.ingress import Ingress
+from berth.api.intake.auth import KeyRing, admin_ring, parse_keys
+from berth.api.intake.ingress import Ingress
 from berth.api.middleware import HttpMiddleware, count_refused_early, stamp_request_id
 from berth.api.presence import ApiPresence
 from berth.api.routes import admin, batches, chat, files, health, jobs, models

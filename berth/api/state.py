@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from berth.api.auth import KeyRing
 from berth.api.delivery.followers import StreamFollowers
 from berth.api.delivery.relay import TokenRelay
 from berth.api.directory import WorkerDirectory
-from berth.api.ingress import Ingress
+from berth.api.intake.auth import KeyRing
+from berth.api.intake.ingress import Ingress
 from berth.api.settings import ApiSettings
 from berth.limits import Quotas
 from berth.store.adapters import AdapterStore

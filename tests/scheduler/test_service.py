@@ -12,7 +12,7 @@ from typing import Any
 import redis.asyncio
 from celery import Celery
 
-from berth.api.ingress import Ingress
+from berth.api.intake.ingress import Ingress
 from berth.api.settings import ApiSettings
 from berth.limits import Quotas, limit_book
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings

@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from berth.api.admission import read_json
 from berth.api.deps import State, Tenant
+from berth.api.intake.admission import read_json
+from berth.api.intake.uploads import off_loop
 from berth.api.state import ApiState
-from berth.api.uploads import off_loop
 from berth.plumbing import logcontext
 from berth.protocol.batch_input import BATCH_URL, InputChecker, at_line
 from berth.protocol.errors import (

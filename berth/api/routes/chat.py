@@ -16,9 +16,9 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 
 from berth.api import metrics
-from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.delivery import chat_answer, chat_run, chat_stream
 from berth.api.deps import State, Tenant
+from berth.api.intake.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.plumbing import logcontext
 from berth.protocol.errors import InvalidRequest, NotFound
 from berth.protocol.output import parse_sse_event_id

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from berth.api.deps import State, Tenant
-from berth.api.uploads import off_loop, read_upload
+from berth.api.intake.uploads import off_loop, read_upload
 from berth.protocol.batch_input import InputChecker, LineSplitter
 from berth.protocol.errors import InvalidRequest, NotFound
 from berth.protocol.response import list_page

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from berth.api.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.delivery.followers import Entry
 from berth.api.delivery.keepalive import PING
 from berth.api.deps import State, Tenant
+from berth.api.intake.admission import deadline_from, lane_for, queued_request, read_chat
 from berth.api.state import ApiState
 from berth.plumbing import logcontext
 from berth.protocol import keys
