@@ -171,15 +171,24 @@ def pick_worker(
     dispatched: Mapping[str, int],
     *,
     batch_reserve: float = 0.0,
+    turn: int = 0,
 ) -> WorkerInfo | None:
     """Placement of base-model work: among workers serving the model with room, the least
-    loaded (in tenths of capacity), then the prompt_cache_key's favourite. None when no
-    worker can take the group."""
+    loaded in tenths of capacity; within a tenth the prompt_cache_key's favourite, else the
+    one with the most free slots; workers that tie on all of that are taken in an order
+    that changes with ``turn`` (the scheduler's count of placements). Never the first
+    worker just because all tie: at light load every worker is in the top tenth, and a
+    fixed order sent nearly everything to one. None when no worker can take the group."""
     best: WorkerInfo | None = None
-    best_rank: tuple[int, int] | None = None
+    best_rank: tuple[int, int, int, int] | None = None
     for worker, free in _room(workers, target, dispatched, batch_reserve):
         affinity = _affinity_score(target.affinity, worker.id) if target.affinity else 0
-        rank = (_free_tenths(worker, free), affinity)
+        rank = (
+            _free_tenths(worker, free),
+            affinity,
+            free,
+            _affinity_score(f"turn {turn}", worker.id),
+        )
         if best_rank is None or rank > best_rank:
             best, best_rank = worker, rank
     return best

@@ -287,8 +287,9 @@ class Scheduler:
                 self._workers, target, self._dispatched, self._turn, batch_reserve=reserve
             )
         if adapter is None:
+            self._turn += 1
             return policy.pick_worker(
-                self._workers, target, self._dispatched, batch_reserve=reserve
+                self._workers, target, self._dispatched, batch_reserve=reserve, turn=self._turn
             )
         now = time.time()
         placement = policy.place_adapter(

@@ -177,6 +177,22 @@ def test_least_loaded_then_prompt_cache_key_affinity() -> None:
     assert policy.pick_worker(loaded, Target("m", affinity="conv-7"), {}).id != favourite  # type: ignore[union-attr]
 
 
+def test_light_load_spreads_over_workers_that_tie() -> None:
+    # ten conversations at once on two idle workers of capacity 256: every worker is in the
+    # top tenth of free capacity, and a fixed order used to send them all to the first
+    workers = [_worker("w1", capacity=256), _worker("w2", capacity=256)]
+    sent: dict[str, int] = {}
+    for turn in range(10):
+        chosen = policy.pick_worker(workers, Target("m"), sent, turn=turn)
+        assert chosen is not None
+        sent[chosen.id] = sent.get(chosen.id, 0) + 1
+    assert sent == {"w1": 5, "w2": 5}
+    # workers equally loaded: each turn may pick another, all of them over a few turns
+    idle = [_worker(f"w{i}", capacity=256) for i in range(4)]
+    picks = {policy.pick_worker(idle, Target("m"), {}, turn=t).id for t in range(40)}  # type: ignore[union-attr]
+    assert picks == {"w0", "w1", "w2", "w3"}
+
+
 def test_batch_leaves_a_reserve_for_interactive() -> None:
     workers = [_worker("w", capacity=8, running=6)]  # 2 of 8 free
     assert policy.pick_worker(workers, Target("m", lane="batch"), {}, batch_reserve=0.25) is None
