@@ -615,6 +615,21 @@ class ChatCompletionRequest(StrictModel):
         return self.max_completion_tokens
 
     @property
+    def prompt_field(self) -> str:
+        """The field that carries the prompt, for errors about its length."""
+        return "messages"
+
+    @property
+    def max_tokens_field(self) -> str:
+        """The field that caps the completion, for errors about it."""
+        return "max_completion_tokens"
+
+    @property
+    def logprobs_count(self) -> int | None:
+        """Alternatives per sampled token to return (None: no logprobs at all)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
     def constraint_kind(self) -> ConstraintKind | None:
         """Which output constraint the request asks for, if any (at most one is allowed)."""
         fmt = self.response_format
