@@ -90,8 +90,7 @@ async def start(
         raise
     # per request: DEBUG; the one INFO line per request is ChatRun.account's at its end
     log.debug(
-        "request %s (%s) queued for %s/%s lane=%s stream=%s tenant=%s user=%s "
-        "safety_identifier=%s",
+        "request %s (%s) queued for %s/%s lane=%s stream=%s tenant=%s user=%s safety_identifier=%s",
         request_id,
         queued.kind,
         queued.model,
