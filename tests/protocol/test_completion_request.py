@@ -180,6 +180,6 @@ def test_every_openai_field_is_known() -> None:
     """Each field of the official client's completion request is a field here (accepted,
     or refused by name), so no client argument is met with "Unrecognized"."""
     openai_fields = set(completion_create_params.CompletionCreateParamsBase.__annotations__)
-    assert openai_fields <= set(CompletionRequest.model_fields), (
-        openai_fields - set(CompletionRequest.model_fields)
+    assert openai_fields <= set(CompletionRequest.model_fields), openai_fields - set(
+        CompletionRequest.model_fields
     )
