@@ -42,8 +42,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 if TYPE_CHECKING:
-    from berth.protocol.chat import ChatCompletionRequest
-    from berth.workers.engine.base import EngineStats, EngineStep
+    from berth.workers.engine.base import EngineRequest, EngineStats, EngineStep
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -517,6 +516,15 @@ class _Seq:
     aborted: bool = False
 
 
+def _prompt_words(request: EngineRequest) -> int:
+    """A stand-in prompt length: its words, plus a few per chat message."""
+    from berth.protocol.completion import CompletionRequest
+
+    if isinstance(request, CompletionRequest):
+        return len(request.prompt_text.split()) if request.prompt_text else len(request.prompt)
+    return 4 + sum(len(str(m.get("content") or "").split()) for m in request.message_dicts())
+
+
 class LoraSlotEngine:
     """A simulated GPU engine with vLLM's LoRA scheduling rules, and nothing else real.
 
@@ -620,12 +628,12 @@ class LoraSlotEngine:
             self._wake.set()
 
     def generate(
-        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+        self, request_id: str, request: EngineRequest, adapter: str | None
     ) -> AsyncIterator[EngineStep]:
         return self._generate(request_id, request, adapter)
 
     async def _generate(
-        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+        self, request_id: str, request: EngineRequest, adapter: str | None
     ) -> AsyncIterator[EngineStep]:
         from berth.protocol.errors import InvalidRequest
 
@@ -641,8 +649,8 @@ class LoraSlotEngine:
         seq = _Seq(
             request_id,
             adapter,
-            request.max_completion_tokens or self._default_max_tokens,
-            4 + sum(len(str(m.get("content") or "").split()) for m in request.message_dicts()),
+            request.max_tokens_requested or self._default_max_tokens,
+            _prompt_words(request),
             asyncio.Queue(),
         )
         self._by_id[request_id] = seq

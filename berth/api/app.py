@@ -22,7 +22,7 @@ from berth.api.intake.auth import KeyRing, admin_ring, parse_keys
 from berth.api.intake.ingress import Ingress
 from berth.api.middleware import HttpMiddleware, count_refused_early, stamp_request_id
 from berth.api.presence import ApiPresence
-from berth.api.routes import admin, batches, chat, files, health, jobs, models
+from berth.api.routes import admin, batches, chat, completions, files, health, jobs, models
 from berth.api.settings import ApiSettings
 from berth.api.state import ApiState
 from berth.limits import Quotas, RefuseOverRate, limit_book
@@ -140,7 +140,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         answer.headers.update(err.headers or {})
         return answer
 
-    for feature in (chat, models, health, jobs, admin, files, batches):
+    for feature in (chat, completions, models, health, jobs, admin, files, batches):
         app.include_router(feature.router)
     # inside Starlette's ServerErrorMiddleware: it sees every answer, and an unhandled
     # exception before the server turns it into a 500; its span (tracing on) is current for

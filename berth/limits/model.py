@@ -72,7 +72,13 @@ def read_overrides(spec: str | None, file: str | None) -> dict[str, dict[str, in
 
 
 def prompt_chars(request: dict[str, Any]) -> int:
-    """Characters of a request's prompt: message contents and tool definitions."""
+    """Characters of a request's prompt: message contents and tool definitions, or a text
+    completion's prompt (its token ids at four characters a token)."""
+    prompt = request.get("prompt")
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return 4 * len(prompt)
     total = 0
     for message in request.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else None

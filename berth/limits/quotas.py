@@ -201,7 +201,8 @@ class Quotas:
         chat = queued.request
         cost = quota.request_cost(
             quota.prompt_chars(chat),
-            chat.get("max_completion_tokens"),
+            # a chat request's cap, or a text completion's
+            chat.get("max_completion_tokens", chat.get("max_tokens")),
             int(chat.get("n") or 1),
             self._settings.assumed_max_tokens,
         )

@@ -20,13 +20,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
-    Strict,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -38,7 +36,7 @@ from pydantic import (
 )
 
 from berth.protocol import jsonbody
-from berth.protocol.constraints import repetition_violation, schema_violation
+from berth.protocol.constraints import schema_violation
 from berth.protocol.errors import InvalidRequest, field_error, invalid_request_from
 from berth.protocol.limits import DEFAULT_LIMITS, RequestLimits
 from berth.protocol.messages import (
@@ -50,85 +48,43 @@ from berth.protocol.messages import (
     tag_error,
     tagged_by,
 )
+from berth.protocol.sampling import (
+    LogitBias,
+    MinP,
+    MinTokens,
+    NonEmptyStr,
+    Penalty,
+    PositiveCount,
+    RepetitionPenalty,
+    Seed,
+    StopStrings,
+    StopTokenIds,
+    StreamOptions,
+    StrictModel,
+    Temperature,
+    TopK,
+    TopP,
+    between,
+    check_lengths,
+    check_min_tokens,
+    check_n,
+    check_repetitions,
+    limits_of,
+    non_empty,
+    refuse,
+)
 
 ConstraintKind = Literal["json_object", "json_schema", "regex", "ebnf"]
 ServiceTier = Literal["auto", "default", "flex", "scale", "priority"]
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
-MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20
 # OpenAI's rule for function names, which also keeps them safe inside chat templates.
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-_INT64 = (-(2**63), 2**63 - 1)
 # berth sets these itself when it renders the template; letting a request set them
 # would bypass the checks above (``chat_template`` would run arbitrary client Jinja).
 RESERVED_TEMPLATE_KWARGS = frozenset(
     {"messages", "tools", "add_generation_prompt", "continue_final_message", "chat_template"}
 )
-
-
-def _between(lo: float, hi: float) -> AfterValidator:
-    def check(value: float | None) -> float | None:
-        if value is not None and not lo <= value <= hi:
-            raise field_error(f"must be between {lo} and {hi}, got {value}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _positive(value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise field_error(f"must be greater than 0, got {value}")
-    return value
-
-
-def _at_least_one(value: int | None) -> int | None:
-    if value is not None and value < 1:
-        raise field_error(f"must be at least 1, got {value}")
-    return value
-
-
-def _not_negative(value: int) -> int:
-    if value < 0:
-        raise field_error(f"must be at least 0, got {value}")
-    return value
-
-
-def _top_p(value: float | None) -> float | None:
-    if value is not None and not 0 < value <= 1:
-        raise field_error(f"must be greater than 0 and at most 1, got {value}")
-    return value
-
-
-def _top_k(value: int | None) -> int | None:
-    if value is not None and value != -1 and value < 1:
-        raise field_error(f"must be -1 (disabled) or at least 1, got {value}")
-    return value
-
-
-def _non_empty(value: str | None) -> str | None:
-    if value is not None and not value:
-        raise field_error("must not be empty")
-    return value
-
-
-def _refuse(reason: str) -> AfterValidator:
-    """A field berth knows but cannot honour: any value but null is Unsupported."""
-
-    def check(value: Any) -> Any:
-        if value is not None:
-            raise field_error(f"is not supported: {reason}", unsupported=True)
-        return value
-
-    return AfterValidator(check)
-
-
-# a JSON number; NaN and Infinity (which Python's json module accepts) are refused
-Number = Annotated[float, Strict(), AllowInfNan(False)]
-Temperature = Annotated[Number | None, _between(0, 2)]
-Penalty = Annotated[Number | None, _between(-2, 2)]
-Seed = Annotated[StrictInt | None, _between(*_INT64)]
-PositiveCount = Annotated[StrictInt | None, AfterValidator(_at_least_one)]
-NonEmptyStr = Annotated[StrictStr | None, AfterValidator(_non_empty)]
 
 
 def _check_name(value: str) -> str:
@@ -186,27 +142,7 @@ def check_sizes(data: Any, limits: RequestLimits) -> None:
         # unknown fields are reported first, as OpenAI does (and as the model would)
         if key not in ChatCompletionRequest.model_fields:
             raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=str(key))
-    for name, (attr, unit) in _LENGTH_LIMITS.items():
-        value = data.get(name)
-        if isinstance(value, list | str):
-            limit = getattr(limits, attr)
-            if len(value) > limit:
-                raise InvalidRequest(
-                    f"{name} must have at most {limit} {unit}, got {len(value)}", param=name
-                )
-    stop = data.get("stop")
-    strings = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
-    if len(strings) > MAX_STOP_STRINGS:
-        raise InvalidRequest(
-            f"stop must have at most {MAX_STOP_STRINGS} strings, got {len(strings)}", param="stop"
-        )
-    for i, item in enumerate(strings):
-        if isinstance(item, str) and len(item) > limits.max_stop_chars:
-            param = "stop" if isinstance(stop, str) else f"stop[{i}]"
-            raise InvalidRequest(
-                f"{param} must have at most {limits.max_stop_chars} characters, got {len(item)}",
-                param=param,
-            )
+    check_lengths(data, limits, _LENGTH_LIMITS)
 
 
 def check_sizes_unparsed(body: bytes, limits: RequestLimits) -> None:
@@ -218,17 +154,11 @@ def check_sizes_unparsed(body: bytes, limits: RequestLimits) -> None:
         check_sizes(view, limits)
 
 
-def _limits(info: ValidationInfo) -> RequestLimits:
-    context = info.context or {}
-    limits = context.get("limits") if isinstance(context, dict) else None
-    return limits if isinstance(limits, RequestLimits) else DEFAULT_LIMITS
-
-
 def _check_schema(schema: Any, info: ValidationInfo, subpath: str) -> None:
     """Depth, size, counts and repetitions of a JSON schema the worker will compile."""
     if schema is None:
         return
-    limits = _limits(info)
+    limits = limits_of(info)
     depth = schema_depth(schema)
     if depth > limits.max_json_schema_depth:
         raise field_error(
@@ -240,14 +170,10 @@ def _check_schema(schema: Any, info: ValidationInfo, subpath: str) -> None:
         raise field_error(f": {problem}", subpath=subpath)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # --- tools ------------------------------------------------------------------------------
 
 
-class FunctionDefinition(_Model):
+class FunctionDefinition(StrictModel):
     """A function the model may call: its name, description and JSON-schema parameters."""
 
     name: FunctionName
@@ -256,7 +182,7 @@ class FunctionDefinition(_Model):
     strict: StrictBool | None = None
 
 
-class Tool(_Model):
+class Tool(StrictModel):
     """``{"type": "function", "function": {...}}``; berth has function tools only."""
 
     type: Literal["function"] = "function"
@@ -276,13 +202,13 @@ def _function_tools_only(value: Any) -> Any:
     return value
 
 
-class ToolName(_Model):
+class ToolName(StrictModel):
     """``{"name": ...}`` naming a defined tool or function."""
 
     name: StrictStr
 
 
-class NamedToolChoice(_Model):
+class NamedToolChoice(StrictModel):
     """``{"type": "function", "function": {"name": ...}}``: the model must call this tool."""
 
     type: Literal["function"] = "function"
@@ -322,7 +248,7 @@ LegacyFunctionCall = Annotated[
 # --- response format ----------------------------------------------------------------------
 
 
-class JsonSchemaSpec(_Model):
+class JsonSchemaSpec(StrictModel):
     """The ``json_schema`` of a ``json_schema`` response format."""
 
     model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
@@ -334,19 +260,19 @@ class JsonSchemaSpec(_Model):
     strict: StrictBool | None = None
 
 
-class TextFormat(_Model):
+class TextFormat(StrictModel):
     """``{"type": "text"}``: no constraint."""
 
     type: Literal["text"]
 
 
-class JsonObjectFormat(_Model):
+class JsonObjectFormat(StrictModel):
     """``{"type": "json_object"}``: any JSON object."""
 
     type: Literal["json_object"]
 
 
-class JsonSchemaFormat(_Model):
+class JsonSchemaFormat(StrictModel):
     """``{"type": "json_schema", "json_schema": {...}}``: JSON matching the schema."""
 
     type: Literal["json_schema"]
@@ -381,69 +307,7 @@ ResponseFormat = Annotated[
 ]
 
 
-class StreamOptions(_Model):
-    """Options for ``stream: true``."""
-
-    include_usage: StrictBool | None = None
-    # vLLM's extension (usage on every chunk); only false is honoured
-    continuous_usage_stats: StrictBool | None = None
-    # OpenAI pads chunks against length side channels; berth does not, so only false
-    include_obfuscation: StrictBool | None = None
-
-    @field_validator("continuous_usage_stats", "include_obfuscation")
-    @classmethod
-    def _only_false(cls, value: bool | None, info: ValidationInfo) -> bool | None:
-        if value:
-            reason = _STREAM_OPTION_REASONS[str(info.field_name)]
-            raise field_error(
-                f"is not supported: {reason}; send false or omit it", unsupported=True
-            )
-        return value
-
-
-_STREAM_OPTION_REASONS = {
-    "continuous_usage_stats": "berth sends usage once, in the final chunk (include_usage)",
-    "include_obfuscation": "berth does not pad stream chunks",
-}
-
-
 # --- field normalisers ---------------------------------------------------------------------
-
-
-def _stop_list(value: Any) -> Any:
-    """``"x"`` → ``["x"]``; ``[]`` → None; at most four non-empty strings."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        return value
-    if not value:
-        return None
-    if len(value) > MAX_STOP_STRINGS:
-        raise field_error(f"must have at most {MAX_STOP_STRINGS} strings, got {len(value)}")
-    for i, item in enumerate(value):
-        if isinstance(item, str) and not item:
-            raise field_error("must not be empty", subpath=f"[{i}]")
-    return value
-
-
-def _logit_bias(value: Any) -> Any:
-    """JSON object keys are strings: ``{"50256": -100}`` → ``{50256: -100.0}``."""
-    if not isinstance(value, dict):
-        return value
-    out: dict[int, float] = {}
-    for key, bias in value.items():
-        if isinstance(key, int) and not isinstance(key, bool):
-            token = key
-        elif isinstance(key, str) and key.isascii() and key.isdigit():
-            token = int(key)
-        else:
-            raise field_error(f"keys must be token ids (strings of digits), got {key!r}")
-        if isinstance(bias, bool) or not isinstance(bias, int | float):
-            raise field_error(f"values must be numbers, got {bias!r} for token {key}")
-        if not -100 <= bias <= 100:
-            raise field_error(f"values must be between -100 and 100, got {bias} for token {key}")
-        out[token] = float(bias)
-    return out
 
 
 def _metadata(value: Any) -> Any:
@@ -495,7 +359,7 @@ def _hidden_states(value: Any) -> Any:
 # --- the request -------------------------------------------------------------------------
 
 
-class ChatCompletionRequest(_Model):
+class ChatCompletionRequest(StrictModel):
     """``POST /v1/chat/completions``: the union of OpenAI's and SGLang's request fields.
 
     Build it with :func:`parse_chat_request`, which turns every validation failure
@@ -505,29 +369,29 @@ class ChatCompletionRequest(_Model):
 
     # OpenAI (CreateChatCompletionRequest)
     messages: list[Message]
-    model: Annotated[StrictStr, AfterValidator(_non_empty)]
+    model: Annotated[StrictStr, AfterValidator(non_empty)]
     store: StrictBool | None = None
     reasoning_effort: ReasoningEffort | None = None
     metadata: Annotated[dict[str, StrictStr] | None, BeforeValidator(_metadata)] = None
     frequency_penalty: Penalty = None
-    logit_bias: Annotated[dict[int, float] | None, BeforeValidator(_logit_bias)] = None
+    logit_bias: LogitBias = None
     logprobs: StrictBool = False
-    top_logprobs: Annotated[StrictInt | None, _between(0, MAX_TOP_LOGPROBS)] = None
+    top_logprobs: Annotated[StrictInt | None, between(0, MAX_TOP_LOGPROBS)] = None
     max_tokens: PositiveCount = None
     max_completion_tokens: PositiveCount = None
     n: StrictInt = 1
     modalities: Annotated[list[Literal["text", "audio"]] | None, AfterValidator(_modalities)] = None
-    prediction: Annotated[Any, _refuse("vLLM has no per-request predicted outputs; omit it")] = None
-    audio: Annotated[Any, _refuse("berth serves text-only models (no audio output)")] = None
+    prediction: Annotated[Any, refuse("vLLM has no per-request predicted outputs; omit it")] = None
+    audio: Annotated[Any, refuse("berth serves text-only models (no audio output)")] = None
     presence_penalty: Penalty = None
     response_format: ResponseFormat | None = None
     seed: Seed = None
     service_tier: ServiceTier | None = None
-    stop: Annotated[list[StrictStr] | None, BeforeValidator(_stop_list)] = None
+    stop: StopStrings = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: Temperature = None
-    top_p: Annotated[Number | None, AfterValidator(_top_p)] = None
+    top_p: TopP = None
     tools: Annotated[list[Tool] | None, BeforeValidator(_function_tools_only)] = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool = True
@@ -535,7 +399,7 @@ class ChatCompletionRequest(_Model):
     function_call: LegacyFunctionCall | None = None
     functions: list[FunctionDefinition] | None = None
     web_search_options: Annotated[
-        Any, _refuse("berth has no web search; give the model a tool instead")
+        Any, refuse("berth has no web search; give the model a tool instead")
     ] = None
 
     # SGLang (ChatCompletionRequest) and newer OpenAI fields it mirrors
@@ -543,22 +407,22 @@ class ChatCompletionRequest(_Model):
     safety_identifier: StrictStr | None = None
     verbosity: Annotated[
         Any,
-        _refuse("open-weight chat templates have no verbosity setting; ask in the prompt"),
+        refuse("open-weight chat templates have no verbosity setting; ask in the prompt"),
     ] = None
-    top_k: Annotated[StrictInt | None, AfterValidator(_top_k)] = None
-    min_p: Annotated[Number | None, _between(0, 1)] = None
-    min_tokens: Annotated[StrictInt, AfterValidator(_not_negative)] = 0
-    repetition_penalty: Annotated[Number | None, AfterValidator(_positive)] = None
+    top_k: TopK = None
+    min_p: MinP = None
+    min_tokens: MinTokens = 0
+    repetition_penalty: RepetitionPenalty = None
     regex: NonEmptyStr = None
     ebnf: NonEmptyStr = None
-    stop_token_ids: list[Annotated[StrictInt, AfterValidator(_not_negative)]] | None = None
+    stop_token_ids: StopTokenIds = None
     no_stop_trim: StrictBool = False
     ignore_eos: StrictBool = False
     continue_final_message: StrictBool = False
     skip_special_tokens: StrictBool = True
     lora_path: NonEmptyStr = None
     session_params: Annotated[
-        Any, _refuse("vLLM has no SGLang sessions; send the whole conversation")
+        Any, refuse("vLLM has no SGLang sessions; send the whole conversation")
     ] = None
     separate_reasoning: StrictBool = True
     stream_reasoning: StrictBool = True
@@ -579,10 +443,7 @@ class ChatCompletionRequest(_Model):
     @field_validator("n")
     @classmethod
     def _n_bounded(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_n
-        if not 1 <= value <= limit:
-            raise field_error(f"must be between 1 and {limit}, got {value}")
-        return value
+        return check_n(value, info)
 
     @field_validator("response_format")
     @classmethod
@@ -594,11 +455,7 @@ class ChatCompletionRequest(_Model):
     @field_validator("regex", "ebnf")
     @classmethod
     def _repetitions_bounded(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None:
-            limit = _limits(info).max_regex_repetition
-            if problem := repetition_violation(value, limit, ebnf=info.field_name == "ebnf"):
-                raise field_error(f": {problem}")
-        return value
+        return check_repetitions(value, info)
 
     @field_validator("tools", "functions")
     @classmethod
@@ -722,13 +579,7 @@ class ChatCompletionRequest(_Model):
             raise InvalidRequest(
                 "top_logprobs is only allowed when logprobs is true", param="top_logprobs"
             )
-        limit = self.max_completion_tokens
-        if limit is not None and self.min_tokens > limit:
-            raise InvalidRequest(
-                f"min_tokens must be at most max_completion_tokens ({limit}), "
-                f"got {self.min_tokens}",
-                param="min_tokens",
-            )
+        check_min_tokens(self.min_tokens, self.max_completion_tokens, "max_completion_tokens")
 
     def _check_constraints(self, choice_param: str) -> None:
         given = [name for name in ("regex", "ebnf") if getattr(self, name) is not None]
@@ -762,6 +613,21 @@ class ChatCompletionRequest(_Model):
     def max_tokens_requested(self) -> int | None:
         """The client's cap on completion tokens (``max_completion_tokens`` or ``max_tokens``)."""
         return self.max_completion_tokens
+
+    @property
+    def prompt_field(self) -> str:
+        """The field that carries the prompt, for errors about its length."""
+        return "messages"
+
+    @property
+    def max_tokens_field(self) -> str:
+        """The field that caps the completion, for errors about it."""
+        return "max_completion_tokens"
+
+    @property
+    def logprobs_count(self) -> int | None:
+        """Alternatives per sampled token to return (None: no logprobs at all)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def constraint_kind(self) -> ConstraintKind | None:

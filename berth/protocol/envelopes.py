@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from berth.protocol import keys
 from berth.protocol.errors import BerthError
 
+RequestKind = Literal["chat", "completion"]
 # "dispatched" comes from the scheduler (which worker got the request); "requeued" marks a
 # job's next attempt after its worker died; the rest come from the worker
 EventType = Literal["dispatched", "started", "delta", "finished", "error", "cancelled", "requeued"]
@@ -28,6 +29,9 @@ class QueuedRequest(BaseModel):
     adapter: str | None = None
     # the validated, normalised request body (JSON-ready, None fields dropped)
     request: dict[str, Any]
+    # which endpoint's request ``request`` is: a chat completion (the default, which entries
+    # written before the kind existed are) or a text completion (``/v1/completions``)
+    kind: RequestKind = "chat"
     enqueued_at: float = Field(default_factory=time.time)
     # absolute deadline (epoch seconds) after which a queued request expires
     deadline: float | None = None

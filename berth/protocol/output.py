@@ -61,7 +61,9 @@ def _usage(event: TokenEvent) -> dict[str, Any]:
 
 
 class ChunkWriter:
-    """Renders one streaming request's events as ``data: ...`` lines."""
+    """Renders one streaming chat request's events as ``data: ...`` lines."""
+
+    chunk_object = "chat.completion.chunk"
 
     def __init__(
         self,
@@ -78,7 +80,7 @@ class ChunkWriter:
     ):
         self._head = {
             "id": request_id,
-            "object": "chat.completion.chunk",
+            "object": self.chunk_object,
             "created": created,
             "model": model,
         }
@@ -103,20 +105,7 @@ class ChunkWriter:
         parts: list[str] = []
         if not self._started:
             self._started = True
-            # the role comes first, once per choice, as OpenAI sends it
-            parts.extend(
-                self._chunk(
-                    [
-                        {
-                            "index": i,
-                            "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                    ]
-                )
-                for i in range(self._n)
-            )
+            parts.extend(self._opening())
         for choice in event.choices:
             rendered = self._choice(choice)
             if rendered is not None:
@@ -131,6 +120,22 @@ class ChunkWriter:
         if self._event_ids and parts and (event_id := sse_event_id(event)) is not None:
             parts[-1] = f"id: {event_id}\n{parts[-1]}"
         return "".join(parts)
+
+    def _opening(self) -> list[str]:
+        """The chunks before the first token: the role, once per choice, as OpenAI sends it."""
+        return [
+            self._chunk(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            for i in range(self._n)
+        ]
 
     def _choice(self, choice: EventChoice) -> dict[str, Any] | None:
         delta: dict[str, Any] = {}
@@ -239,6 +244,112 @@ class CompletionAssembler:
         return {
             "id": self._id,
             "object": "chat.completion",
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
+            "usage": _usage(final),
+        }
+
+
+# --- text completions (/v1/completions) ---------------------------------------------------
+
+
+def text_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """The engine's per-token logprob entries (OpenAI's chat shape) in the legacy
+    completion shape; ``offset``: where the first token starts in the choice's text."""
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for entry in entries:
+        token = entry["token"]
+        tokens.append(token)
+        token_logprobs.append(entry["logprob"])
+        top.append({alt["token"]: alt["logprob"] for alt in entry.get("top_logprobs") or ()})
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
+
+
+class _TextOffsets:
+    """Characters of each choice's text so far: where its next logprob token starts."""
+
+    def __init__(self) -> None:
+        self._sent: dict[int, int] = {}
+
+    def logprobs(self, choice: EventChoice) -> dict[str, Any] | None:
+        """The choice's logprobs in the legacy shape (None without any); counts its text."""
+        start = self._sent.get(choice.index, 0)
+        self._sent[choice.index] = start + len(choice.content)
+        if choice.logprobs is None:
+            return None
+        return text_logprobs(choice.logprobs, start)
+
+
+class TextChunkWriter(ChunkWriter):
+    """Renders one streaming text completion's events as ``data: ...`` lines: no role
+    chunk, and each choice's new ``text`` (its logprobs in the legacy shape)."""
+
+    chunk_object = "text_completion"
+
+    def __init__(self, request_id: str, model: str, created: int, n: int, include_usage: bool):
+        super().__init__(request_id, model, created, n, include_usage, event_ids=False)
+        self._offsets = _TextOffsets()
+
+    def _opening(self) -> list[str]:
+        return []
+
+    def _choice(self, choice: EventChoice) -> dict[str, Any] | None:
+        logprobs = self._offsets.logprobs(choice)
+        finish = None if choice.finish_reason == "abort" else choice.finish_reason
+        if not choice.content and finish is None and logprobs is None:
+            return None
+        return {
+            "index": choice.index,
+            "text": choice.content,
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        }
+
+
+class TextCompletionAssembler:
+    """Collects one non-streaming text completion's events into a ``text_completion``."""
+
+    def __init__(self, request_id: str, model: str, created: int, n: int) -> None:
+        self._id = request_id
+        self._model = model
+        self._created = created
+        self._texts: list[list[str]] = [[] for _ in range(n)]
+        self._logprobs: list[list[dict[str, Any]] | None] = [None] * n
+        self._finish: list[str | None] = [None] * n
+
+    def add(self, event: TokenEvent) -> None:
+        for delta in event.choices:
+            i = delta.index
+            if delta.content:
+                self._texts[i].append(delta.content)
+            if delta.logprobs is not None:
+                self._logprobs[i] = (self._logprobs[i] or []) + delta.logprobs
+            if delta.finish_reason is not None:
+                self._finish[i] = delta.finish_reason
+
+    def response(self, final: TokenEvent) -> dict[str, Any]:
+        choices = [
+            {
+                "index": i,
+                "text": "".join(text),
+                "logprobs": text_logprobs(logprobs, 0) if logprobs is not None else None,
+                "finish_reason": finish,
+            }
+            for i, (text, logprobs, finish) in enumerate(
+                zip(self._texts, self._logprobs, self._finish, strict=True)
+            )
+        ]
+        return {
+            "id": self._id,
+            "object": "text_completion",
             "created": self._created,
             "model": self._model,
             "choices": choices,

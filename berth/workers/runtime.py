@@ -24,7 +24,8 @@ from berth.plumbing.eventloop import new_loop
 from berth.plumbing.redisconn import redis_client
 from berth.plumbing.supervise import Backoff, log_failure, supervise
 from berth.protocol import keys
-from berth.protocol.chat import parse_chat_request
+from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
+from berth.protocol.completion import CompletionRequest, parse_completion_request
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
@@ -306,8 +307,9 @@ class EngineHost:
         finished = False
         traced = RequestTrace.start(queued, self.worker_id) if queued.trace else None
         try:
-            request = parse_chat_request(queued.request, ADMITTED)
-            events.collect_result(request)
+            request = _parsed(queued)
+            if isinstance(request, ChatCompletionRequest):
+                events.collect_result(request)
             if traced is not None:
                 traced.generating()
             async for step in self.engine.generate(queued.id, request, queued.adapter):
@@ -351,3 +353,10 @@ class EngineHost:
         if ran_s is None:
             return
         self._mean_run_s = ran_s if mean is None else mean + _MEAN_WEIGHT * (ran_s - mean)
+
+
+def _parsed(queued: QueuedRequest) -> ChatCompletionRequest | CompletionRequest:
+    """The queued request read again, as the kind of request it is (chat unless it says)."""
+    if queued.kind == "completion":
+        return parse_completion_request(queued.request, ADMITTED)
+    return parse_chat_request(queued.request, ADMITTED)

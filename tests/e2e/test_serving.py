@@ -72,6 +72,29 @@ def test_streaming_with_usage(client: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
 
 
+def test_text_completion(client: openai.OpenAI) -> None:
+    """/v1/completions on the real engine: the prompt without a chat template."""
+    reply = client.completions.create(model=MODEL, prompt="Hello there", temperature=0)
+    assert reply.object == "text_completion"
+    assert reply.choices[0].finish_reason == "length" and reply.choices[0].text
+    assert reply.usage is not None and reply.usage.completion_tokens == 16  # OpenAI's default
+    chat = client.chat.completions.create(model=MODEL, messages=HELLO, max_completion_tokens=1)
+    assert chat.usage is not None and reply.usage.prompt_tokens < chat.usage.prompt_tokens
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt="Hello there",
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed == reply.choices[0].text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16
+
+
 def test_n_choices(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=MODEL, messages=HELLO, max_tokens=6, n=2, seed=3, extra_body={"ignore_eos": True}

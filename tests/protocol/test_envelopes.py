@@ -73,3 +73,13 @@ def test_events_are_independent() -> None:
         decode_event('{"id":"c","seq":0,"type":"delta","choices":[{"index":0}]}').choices[0]
     )
     assert b.choices == [] and TokenEvent(id="d", seq=0, type="delta").choices == []
+
+
+def test_a_queued_entry_without_a_kind_is_a_chat_request() -> None:
+    """Entries queued before the kind existed stay chat requests; a completion says so."""
+    from berth.protocol.envelopes import QueuedRequest
+
+    old = QueuedRequest.model_validate_json('{"id": "r", "model": "m", "request": {}}')
+    assert old.kind == "chat"
+    new = QueuedRequest(id="c", model="m", request={"prompt": "x"}, kind="completion")
+    assert QueuedRequest.model_validate_json(new.model_dump_json()).kind == "completion"

@@ -178,3 +178,27 @@ async def test_generate_before_start_fails(chat_request: Build) -> None:
     engine = make_engine(None, fake=True)
     with pytest.raises(RuntimeError):
         await run(engine, "r", chat_request())
+
+
+def _completion(**fields: Any) -> Any:
+    from berth.protocol.completion import parse_completion_request
+
+    return parse_completion_request({"model": "fake", "prompt": "one two three", **fields})
+
+
+async def test_text_completion_runs_on_the_fake_as_on_the_real_engine() -> None:
+    engine = await started()
+    steps = await run(engine, "c1", _completion())
+    # OpenAI's default of 16 tokens; the prompt's words (plus one) stand in for tokens
+    assert steps[-1].completion_tokens == 16 and steps[-1].prompt_tokens == 4
+    echo = await run(engine, "c2", _completion(echo=True, max_tokens=2))
+    assert text(echo).startswith("one two three") and text(echo) != "one two three"
+    ids = await run(engine, "c3", _completion(prompt=[1, 2], max_tokens=2, logprobs=1))
+    assert ids[-1].prompt_tokens == 2
+    assert all(c.logprobs for s in ids for c in s.choices if c.content)
+    with pytest.raises(InvalidRequest) as caught:
+        await run(engine, "c4", _completion(prompt=[10**8]))
+    assert caught.value.param == "prompt"
+    with pytest.raises(InvalidRequest) as caught:
+        await run(engine, "c5", _completion(max_tokens=5000))
+    assert caught.value.param == "max_tokens"

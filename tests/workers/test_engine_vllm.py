@@ -487,3 +487,68 @@ async def test_continue_final_message(vllm_engine: Any, chat_request: Build) -> 
     )
     steps = await run(vllm_engine, "cont-1", req)
     assert steps[-1].completion_tokens == 4 and finish(steps) == "length"
+
+
+# --- text completions (/v1/completions): the prompt goes in as it is -----------------------
+
+
+def completion(**fields: Any) -> Any:
+    from berth.protocol.completion import parse_completion_request
+
+    return parse_completion_request({"model": "berth-tiny", "prompt": "Hello there", **fields})
+
+
+async def test_text_completion_prompt_is_tokenized_without_a_chat_template(
+    vllm_engine: Any, tiny_tokenizer: Any, chat_request: Build
+) -> None:
+    steps = await run(vllm_engine, "cmpl-text", completion(max_tokens=5, temperature=0))
+    assert finish(steps) == "length" and steps[-1].completion_tokens == 5
+    # as vLLM's server tokenizes a completion's prompt: the text alone, special tokens added
+    assert steps[-1].prompt_tokens == len(tiny_tokenizer.encode("Hello there"))
+    chat = await run(
+        vllm_engine,
+        "cmpl-chat",
+        chat_request(messages=[{"role": "user", "content": "Hello there"}], max_tokens=5),
+    )
+    assert chat[-1].prompt_tokens > steps[-1].prompt_tokens  # the template's own tokens
+
+
+async def test_text_completion_of_token_ids_equals_that_of_their_text(
+    vllm_engine: Any, tiny_tokenizer: Any
+) -> None:
+    ids = tiny_tokenizer.encode("Hello there")
+    by_text = await run(vllm_engine, "cmpl-t", completion(max_tokens=6, temperature=0))
+    by_ids = await run(vllm_engine, "cmpl-i", completion(prompt=ids, max_tokens=6, temperature=0))
+    assert text(by_ids) == text(by_text) and by_ids[-1].prompt_tokens == len(ids)
+
+
+async def test_text_completion_echo_logprobs_n_and_stop(vllm_engine: Any) -> None:
+    echo = await run(vllm_engine, "cmpl-echo", completion(max_tokens=3, echo=True))
+    assert text(echo).startswith("Hello there") and len(text(echo)) > len("Hello there")
+    scored = await run(vllm_engine, "cmpl-lp", completion(max_tokens=4, logprobs=2))
+    entries = [e for s in scored for c in s.choices for e in c.logprobs or []]
+    assert len(entries) == 4 and all(len(e["top_logprobs"]) == 2 for e in entries)
+    two = await run(vllm_engine, "cmpl-n", completion(max_tokens=3, n=2, temperature=1, seed=1))
+    assert finish(two, 0) == finish(two, 1) == "length" and two[-1].completion_tokens == 6
+    first = text(await run(vllm_engine, "cmpl-s0", completion(max_tokens=8, temperature=0)))
+    stop = first[2:4]
+    stopped = await run(vllm_engine, "cmpl-s", completion(max_tokens=8, temperature=0, stop=stop))
+    assert stop not in text(stopped) and finish(stopped) == "stop"
+
+
+async def test_text_completion_checks_name_its_fields(vllm_engine: Any) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        await run(vllm_engine, "cmpl-v", completion(prompt=[10**9]))
+    assert caught.value.param == "prompt"
+    with pytest.raises(InvalidRequest) as caught:
+        await run(vllm_engine, "cmpl-m", completion(max_tokens=10**6))
+    assert caught.value.param == "max_tokens"
+    long = "word " * (vllm_engine.max_model_len + 10)
+    with pytest.raises(InvalidRequest) as caught:
+        await run(vllm_engine, "cmpl-l", completion(prompt=long))
+    assert caught.value.param == "prompt"
+
+
+async def test_text_completion_regex_constraint(vllm_engine: Any) -> None:
+    steps = await run(vllm_engine, "cmpl-re", completion(regex="[ab]{4}", max_tokens=10))
+    assert re.fullmatch("[ab]{4}", text(steps))

@@ -1,5 +1,5 @@
-"""A non-streamed chat completion: its events assembled into one OpenAI response (or the
-error that ended them), given up when the client leaves."""
+"""A non-streamed chat or text completion: its events assembled into one OpenAI response
+(or the error that ended them), given up when the client leaves."""
 
 from __future__ import annotations
 
@@ -13,19 +13,28 @@ from berth.api.delivery.chat_run import ChatRun, ended_by_worker
 from berth.api.delivery.disconnect import unless_client_leaves
 from berth.api.errors import error_response
 from berth.protocol.chat import ChatCompletionRequest
+from berth.protocol.completion import CompletionRequest
 from berth.protocol.errors import BerthError
-from berth.protocol.output import CompletionAssembler, event_error
+from berth.protocol.output import CompletionAssembler, TextCompletionAssembler, event_error
+
+Assembler = CompletionAssembler | TextCompletionAssembler
 
 
-async def respond(run: ChatRun, request: Request, chat: ChatCompletionRequest) -> Response:
+async def respond(
+    run: ChatRun, request: Request, chat: ChatCompletionRequest | CompletionRequest
+) -> Response:
     """The whole answer, its error, or a 499 if the client left first."""
-    assembler = CompletionAssembler(
-        run.request_id,
-        chat.model,
-        int(time.time()),
-        chat.n,
-        parallel_tool_calls=chat.parallel_tool_calls is not False,
-    )
+    assembler: Assembler
+    if isinstance(chat, CompletionRequest):
+        assembler = TextCompletionAssembler(run.request_id, chat.model, int(time.time()), chat.n)
+    else:
+        assembler = CompletionAssembler(
+            run.request_id,
+            chat.model,
+            int(time.time()),
+            chat.n,
+            parallel_tool_calls=chat.parallel_tool_calls is not False,
+        )
     result = await unless_client_leaves(request, _collect(run, assembler))
     if result is None:
         # the client left: _collect's cleanup cancels the request in the engine
@@ -35,7 +44,7 @@ async def respond(run: ChatRun, request: Request, chat: ChatCompletionRequest) -
     return JSONResponse(result, headers={"X-Request-Id": run.request_id})
 
 
-async def _collect(run: ChatRun, assembler: CompletionAssembler) -> dict[str, Any] | BerthError:
+async def _collect(run: ChatRun, assembler: Assembler) -> dict[str, Any] | BerthError:
     timer = run.timer
     completed = False
     try:

@@ -1,5 +1,5 @@
-"""A chat completion's run, as the API process that queued it follows it: listen first, then
-queue; queue it again if its worker dies before its first token; count it and end it.
+"""A chat (or text) completion's run, as the API process that queued it follows it: listen
+first, then queue; queue it again if its worker dies before its first token; count it and end it.
 
 A request whose wait ends without its worker's terminal event (its client left, its
 timeout passed, its answer could not be completed) is cancelled: in the queue and in the
@@ -21,6 +21,7 @@ from berth.api.delivery.relay import EventQueue
 from berth.api.state import ApiState
 from berth.plumbing import tracing
 from berth.protocol.chat import ChatCompletionRequest
+from berth.protocol.completion import CompletionRequest
 from berth.protocol.envelopes import QueuedRequest, TokenEvent
 from berth.store.streams import StreamStore
 
@@ -71,7 +72,7 @@ class ChatRun:
 
 async def start(
     state: ApiState,
-    chat: ChatCompletionRequest,
+    chat: ChatCompletionRequest | CompletionRequest,
     queued: QueuedRequest,
     timer: metrics.RequestTimer,
 ) -> ChatRun:
@@ -89,15 +90,16 @@ async def start(
         raise
     # per request: DEBUG; the one INFO line per request is ChatRun.account's at its end
     log.debug(
-        "request %s queued for %s/%s lane=%s stream=%s tenant=%s user=%s safety_identifier=%s",
+        "request %s (%s) queued for %s/%s lane=%s stream=%s tenant=%s user=%s safety_identifier=%s",
         request_id,
+        queued.kind,
         queued.model,
         queued.adapter,
         queued.lane,
         chat.stream,
         timer.tenant,
         chat.user,
-        chat.safety_identifier,
+        getattr(chat, "safety_identifier", None),
     )
     attempts = [queued]
 

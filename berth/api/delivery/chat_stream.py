@@ -1,6 +1,7 @@
-"""A streamed chat completion (SSE), from its head to its last chunk: the wait for the first
-token (so an early refusal is a real HTTP error), headers and pings when that token is late,
-the chunks, and the record that lets a client who left resume the stream (``resume``)."""
+"""A streamed chat (or text) completion (SSE), from its head to its last chunk: the wait for
+the first token (so an early refusal is a real HTTP error), headers and pings when that token
+is late, the chunks, and the record that lets a client who left resume a chat stream
+(``resume``)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from berth.api.delivery.keepalive import pings_until
 from berth.api.errors import error_response
 from berth.api.state import ApiState
 from berth.protocol.chat import ChatCompletionRequest
+from berth.protocol.completion import CompletionRequest
 from berth.protocol.envelopes import ResumableStream, TokenEvent
-from berth.protocol.output import ChunkWriter, event_error
+from berth.protocol.output import ChunkWriter, TextChunkWriter, event_error
 from berth.store.streams import StreamStore
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,11 @@ log = logging.getLogger(__name__)
 # the request header a client sends to make its stream resumable
 RESUMABLE_HEADER = "x-berth-resumable"
 
+# what a stream answers: a chat completion, or a text completion (never resumable)
+Streamed = ChatCompletionRequest | CompletionRequest
 
-async def respond(run: ChatRun, request: Request, chat: ChatCompletionRequest) -> Response:
+
+async def respond(run: ChatRun, request: Request, chat: Streamed) -> Response:
     """The answer to a streamed request: an error, a 499 if the client left first, or the
     stream."""
     state, request_id = run.state, run.request_id
@@ -52,9 +57,9 @@ async def respond(run: ChatRun, request: Request, chat: ChatCompletionRequest) -
         run.timer.done(time.monotonic())
         run.account(head[-1])
         return error_response(event_error(head[-1]))
-    resumable = _wants_resume(request, state)
+    resumable = _wants_resume(request, state, chat)
     writer = _writer(request_id, chat, created, event_ids=resumable)
-    if resumable and not head[-1].terminal:
+    if resumable and isinstance(chat, ChatCompletionRequest) and not head[-1].terminal:
         await _save_resumable(state, request_id, chat, run.tenant, created, head[-1])
     return _sse(_stream(run, head, writer, resumable), request_id)
 
@@ -116,11 +121,11 @@ async def _within(work: asyncio.Future[Any], wait_s: float) -> bool:
     return True
 
 
-def _writer(
-    request_id: str, chat: ChatCompletionRequest, created: int, event_ids: bool
-) -> ChunkWriter:
+def _writer(request_id: str, chat: Streamed, created: int, event_ids: bool) -> ChunkWriter:
     """``event_ids``: SSE ``id:`` lines, for streams a client may resume (some clients, vLLM's
     bench client among them, fail on them, so others go without)."""
+    if isinstance(chat, CompletionRequest):
+        return TextChunkWriter(request_id, chat.model, created, chat.n, chat.wants_usage)
     return ChunkWriter(
         request_id,
         chat.model,
@@ -161,19 +166,20 @@ async def _save_resumable(
 async def _late_stream_response(
     run: ChatRun,
     request: Request,
-    chat: ChatCompletionRequest,
+    chat: Streamed,
     created: int,
     first: asyncio.Future[list[TokenEvent]],
 ) -> StreamingResponse:
     """The answer of a stream whose first token is late: headers now, pings until it comes
     (an early refusal is then an error event in the stream), then the stream."""
     state, request_id, tenant = run.state, run.request_id, run.tenant
-    wants_resume = _wants_resume(request, state)
-    if wants_resume:
+    wants_resume = _wants_resume(request, state, chat)
+    if wants_resume and isinstance(chat, ChatCompletionRequest):
         # resumable while it waits; saved again with its attempt and worker at the first token
         await _save_resumable(state, request_id, chat, tenant, created, None)
 
     async def save(head: TokenEvent) -> None:
+        assert isinstance(chat, ChatCompletionRequest)
         await _save_resumable(state, request_id, chat, tenant, created, head)
 
     return _sse(
@@ -211,10 +217,13 @@ async def _pinged(
         yield chunk
 
 
-def _wants_resume(request: Request, state: ApiState) -> bool:
-    return state.settings.resume_grace_s > 0 and request.headers.get(
-        RESUMABLE_HEADER, ""
-    ).strip().lower() in ("1", "true", "yes")
+def _wants_resume(request: Request, state: ApiState, chat: Streamed) -> bool:
+    """Only a chat stream is resumable: the resume route is a chat completion's."""
+    return (
+        isinstance(chat, ChatCompletionRequest)
+        and state.settings.resume_grace_s > 0
+        and request.headers.get(RESUMABLE_HEADER, "").strip().lower() in ("1", "true", "yes")
+    )
 
 
 async def _head(events: AsyncIterator[TokenEvent]) -> list[TokenEvent]:

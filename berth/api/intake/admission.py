@@ -1,5 +1,5 @@
 """Turns an HTTP request into a queued request: body bounds, validation, model resolution,
-lane and deadline. Shared by interactive completions and asynchronous jobs."""
+lane and deadline. Shared by chat and text completions and asynchronous jobs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from berth.protocol.chat import (
     check_sizes_unparsed,
     parse_chat_request,
 )
+from berth.protocol.completion import CompletionRequest, parse_completion_request
+from berth.protocol.completion import check_sizes_unparsed as check_completion_sizes
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import InvalidRequest
 
@@ -62,7 +64,7 @@ def lane_for(chat: ChatCompletionRequest, default: str) -> str:
 
 def queued_request(
     state: ApiState,
-    chat: ChatCompletionRequest,
+    chat: ChatCompletionRequest | CompletionRequest,
     request_id: str,
     *,
     tenant: str,
@@ -77,11 +79,12 @@ def queued_request(
         model=model,
         adapter=adapter,
         request=chat.model_dump(mode="json", exclude_none=True),
+        kind="chat" if isinstance(chat, ChatCompletionRequest) else "completion",
         deadline=deadline,
         lane=lane,
         job=job,
         tenant=tenant,
-        affinity=chat.prompt_cache_key,
+        affinity=chat.prompt_cache_key if isinstance(chat, ChatCompletionRequest) else None,
         # a job needs no connection; an interactive request dies with its API process
         origin=None if job else state.instance or None,
         trace=tracing.carrier(),
@@ -95,3 +98,11 @@ async def read_chat(request: Request, state: ApiState) -> ChatCompletionRequest:
         # the counts first, before the body is built into Python objects
         check_sizes_unparsed(body, limits)
         return parse_chat_request(jsonbody.loads(body), limits)
+
+
+async def read_completion(request: Request, state: ApiState) -> CompletionRequest:
+    limits = state.settings.limits()
+    body = await read_body(request, limits.max_body_bytes)
+    with tracing.span("validate"):
+        check_completion_sizes(body, limits)
+        return parse_completion_request(jsonbody.loads(body), limits)

@@ -1,8 +1,9 @@
 """The engine interface every engine (real vLLM or the fake) implements.
 
 The worker runtime only talks to an :class:`Engine`; it never imports vLLM.
-An engine turns one chat-completion request into a stream of :class:`EngineStep`
-objects, one per engine step in which the request made progress.
+An engine turns one request (a chat completion, rendered with the model's chat template,
+or a text completion, whose prompt goes in as it is) into a stream of
+:class:`EngineStep` objects, one per engine step in which the request made progress.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from berth.protocol.chat import ChatCompletionRequest
+    from berth.protocol.completion import CompletionRequest
+
+    EngineRequest = ChatCompletionRequest | CompletionRequest
 
 FinishReason = Literal["stop", "length", "tool_calls", "abort"]
 
@@ -83,6 +87,18 @@ class AdapterLru:
         return list(self._order)
 
 
+async def echoed(steps: AsyncIterator[EngineStep], text: str) -> AsyncIterator[EngineStep]:
+    """``steps`` with ``text`` (a text completion's prompt, for ``echo``) before each
+    choice's first output."""
+    started: set[int] = set()
+    async for step in steps:
+        for choice in step.choices:
+            if choice.index not in started:
+                started.add(choice.index)
+                choice.content = text + choice.content
+        yield step
+
+
 class Engine(Protocol):
     """One long-lived inference engine owned by a worker process."""
 
@@ -104,7 +120,7 @@ class Engine(Protocol):
         ...
 
     def generate(
-        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+        self, request_id: str, request: EngineRequest, adapter: str | None
     ) -> AsyncIterator[EngineStep]:
         """Run one request. Raises InvalidRequest (before the first step) for checks
         that need the model: vocabulary, context length, unknown adapter."""

@@ -12,30 +12,36 @@ from collections.abc import Iterable
 from berth.protocol.errors import InvalidRequest
 
 
-def resolve_max_tokens(requested: int | None, *, prompt_len: int, max_model_len: int) -> int:
-    """Tokens the request may generate: as asked, or the rest of the context when unset."""
+def resolve_max_tokens(
+    requested: int | None,
+    *,
+    prompt_len: int,
+    max_model_len: int,
+    prompt_param: str = "messages",
+    max_param: str = "max_completion_tokens",
+) -> int:
+    """Tokens the request may generate: as asked, or the rest of the context when unset.
+    ``prompt_param`` and ``max_param`` name the request's fields (a chat request's, unless
+    given) in the errors."""
     if prompt_len >= max_model_len:
         raise InvalidRequest(
             f"the prompt is {prompt_len} tokens long, but this model's context is "
             f"{max_model_len} tokens and at least one token must be left to generate; "
-            "shorten the messages",
-            param="messages",
+            f"shorten the {prompt_param}",
+            param=prompt_param,
             code="context_length_exceeded",
         )
     room = max_model_len - prompt_len
     if requested is None:
         return room
     if requested < 1:
-        raise InvalidRequest(
-            f"max_completion_tokens must be at least 1, got {requested}",
-            param="max_completion_tokens",
-        )
+        raise InvalidRequest(f"{max_param} must be at least 1, got {requested}", param=max_param)
     if requested > room:
         raise InvalidRequest(
-            f"the prompt ({prompt_len} tokens) plus max_completion_tokens ({requested}) is "
+            f"the prompt ({prompt_len} tokens) plus {max_param} ({requested}) is "
             f"more than this model's context of {max_model_len} tokens; ask for at most "
             f"{room} tokens",
-            param="max_completion_tokens",
+            param=max_param,
             code="context_length_exceeded",
         )
     return requested

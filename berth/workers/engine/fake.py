@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
+from berth.protocol.completion import CompletionRequest
 from berth.protocol.errors import InvalidRequest
 from berth.workers.engine.base import (
     AdapterLru,
@@ -24,11 +25,12 @@ from berth.workers.engine.base import (
     EngineStats,
     EngineStep,
     FinishReason,
+    echoed,
 )
 from berth.workers.engine.checks import check_token_ids, logit_bias_ids, resolve_max_tokens
 
 if TYPE_CHECKING:
-    from berth.protocol.chat import ChatCompletionRequest
+    from berth.workers.engine.base import EngineRequest
 
 _TEXT = (
     "the quick brown fox jumps over a lazy dog while berth serves many users "
@@ -107,12 +109,15 @@ class FakeEngine:
             self._running[request_id].set()
 
     def generate(
-        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+        self, request_id: str, request: EngineRequest, adapter: str | None
     ) -> AsyncIterator[EngineStep]:
-        return self._generate(request_id, request, adapter)
+        steps = self._generate(request_id, request, adapter)
+        if isinstance(request, CompletionRequest) and request.echo:
+            return echoed(steps, _prompt_text(request))
+        return steps
 
     async def _generate(
-        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+        self, request_id: str, request: EngineRequest, adapter: str | None
     ) -> AsyncIterator[EngineStep]:
         if not self._started:
             raise RuntimeError("FakeEngine.start() was not awaited")
@@ -125,10 +130,16 @@ class FakeEngine:
             )
         if adapter:
             self._lru.touch(adapter)
+        if isinstance(request, CompletionRequest) and request.prompt_ids is not None:
+            check_token_ids(request.prompt_ids, vocab_size=self._vocab_size, param="prompt")
         prompt_len = _prompt_len(request)
-        requested = request.max_completion_tokens
+        requested = request.max_tokens_requested
         max_tokens = resolve_max_tokens(
-            requested, prompt_len=prompt_len, max_model_len=self._max_model_len
+            requested,
+            prompt_len=prompt_len,
+            max_model_len=self._max_model_len,
+            prompt_param=request.prompt_field,
+            max_param=request.max_tokens_field,
         )
         if requested is None:
             max_tokens = min(max_tokens, self._default_max_tokens)
@@ -163,15 +174,15 @@ class FakeEngine:
     async def _run(
         self,
         aborted: asyncio.Event,
-        request: ChatCompletionRequest,
+        request: EngineRequest,
         prompt_len: int,
         max_tokens: int,
     ) -> AsyncIterator[EngineStep]:
         n = request.n or 1
         stops = list(request.stop or [])
         keep_stop = bool(getattr(request, "no_stop_trim", False))
-        want_logprobs = bool(request.logprobs)
-        top = request.top_logprobs or 0
+        want_logprobs = request.logprobs_count is not None
+        top = request.logprobs_count or 0
         seed = _seed(request)
         texts = [""] * n
         sent = [0] * n  # characters of texts[i] already sent
@@ -245,8 +256,12 @@ def _abort_step(indices: Iterable[int], prompt_tokens: int, completion_tokens: i
     )
 
 
-def _prompt_len(request: ChatCompletionRequest) -> int:
-    """A stand-in token count: words of every message, plus a few per message."""
+def _prompt_len(request: EngineRequest) -> int:
+    """A stand-in token count: words of every message, plus a few per message; a text
+    prompt's words, or its token ids."""
+    if isinstance(request, CompletionRequest):
+        text = request.prompt_text
+        return len(request.prompt) if text is None else len(text.split()) + 1
     total = 0
     for message in request.message_dicts():
         content = message.get("content")
@@ -254,7 +269,15 @@ def _prompt_len(request: ChatCompletionRequest) -> int:
     return total + 3
 
 
-def _seed(request: ChatCompletionRequest) -> int:
+def _prompt_text(request: CompletionRequest) -> str:
+    """The prompt as text: as given, or its token ids as this engine's words."""
+    ids = request.prompt_ids
+    if ids is None:
+        return str(request.prompt)
+    return " ".join(WORDS[t % len(WORDS)] for t in ids) + " "
+
+
+def _seed(request: EngineRequest) -> int:
     seed = getattr(request, "effective_seed", None)
     return int(seed) if isinstance(seed, int) else 0
 

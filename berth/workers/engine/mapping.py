@@ -1,4 +1,4 @@
-"""A chat-completion request's sampling fields → vLLM ``SamplingParams``.
+"""A request's sampling fields (a chat or a text completion's) → vLLM ``SamplingParams``.
 
 The table "The request: every field, and where it goes" in ``design.md`` is the
 spec; each row is one line of :func:`build_sampling_params`. Fields left unset
@@ -7,8 +7,8 @@ vLLM's own defaults, as vLLM's server does.
 
 Model-dependent checks happen here, before the engine sees the request: the
 context length (``max_completion_tokens``, or ``messages`` when the prompt alone
-is too long) and token ids against the vocabulary (``logit_bias``,
-``stop_token_ids``).
+is too long; ``max_tokens`` and ``prompt`` for a text completion) and token ids
+against the vocabulary (``logit_bias``, ``stop_token_ids``).
 """
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 from vllm.v1.structured_output.utils import grammar_is_likely_lark
 
+from berth.protocol.chat import ChatCompletionRequest
 from berth.protocol.errors import InvalidRequest
 from berth.workers.engine.checks import check_token_ids, logit_bias_ids, resolve_max_tokens
 
 if TYPE_CHECKING:
-    from berth.protocol.chat import ChatCompletionRequest
+    from berth.workers.engine.base import EngineRequest
     from berth.workers.engine.parsers import RequestParsing
 
 # below this vLLM samples greedily (vllm.sampling_params._SAMPLING_EPS)
 _GREEDY = 1e-5
 
-# vLLM's parameter names → the request field a client set
+# vLLM's parameter names → the chat request field a client set (a text completion's
+# fields have vLLM's names)
 _PARAM_NAMES = {
     "max_tokens": "max_completion_tokens",
     "logprobs": "top_logprobs",
@@ -39,7 +41,7 @@ _PARAM_NAMES = {
 }
 
 
-def constraint_param(req: ChatCompletionRequest) -> str:
+def constraint_param(req: EngineRequest) -> str:
     """The request field that carries the output constraint, for error messages."""
     kind = req.constraint_kind
     if kind in ("json_object", "json_schema"):
@@ -49,14 +51,14 @@ def constraint_param(req: ChatCompletionRequest) -> str:
     return "tool_choice"
 
 
-def structured_outputs(req: ChatCompletionRequest) -> StructuredOutputsParams | None:
+def structured_outputs(req: EngineRequest) -> StructuredOutputsParams | None:
     """``response_format`` / ``regex`` / ``ebnf`` → vLLM's structured-output constraint."""
     kind = req.constraint_kind
     if kind is None:
         return None
     if kind == "json_object":
         return StructuredOutputsParams(json_object=True)
-    if kind == "json_schema":
+    if kind == "json_schema" and isinstance(req, ChatCompletionRequest):
         schema = req.response_format.json_schema.schema_  # type: ignore[union-attr]
         return StructuredOutputsParams(json=schema)
     if kind == "regex":
@@ -84,7 +86,7 @@ def constraint_spec(constraint: StructuredOutputsParams | None) -> tuple[str, st
 
 
 def build_sampling_params(
-    req: ChatCompletionRequest,
+    req: EngineRequest,
     *,
     vocab_size: int,
     max_model_len: int,
@@ -106,9 +108,13 @@ def build_sampling_params(
         return value if value is not None else defaults.get(name, fallback)
 
     max_tokens = resolve_max_tokens(
-        req.max_completion_tokens, prompt_len=prompt_len, max_model_len=max_model_len
+        req.max_tokens_requested,
+        prompt_len=prompt_len,
+        max_model_len=max_model_len,
+        prompt_param=req.prompt_field,
+        max_param=req.max_tokens_field,
     )
-    if req.max_completion_tokens is None and defaults.get("max_tokens"):
+    if req.max_tokens_requested is None and defaults.get("max_tokens"):
         max_tokens = min(max_tokens, int(defaults["max_tokens"]))
 
     bias = logit_bias_ids(req.logit_bias)
@@ -155,7 +161,7 @@ def build_sampling_params(
             skip_special_tokens=skip_special,
             include_stop_str_in_output=req.no_stop_trim,
             # OpenAI: top_logprobs alternatives per token; the sampled token always comes back
-            logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+            logprobs=req.logprobs_count,
             logit_bias=bias or None,
             structured_outputs=constraint,
             output_kind=RequestOutputKind.DELTA,
@@ -164,12 +170,13 @@ def build_sampling_params(
         raise invalid_from_vllm(exc, req) from None
 
 
-def invalid_from_vllm(exc: VLLMValidationError, req: ChatCompletionRequest) -> InvalidRequest:
+def invalid_from_vllm(exc: VLLMValidationError, req: EngineRequest) -> InvalidRequest:
     """vLLM's validation error as berth's, naming the request field."""
     param = getattr(exc, "parameter", None)
     if param is None:
         message = str(exc).lower()
         if "structured output" in message or "grammar" in message or "regex" in message:
             param = constraint_param(req)
-    param = _PARAM_NAMES.get(param, param) if param else None
+    if param and isinstance(req, ChatCompletionRequest):
+        param = _PARAM_NAMES.get(param, param)
     return InvalidRequest(exc.args[0] if exc.args else str(exc), param=param)

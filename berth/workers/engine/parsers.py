@@ -230,7 +230,11 @@ class RequestParsing:
 class ChoiceParser:
     """Feeds one choice's deltas through vLLM's parser; remembers whether tools were called."""
 
-    def __init__(self, parser: Parser | None, vreq: VllmChatRequest, prompt_token_ids: list[int]):
+    def __init__(
+        self, parser: Parser | None, vreq: VllmChatRequest | None, prompt_token_ids: list[int]
+    ):
+        """``parser`` None (a text completion, or a chat request with nothing to parse):
+        the text passes through as content."""
         self._parser = parser
         self._vreq = vreq
         self._prompt = prompt_token_ids
@@ -251,7 +255,7 @@ class ChoiceParser:
     def feed(self, text: str, token_ids: list[int], *, finished: bool) -> ParsedDelta:
         if self._token_ids is not None:
             self._token_ids += token_ids
-        if self._parser is None:
+        if self._parser is None or self._vreq is None:
             return ParsedDelta(content=text)
         delta = self._parser.parse_delta(
             delta_text=text,

@@ -1,10 +1,11 @@
 """The real engine: one long-lived vLLM ``AsyncLLM`` that every request of the worker feeds.
 
-Each request is rendered with the model's chat template, checked against the
+Each chat request is rendered with the model's chat template (a text completion's
+prompt is tokenized as it is, or taken as the token ids it is), checked against the
 model (context length, vocabulary, adapter), mapped to ``SamplingParams`` and
 submitted with ``RequestOutputKind.DELTA``; vLLM batches it continuously with
-everything else in flight. Every delta goes through vLLM's own tool-call and
-reasoning parsers (one per choice) and comes out as an :class:`EngineStep`.
+everything else in flight. Every delta of a chat request goes through vLLM's own
+tool-call and reasoning parsers (one per choice), and comes out as an :class:`EngineStep`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -27,6 +29,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from berth.plumbing import tracing
+from berth.protocol.completion import CompletionRequest
 from berth.protocol.errors import EngineFailure, InvalidRequest
 from berth.workers.engine.adapters import AdapterRegistry
 from berth.workers.engine.base import (
@@ -35,8 +38,10 @@ from berth.workers.engine.base import (
     EngineStats,
     EngineStep,
     FinishReason,
+    echoed,
 )
 from berth.workers.engine.chat import render_prompt, template_kwargs
+from berth.workers.engine.checks import check_token_ids
 from berth.workers.engine.config import EngineConfig
 from berth.workers.engine.grammar import CompileBudget, GrammarGate
 from berth.workers.engine.mapping import (
@@ -46,17 +51,31 @@ from berth.workers.engine.mapping import (
     invalid_from_vllm,
     structured_outputs,
 )
-from berth.workers.engine.parsers import ChoiceParser, OutputParsers
+from berth.workers.engine.parsers import ChoiceParser, OutputParsers, RequestParsing
 
 if TYPE_CHECKING:
     from vllm.outputs import CompletionOutput
 
     from berth.protocol.chat import ChatCompletionRequest
+    from berth.workers.engine.base import EngineRequest
 
 log = logging.getLogger(__name__)
 
 # prompts longer than this many characters are tokenized off the event loop
 _INLINE_RENDER_CHARS = 8_000
+
+
+@dataclass(slots=True)
+class _Prompt:
+    """A request made ready for vLLM: its prompt token ids, how its output is parsed (a
+    chat request's ``parsing``; None for a text completion, whose output is plain text),
+    one parser per choice, and the text an ``echo`` puts before the output."""
+
+    token_ids: list[int]
+    parsing: RequestParsing | None
+    choice_parsers: list[ChoiceParser]
+    named_tool: bool = False
+    echo: str | None = None
 
 
 class VllmEngine:
@@ -205,14 +224,14 @@ class VllmEngine:
             await self._llm.abort(request_id)
 
     def generate(
-        self, request_id: str, request: ChatCompletionRequest, adapter: str | None
+        self, request_id: str, request: EngineRequest, adapter: str | None
     ) -> AsyncIterator[EngineStep]:
         return self._generate(request_id, request, adapter)
 
     # --- one request ---
 
     async def _generate(
-        self, request_id: str, req: ChatCompletionRequest, adapter: str | None
+        self, request_id: str, req: EngineRequest, adapter: str | None
     ) -> AsyncIterator[EngineStep]:
         llm, parsers = self._llm, self._parsers
         if llm is None or parsers is None:
@@ -224,20 +243,11 @@ class VllmEngine:
             lora, lora_param = self._lora_request(adapter, req)
             if lora is not None:
                 await self._load_adapter(lora, lora_param)
-            if (
-                sum(len(str(m.get("content") or "")) for m in req.message_dicts())
-                > _INLINE_RENDER_CHARS
-            ):
-                prompt = await asyncio.to_thread(render_prompt, self._tokenizer, req)
+            if isinstance(req, CompletionRequest):
+                ready = await self._text_prompt(req)
             else:
-                prompt = render_prompt(self._tokenizer, req)
-            parsing = parsers.for_request(
-                req,
-                structured_outputs(req),
-                skip_special_tokens=req.skip_special_tokens,
-                chat_template_kwargs=template_kwargs(req),
-            )
-            await self._check_constraint(parsing.structured_outputs, req)
+                ready = await self._chat_prompt(req, parsers)
+            prompt, parsing = ready.token_ids, ready.parsing
             params = build_sampling_params(
                 req,
                 vocab_size=self._vocab_size,
@@ -246,7 +256,6 @@ class VllmEngine:
                 parsing=parsing,
                 defaults=self._defaults,
             )
-            choice_parsers = [parsing.choice_parser(prompt) for _ in range(req.n)]
             if request_id in self._aborted:
                 yield _abort_step(range(req.n), len(prompt), 0)
                 return
@@ -257,23 +266,66 @@ class VllmEngine:
                 lora_request=lora,
                 # vLLM's own request span joins berth's trace (when both trace)
                 trace_headers=tracing.carrier() if self._traces_to_vllm else None,
-                reasoning_ended=parsing.reasoning_ended(prompt),
-                reasoning_parser_kwargs=parsing.reasoning_parser_kwargs,
+                reasoning_ended=parsing.reasoning_ended(prompt) if parsing else None,
+                reasoning_parser_kwargs=parsing.reasoning_parser_kwargs if parsing else None,
             )
-            named_tool = req.tools is not None and not isinstance(req.tool_choice, str | None)
+            steps = self._steps(
+                request_id, req, stream, prompt, ready.choice_parsers, ready.named_tool
+            )
+            if ready.echo is not None:
+                steps = echoed(steps, ready.echo)
             async with contextlib.aclosing(stream):
-                async for step in self._steps(
-                    request_id, req, stream, prompt, choice_parsers, named_tool
-                ):
+                async for step in steps:
                     yield step
         finally:
             self._running.discard(request_id)
             self._aborted.discard(request_id)
 
+    async def _chat_prompt(self, req: ChatCompletionRequest, parsers: OutputParsers) -> _Prompt:
+        """The chat template's prompt, and the request's tool and reasoning parsing."""
+        chars = sum(len(str(m.get("content") or "")) for m in req.message_dicts())
+        if chars > _INLINE_RENDER_CHARS:
+            prompt = await asyncio.to_thread(render_prompt, self._tokenizer, req)
+        else:
+            prompt = render_prompt(self._tokenizer, req)
+        parsing = parsers.for_request(
+            req,
+            structured_outputs(req),
+            skip_special_tokens=req.skip_special_tokens,
+            chat_template_kwargs=template_kwargs(req),
+        )
+        await self._check_constraint(parsing.structured_outputs, req)
+        return _Prompt(
+            prompt,
+            parsing,
+            [parsing.choice_parser(prompt) for _ in range(req.n)],
+            named_tool=req.tools is not None and not isinstance(req.tool_choice, str | None),
+        )
+
+    async def _text_prompt(self, req: CompletionRequest) -> _Prompt:
+        """A text completion's prompt as it is: its token ids, or its text tokenized as
+        vLLM's server tokenizes a completion's (special tokens such as BOS added)."""
+        text, ids = req.prompt_text, req.prompt_ids
+        if ids is not None:
+            prompt = list(ids)
+            check_token_ids(prompt, vocab_size=self._vocab_size, param="prompt")
+        elif text is None:
+            raise AssertionError("a parsed prompt is text or token ids")
+        elif len(text) > _INLINE_RENDER_CHARS:
+            prompt = list(await asyncio.to_thread(self._tokenizer.encode, text))
+        else:
+            prompt = list(self._tokenizer.encode(text))
+        await self._check_constraint(structured_outputs(req), req)
+        echo = None
+        if req.echo:
+            echo = text if text is not None else self._tokenizer.decode(prompt)
+        plain = [ChoiceParser(None, None, prompt) for _ in range(req.n)]
+        return _Prompt(prompt, None, plain, echo=echo)
+
     async def _steps(
         self,
         request_id: str,
-        req: ChatCompletionRequest,
+        req: EngineRequest,
         stream: AsyncIterator[Any],
         prompt: list[int],
         parsers: list[ChoiceParser],
@@ -332,7 +384,7 @@ class VllmEngine:
             raise EngineFailure("the engine ended the request without finishing it")
         yield _abort_step(unfinished, len(prompt), completion_tokens)
 
-    async def _check_constraint(self, constraint: Any, req: ChatCompletionRequest) -> None:
+    async def _check_constraint(self, constraint: Any, req: EngineRequest) -> None:
         """Compile the constraint under budget, off the event loop, before vLLM sees it:
         vLLM would convert it on this loop (beside the heartbeat) and compile it in the
         engine process, and neither has a bound of its own."""
@@ -342,7 +394,7 @@ class VllmEngine:
 
     def _choice_delta(
         self,
-        req: ChatCompletionRequest,
+        req: EngineRequest,
         output: CompletionOutput,
         parser: ChoiceParser,
         named_tool: bool,
@@ -356,17 +408,16 @@ class VllmEngine:
             reasoning_content=parsed.reasoning,
             tool_calls=parsed.tool_calls,
         )
-        if req.logprobs and output.logprobs is not None:
-            delta.logprobs = openai_logprobs(
-                self._tokenizer, token_ids, output.logprobs, req.top_logprobs or 0
-            )
+        top = req.logprobs_count
+        if top is not None and output.logprobs is not None:
+            delta.logprobs = openai_logprobs(self._tokenizer, token_ids, output.logprobs, top)
         if reason is not None:
             delta.finish_reason = _finish_reason(reason, parser.tools_called, named_tool)
             delta.stop_reason = output.stop_reason
         return delta
 
     def _lora_request(
-        self, adapter: str | None, req: ChatCompletionRequest
+        self, adapter: str | None, req: EngineRequest
     ) -> tuple[LoRARequest | None, str]:
         param = "lora_path"
         if adapter:
