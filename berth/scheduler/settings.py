@@ -72,5 +72,5 @@ class SchedulerSettings(MetricsSettings, JobRecordSettings):
         default=None,
         description="The scheduler's local proof of life, refreshed every second by its "
         "event loop, for `berth check scheduler --local` (no Redis needed). Unset: "
-        "berth-scheduler-<scheduler id>.alive in the temp directory (TMPDIR).",
+        "`berth-scheduler-<id>.alive` in the temp directory (TMPDIR).",
     )

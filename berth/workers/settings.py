@@ -115,7 +115,7 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
         default=None,
         description="The worker's local proof of life, refreshed every heartbeat once its "
         "engine started, for `berth check worker --local` (no Redis needed). Unset: "
-        "berth-worker-<worker id>.alive in the temp directory (TMPDIR).",
+        "`berth-worker-<id>.alive` in the temp directory (TMPDIR).",
     )
     fake_tokens_per_s: float | None = Field(
         default=None,
