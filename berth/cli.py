@@ -27,6 +27,7 @@ from pydantic_settings import (
     get_subcommand,
 )
 
+from berth.plumbing.liveness import MAX_AGE_S
 from berth.plumbing.settings import CommonSettings
 
 
@@ -70,7 +71,8 @@ _CLI_CONFIG = SettingsConfigDict(
 
 class CheckArgs(BaseModel):
     """Exit 0 if a role is healthy, 1 if not: the API answers /health; a worker or
-    scheduler refreshed its record in Redis recently (looked up by its id)."""
+    scheduler refreshed its local proof of life recently (--local: no Redis needed, for
+    liveness probes), or else its record in Redis (looked up by its id)."""
 
     role: CliPositionalArg[Literal["api", "scheduler", "worker"]]
     url: str = Field(default="http://127.0.0.1:8000", description="API base URL.")
@@ -78,6 +80,21 @@ class CheckArgs(BaseModel):
     id: str | None = Field(
         default=None,
         description="Worker or scheduler id. Env: BERTH_WORKER_ID / BERTH_SCHEDULER_ID.",
+    )
+    local: bool = Field(
+        default=False,
+        description="Worker or scheduler: check the liveness file the process refreshes "
+        "beside itself instead of its record in Redis (implied by --health-file).",
+    )
+    health_file: str | None = Field(
+        default=None,
+        description="The liveness file to check (the role's --health-file). Env: "
+        "BERTH_HEALTH_FILE. Default: found by the role's id in the temp directory.",
+    )
+    max_age: float = Field(
+        default=MAX_AGE_S,
+        gt=0,
+        description="--local: seconds since the last refresh past which the role is unhealthy.",
     )
 
 
@@ -184,8 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     chosen = parse(argv)
     if isinstance(chosen, CheckArgs):
-        from berth.check import run_check
+        from berth.check import LocalCheck, run_check
 
+        health_file = chosen.health_file or os.environ.get("BERTH_HEALTH_FILE")
         return run_check(
             chosen.role,
             url=chosen.url,
@@ -193,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             or os.environ.get("REDIS_URL")
             or os.environ.get("BERTH_REDIS_URL"),
             role_id=chosen.id or os.environ.get(f"BERTH_{chosen.role.upper()}_ID"),
+            local=LocalCheck(health_file, chosen.max_age)
+            if chosen.local or chosen.health_file
+            else None,
         )
     assert isinstance(chosen, CommonSettings)
     role = next(name for name, cls in _settings_classes().items() if type(chosen) is cls)

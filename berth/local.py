@@ -8,6 +8,7 @@ runs as its own process, exactly as in a deployment, and Ctrl-C stops them all.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -127,7 +128,10 @@ def wait_ready(url: str, timeout_s: float, stack: Stack) -> bool:
             return False
         try:
             with urllib.request.urlopen(f"{url}/ready", timeout=2) as answer:
-                if answer.status == 200:
+                # the API is ready without a worker; the stack serves once one and a
+                # scheduler are live
+                body = json.load(answer)
+                if body.get("workers", 0) >= 1 and body.get("schedulers", 0) >= 1:
                     return True
         except (urllib.error.URLError, OSError):
             pass

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import httpx
 import redis
 
 from berth.local import Stack
@@ -61,8 +62,18 @@ class RunningStack:
                 self.start(role[0], **role[1])
 
     def wait_ready(self, timeout_s: float = 300.0, workers: int = 1) -> None:
-        """Until GET /ready answers 200 with ``workers`` live workers (and a scheduler)."""
-        self._wait(timeout_s, "/ready", lambda body: body.get("workers", 0) >= workers)
+        """Until GET /ready answers 200 and counts ``workers`` live workers and a scheduler
+        (the API is ready without them; the stack serves once they are there)."""
+        self._wait(
+            timeout_s,
+            "/ready",
+            lambda body: body.get("workers", 0) >= workers and body.get("schedulers", 0) >= 1,
+        )
+
+    def live_workers(self) -> int:
+        """How many live workers the API counts (its /ready body); -1 when it is unready."""
+        answer = httpx.get(f"{self.url}/ready", timeout=10)
+        return int(answer.json()["workers"]) if answer.status_code == 200 else -1
 
     def wait_served(self, timeout_s: float = 300.0, api_key: str | None = None) -> None:
         """Until the API lists a model: for stacks started without a scheduler (asking

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
 from berth.api.settings import ApiSettings
-from berth.cli import CheckArgs, _settings_classes, parse
+from berth.cli import CheckArgs, _settings_classes, main, parse
 from berth.local import UpSettings
+from berth.plumbing.liveness import LivenessFile, proof_path
 from berth.workers.settings import WorkerSettings
 
 
@@ -55,6 +60,31 @@ def test_boolean_flags_turn_off() -> None:
 def test_check_takes_a_role_and_its_id() -> None:
     check = parse(["check", "worker", "--id", "w-1", "--redis-url", "redis://x"])
     assert check == CheckArgs(role="worker", id="w-1", redis_url="redis://x")
+
+
+def test_local_check_reads_the_liveness_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BERTH_HEALTH_FILE", raising=False)
+    monkeypatch.delenv("BERTH_SCHEDULER_ID", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # read TMPDIR again, as the role and a probe process would
+    try:
+        proof = proof_path("scheduler", "s-1")
+        assert proof.parent == tmp_path
+        check = ["check", "scheduler", "--local", "--id", "s-1"]
+        assert main(check) == 1  # not started
+        LivenessFile(proof, "scheduler", "s-1").refresh()
+        assert main(check) == 0
+        # no Redis is asked: none is given, and the check still answers
+        old = time.time() - 31
+        os.utime(proof, (old, old))
+        assert main(check) == 1
+        assert main([*check, "--max-age", "60"]) == 0
+        assert main(["check", "scheduler", "--health-file", str(proof), "--max-age", "60"]) == 0
+        assert main(["check", "scheduler", "--local"]) == 2  # no id, no file: a usage error
+    finally:
+        tempfile.tempdir = None
 
 
 def test_bad_values_name_the_setting() -> None:

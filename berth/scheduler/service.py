@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from berth.limits import limit_scripts, release_queued
 from berth.plumbing import tracing
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
+from berth.plumbing.liveness import LivenessFile, keep_fresh, proof_path
 from berth.plumbing.supervise import Backoff, log_failure
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
@@ -521,11 +522,18 @@ async def serve(settings: SchedulerSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    log.info("scheduler %s started", settings.scheduler_id)
+    me = settings.scheduler_id
+    proof = LivenessFile(proof_path("scheduler", me, settings.health_file), "scheduler", me)
+    # a task on the loop that runs the dispatch loop: fresh while this loop turns, also
+    # while the dispatch loop waits out a Redis outage (restarting would not end that)
+    keeping = loop.create_task(keep_fresh(proof), name="liveness proof")
+    log.info("scheduler %s started", me)
     try:
         await scheduler.run(stop)
     finally:
-        me = settings.scheduler_id
+        keeping.cancel()
+        await asyncio.gather(keeping, return_exceptions=True)
+        proof.remove()
         try:
             await withdraw_scheduler(redis, me)
         except RedisError as err:

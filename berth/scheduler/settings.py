@@ -68,3 +68,9 @@ class SchedulerSettings(MetricsSettings, JobRecordSettings):
         gt=0,
         description="A request that found no live worker for this long ends with an error.",
     )
+    health_file: str | None = Field(
+        default=None,
+        description="The scheduler's local proof of life, refreshed every second by its "
+        "event loop, for `berth check scheduler --local` (no Redis needed). Unset: "
+        "`berth-scheduler-<id>.alive` in the temp directory (TMPDIR).",
+    )

@@ -1,5 +1,6 @@
 """The worker's entry in the registry: a record with a TTL, refreshed while the worker lives,
-and its member in the workers' index (berth/store/registry.py)."""
+and its member in the workers' index (berth/store/registry.py); and, from the same loop,
+its local proof of life for the liveness probe (berth/plumbing/liveness.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from berth.plumbing.liveness import LivenessFile
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
 from berth.store.registry import announce, withdraw
@@ -18,36 +20,75 @@ from berth.store.registry import announce, withdraw
 log = logging.getLogger(__name__)
 
 
-async def heartbeat_loop(
-    redis: Redis, info: Callable[[], WorkerInfo], interval: float, ttl: float
-) -> None:
-    """Refresh the worker's record every ``interval`` seconds; it expires ``ttl`` after the
-    last. Never ends on an error: while Redis is away the beats fail (each after the
-    client's retries) and the next one goes out as soon as it is back."""
-    failing = False
-    while True:
+class _Beats:
+    """Writes beats to Redis and says once when they start failing and when they resume."""
+
+    def __init__(self, redis: Redis, ttl: float, interval: float) -> None:
+        self.redis = redis
+        self.ttl = ttl
+        self.interval = interval
+        self.failing = False
+
+    def failed(self, err: object) -> None:
+        if not self.failing:
+            log.error("heartbeat failed (%s); retrying every %.1f s", err, self.interval)
+        self.failing = True
+
+    async def send(self, record: WorkerInfo) -> None:
         try:
-            record = info()
-            record.heartbeat_at = time.time()
-            record.ttl_s = ttl
             await announce(
-                redis,
+                self.redis,
                 keys.WORKERS_INDEX,
                 record.id,
                 keys.worker_key(record.id),
                 record.model_dump_json(),
-                ttl,
+                self.ttl,
             )
-            if failing:
-                log.warning("heartbeat of worker %s resumed", record.id)
-            failing = False
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            if not failing:
-                log.error("heartbeat failed (%s); retrying every %.1f s", err, interval)
-            failing = True
-        await asyncio.sleep(interval)
+            self.failed(err)
+            return
+        if self.failing:
+            log.warning("heartbeat of worker %s resumed", record.id)
+        self.failing = False
+
+
+async def heartbeat_loop(
+    redis: Redis,
+    info: Callable[[], WorkerInfo],
+    interval: float,
+    ttl: float,
+    proof: LivenessFile,
+) -> None:
+    """Every ``interval`` seconds: refresh the worker's local proof of life (its liveness
+    probe's, plumbing/liveness.py) and its record in Redis, which expires ``ttl`` after the
+    last beat. The Redis write runs beside this loop, one at a time: while Redis is away a
+    write waits out the client's retries (minutes, when the server hangs without an
+    answer), and the proof goes on being refreshed meanwhile, for a worker is alive
+    whatever Redis does. Never ends on an error: the next beat goes out as soon as Redis
+    is back."""
+    beats = _Beats(redis, ttl, interval)
+    beat: asyncio.Task[None] | None = None
+    try:
+        while True:
+            try:
+                record = info()
+            except Exception as err:
+                # the engine cannot say its state: no proof and no beat vouch for it
+                beats.failed(err)
+            else:
+                record.heartbeat_at = time.time()
+                record.ttl_s = ttl
+                proof.refresh()
+                if beat is None or beat.done():
+                    beat = asyncio.create_task(beats.send(record), name="heartbeat write")
+            await asyncio.sleep(interval)
+    finally:
+        # no beat may land after the deregistration that follows a clean stop
+        if beat is not None:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
 
 
 async def deregister(redis: Redis, worker_id: str) -> None:

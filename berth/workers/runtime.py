@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from berth.plumbing import logcontext
 from berth.plumbing.eventloop import new_loop
+from berth.plumbing.liveness import LivenessFile, proof_path
 from berth.plumbing.redisconn import redis_client
 from berth.plumbing.supervise import Backoff, log_failure, supervise
 from berth.protocol import keys
@@ -75,10 +76,17 @@ class EngineHost:
         self._publisher: EventPublisher | None = None
         self._jobs: JobStore | None = None
         self._started_at = time.time()
+        # written once the engine started, by the heartbeat loop: the worker's probes
+        self.proof = LivenessFile(
+            proof_path("worker", self.worker_id, settings.health_file), "worker", self.worker_id
+        )
 
     # -- lifecycle (called from the worker's main thread) --------------------------------
 
     def start(self) -> None:
+        # until the engine runs, no proof: the probes say "not started" rather than what
+        # an earlier process under this id left behind
+        self.proof.remove()
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._startup(), self._loop).result()
 
@@ -154,6 +162,7 @@ class EngineHost:
                     self.info,
                     self.settings.heartbeat_interval,
                     self.settings.heartbeat_ttl,
+                    self.proof,
                 ),
                 name="heartbeat",
             )
@@ -190,6 +199,7 @@ class EngineHost:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.proof.remove()
         await deregister(self._redis, self.worker_id)
         await self._publisher.close()
         await self.engine.shutdown()

@@ -113,6 +113,12 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
         description="vLLM's own OTLP trace endpoint (its `otlp_traces_endpoint`, gRPC, e.g. "
         "http://jaeger:4317): vLLM's request span then joins berth's trace of the request.",
     )
+    health_file: str | None = Field(
+        default=None,
+        description="The worker's local proof of life, refreshed every heartbeat once its "
+        "engine started, for `berth check worker --local` (no Redis needed). Unset: "
+        "`berth-worker-<id>.alive` in the temp directory (TMPDIR).",
+    )
     fake_tokens_per_s: float | None = Field(
         default=None,
         gt=0,

@@ -153,6 +153,9 @@ class LocalService:
         # the model cache a container keeps on a volume
         if "BERTH_CACHE_DIR" in os.environ:
             env["BERTH_CACHE_DIR"] = os.environ["BERTH_CACHE_DIR"]
+        # the code under test: a checkout's own, not the one the virtualenv installed
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         env.update(self.environment)
         env.update(extra)
         return env

@@ -10,6 +10,7 @@ of the model stack there fails here too.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,7 +69,10 @@ class ComposeStack:
         for svc in order:
             extra = {}
             if roles.role_of(svc.command) != "worker":
-                extra["PYTHONPATH"] = str(blocker_dir)
+                # the blocker first; then the code under test, as process_env passes it
+                extra["PYTHONPATH"] = os.pathsep.join(
+                    filter(None, [str(blocker_dir), os.environ.get("PYTHONPATH")])
+                )
             with open(self.logs / f"{svc.name}.log", "wb") as log:
                 proc = subprocess.Popen(
                     svc.command,

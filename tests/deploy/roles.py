@@ -16,7 +16,7 @@ SETTINGS: dict[str, type[CommonSettings]] = {
     "scheduler": SchedulerSettings,
     "worker": WorkerSettings,
 }
-# the id `berth check` looks a role's record up by
+# the id `berth check` finds a role's liveness file (or its record in Redis) by
 ID_VARIABLE = {"scheduler": "BERTH_SCHEDULER_ID", "worker": "BERTH_WORKER_ID"}
 
 
@@ -52,4 +52,8 @@ def check_health_command(role: str, argv: list[str], env: dict[str, str]) -> Non
         port = int(env.get("BERTH_PORT", ApiSettings.model_fields["port"].default))
         assert urlsplit(args.url).port == port, f"{argv} does not check port {port}"
     else:
-        assert args.id or ID_VARIABLE[role] in env, f"{argv} cannot know the {role}'s id"
+        # a role's liveness never needs Redis: an outage must restart nothing
+        assert args.local or args.health_file, f"{argv} checks the {role} through Redis"
+        assert args.id or args.health_file or ID_VARIABLE[role] in env, (
+            f"{argv} cannot know the {role}'s id"
+        )

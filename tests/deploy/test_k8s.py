@@ -184,6 +184,14 @@ def test_berth_processes_get_what_they_read(rendered: tuple[str, list[Doc]]) -> 
             assert env[roles.ID_VARIABLE[role]] == POD_NAME
             assert getattr(settings, f"{role}_id") == POD_NAME
             assert settings.metrics_port is not None  # type: ignore[attr-defined]
+        if role == "worker":
+            # not started, not ready, not restarted: all by the same local proof, which
+            # the worker writes once its engine runs
+            for probe in ("startupProbe", "readinessProbe"):
+                roles.check_health_command(role, container[probe]["exec"]["command"], env)
+            startup = container["startupProbe"]
+            # a model's download and load: minutes
+            assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
         if role == "api":
             assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
             assert settings.host == "0.0.0.0"  # type: ignore[attr-defined]

@@ -48,19 +48,23 @@ def _unready(reason: str) -> JSONResponse:
 
 @router.get("/ready")
 async def ready(state: State) -> JSONResponse:
-    """Readiness: Redis answers, and at least one worker and one scheduler are alive. Read
-    from the registry's indexes (O(live roles)); answers within a few seconds whatever
-    Redis does, and recovers by itself when Redis is back."""
+    """Readiness: the process can take requests, which is Redis answering. Workers and
+    schedulers do not count: jobs, batches, files and the model list work while they come
+    and go, and a chat for a model with no live worker gets its own 503; an API pod out of
+    its Service would refuse all of those. The body says how many of each are live, for
+    people. Answers within a few seconds whatever Redis does, and recovers by itself when
+    Redis is back."""
     if not await state.directory.probe():
         return _unready(_redis_reason(state, state.directory.redis_error))
-    workers = len(state.directory.workers)
-    if workers == 0:
-        return _unready("no live worker")
     try:
         async with asyncio.timeout(REDIS_PROBE_S):
             schedulers = await live_schedulers(state.redis)
     except Exception as err:
         return _unready(_redis_reason(state, err or type(err).__name__))
-    if not schedulers:
-        return _unready("no live scheduler")
-    return JSONResponse({"status": "ready", "workers": workers, "schedulers": len(schedulers)})
+    return JSONResponse(
+        {
+            "status": "ready",
+            "workers": len(state.directory.workers),
+            "schedulers": len(schedulers),
+        }
+    )
