@@ -1,3 +1,6 @@
 """berth: queue-based, OpenAI-compatible LLM serving."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# pyproject.toml's version is the one source; the installed distribution carries it
+__version__ = version("berth")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -100,7 +101,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await relay.close()
             await redis.aclose()
 
-    app = FastAPI(title="berth", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="berth", version=version("berth"), lifespan=lifespan)
 
     @app.exception_handler(BerthError)
     async def _berth_error(request: Request, err: BerthError) -> JSONResponse:

@@ -12,17 +12,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY berth ./berth
-COPY deploy/docker/control_plane_requirements.py /tmp/
-# berth's dependencies minus the model stack (transformers, peft, torch): the API and
-# scheduler never import it, and it is most of a gigabyte
+# berth's `api` extra: the API and scheduler never import the model stack (transformers,
+# peft, torch, vLLM), most of a gigabyte; tests/deploy/test_extras.py holds them to it
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     if [ -f /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi \
     && if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
-    && python /tmp/control_plane_requirements.py pyproject.toml > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && pip install --no-deps .
+    && pip install ".[api]"
 
 FROM ${BASE_IMAGE}
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin berth

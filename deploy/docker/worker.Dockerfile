@@ -21,7 +21,7 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 FROM ${BASE_IMAGE} AS berth-wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY berth ./berth
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     if [ -f /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi \

@@ -4,8 +4,8 @@ Each service's `command` runs with its `environment` (and nothing of the test pr
 own) after three rewrites a container would not need: REDIS_URL points at the test
 Valkey (keeping the compose URL's database), the listen and metrics ports are free
 ones, and `berth` is the virtualenv's. The API and schedulers run without the packages
-their image leaves out (see deploy/docker/control_plane_requirements.py), so an import
-of the model stack there fails here too.
+their image leaves out (it installs berth's `api` extra, deploy/docker/api.Dockerfile),
+so an import of the model stack there fails here too.
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ import redis
 from berth.local import Stack, wait_ready
 from tests.deploy import roles
 from tests.deploy.compose import LocalService, berth_services
-from tests.deploy.images import control_plane_script
+from tests.deploy.distribution import build_wheel, closure, top_level_modules, wheel_requirements
 
-# not in the control-plane image: the worker-only dependencies and what they pull in
-_NOT_IN_CONTROL_PLANE = {"torch", "vllm"}
 _BLOCKER = """\
 import sys
 
@@ -39,8 +37,11 @@ sys.meta_path.insert(0, _NotInImage())
 """
 
 
-def _control_plane_blocked() -> set[str]:
-    return set(control_plane_script().WORKER_ONLY.values()) | _NOT_IN_CONTROL_PLANE
+def _control_plane_blocked(wheel_dir: Path) -> set[str]:
+    """The modules berth[cpu] installs and berth[api], the control-plane image's, does not."""
+    requirements = wheel_requirements(build_wheel(wheel_dir))
+    everything = top_level_modules(closure(requirements, ["cpu"]))
+    return everything - top_level_modules(closure(requirements, ["api"]))
 
 
 def local_services(redis_url: str) -> dict[str, LocalService]:
@@ -97,7 +98,7 @@ def compose_stack(
     redis.Redis.from_url(redis_server_url).flushdb()
     blocker = tmp_path_factory.mktemp("control-plane")
     (blocker / "sitecustomize.py").write_text(
-        _BLOCKER.format(blocked=sorted(_control_plane_blocked()))
+        _BLOCKER.format(blocked=sorted(_control_plane_blocked(tmp_path_factory.mktemp("wheel"))))
     )
     running = ComposeStack(local_services(redis_server_url), tmp_path_factory.mktemp("logs"))
     try:

@@ -1,11 +1,9 @@
-"""deploy/docker's Dockerfiles read as instructions, and its control-plane requirements script."""
+"""deploy/docker's Dockerfiles read as instructions."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 from tests.deploy.compose import DEPLOY
 
@@ -42,13 +40,3 @@ def stages(path: Path) -> dict[str, list[Instruction]]:
             result[words[-1] if len(words) == 3 and words[1].upper() == "AS" else ""] = current
         current.append((keyword, args))
     return result
-
-
-def control_plane_script() -> ModuleType:
-    """deploy/docker/control_plane_requirements.py, which the API image's build runs."""
-    path = DOCKER / "control_plane_requirements.py"
-    spec = importlib.util.spec_from_file_location("control_plane_requirements", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -1,14 +1,15 @@
 """Render deploy/k8s's kustomizations, with kubectl or kustomize when present and by hand always.
 
 The hand renderer knows the few kustomize features berth's manifests use (resources,
-namespace, images, strategic-merge patches) and refuses any other, so validating its
-output means something on a machine without kubectl; where kubectl or kustomize
-exists, a test checks both renderings agree.
+components of resources, namespace, images, strategic-merge patches) and refuses any
+other, so validating its output means something on a machine without kubectl; where
+kubectl or kustomize exists, a test checks both renderings agree.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,7 +21,9 @@ from tests.deploy.compose import DEPLOY
 
 K8S = DEPLOY / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
-_SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+_SUPPORTED = {"apiVersion", "kind", "resources", "components", "namespace", "images", "patches"}
+# the optional components an overlay may turn on (off in every overlay as shipped)
+COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if p.is_dir())
 # lists Kubernetes' strategic merge joins by `name` (other lists are replaced)
 _MERGED_BY_NAME = {"containers", "initContainers", "env", "volumes", "volumeMounts"}
 Doc = dict[str, Any]
@@ -80,6 +83,10 @@ def render(directory: Path) -> list[Doc]:
     for entry in spec.get("resources", []):
         path = directory / entry
         docs += render(path) if path.is_dir() else load(path)
+    for entry in spec.get("components", []):
+        component = kustomization(directory / entry)
+        assert set(component) <= {"apiVersion", "kind", "resources"}, f"{entry}: resources only"
+        docs += render(directory / entry)
     for entry in spec.get("patches", []):
         assert set(entry) == {"path"}, f"{directory}: only file patches are supported"
         for patch in load(directory / entry["path"]):
@@ -115,7 +122,7 @@ def files_used(directory: Path) -> tuple[set[Path], set[Path]]:
     resources: set[Path] = set()
     patches: set[Path] = set()
     spec = kustomization(directory)
-    for entry in spec.get("resources", []):
+    for entry in spec.get("resources", []) + spec.get("components", []):
         path = (directory / entry).resolve()
         if path.is_dir():
             more, more_patches = files_used(path)
@@ -125,3 +132,17 @@ def files_used(directory: Path) -> tuple[set[Path], set[Path]]:
             resources.add(path)
     patches |= {(directory / p["path"]).resolve() for p in spec.get("patches", [])}
     return resources, patches
+
+
+def with_components(overlay: str, components: list[str], into: Path) -> Path:
+    """A kustomization (written in ``into``) of ``overlay`` with ``components`` turned on,
+    as a platform team's own overlay would do."""
+    # kustomize takes relative paths only
+    spec = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / overlay, into)],
+        "components": [os.path.relpath(K8S / "components" / c, into) for c in components],
+    }
+    (into / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    return into

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import sys
 import tomllib
 import zipfile
 from pathlib import Path
@@ -15,7 +12,8 @@ import pytest
 
 from berth.cli import CheckArgs, parse
 from tests.deploy.compose import ROOT, berth_services
-from tests.deploy.images import DOCKER, control_plane_script, final_stage, instructions, stages
+from tests.deploy.distribution import BUILD_FILES, build_wheel
+from tests.deploy.images import DOCKER, final_stage, instructions, stages
 
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 WORKER = DOCKER / "worker.Dockerfile"
@@ -131,38 +129,35 @@ def test_compose_builds_the_images_from_these_dockerfiles() -> None:
         assert dockerfile in DOCKERFILES, f"{name} builds {dockerfile}"
 
 
-def test_control_plane_image_installs_all_but_the_model_stack() -> None:
-    script = control_plane_script()
-    wanted = script.requirements(str(ROOT / "pyproject.toml"))
-    names = {script._name(r) for r in wanted}
-    dependencies = _pyproject()["project"]["dependencies"]  # type: ignore[index]
-    for requirement in dependencies:
-        name = script._name(requirement)
-        assert (name in names) != (name in script.WORKER_ONLY), requirement
-    assert "prometheus-client" in names
+def test_control_plane_image_installs_the_api_extra() -> None:
+    build = stages(DOCKER / "api.Dockerfile")["build"]
+    runs = [args for keyword, args in build if keyword == "RUN"]
+    assert [run for run in runs if run.endswith('pip install ".[api]"')], runs
+    extras = _pyproject()["project"]["optional-dependencies"]  # type: ignore[index]
+    assert not any(r.startswith(("vllm", "torch", "transformers")) for r in extras["api"])
 
 
 def test_wheel_the_images_install_carries_every_file_berth_reads(tmp_path: Path) -> None:
     # an editable install reads the tree; the images install the wheel, which carried no
     # Lua script until the compose stack ran for real
-    # from a copy of what the images copy: a build in the tree would reuse its build/ folder
-    source = tmp_path / "src"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "berth", source / "berth", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["--wheel-dir", str(tmp_path), str(source)],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("berth-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
+    with zipfile.ZipFile(build_wheel(tmp_path)) as archive:
         carried = set(archive.namelist())
     data = [
         str(path.relative_to(ROOT))
         for path in (ROOT / "berth").rglob("*")
         if path.is_file() and path.suffix not in (".py", ".pyc")
     ]
+    assert "berth/py.typed" in data
     assert data and not [path for path in data if path not in carried]
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in carried)
+
+
+def test_images_copy_what_the_build_reads() -> None:
+    for path in DOCKERFILES:
+        copied = {
+            source
+            for keyword, args in instructions(path)
+            if keyword == "COPY" and not args.startswith("--from")
+            for source in args.split()[:-1]
+        }
+        assert set(BUILD_FILES) <= copied, f"{path.name} copies {sorted(copied)}"

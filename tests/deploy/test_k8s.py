@@ -1,5 +1,6 @@
 """deploy/k8s: every manifest is valid Kubernetes (KEDA's kinds against schemas checked in
-beside this file), the overlays render, and each berth process is given what it reads."""
+beside this file), the overlays render (with and without the optional components), the
+generated workers match models.yaml, and each berth process is given what it reads."""
 
 from __future__ import annotations
 
@@ -14,12 +15,24 @@ import kubernetes_validate
 import pytest
 
 from berth.api.settings import ApiSettings
+from berth.cli import parse
 from berth.protocol import keys
 from berth.workers import tinymodel
 from berth.workers.main import engine_config
 from berth.workers.settings import WorkerSettings
+from scripts import k8s_manifests
 from tests.deploy import roles
-from tests.deploy.kustomize import K8S, OVERLAYS, Doc, files_used, load, render, render_with_tool
+from tests.deploy.kustomize import (
+    COMPONENTS,
+    K8S,
+    OVERLAYS,
+    Doc,
+    files_used,
+    load,
+    render,
+    render_with_tool,
+    with_components,
+)
 
 # the oldest Kubernetes the manifests promise to work on (README), and the newest known
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
@@ -27,6 +40,10 @@ SCHEMAS = Path(__file__).parent / "schemas"
 EXAMPLE_SECRET = K8S / "base" / "redis-secret.example.yaml"
 # what a valueFrom gives a container, for checking the settings it ends up with
 POD_NAME = "berth-pod-0"
+# read by scripts/k8s_manifests.py to render each model's workers, not deployed themselves
+TEMPLATES = {K8S / "base" / "worker.yaml", K8S / "base" / "worker-autoscaling.yaml"}
+# the Prometheus Operator's kinds: no schema here, checked by what they select below
+OPERATOR_GROUP = "monitoring.coreos.com"
 
 
 def validate(doc: Doc) -> None:
@@ -51,13 +68,17 @@ def validate(doc: Doc) -> None:
                 }
             )
         return
+    if group == OPERATOR_GROUP:
+        assert doc["kind"] in ("PodMonitor", "PrometheusRule") and version == "v1", doc["kind"]
+        return
     for k8s in K8S_VERSIONS:
         kubernetes_validate.validate(doc, k8s, strict=True)
 
 
 def _manifest_files() -> list[Path]:
     files = sorted(K8S.rglob("*.yaml"))
-    return [f for f in files if f.name != "kustomization.yaml"]
+    # models.yaml is the renderer's input, not a manifest
+    return [f for f in files if f.name not in ("kustomization.yaml", "models.yaml")]
 
 
 def _patch_files() -> set[Path]:
@@ -76,13 +97,48 @@ def test_manifest_file_validates(path: Path) -> None:
 
 def test_every_manifest_is_deployed_or_an_example() -> None:
     used = set().union(*(set().union(*files_used(K8S / "overlays" / o)) for o in OVERLAYS))
-    unused = {f.resolve() for f in _manifest_files()} - used - {EXAMPLE_SECRET.resolve()}
+    used |= set().union(*(set().union(*files_used(K8S / "components" / c)) for c in COMPONENTS))
+    examples = {EXAMPLE_SECRET.resolve()} | {t.resolve() for t in TEMPLATES}
+    unused = {f.resolve() for f in _manifest_files()} - used - examples
     assert not unused, f"manifests no overlay deploys: {sorted(map(str, unused))}"
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
-def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Doc]]:
-    return request.param, render(K8S / "overlays" / request.param)
+def test_generated_manifests_are_current() -> None:
+    for path, text in k8s_manifests.outputs().items():
+        assert path.exists() and path.read_text() == text, (
+            f"{path.relative_to(K8S)} is stale: run python -m scripts.k8s_manifests"
+        )
+
+
+def test_every_overlay_renders_its_workers_from_models_yaml() -> None:
+    for overlay in OVERLAYS:
+        assert (K8S / "overlays" / overlay / "models.yaml").exists(), overlay
+        resources = kustomization_resources(K8S / "overlays" / overlay)
+        assert "workers.yaml" in resources, f"{overlay} does not deploy its workers.yaml"
+
+
+def kustomization_resources(directory: Path) -> list[str]:
+    resources: list[str] = load(directory / "kustomization.yaml")[0]["resources"]
+    return resources
+
+
+# each overlay, and the gpu overlay with every optional component turned on
+RENDERINGS = [*OVERLAYS, "gpu+" + "+".join(COMPONENTS)]
+
+
+def _kustomization_dir(rendering: str, tmp: Path) -> Path:
+    overlay, *components = rendering.split("+")
+    if not components:
+        return K8S / "overlays" / overlay
+    return with_components(overlay, components, tmp)
+
+
+@pytest.fixture(scope="module", params=RENDERINGS)
+def rendered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[Doc]]:
+    directory = _kustomization_dir(request.param, tmp_path_factory.mktemp("kustomization"))
+    return str(directory), render(directory)
 
 
 def test_overlay_validates(rendered: tuple[str, list[Doc]]) -> None:
@@ -107,8 +163,8 @@ def _canonical(value: Any) -> Any:
 
 
 def test_kubectl_renders_the_same(rendered: tuple[str, list[Doc]]) -> None:
-    overlay, docs = rendered
-    theirs = render_with_tool(K8S / "overlays" / overlay)
+    directory, docs = rendered
+    theirs = render_with_tool(Path(directory))
     assert theirs is not None, "install kubectl or kustomize: this check compares against it"
 
     def by_name(ds: list[Doc]) -> dict[tuple[str, str], Any]:
@@ -217,10 +273,14 @@ def test_keda_scales_workers_on_their_models_queue(rendered: tuple[str, list[Doc
         target = _find(docs, "Deployment", obj["spec"]["scaleTargetRef"]["name"])
         (container,) = target["spec"]["template"]["spec"]["containers"]
         assert roles.role_of(container["command"]) == "worker"
+        model = _served_model(container)
+        lanes = {keys.ingress_stream(model, lane) for lane in keys.LANES}
+        # one trigger per priority lane: a backlog of jobs or batches adds workers too
+        assert {t["metadata"]["stream"] for t in obj["spec"]["triggers"]} == lanes
         for trigger in obj["spec"]["triggers"]:
             assert trigger["type"] == "redis-streams"
             meta = trigger["metadata"]
-            assert meta["stream"] == keys.ingress_stream(_served_model(container))
+            assert meta["stream"] in lanes
             if "consumerGroup" in meta:
                 assert meta["consumerGroup"] == keys.SCHEDULER_GROUP
             # the Redis every berth pod uses, by its full name from KEDA's namespace
@@ -246,15 +306,116 @@ def test_every_workload_has_a_disruption_budget(rendered: tuple[str, list[Doc]])
         assert any(sel.items() <= labels.items() for sel in budgets), doc["metadata"]["name"]
 
 
+def _workers(docs: list[Doc]) -> list[tuple[Doc, Doc]]:
+    return [(w, c) for w, c, role in _berth_pods(docs) if role == "worker"]
+
+
 def test_gpu_workers_ask_for_their_gpus() -> None:
-    docs = render(K8S / "overlays" / "gpu")
-    worker = _find(docs, "Deployment", "berth-worker")
-    (container,) = worker["spec"]["template"]["spec"]["containers"]
-    env = _container_env(container)
-    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
-    assert int(gpus) == int(env["BERTH_TENSOR_PARALLEL_SIZE"])
-    assert container["image"].startswith("berth-worker-gpu")
-    assert "BERTH_MODEL" in env
+    workers = _workers(render(K8S / "overlays" / "gpu"))
+    assert workers
+    for worker, container in workers:
+        env = _container_env(container)
+        gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+        assert int(gpus) == int(env["BERTH_TENSOR_PARALLEL_SIZE"])
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == gpus
+        assert container["image"].startswith("berth-worker-gpu")
+        assert "BERTH_MODEL" in env
+        tolerations = worker["spec"]["template"]["spec"]["tolerations"]
+        assert any(t["key"] == "nvidia.com/gpu" for t in tolerations)
+
+
+def test_each_model_of_models_yaml_has_its_workers() -> None:
+    for overlay in OVERLAYS:
+        entries = k8s_manifests.Models.model_validate(
+            load(K8S / "overlays" / overlay / "models.yaml")[0]
+        ).models
+        served = {_served_model(c): w for w, c in _workers(render(K8S / "overlays" / overlay))}
+        assert sorted(served) == sorted(e.name for e in entries), overlay
+        for entry in entries:
+            labels = served[entry.name]["spec"]["selector"]["matchLabels"]
+            assert labels[k8s_manifests.MODEL_LABEL] == entry.name
+
+
+def test_engine_args_are_flags_berth_worker_takes(rendered: tuple[str, list[Doc]]) -> None:
+    _, docs = rendered
+    for _, container in _workers(docs):
+        args = container.get("args", [])
+        if not args:
+            continue
+        # berth's flags, or vLLM's read by its own parser: a wrong one exits
+        settings = parse(["worker", *args])
+        assert isinstance(settings, WorkerSettings)
+
+
+def test_engine_flags_spell_values_as_vllm_reads_them() -> None:
+    flags = k8s_manifests.engine_flags(
+        {"dtype": "bfloat16", "enforce-eager": True, "enable-chunked-prefill": False}
+        | {"max-num-seqs": 128, "limit-mm-per-prompt": {"image": 2}}
+    )
+    assert flags == [
+        "--dtype",
+        "bfloat16",
+        "--enforce-eager",
+        "--no-enable-chunked-prefill",
+        "--max-num-seqs",
+        "128",
+        "--limit-mm-per-prompt",
+        '{"image": 2}',
+    ]
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(
+    rendered: tuple[str, list[Doc]],
+) -> None:
+    _, docs = rendered
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert workloads
+    for doc in workloads:
+        pod = doc["spec"]["template"]["spec"]
+        where = doc["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+            assert not context.get("privileged"), where
+        assert not [v for v in pod.get("volumes", []) if "hostPath" in v], where
+
+
+def test_workers_spread_over_nodes_and_zones(rendered: tuple[str, list[Doc]]) -> None:
+    _, docs = rendered
+    for worker, _ in _workers(docs):
+        template = worker["spec"]["template"]
+        constraints = template["spec"]["topologySpreadConstraints"]
+        assert {c["topologyKey"] for c in constraints} == {
+            "kubernetes.io/hostname",
+            "topology.kubernetes.io/zone",
+        }
+        for constraint in constraints:
+            # exactly this model's pods: spread one model's replicas, not all workers
+            assert constraint["labelSelector"]["matchLabels"] == template["metadata"]["labels"]
+
+
+def test_monitoring_scrapes_every_berth_pod_and_alerts_as_compose_does(
+    rendered: tuple[str, list[Doc]],
+) -> None:
+    _, docs = rendered
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    if not monitors:
+        return
+    (monitor,) = monitors
+    selector = monitor["spec"]["selector"]
+    (components,) = [e["values"] for e in selector["matchExpressions"]]
+    endpoints = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    for workload, container, role in _berth_pods(docs):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert selector["matchLabels"].items() <= labels.items(), role
+        assert labels["app.kubernetes.io/component"] in components, role
+        assert {p["name"] for p in container["ports"]} & endpoints, f"{role}: no port scraped"
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    files = sorted((K8S.parent / "prometheus" / "rules").glob("*.yml"))
+    assert rule["spec"]["groups"] == [g for f in files for g in load(f)[0]["groups"]]
 
 
 def test_redis_secret_example_is_consistent() -> None:
