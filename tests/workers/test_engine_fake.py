@@ -130,7 +130,7 @@ async def test_waiting_requests_start_most_urgent_lane_first(chat_request: Build
     started_order: list[str] = []
 
     async def one(rid: str, lane: str) -> list[EngineStep]:
-        steps = []
+        steps: list[EngineStep] = []
         async for step in engine.generate(rid, req, None, lane=lane):
             if not steps:
                 started_order.append(rid)

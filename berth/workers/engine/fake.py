@@ -247,7 +247,7 @@ class _Slots:
             return True
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
-        abort = asyncio.ensure_future(aborted.wait())
+        abort: asyncio.Future[Any] = asyncio.ensure_future(aborted.wait())
         try:
             await asyncio.wait({turn, abort}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
