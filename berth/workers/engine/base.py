@@ -47,8 +47,9 @@ class EngineStep:
     # num_cached_tokens), and completion tokens that were reasoning: set on the last step
     cached_tokens: int = 0
     reasoning_tokens: int = 0
-    # on the last step: how often the engine set the request aside to make room for more
-    # urgent ones (vLLM recomputes it later; its client sees only a pause)
+    # on the last step: how often the engine set the request aside when its KV cache ran
+    # out (vLLM's preemption, the least urgent first; it recomputes the request later and
+    # its client sees only a pause)
     preemptions: int = 0
     # True on the last step: every choice has a finish_reason
     finished: bool = False
