@@ -628,8 +628,15 @@ class LoraSlotEngine:
             self._wake.set()
 
     def generate(
-        self, request_id: str, request: EngineRequest, adapter: str | None
+        self,
+        request_id: str,
+        request: EngineRequest,
+        adapter: str | None,
+        *,
+        lane: str = "interactive",
     ) -> AsyncIterator[EngineStep]:
+        # the lane is accepted and ignored: this engine models LoRA slots, first come
+        # first served
         return self._generate(request_id, request, adapter)
 
     async def _generate(

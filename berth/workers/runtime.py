@@ -322,7 +322,8 @@ class EngineHost:
                 events.collect_result(request)
             if traced is not None:
                 traced.generating()
-            async for step in self.engine.generate(queued.id, request, queued.adapter):
+            steps = self.engine.generate(queued.id, request, queued.adapter, lane=queued.lane)
+            async for step in steps:
                 if first_output is None:
                     first_output = time.monotonic()
                     if traced is not None:

@@ -122,6 +122,47 @@ async def test_max_concurrency_queues_inside_the_engine(chat_request: Build) -> 
     assert engine.num_running() == 0
 
 
+async def test_waiting_requests_start_most_urgent_lane_first(chat_request: Build) -> None:
+    # as vLLM's priority policy: the engine is full, batch work waits, and an interactive
+    # request that came later takes the first free slot; within a lane, arrival order
+    engine = await started(tokens_per_s=200, max_concurrency=1)
+    req = chat_request(max_completion_tokens=3)
+    started_order: list[str] = []
+
+    async def one(rid: str, lane: str) -> list[EngineStep]:
+        steps: list[EngineStep] = []
+        async for step in engine.generate(rid, req, None, lane=lane):
+            if not steps:
+                started_order.append(rid)
+            steps.append(step)
+        return steps
+
+    tasks = [asyncio.create_task(one("running", "batch"))]
+    await asyncio.sleep(0.002)
+    for rid, lane in [("batch-1", "batch"), ("job", "job"), ("batch-2", "batch")]:
+        tasks.append(asyncio.create_task(one(rid, lane)))
+        await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(one("interactive", "interactive")))
+    results = await asyncio.gather(*tasks)
+    assert started_order == ["running", "interactive", "job", "batch-1", "batch-2"]
+    assert all(r[-1].choices[0].finish_reason == "length" for r in results)
+
+
+async def test_a_cancelled_waiter_gives_up_its_turn(chat_request: Build) -> None:
+    engine = await started(tokens_per_s=200, max_concurrency=1)
+    req = chat_request(max_completion_tokens=3)
+    busy = asyncio.create_task(run(engine, "busy", req))
+    await asyncio.sleep(0.002)
+    gone = asyncio.create_task(run(engine, "gone", req))
+    await asyncio.sleep(0.002)
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    await busy
+    # the slot went back to the engine, not to the cancelled waiter
+    steps = await asyncio.wait_for(run(engine, "after", req), 1.0)
+    assert steps[-1].choices[0].finish_reason == "length"
+
+
 async def test_abort(chat_request: Build) -> None:
     engine = await started(tokens_per_s=200)
     steps: list[EngineStep] = []

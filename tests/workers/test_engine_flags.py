@@ -73,3 +73,15 @@ def test_help_engine_lists_vllms_flags(capsys: pytest.CaptureFixture[str]) -> No
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--max-num-seqs" in out and "--quantization" in out
+
+
+def test_the_engine_schedules_by_priority_unless_the_worker_says_fcfs() -> None:
+    from berth.workers.engine.vllm_engine import engine_settings
+    from berth.workers.main import engine_config
+
+    def policy(*argv: str) -> str:
+        settings = engine_settings(engine_config(_worker("--model", "m", *argv)))
+        return str(settings["scheduling_policy"])
+
+    assert policy() == "priority"
+    assert policy("--scheduling-policy", "fcfs") == "fcfs"

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from berth.api import metrics
-from berth.api.admission import deadline_from, queued_request, read_completion
 from berth.api.delivery import chat_answer, chat_run, chat_stream
 from berth.api.deps import State, Tenant
+from berth.api.intake.admission import deadline_from, queued_request, read_completion
 from berth.plumbing import logcontext
 
 router = APIRouter()

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from berth.protocol.keys import LANES
+
 if TYPE_CHECKING:
     from berth.protocol.chat import ChatCompletionRequest
     from berth.protocol.completion import CompletionRequest
@@ -49,6 +51,10 @@ class EngineStep:
     # num_cached_tokens), and completion tokens that were reasoning: set on the last step
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # on the last step: how often the engine set the request aside when its KV cache ran
+    # out (vLLM's preemption, the least urgent first; it recomputes the request later and
+    # its client sees only a pause)
+    preemptions: int = 0
     # True on the last step: every choice has a finish_reason
     finished: bool = False
     # on the first step, when the engine knows it: seconds the request waited inside the
@@ -99,6 +105,18 @@ async def echoed(steps: AsyncIterator[EngineStep], text: str) -> AsyncIterator[E
         yield step
 
 
+def engine_priority(lane: str) -> int:
+    """The engine's scheduling priority for a request of ``lane``: as vLLM counts it, a
+    lower number is scheduled first, so interactive is 0, job 1, batch 2.
+
+    The scheduler's lanes order only its own queue; inside the engine, requests already
+    dispatched would otherwise run first come first served, and a flood of batch work
+    there holds an interactive request behind it. A lane berth does not know ranks last.
+    (A request carries no priority of its own: berth refuses SGLang's ``priority``.)
+    """
+    return LANES.index(lane) if lane in LANES else len(LANES)
+
+
 class Engine(Protocol):
     """One long-lived inference engine owned by a worker process."""
 
@@ -120,10 +138,16 @@ class Engine(Protocol):
         ...
 
     def generate(
-        self, request_id: str, request: EngineRequest, adapter: str | None
+        self,
+        request_id: str,
+        request: EngineRequest,
+        adapter: str | None,
+        *,
+        lane: str = "interactive",
     ) -> AsyncIterator[EngineStep]:
         """Run one request. Raises InvalidRequest (before the first step) for checks
-        that need the model: vocabulary, context length, unknown adapter."""
+        that need the model: vocabulary, context length, unknown adapter. Requests of a
+        more urgent ``lane`` are started first (:func:`engine_priority`)."""
         ...
 
     async def abort(self, request_id: str) -> None:

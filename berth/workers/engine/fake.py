@@ -5,13 +5,17 @@ the real engine and applies the same model-dependent checks, so the worker code
 that runs on it is the code that runs in production. Its "model" cycles through
 a fixed word list (one word is one token), at a configurable rate per request,
 with at most ``max_concurrency`` requests generating at once; the rest wait
-inside the engine, as they would in vLLM's scheduler.
+inside the engine, as they would in vLLM's scheduler: most urgent lane first
+(:func:`~berth.workers.engine.base.engine_priority`), then in arrival order, as vLLM's
+priority policy orders its waiting queue. Unlike vLLM it never preempts a running request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -26,6 +30,7 @@ from berth.workers.engine.base import (
     EngineStep,
     FinishReason,
     echoed,
+    engine_priority,
 )
 from berth.workers.engine.checks import check_token_ids, logit_bias_ids, resolve_max_tokens
 
@@ -68,7 +73,7 @@ class FakeEngine:
         # would flood plumbing tests, so it stops at this many tokens instead
         self._default_max_tokens = default_max_tokens
         self._vocab_size = vocab_size
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: _Slots | None = None
         # request id -> set when the request is aborted
         self._running: dict[str, asyncio.Event] = {}
         self._started = False
@@ -93,7 +98,7 @@ class FakeEngine:
 
     async def start(self) -> None:
         if self._max_concurrency:
-            self._slots = asyncio.Semaphore(self._max_concurrency)
+            self._slots = _Slots(self._max_concurrency)
         self._started = True
 
     async def shutdown(self) -> None:
@@ -109,15 +114,20 @@ class FakeEngine:
             self._running[request_id].set()
 
     def generate(
-        self, request_id: str, request: EngineRequest, adapter: str | None
+        self,
+        request_id: str,
+        request: EngineRequest,
+        adapter: str | None,
+        *,
+        lane: str = "interactive",
     ) -> AsyncIterator[EngineStep]:
-        steps = self._generate(request_id, request, adapter)
+        steps = self._generate(request_id, request, adapter, engine_priority(lane))
         if isinstance(request, CompletionRequest) and request.echo:
             return echoed(steps, _prompt_text(request))
         return steps
 
     async def _generate(
-        self, request_id: str, request: EngineRequest, adapter: str | None
+        self, request_id: str, request: EngineRequest, adapter: str | None, priority: int
     ) -> AsyncIterator[EngineStep]:
         if not self._started:
             raise RuntimeError("FakeEngine.start() was not awaited")
@@ -158,7 +168,7 @@ class FakeEngine:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 arrived = time.monotonic()
-                if self._slots is not None and not await _acquire(self._slots, aborted):
+                if self._slots is not None and not await self._slots.acquire(priority, aborted):
                     yield _abort_step(range(request.n), prompt_len, 0)
                     return
                 if self._slots is not None:
@@ -232,19 +242,51 @@ class FakeEngine:
                 return
 
 
-async def _acquire(slots: asyncio.Semaphore, aborted: asyncio.Event) -> bool:
-    """Wait for a generation slot; False when the request was aborted first."""
-    acquire = asyncio.ensure_future(slots.acquire())
-    abort = asyncio.ensure_future(aborted.wait())
-    await asyncio.wait({acquire, abort}, return_when=asyncio.FIRST_COMPLETED)
-    abort.cancel()
-    if acquire.done() and not acquire.cancelled():
-        if aborted.is_set():
-            slots.release()
-            return False
-        return True
-    acquire.cancel()
-    return False
+class _Slots:
+    """At most ``size`` requests generate at once; the others wait, the lowest priority
+    number first, then in arrival order."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    async def acquire(self, priority: int, aborted: asyncio.Event) -> bool:
+        """Wait for a slot; False when the request was aborted first."""
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return True
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+        abort: asyncio.Future[Any] = asyncio.ensure_future(aborted.wait())
+        try:
+            await asyncio.wait({turn, abort}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._leave(turn)
+            raise
+        finally:
+            abort.cancel()
+        if turn.done() and not aborted.is_set():
+            return True
+        self._leave(turn)
+        return False
+
+    def release(self) -> None:
+        """Hand the slot to the first waiter still waiting, else free it."""
+        while self._waiting:
+            turn = heapq.heappop(self._waiting)[2]
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
+
+    def _leave(self, turn: asyncio.Future[None]) -> None:
+        """Stop waiting: a slot handed over meanwhile goes on to the next waiter; an
+        unanswered turn is cancelled, and release() skips it."""
+        if turn.done():
+            self.release()
+        else:
+            turn.cancel()
 
 
 def _abort_step(indices: Iterable[int], prompt_tokens: int, completion_tokens: int) -> EngineStep:

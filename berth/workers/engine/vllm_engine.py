@@ -39,6 +39,7 @@ from berth.workers.engine.base import (
     EngineStep,
     FinishReason,
     echoed,
+    engine_priority,
 )
 from berth.workers.engine.chat import render_prompt, template_kwargs
 from berth.workers.engine.checks import check_token_ids
@@ -140,29 +141,7 @@ class VllmEngine:
         if cfg.kv_cache_space_gib is not None:
             # read by the CPU build's engine process, which inherits our environment
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.kv_cache_space_gib)))
-        settings: dict[str, Any] = dict(
-            model=cfg.model,
-            served_model_name=[cfg.name],
-            tokenizer=cfg.tokenizer,
-            dtype=cfg.dtype,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_model_len,
-            max_num_seqs=cfg.max_num_seqs,
-            enable_prefix_caching=cfg.enable_prefix_caching,
-            enforce_eager=cfg.enforce_eager,
-            seed=cfg.seed,
-            enable_lora=cfg.enable_lora,
-            max_loras=cfg.max_loras,
-            max_lora_rank=cfg.max_lora_rank,
-            max_cpu_loras=cfg.max_cpu_loras,
-            # the engine's structured-output gate waits for the end of reasoning
-            reasoning_parser=cfg.reasoning_parser or "",
-            disable_log_stats=True,
-        )
-        # vLLM's own flags given to the worker (berth worker --dtype ...) win over the
-        # values berth derives
-        args = AsyncEngineArgs(**(settings | cfg.engine_args))
+        args = AsyncEngineArgs(**engine_settings(cfg))
         log.info("starting vLLM engine for %s (%s)", cfg.name, cfg.model)
 
         # building the engine blocks for tens of seconds while the engine process
@@ -224,14 +203,19 @@ class VllmEngine:
             await self._llm.abort(request_id)
 
     def generate(
-        self, request_id: str, request: EngineRequest, adapter: str | None
+        self,
+        request_id: str,
+        request: EngineRequest,
+        adapter: str | None,
+        *,
+        lane: str = "interactive",
     ) -> AsyncIterator[EngineStep]:
-        return self._generate(request_id, request, adapter)
+        return self._generate(request_id, request, adapter, engine_priority(lane))
 
     # --- one request ---
 
     async def _generate(
-        self, request_id: str, req: EngineRequest, adapter: str | None
+        self, request_id: str, req: EngineRequest, adapter: str | None, priority: int
     ) -> AsyncIterator[EngineStep]:
         llm, parsers = self._llm, self._parsers
         if llm is None or parsers is None:
@@ -264,6 +248,7 @@ class VllmEngine:
                 params,
                 request_id,
                 lora_request=lora,
+                priority=priority,
                 # vLLM's own request span joins berth's trace (when both trace)
                 trace_headers=tracing.carrier() if self._traces_to_vllm else None,
                 reasoning_ended=parsing.reasoning_ended(prompt) if parsing else None,
@@ -368,6 +353,8 @@ class VllmEngine:
             if step.finished:
                 step.cached_tokens = out.num_cached_tokens or 0
                 step.reasoning_tokens = sum(p.reasoning_tokens() for p in parsers)
+                if out.metrics is not None:
+                    step.preemptions = out.metrics.num_preemptions
             if not reported_queue:
                 reported_queue = True
                 stats = out.metrics
@@ -456,6 +443,36 @@ class VllmEngine:
                 f"LoRA adapter {lora.lora_name!r} cannot be served by this engine: {reason}",
                 param=param,
             ) from None
+
+
+def engine_settings(cfg: EngineConfig) -> dict[str, Any]:
+    """The ``AsyncEngineArgs`` fields for ``cfg``: the values berth derives, under vLLM's
+    own flags given to the worker (``berth worker --dtype ...``), which win."""
+    settings: dict[str, Any] = dict(
+        model=cfg.model,
+        served_model_name=[cfg.name],
+        tokenizer=cfg.tokenizer,
+        dtype=cfg.dtype,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_model_len=cfg.max_model_len,
+        max_num_seqs=cfg.max_num_seqs,
+        enable_prefix_caching=cfg.enable_prefix_caching,
+        enforce_eager=cfg.enforce_eager,
+        seed=cfg.seed,
+        enable_lora=cfg.enable_lora,
+        max_loras=cfg.max_loras,
+        max_lora_rank=cfg.max_lora_rank,
+        max_cpu_loras=cfg.max_cpu_loras,
+        # the engine's structured-output gate waits for the end of reasoning
+        reasoning_parser=cfg.reasoning_parser or "",
+        # lanes reach the engine: a request's priority comes from its lane
+        # (engine_priority), so dispatched batch work does not hold interactive requests
+        # behind it; `--scheduling-policy fcfs` on the worker turns it off
+        scheduling_policy="priority",
+        disable_log_stats=True,
+    )
+    return settings | cfg.engine_args
 
 
 class _SchedulerGauge(StatLoggerBase):
