@@ -176,6 +176,27 @@ def _with_engine_flags(args: list[str]) -> list[str]:
     return [args[0], *rest, "--engine-args", json.dumps(merged, default=str)]
 
 
+def _served_names_joined(args: list[str]) -> list[str]:
+    """vLLM's ``--served-model-name a b`` (several names, space separated) as berth's one
+    value ``a,b``; a worker takes no positional argument, so the words after the flag up to
+    the next flag are its names."""
+    out: list[str] = []
+    names: list[str] | None = None
+    for token in args:
+        if names is not None and not token.startswith("-"):
+            names.append(token)
+            continue
+        if names is not None:
+            out.append(",".join(names))
+            names = None
+        out.append(token)
+        if token == "--served-model-name":
+            names = []
+    if names is not None:
+        out.append(",".join(names))
+    return out
+
+
 def parse(argv: Sequence[str] | None = None) -> BaseModel:
     """The chosen subcommand's settings (or CheckArgs), from flags and the environment."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -183,7 +204,7 @@ def parse(argv: Sequence[str] | None = None) -> BaseModel:
         print(f"berth {version('berth')}")
         raise SystemExit(0)
     if args[:1] == ["worker"]:
-        args = _with_engine_flags(args)
+        args = _with_engine_flags(_served_names_joined(args))
     try:
         chosen = get_subcommand(CliApp.run(_command(), cli_args=args))
     except (ValidationError, SettingsError) as err:

@@ -42,6 +42,8 @@ class WorkerDirectory:
         self._liveness = WorkerLiveness()
         self._workers: list[WorkerInfo] = []
         self._models: dict[str, set[str]] = {}
+        # a further served name -> the model's first (the one its queue is named by)
+        self._aliases: dict[str, str] = {}
         # models and adapters that had workers once; without live ones they are unavailable
         self._known_models: set[str] = set()
         self._known_adapters: dict[str, str] = {}
@@ -77,6 +79,12 @@ class WorkerDirectory:
             model: served
             for model, (seen, served) in self._last_seen.items()
             if now - seen <= self._grace_s
+        }
+        self._aliases = {
+            alias: worker.model
+            for worker in self._workers
+            for alias in worker.aliases
+            if worker.model in self._models
         }
         self._known_models = await self._registry.known_models()
         self._known_adapters = await self._registry.parents()
@@ -143,6 +151,7 @@ class WorkerDirectory:
         """
         if not self.redis_ok:
             raise StoreUnavailable("the request queue (Redis) cannot be reached; retry shortly")
+        model = self._aliases.get(model, model)
         if model in self._models:
             return model, self._adapter(model, lora_path)
         for base, adapters in self._models.items():
@@ -190,17 +199,30 @@ class WorkerDirectory:
 
     def model_cards(self) -> list[dict[str, object]]:
         """GET /v1/models entries for the models served now."""
-        return model_cards(self._models, int(time.time()))
+        return model_cards(self._models, int(time.time()), self._aliases)
 
 
-def model_cards(models: dict[str, set[str]], created: int) -> list[dict[str, object]]:
-    """GET /v1/models entries: base models, then adapters naming their parent (plain dicts,
+def model_cards(
+    models: dict[str, set[str]], created: int, aliases: dict[str, str] | None = None
+) -> list[dict[str, object]]:
+    """GET /v1/models entries: base models (each further served name of one as a card of
+    its own, as vLLM's server lists them), then adapters naming their parent (plain dicts,
     the shape the ``openai`` client's ``Model`` reads; no per-request model building)."""
     cards: list[dict[str, object]] = []
     for base in sorted(models):
         cards.append(
             {"id": base, "object": "model", "created": created, "owned_by": "berth", "root": base}
         )
+        for alias in sorted(a for a, named in (aliases or {}).items() if named == base):
+            cards.append(
+                {
+                    "id": alias,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "berth",
+                    "root": base,
+                }
+            )
         for adapter in sorted(models[base]):
             cards.append(
                 {

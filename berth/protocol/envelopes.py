@@ -157,6 +157,9 @@ class WorkerInfo(BaseModel):
 
     id: str
     model: str
+    # further names the model answers to (vLLM's --served-model-name takes several; the
+    # first is ``model``, the name queues, metrics and answers carry)
+    aliases: list[str] = Field(default_factory=list)
     adapters: list[str] = Field(default_factory=list)
     # how many requests the worker accepts at once, and how many it holds now
     capacity: int

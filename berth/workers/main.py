@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 def engine_config(settings: WorkerSettings) -> EngineConfig:
     """The engine configuration; with no model given, the generated tiny test model."""
-    model, served, adapters = settings.model, settings.served_model_name, dict(settings.adapters)
+    names = settings.served_names()
+    model, served, adapters = settings.model, (names[0] if names else None), dict(settings.adapters)
     tool_parser, reasoning_parser = settings.tool_call_parser, settings.reasoning_parser
     if model is None:
         from berth.workers.tinymodel import ensure_tiny_model
@@ -36,6 +37,7 @@ def engine_config(settings: WorkerSettings) -> EngineConfig:
         enable_lora=enable_lora,
         # as vLLM's server names it: the model as given (a Hugging Face id, or the path)
         served_model_name=served or model,
+        aliases=names[1:],
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_model_len=settings.max_model_len,
@@ -65,7 +67,7 @@ def build_engine(settings: WorkerSettings) -> Engine:
         return make_engine(
             None,
             fake=True,
-            served_model_name=settings.served_model_name,
+            served_model_name=next(iter(settings.served_names()), None),
             adapters=sorted(settings.adapters),
             tokens_per_s=settings.fake_tokens_per_s,
         )

@@ -121,6 +121,7 @@ class EngineHost:
         return WorkerInfo(
             id=self.worker_id,
             model=self.engine.model,
+            aliases=self.settings.served_names()[1:],
             adapters=self.engine.adapters,
             capacity=self.capacity,
             running=len(self._active),

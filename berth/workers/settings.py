@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from typing import Annotated, Any, Self
@@ -33,7 +34,9 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
     served_model_name: str | None = Field(
         default=None,
         description="Name clients use in `model` (default: --model as given, as vLLM's "
-        "server names it: a Hugging Face id, or the path).",
+        "server names it: a Hugging Face id, or the path). Several names, as vLLM takes "
+        "them (--served-model-name a b, or a,b): the first is the one answers, queues and "
+        "metrics carry, the others reach the same model.",
     )
     capacity: int = Field(default=256, ge=1, description="Requests the worker accepts at once.")
     group_concurrency: int = Field(
@@ -124,6 +127,10 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
         gt=0,
         description="Fake engine: tokens per second per request (unset: no delay).",
     )
+
+    def served_names(self) -> list[str]:
+        """The names given with --served-model-name, in order (none: the default name)."""
+        return [n for n in re.split(r"[\s,]+", self.served_model_name or "") if n]
 
     @model_validator(mode="after")
     def _beats_fit_in_a_ttl(self) -> Self:

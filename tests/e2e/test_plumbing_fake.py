@@ -33,7 +33,16 @@ ADMIN_KEY = "admin-key"
 @pytest.fixture(scope="module")
 def stack(make_stack: StackFactory) -> RunningStack:
     return make_stack(
-        ("worker", {**FAKE_ENGINE, "BERTH_FAKE_TOKENS_PER_S": "200", "BERTH_WORKER_ID": "w-1"}),
+        (
+            "worker",
+            {
+                **FAKE_ENGINE,
+                "BERTH_FAKE_TOKENS_PER_S": "200",
+                "BERTH_WORKER_ID": "w-1",
+                # two names, as vLLM's --served-model-name takes them: the first is the model's
+                "BERTH_SERVED_MODEL_NAME": f"{MODEL} fake-alias",
+            },
+        ),
         ("scheduler", {"BERTH_SCHEDULER_ID": "s-1"}),
         # a small pool: a burst of requests must wait for connections, not fail
         ("api", {"BERTH_REDIS_MAX_CONNECTIONS": str(API_CONNECTIONS)}),
@@ -95,7 +104,8 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 
 def test_models_and_health(stack: RunningStack, client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == [MODEL]
+    # the model, then its further served name (a card of its own, as vLLM lists them)
+    assert [m.id for m in client.models.list()] == [MODEL, "fake-alias"]
     assert httpx.get(f"{stack.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{stack.url}/ready").status_code == 200
 
@@ -218,3 +228,16 @@ def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(stack: Runn
         return [a.status_code for a in answers]
 
     assert asyncio.run(burst()) == [200] * (12 * API_CONNECTIONS)
+
+
+def test_a_further_served_name_reaches_the_same_model(
+    stack: RunningStack, client: openai.OpenAI
+) -> None:
+    reply = client.chat.completions.create(
+        model="fake-alias", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert reply.choices[0].finish_reason == "length"
+    listed = {m.id: m.model_dump() for m in client.models.list()}
+    assert listed["fake-alias"]["root"] == MODEL
+    # the model's queue is its first name's: one queue, whichever name a client uses
+    assert 'berth_queue_length{model="fake-alias"}' not in httpx.get(f"{stack.url}/metrics").text

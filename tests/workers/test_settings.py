@@ -37,3 +37,18 @@ def test_the_served_name_defaults_to_the_model_as_given() -> None:
     assert engine_config(local).name == "/models/llama-3-8b/"
     named = WorkerSettings(model="/models/llama-3-8b", served_model_name="llama-3-8b")
     assert engine_config(named).name == "llama-3-8b"
+
+
+def test_several_served_names_as_vllm_takes_them() -> None:
+    from berth.workers.main import engine_config
+
+    for argv in (
+        ["--served-model-name", "llama", "meta/llama-3"],
+        ["--served-model-name", "llama,meta/llama-3"],
+    ):
+        settings = parse(["worker", "--model", "/m", *argv, "--worker-id", "w"])
+        assert isinstance(settings, WorkerSettings)
+        assert settings.served_names() == ["llama", "meta/llama-3"]
+        assert settings.worker_id == "w"
+        config = engine_config(settings)
+        assert (config.name, config.aliases) == ("llama", ["meta/llama-3"])

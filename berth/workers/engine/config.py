@@ -20,6 +20,9 @@ class EngineConfig(BaseModel):
     served_model_name: str | None = Field(
         default=None, description="Name clients use in `model` (default: `model`)."
     )
+    aliases: list[str] = Field(
+        default_factory=list, description="Further names clients may use for the model."
+    )
     tokenizer: str | None = Field(default=None, description="Tokenizer (default: the model's).")
     dtype: str = "auto"
     tensor_parallel_size: int = Field(default=1, ge=1)

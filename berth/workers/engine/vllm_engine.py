@@ -450,7 +450,7 @@ def engine_settings(cfg: EngineConfig) -> dict[str, Any]:
     own flags given to the worker (``berth worker --dtype ...``), which win."""
     settings: dict[str, Any] = dict(
         model=cfg.model,
-        served_model_name=[cfg.name],
+        served_model_name=[cfg.name, *cfg.aliases],
         tokenizer=cfg.tokenizer,
         dtype=cfg.dtype,
         tensor_parallel_size=cfg.tensor_parallel_size,
