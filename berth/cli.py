@@ -176,6 +176,30 @@ def _with_engine_flags(args: list[str]) -> list[str]:
     return [args[0], *rest, "--engine-args", json.dumps(merged, default=str)]
 
 
+def _unknown_flags(args: Sequence[str], known: set[str]) -> list[str]:
+    return [
+        name
+        for name in (t.partition("=")[0].replace("_", "-") for t in args if t.startswith("--"))
+        if name not in known
+    ]
+
+
+def _invalid(role: str | None, err: ValidationError) -> str:
+    """A settings error in the command's words: each bad flag, what is wrong, what it got;
+    never pydantic's report (its type codes and links)."""
+    lines = []
+    for problem in err.errors(include_url=False):
+        # the subcommand comes first in the location; a model-wide check has nothing after
+        loc = problem["loc"][1:] if problem["loc"][:1] == (role,) else problem["loc"]
+        name = str(loc[-1]) if loc else ""
+        got = problem.get("input")
+        shown = f" (got {got!r})" if name and isinstance(got, str | int | float) else ""
+        what = problem["msg"].removeprefix("Value error, ")
+        what = what[0].lower() + what[1:]
+        lines.append(f"--{name.replace('_', '-')}: {what}{shown}" if name else what)
+    return f"berth {role or ''}: ".replace(" :", ":") + "; ".join(lines)
+
+
 def _served_names_joined(args: list[str]) -> list[str]:
     """vLLM's ``--served-model-name a b`` (several names, space separated) as berth's one
     value ``a,b``; a worker takes no positional argument, so the words after the flag up to
@@ -205,9 +229,20 @@ def parse(argv: Sequence[str] | None = None) -> BaseModel:
         raise SystemExit(0)
     if args[:1] == ["worker"]:
         args = _with_engine_flags(_served_names_joined(args))
+    classes = _settings_classes()
+    role = args[0] if args and args[0] in classes else None
+    if role is not None and role != "worker":
+        # argparse would answer an unknown flag with the root command's usage
+        unknown = _unknown_flags(args[1:], _berth_flags(classes[role]))
+        if unknown:
+            raise SystemExit(
+                f"berth {role}: unknown flag {unknown[0]} (berth {role} --help lists them)"
+            )
     try:
         chosen = get_subcommand(CliApp.run(_command(), cli_args=args))
-    except (ValidationError, SettingsError) as err:
+    except ValidationError as err:
+        raise SystemExit(_invalid(role, err)) from None
+    except SettingsError as err:
         raise SystemExit(f"berth: {err}") from None
     assert isinstance(chosen, BaseModel)  # a subcommand is required: get_subcommand raises
     return chosen

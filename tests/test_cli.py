@@ -90,7 +90,18 @@ def test_local_check_reads_the_liveness_file(
 def test_bad_values_name_the_setting() -> None:
     with pytest.raises(SystemExit) as stopped:
         parse(["api", "--port", "eighty"])
-    assert "port" in str(stopped.value.code)
+    assert str(stopped.value.code) == (
+        "berth api: --port: input should be a valid integer, unable to parse string as an "
+        "integer (got 'eighty')"
+    )
+    with pytest.raises(SystemExit) as stopped:
+        parse(["api", "--bogus", "1"])
+    assert (
+        str(stopped.value.code) == "berth api: unknown flag --bogus (berth api --help lists them)"
+    )
+    with pytest.raises(SystemExit) as stopped:
+        parse(["worker", "--heartbeat-ttl", "3", "--heartbeat-interval", "2"])
+    assert str(stopped.value.code).startswith("berth worker: heartbeat_interval must leave")
     with pytest.raises(SystemExit):
         parse(["worker", "--log-format", "xml"])
 
