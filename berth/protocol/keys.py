@@ -188,6 +188,20 @@ def open_adapters(worker_id: str) -> str:
     return f"{PREFIX}:lora:{worker_id}"
 
 
+# A worker's prefix index lives this long after the last placement written to it: a
+# worker restarted under its id is another incarnation (another key), and the old key goes
+# at the latest after this.
+PREFIX_INDEX_TTL_S = 3600
+
+
+def prefix_index(worker_id: str, incarnation: str) -> str:
+    """The prompt-prefix blocks the schedulers sent to one incarnation of a worker: a sorted
+    set of block hash (``protocol/prefix_key.py``, 8 raw bytes) -> epoch seconds it was last
+    sent there, trimmed to the newest ``prefix_index_blocks``; TTL PREFIX_INDEX_TTL_S from
+    the last write (store/prefixes.py: PrefixIndex)."""
+    return f"{PREFIX}:prefixes:{worker_id}:{incarnation}"
+
+
 SCHEDULER_KEY_PREFIX = f"{PREFIX}:scheduler:"
 # Sorted set scheduler_id -> epoch seconds its liveness record expires, kept like
 # WORKERS_INDEX: read by /ready and `berth check` without a scan.

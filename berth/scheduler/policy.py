@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, worker_ref
@@ -23,6 +23,8 @@ class Pending:
     entry_id: str
     request: QueuedRequest
     read_at: float
+    # its prompt's chained block hashes (protocol/prefix_key.py); empty when not computed
+    prefix: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)
@@ -165,6 +167,25 @@ def _free_tenths(worker: WorkerInfo, free: int) -> int:
     return (10 * free) // worker.capacity
 
 
+def cached_blocks(blocks: Sequence[bytes], cached: Container[bytes]) -> int:
+    """How many leading blocks of a prompt a worker holds. Block hashes are chained, and a
+    worker's index drops its least recently sent blocks first, so a worker holding block
+    ``i`` holds every block before it: a binary search finds the longest match."""
+    lo, hi = 0, len(blocks)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if blocks[mid - 1] in cached:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# the load band: workers at most this many tenths of capacity more loaded than the least
+# loaded compete on their cached prefix
+PREFIX_BAND_TENTHS = 2
+
+
 def pick_worker(
     workers: Iterable[WorkerInfo],
     target: Target,
@@ -172,23 +193,46 @@ def pick_worker(
     *,
     batch_reserve: float = 0.0,
     turn: int = 0,
+    prompts: Sequence[Sequence[bytes]] = (),
+    cached: Callable[[str], Container[bytes]] | None = None,
+    band_tenths: int = PREFIX_BAND_TENTHS,
 ) -> WorkerInfo | None:
-    """Placement of base-model work: among workers serving the model with room, the least
-    loaded in tenths of capacity; within a tenth the prompt_cache_key's favourite, else the
-    one with the most free slots; workers that tie on all of that are taken in an order
-    that changes with ``turn`` (the scheduler's count of placements). Never the first
-    worker just because all tie: at light load every worker is in the top tenth, and a
-    fixed order sent nearly everything to one. None when no worker can take the group."""
+    """Placement of base-model work, among workers serving the model with room.
+
+    With ``prompts`` (the group's prefix keys) and ``cached`` (worker id -> the blocks sent
+    there): among the workers within ``band_tenths`` tenths of capacity of the least
+    loaded, the one holding the most blocks of the group's prompts (the sum of each
+    prompt's longest cached prefix). A worker that holds a hot prefix and is loaded out of
+    the band loses it to a less loaded one, which then caches it too: a hot prefix spreads
+    instead of queueing behind one worker. Prompts no worker holds (and workers that tie
+    on them) go by the rule without prefixes:
+
+    the least loaded in tenths of capacity; within a tenth the prompt_cache_key's
+    favourite, else the one with the most free slots; workers that tie on all of that are
+    taken in an order that changes with ``turn`` (the scheduler's count of placements).
+    Never the first worker just because all tie: at light load every worker is in the top
+    tenth, and a fixed order sent nearly everything to one. None when no worker can take
+    the group."""
+    room = [
+        (w, free, _free_tenths(w, free))
+        for w, free in _room(workers, target, dispatched, batch_reserve)
+    ]
+    if not room:
+        return None
+    scored = bool(prompts) and cached is not None
+    floor = max(tenths for _, _, tenths in room) - band_tenths if scored else 0
     best: WorkerInfo | None = None
-    best_rank: tuple[int, int, int, int] | None = None
-    for worker, free in _room(workers, target, dispatched, batch_reserve):
+    best_rank: tuple[int, int, int, int, int] | None = None
+    for worker, free, tenths in room:
+        if scored and tenths < floor:
+            continue
+        held = 0
+        if scored:
+            assert cached is not None
+            blocks = cached(worker.id)
+            held = sum(cached_blocks(p, blocks) for p in prompts)
         affinity = _affinity_score(target.affinity, worker.id) if target.affinity else 0
-        rank = (
-            _free_tenths(worker, free),
-            affinity,
-            free,
-            _affinity_score(f"turn {turn}", worker.id),
-        )
+        rank = (held, tenths, affinity, free, _affinity_score(f"turn {turn}", worker.id))
         if best_rank is None or rank > best_rank:
             best, best_rank = worker, rank
     return best

@@ -27,12 +27,14 @@ from berth.plumbing.supervise import Backoff, log_failure
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
 from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
+from berth.protocol.prefix_key import prefix_key
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
 from berth.store import queue
 from berth.store.adapters import AdapterStore, OpenAdapters
 from berth.store.jobs import JobStore
+from berth.store.prefixes import PrefixIndex
 from berth.store.registry import (
     WorkerLiveness,
     announce_scheduler,
@@ -73,6 +75,8 @@ class Scheduler:
         self.jobs = JobStore(redis, settings.job_ttl_s)
         self._quota_scripts = limit_scripts(redis)
         self._open_adapters = OpenAdapters(redis)
+        # where prompt prefixes were sent, shared by every replica (prefix placement)
+        self._prefixes = PrefixIndex(redis, settings.prefix_index_blocks)
         self._streams: set[str] = set()
         # the workers judged alive (registry.WorkerLiveness), and their newest records
         self._liveness = WorkerLiveness()
@@ -175,6 +179,8 @@ class Scheduler:
         if gone:
             await self._open_adapters.forget(list(gone))
         await self._read_open_adapters([w.id for w in workers if w.max_loras])
+        if self.settings.prefix_placement:
+            await self._prefixes.refresh(workers)
         self._workers = workers
         models = await AdapterStore(self.redis).known_models() | {w.model for w in workers}
         wanted = {keys.ingress_stream(m, lane) for m in models for lane in keys.LANES}
@@ -238,7 +244,12 @@ class Scheduler:
                 await self._ack({stream: [entry_id]})
                 continue
             self._held.add((stream, entry_id))
-            items.append(policy.Pending(stream, entry_id, request, now))
+            prefix = (
+                prefix_key(request.kind, request.request, request.model, request.adapter)
+                if self.settings.prefix_placement
+                else ()
+            )
+            items.append(policy.Pending(stream, entry_id, request, now, prefix))
         wait_s = self.settings.max_group_wait_ms / 1000
         if len(self._last_read) > _LAST_READ_KEEP:
             # keys are partly client-named (prompt_cache_key): keep only the recent ones
@@ -261,7 +272,7 @@ class Scheduler:
             if now - checked >= _HELD_CHECK_S:
                 items, checked = await self._drop_ended(items), now
             while items:
-                worker = await self._place(key)
+                worker = await self._place(key, items)
                 if worker is None:
                     items = await self._without_worker(key, items, now)
                     break
@@ -278,7 +289,7 @@ class Scheduler:
                 waiting.checked_at = checked
                 waiting.items.extend(items)
 
-    async def _place(self, key: policy.GroupKey) -> WorkerInfo | None:
+    async def _place(self, key: policy.GroupKey, items: list[policy.Pending]) -> WorkerInfo | None:
         model, adapter, lane, affinity, avoid = key
         target = policy.Target(model, adapter, lane, affinity, avoid)
         reserve = self.settings.batch_reserve
@@ -289,8 +300,16 @@ class Scheduler:
             )
         if adapter is None:
             self._turn += 1
+            prefixes = self.settings.prefix_placement
             return policy.pick_worker(
-                self._workers, target, self._dispatched, batch_reserve=reserve, turn=self._turn
+                self._workers,
+                target,
+                self._dispatched,
+                batch_reserve=reserve,
+                turn=self._turn,
+                prompts=[p.prefix for p in items if p.prefix] if prefixes else (),
+                cached=self._prefixes.cached if prefixes else None,
+                band_tenths=self.settings.prefix_band_tenths,
             )
         now = time.time()
         placement = policy.place_adapter(
@@ -406,6 +425,8 @@ class Scheduler:
                     incarnation=worker.incarnation or None,
                 )
                 queue.notify_waiting(pipe, p.request.id, event)
+        if self.settings.prefix_placement:
+            await self._prefixes.note(pipe, worker, (b for p in items for b in p.prefix), sent_at)
         await release_queued(pipe, self._quota_scripts, [p.request for p in items])
         self._ack_into(pipe, _entry_ids(items))
         await pipe.execute()

@@ -38,6 +38,27 @@ class SchedulerSettings(MetricsSettings, JobRecordSettings):
         "most max_loras, handed over after a quantum), least loaded, prompt_cache_key "
         "affinity. fcfs: round robin, for comparison.",
     )
+    prefix_placement: bool = Field(
+        default=True,
+        description="affinity: place base-model work where its prompt's prefix was sent "
+        "before (the shared prefix index), among the workers within prefix_band_tenths of "
+        "the least loaded. False: by load and prompt_cache_key only.",
+    )
+    prefix_band_tenths: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="prefix_placement: workers at most this many tenths of capacity more "
+        "loaded than the least loaded compete on their cached prefix; a worker loaded "
+        "beyond that loses its prefixes to the others.",
+    )
+    prefix_index_blocks: int = Field(
+        default=4096,
+        ge=1,
+        description="prefix_placement: prompt blocks (256 bytes of text, ~64 tokens) kept "
+        "per worker in the prefix index, least recently sent dropped first; set it near "
+        "the worker's KV cache size in tokens / 64. About 82 bytes of Redis each.",
+    )
     adapter_quantum: float = Field(
         default=1.0,
         gt=0,

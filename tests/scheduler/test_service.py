@@ -277,3 +277,55 @@ async def test_replicas_share_a_workers_lora_slots(
     assert await _sent_ids(aredis, "w1") == ["a0", "a1"]
     assert other._residency["w1"].open.keys() == {"a"}
     assert await aredis.hkeys(keys.open_adapters("w1")) == [b"a"]
+
+
+SYSTEM_PROMPT = "You answer questions about harbours and their berths. " * 40
+
+
+def _chat(request_id: str, question: str) -> QueuedRequest:
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": question},
+    ]
+    return QueuedRequest(id=request_id, model="m", request={"messages": messages})
+
+
+async def _placed(r: redis.asyncio.Redis, request_id: str, *wids: str) -> str:
+    """The worker a request was sent to, once it was."""
+    found: list[str] = []
+
+    async def sent() -> bool:
+        found[:] = [w for w in wids if request_id in await _sent_ids(r, w)]
+        return bool(found)
+
+    await _until(sent)
+    return found[0]
+
+
+async def test_a_shared_system_prompt_goes_where_it_was_sent_by_any_replica(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """Two workers. Replica s0 places a request with a long system prompt. Its worker then
+    reports a tenth more load, which alone sends work to the other worker (as replica s3,
+    without prefix placement, does). Replica s1, which never placed that prompt, reads the
+    shared index and sends the next request with it to the same worker; once that worker
+    is loaded out of the band, replica s2 sends the next one to the other."""
+    await _register(aredis, "w1", capacity=10)
+    await _register(aredis, "w2", capacity=10)
+    async with _running(aredis, redis_url, "s0"):
+        await _enqueue(aredis, _chat("r0", "Where do ships dock?"))
+        first = await _placed(aredis, "r0", "w1", "w2")
+    other = "w2" if first == "w1" else "w1"
+    await _register(aredis, first, capacity=10, running=1)
+    async with _running(aredis, redis_url, "s1"):
+        await _enqueue(aredis, _chat("r1", "How long is a berth?"))
+        assert await _placed(aredis, "r1", "w1", "w2") == first
+        await _enqueue(aredis, _chat("r2", "Who assigns them?"))
+        assert await _placed(aredis, "r2", "w1", "w2") == first
+    async with _running(aredis, redis_url, "s3", prefix_placement=False):
+        await _enqueue(aredis, _chat("r3", "And at night?"))
+        assert await _placed(aredis, "r3", "w1", "w2") == other
+    await _register(aredis, first, capacity=10, running=4)
+    async with _running(aredis, redis_url, "s2"):
+        await _enqueue(aredis, _chat("r4", "What about tides?"))
+        assert await _placed(aredis, "r4", "w1", "w2") == other
