@@ -43,16 +43,13 @@ async def _sent_groups(r: redis.asyncio.Redis, wid: str) -> list[dict[str, Any]]
     return groups
 
 
-async def _run_for(r: redis.asyncio.Redis, url: str, seconds: float, **overrides: Any) -> Scheduler:
-    settings = SchedulerSettings(redis_url=url, scheduler_id="s1", **overrides)
-    celery = Celery("test")
-    celery.conf.update(celery_settings(url))
-    scheduler = Scheduler(settings, r, celery)
-    stop = asyncio.Event()
-    task = asyncio.create_task(scheduler.run(stop))
-    await asyncio.sleep(seconds)
-    stop.set()
-    await asyncio.wait_for(task, 5)
+async def _run_until(
+    r: redis.asyncio.Redis, url: str, condition: Callable[[], Awaitable[bool]], **overrides: Any
+) -> Scheduler:
+    """Run a scheduler until ``condition`` holds (a state, never a span of time: a slow
+    machine makes it take longer, not fail), then stop it."""
+    async with _running(r, url, **overrides) as scheduler:
+        await _until(condition, 30)
     return scheduler
 
 
@@ -74,7 +71,7 @@ async def test_groups_by_adapter_dispatches_and_acks(
             for i in range(6)
         ],
     )
-    scheduler = await _run_for(aredis, redis_url, 0.5)
+    scheduler = await _run_until(aredis, redis_url, lambda: _done(aredis, 6))
     groups = await _sent_groups(aredis, "w1")
     by_adapter = {g["adapter"]: sorted(q["id"] for q in g["requests"]) for g in groups}
     assert by_adapter == {None: ["r0", "r2", "r4"], "a": ["r1", "r3", "r5"]}
@@ -97,7 +94,7 @@ async def test_cancelled_request_is_dropped_with_a_terminal_event(
         QueuedRequest(id="r0", model="m", request={}),
         QueuedRequest(id="r1", model="m", request={}),
     )
-    await _run_for(aredis, redis_url, 0.5)
+    await _run_until(aredis, redis_url, lambda: _done(aredis, 1))
     [group] = await _sent_groups(aredis, "w1")
     assert [q["id"] for q in group["requests"]] == ["r0"]
     messages = []
@@ -113,13 +110,14 @@ async def test_without_a_live_worker_requests_stay_queued(
 ) -> None:
     await _register(aredis, "other", model="x")
     await _enqueue(aredis, QueuedRequest(id="r0", model="m", request={}))
-    await _run_for(aredis, redis_url, 0.3)
+    # read and held, not dispatched: the entry is pending in the group
+    await _run_until(aredis, redis_url, lambda: _pending_is(aredis, 1))
     assert await _sent_groups(aredis, "other") == []
     pending = await aredis.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP)
     assert pending["pending"] == 1
     # a worker appears: a restarted scheduler with the same name picks its pending entry up
     await _register(aredis, "w1")
-    await _run_for(aredis, redis_url, 0.5)
+    await _run_until(aredis, redis_url, lambda: _done(aredis, 1))
     [group] = await _sent_groups(aredis, "w1")
     assert [q["id"] for q in group["requests"]] == ["r0"]
 
@@ -127,7 +125,7 @@ async def test_without_a_live_worker_requests_stay_queued(
 async def test_group_size_bounds_each_task(aredis: redis.asyncio.Redis, redis_url: str) -> None:
     await _register(aredis, "w1")
     await _enqueue(aredis, *[QueuedRequest(id=f"r{i}", model="m", request={}) for i in range(10)])
-    await _run_for(aredis, redis_url, 0.5, max_group_size=4)
+    await _run_until(aredis, redis_url, lambda: _done(aredis, 10), max_group_size=4)
     sizes = sorted(len(g["requests"]) for g in await _sent_groups(aredis, "w1"))
     assert sum(sizes) == 10 and max(sizes) <= 4
 
@@ -183,7 +181,11 @@ async def _sent_ids(r: redis.asyncio.Redis, wid: str) -> list[str]:
 
 
 async def _pending(r: redis.asyncio.Redis) -> int:
-    return int((await r.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP))["pending"])
+    """Entries of model m's stream read and not acknowledged (0 before the group exists)."""
+    try:
+        return int((await r.xpending(keys.ingress_stream("m"), keys.SCHEDULER_GROUP))["pending"])
+    except redis.ResponseError:  # NOGROUP: no scheduler has read the stream yet
+        return 0
 
 
 async def _none_pending(r: redis.asyncio.Redis, *lanes: str) -> bool:
@@ -197,6 +199,11 @@ async def _none_pending(r: redis.asyncio.Redis, *lanes: str) -> bool:
 
 async def _has_sent(r: redis.asyncio.Redis, n: int) -> bool:
     return len(await _sent_ids(r, "w1")) >= n
+
+
+async def _done(r: redis.asyncio.Redis, n: int) -> bool:
+    """``n`` requests sent to w1 and every entry of model m's stream acknowledged."""
+    return await _has_sent(r, n) and await _pending(r) == 0
 
 
 async def _pending_is(r: redis.asyncio.Redis, n: int) -> bool:
