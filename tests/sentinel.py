@@ -121,7 +121,9 @@ class SentinelSet:
             new = ports.pop()
             return bool(redis.Redis(port=new).info("replication")["role"] == "master")
 
-        self.wait_until(promoted, "the sentinels to promote the replica", 60)
+        # the sentinels agree within seconds; on a loaded machine their timers run late: the
+        # bound only catches "never"
+        self.wait_until(promoted, "the sentinels to promote the replica", 180)
         return old, self.primary_port()
 
     @staticmethod

@@ -136,6 +136,7 @@ def ha() -> Iterator[SentinelSet]:
         yield running
 
 
+@pytest.mark.timeout(900)  # its bounds catch "never": a loaded machine only makes it longer
 def test_sentinel_failover_under_load(ha: SentinelSet) -> None:
     with _stack(ha.url, BERTH_REQUEST_TIMEOUT_S="30") as stack:
         load = Load(stack.url)

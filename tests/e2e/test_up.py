@@ -23,6 +23,9 @@ def _ctrl_c_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# the tiny model's generation and engine start take minutes on a loaded machine; the
+# test's own bounds (400 s to the banner, a minute to stop) catch "never"
+@pytest.mark.timeout(900)
 def test_up_serves_and_stops_everything() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BERTH_REDIS_URL")}
