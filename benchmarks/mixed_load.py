@@ -17,12 +17,16 @@ Phases in each block: quiet (no flood), then the flood at each K (by default 16,
 flood first runs alone (its tokens/s alone), then the interactive tenant joins (its TTFTs
 and the flood's tokens/s beside it).
 
-Two sides, one stack alive at a time, alternating per round (A B, then B A):
+Two sides (three with ``--anchor``), one server alive at a time, alternating per round
+(A B, then B A):
 
 - ``priority``: the worker as it runs by default, vLLM's ``scheduling_policy="priority"``
   with each request at its lane's priority (interactive 0, job 1, batch 2);
 - ``fcfs``: the same worker with vLLM's ``--scheduling-policy fcfs`` (the engine serves its
-  queue first come first served, as before lanes reached it).
+  queue first come first served, as before lanes reached it);
+- ``vllm-priority`` (``--anchor``): vLLM's own server with ``--scheduling-policy priority``
+  and the same ``--max-num-seqs``, one tenant, the flood at ``priority`` 2 and the
+  interactive chats at 0 in each request's body.
 
 Worker flags reach the worker as ``BERTH_ENGINE_ARGS`` (what ``berth worker --max-num-seqs
 16 --scheduling-policy fcfs`` folds them into). The report gives TTFT p50/p90 per phase and
@@ -59,6 +63,8 @@ from benchmarks.serve import (
     SETTLE_S,
     BerthServer,
     CpuMeter,
+    Server,
+    VllmServer,
     log,
     machine_info,
     show_logs,
@@ -79,6 +85,13 @@ SIDES: dict[str, dict[str, Any]] = {
     "priority": {},  # the worker's default
     "fcfs": {"scheduling_policy": "fcfs"},
 }
+# With --anchor: vLLM's own server with its priority scheduling, the flood at the batch
+# lane's engine priority and the interactive chats at 0, in each request's body.
+ANCHOR = "vllm-priority"
+
+# What puts a request in its lane: berth's service tier, or vLLM's own priority field.
+BERTH_LANES: dict[str, dict[str, Any]] = {"flood": {"service_tier": "flex"}, "interactive": {}}
+VLLM_LANES: dict[str, dict[str, Any]] = {"flood": {"priority": 2}, "interactive": {"priority": 0}}
 
 # Words the prompts are drawn from: each request's prompt differs, so prefix caching
 # does not make one side's prefills cheaper than the other's.
@@ -140,6 +153,7 @@ class Flood:
     model: str
     plan: Plan
     rng: random.Random
+    lane: dict[str, Any]
     chunks: int = 0
     completed: int = 0
     completed_chunks: int = 0
@@ -170,7 +184,7 @@ class Flood:
             spread = self.plan.flood_tokens * self.plan.flood_jitter
             tokens = round(self.plan.flood_tokens + self.rng.uniform(-spread, spread))
             body = chat_body(self.model, prompt(self.rng, self.plan.prompt_words), tokens)
-            body["service_tier"] = "flex"
+            body |= self.lane
             seen = 0
 
             def on_chunk() -> None:
@@ -243,7 +257,12 @@ async def stream_chat(
 
 
 async def interactive(
-    session: aiohttp.ClientSession, url: str, model: str, plan: Plan, rng: random.Random
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    plan: Plan,
+    rng: random.Random,
+    lane: dict[str, Any],
 ) -> dict[str, Any]:
     """One chat at a time for ``interactive_s`` (and at least ``min_samples`` of them)."""
     ttfts: list[float] = []
@@ -256,6 +275,7 @@ async def interactive(
         if elapsed >= plan.interactive_s and len(ttfts) >= plan.min_samples:
             break
         body = chat_body(model, prompt(rng, plan.prompt_words), plan.interactive_tokens)
+        body |= lane
         result = await stream_chat(session, url, KEYS["interactive"], body)
         if result["error"] or result["ttft_s"] is None:
             errors.append(result["error"] or "no content")
@@ -276,13 +296,15 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-async def run_phase(url: str, model: str, k: int, plan: Plan, seed: int) -> dict[str, Any]:
+async def run_phase(
+    url: str, model: str, k: int, plan: Plan, seed: int, lanes: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """One phase: the flood of ``k`` (none for 0) alone, then with the interactive tenant."""
     rng = random.Random(seed)
     limits = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
     async with aiohttp.ClientSession(connector=limits, timeout=timeout) as session:
-        flood = Flood(url, model, plan, random.Random(seed + 1))
+        flood = Flood(url, model, plan, random.Random(seed + 1), lanes["flood"])
         out: dict[str, Any] = {"k": k}
         if k:
             flood.start(session, k)
@@ -291,7 +313,7 @@ async def run_phase(url: str, model: str, k: int, plan: Plan, seed: int) -> dict
             await asyncio.sleep(plan.alone_s)
             alone_chunks, alone_s = flood.chunks - before, time.monotonic() - t0
         before, t0 = flood.chunks, time.monotonic()
-        out |= await interactive(session, url, model, plan, rng)
+        out |= await interactive(session, url, model, plan, rng, lanes["interactive"])
         beside_chunks, beside_s = flood.chunks - before, time.monotonic() - t0
         out["interactive_s"] = round(beside_s, 3)
         if k:
@@ -342,10 +364,9 @@ class MixedServer(BerthServer):
         return {"engine_args": self.engine_args}
 
 
-def block(
-    server: MixedServer, plan: Plan, args: argparse.Namespace, i: int
-) -> list[dict[str, Any]]:
+def block(server: Server, plan: Plan, args: argparse.Namespace, i: int) -> list[dict[str, Any]]:
     """One side's block of round ``i``: start, warm up, quiet, then every flood."""
+    lanes = VLLM_LANES if isinstance(server, VllmServer) else BERTH_LANES
     server.launch()
     server.wait_ready(args.ready_timeout)
     url = f"http://127.0.0.1:{server.port}"
@@ -353,7 +374,7 @@ def block(
     log(f"{server.name}: warm-up")
     warm = Plan(**{**plan.__dict__, "ramp_s": 2.0, "alone_s": 1.0, "interactive_s": 2.0})
     warm.min_samples = 2
-    asyncio.run(run_phase(url, model, plan.max_num_seqs, warm, seed=1))
+    asyncio.run(run_phase(url, model, plan.max_num_seqs, warm, 1, lanes))
     time.sleep(plan.drain_s)
     roots: dict[str, int] = {CLIENT: os.getpid(), **server.roots()}
     other_before = wait_quiet(roots, args.quiet_wait)
@@ -364,7 +385,7 @@ def block(
         time.sleep(SETTLE_S)
         meter = CpuMeter(roots)
         meter.start()
-        phase = asyncio.run(run_phase(url, model, k, plan, seed=1000 * (i + 1) + k))
+        phase = asyncio.run(run_phase(url, model, k, plan, 1000 * (i + 1) + k, lanes))
         sample = meter.stop()
         phase["round"] = i + 1
         phase["other_cores_before"] = other_before
@@ -446,11 +467,18 @@ def compare(summary: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
                     "flood_kept": kept >= TARGET_FLOOD_KEPT,
                 },
             }
-    pri, fcfs = summary.get("priority", {}), summary.get("fcfs", {})
-    between: dict[int, dict[str, float | None]] = {}
-    for k in sorted(set(pri) & set(fcfs)):
-        between[k] = {
-            name: ratio(pri[k].get(key), fcfs[k].get(key))
+    # berth's priority side against fcfs, and against the anchor when it ran
+    for other in ("fcfs", ANCHOR):
+        if other in summary:
+            out[f"priority_over_{other}"] = versus(summary.get("priority", {}), summary[other])
+    return out
+
+
+def versus(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> dict[int, Any]:
+    """Side ``a``'s figures over side ``b``'s, per flood."""
+    return {
+        k: {
+            name: ratio(a[k].get(key), b[k].get(key))
             for name, key in (
                 ("ttft_p50", "ttft_p50_ms"),
                 ("ttft_p90", "ttft_p90_ms"),
@@ -458,8 +486,8 @@ def compare(summary: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
                 ("flood_beside_tok_s", "flood_beside_tok_s"),
             )
         }
-    out["priority_over_fcfs"] = between
-    return out
+        for k in sorted(set(a) & set(b))
+    }
 
 
 def report(summary: dict[str, dict[int, dict[str, Any]]], comp: dict[str, Any]) -> str:
@@ -467,18 +495,18 @@ def report(summary: dict[str, dict[int, dict[str, Any]]], comp: dict[str, Any]) 
         return "-" if value is None else f"{value:,.{decimals}f}{unit}"
 
     header = (
-        f"{'phase':<10}{'side':<10}{'n':>5}{'TTFT p50':>11}{'p90':>10}{'p99':>10}"
+        f"{'phase':<10}{'side':<14}{'n':>5}{'TTFT p50':>11}{'p90':>10}{'p99':>10}"
         f"{'x quiet':>9}{'flood alone':>13}{'beside':>9}{'kept':>7}  targets"
     )
     lines = [header, "-" * len(header)]
     ks = sorted({k for by_k in summary.values() for k in by_k})
     for k in ks:
-        for side in SIDES:
+        for side in [*SIDES, ANCHOR]:
             s = summary.get(side, {}).get(k)
             if s is None:
                 continue
             c = comp.get(side, {}).get(k, {})
-            row = f"{'quiet' if not k else f'K={k}':<10}{side:<10}{s['requests']:>5}"
+            row = f"{'quiet' if not k else f'K={k}':<10}{side:<14}{s['requests']:>5}"
             row += f"{num(s['ttft_p50_ms'], ' ms'):>11}{num(s['ttft_p90_ms'], ' ms'):>10}"
             row += f"{num(s['ttft_p99_ms'], ' ms'):>10}"
             if k:
@@ -488,19 +516,33 @@ def report(summary: dict[str, dict[int, dict[str, Any]]], comp: dict[str, Any]) 
                 row += f"{num(s['flood_alone_tok_s']):>13}{num(s['flood_beside_tok_s']):>9}"
                 row += f"{num(c['flood_kept'], '', 2):>7}  {marks}"
             lines.append(row)
-    lines += ["", "priority / fcfs (same run):"]
-    for k, r in comp["priority_over_fcfs"].items():
+    for other in ("fcfs", ANCHOR):
+        if comp.get(f"priority_over_{other}"):
+            lines += [
+                "",
+                f"priority / {other} (same run):",
+                *ratios(comp[f"priority_over_{other}"]),
+            ]
+    return "\n".join(lines)
+
+
+def ratios(by_k: dict[int, dict[str, float | None]]) -> list[str]:
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.3f}x"
+
+    lines = []
+    for k, r in by_k.items():
         lines.append(
-            f"  {'quiet' if not k else f'K={k}':<8} TTFT p50 {num(r['ttft_p50'], 'x', 3)}, "
-            f"p90 {num(r['ttft_p90'], 'x', 3)}"
+            f"  {'quiet' if not k else f'K={k}':<8} TTFT p50 {num(r['ttft_p50'])}, "
+            f"p90 {num(r['ttft_p90'])}"
             + (
-                f", flood tok/s alone {num(r['flood_alone_tok_s'], 'x', 3)}, "
-                f"beside interactive {num(r['flood_beside_tok_s'], 'x', 3)}"
+                f", flood tok/s alone {num(r['flood_alone_tok_s'])}, "
+                f"beside interactive {num(r['flood_beside_tok_s'])}"
                 if k
                 else ""
             )
         )
-    return "\n".join(lines)
+    return lines
 
 
 def conclude(
@@ -508,8 +550,8 @@ def conclude(
 ) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, Any]]:
     """Each side's phases summed up per flood, compared, and the table printed."""
     summary: dict[str, dict[int, dict[str, Any]]] = {}
-    for side in SIDES:
-        done = phases.get(f"berth-{side}", [])
+    for side in [*SIDES, ANCHOR]:
+        done = phases.get(side if side == ANCHOR else f"berth-{side}", [])
         for k in sorted({p["k"] for p in done}):
             summary.setdefault(side, {})[k] = summarize([p for p in done if p["k"] == k])
     comp = compare(summary)
@@ -525,6 +567,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "priority scheduling against berth with --scheduling-policy fcfs, alternating.",
     )
     add = parser.add_argument
+    add("--anchor", action="store_true",
+        help=f"also vLLM's own server with --scheduling-policy priority ({ANCHOR})")  # fmt: skip
+    add("--sides", default=None,
+        help="comma-separated sides to run, of priority, fcfs and (with --anchor) "
+        f"{ANCHOR} (all)")  # fmt: skip
     add("--quick", action="store_true",
         help="1 round, floods of 1x and 4x, shorter windows (~5 min)")  # fmt: skip
     add("--rounds", type=int, default=None, help="blocks per side, alternating (2; quick 1)")
@@ -579,10 +626,16 @@ def main(argv: list[str] | None = None) -> int:
     log(f"logs: {log_dir}")
     tiny = tiny_model(wait_s=60)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    servers = [
+    servers: list[Server] = [
         MixedServer(tiny, log_dir, side, {"max_num_seqs": n, **extra})
         for side, extra in SIDES.items()
     ]
+    if args.anchor:
+        flags = ["--scheduling-policy", "priority", "--max-num-seqs", str(n)]
+        servers.append(VllmServer(tiny, log_dir, flags, ANCHOR))
+    if args.sides:
+        chosen = {f"berth-{x}" if x in SIDES else x for x in args.sides.split(",")}
+        servers = [s for s in servers if s.name in chosen]
     phases: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     failures: dict[str, str] = {}
     for i in range(plan.rounds):
