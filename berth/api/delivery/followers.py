@@ -145,6 +145,9 @@ class StreamFollowers:
         self._task: asyncio.Task[None] | None = None
         # (stream, after) -> the page read out now, shared by whoever asks for it meanwhile
         self._pages: dict[tuple[str, str], asyncio.Task[list[Entry]]] = {}
+        # stream -> the start of its following now under way, shared by whoever joins
+        # meanwhile (so they ask for their backlog together, and share its pages)
+        self._opening: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stream-followers")
@@ -230,15 +233,33 @@ class StreamFollowers:
 
     async def _join(self, key: str) -> _Follower:
         follower = _Follower(key)
-        if key not in self._followers:
-            # live reads start after the newest entry now; older ones are every follower's
-            # backlog, read after joining, so nothing falls between the two
-            newest = await self.redis.xrevrange(key, count=1)
-            self._followers.setdefault(key, set())
-            self._cursors.setdefault(key, newest[0][0].decode() if newest else "0-0")
-            self._wake.set()
+        while key not in self._followers:
+            # one start per stream, however many join while it is under way: they resume
+            # together when it ends and so ask for their first backlog page while one read
+            # of it is out (each starting its own, they would read it one after another)
+            opening = self._opening.get(key)
+            if opening is None:
+                opening = asyncio.get_running_loop().create_task(self._open(key))
+                self._opening[key] = opening
+                opening.add_done_callback(lambda done: self._opened(key, done))
+            # shielded: a follower that leaves does not cancel the start for the others
+            await asyncio.shield(opening)
         self._followers[key].add(follower)
         return follower
+
+    async def _open(self, key: str) -> None:
+        # live reads start after the newest entry now; older ones are every follower's
+        # backlog, read after joining, so nothing falls between the two
+        newest = await self.redis.xrevrange(key, count=1)
+        self._followers.setdefault(key, set())
+        self._cursors.setdefault(key, newest[0][0].decode() if newest else "0-0")
+        self._wake.set()
+
+    def _opened(self, key: str, opening: asyncio.Task[None]) -> None:
+        self._opening.pop(key, None)
+        # every follower waiting may have left: nobody else would take a failure from it
+        if not opening.cancelled():
+            opening.exception()
 
     def _leave(self, follower: _Follower) -> None:
         followers = self._followers.get(follower.key)
