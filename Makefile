@@ -30,9 +30,9 @@ up: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## The unit tests only: no vLLM engine, no stack of processes (under a minute).
+## The unit tests only: no vLLM engine, no stack of processes (under a minute, two at a time).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not engine and not e2e' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not engine and not e2e' -n 2 $(PYTEST_ARGS)
 
 ## Build the images and run deploy/compose.yaml's cpu profile for real (root, ~80 GB disk
 ## free; COMPOSE_ARGS=--keep-images keeps the images). See README, "Docker Compose".
