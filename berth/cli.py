@@ -158,9 +158,7 @@ def _with_engine_flags(args: list[str]) -> list[str]:
 
         print(engine_help())
         raise SystemExit(0)
-    if not any(
-        t.startswith("--") and t.partition("=")[0].replace("_", "-") not in ours for t in args
-    ):
+    if not _unknown_flags(args, ours):
         return args
     from berth.workers.engine.flags import EngineFlagError, expand_config, split_engine_flags
 
