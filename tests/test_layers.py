@@ -3,8 +3,9 @@
 The design in one table (docs/architecture.md, "Layers"): ``protocol/`` is data and
 imports nothing else of berth's; ``plumbing/`` (what every process shares) imports
 protocol only; ``store/`` (one owner per Redis record) imports protocol and plumbing;
-``limits/`` (per-tenant limits, a concern that spans roles) adds store; the roles add
-limits where they use it and never import each other. berth/'s root holds the command,
+``limits/`` (per-tenant limits, a concern that spans roles) adds store, as does ``webhooks/``
+(signed end events, taken by the API and sent by the scheduler); the roles add limits and
+webhooks where they use them and never import each other. berth/'s root holds the command,
 which may import anything. Every ``berth.*`` import counts, at module level or inside a
 function, as in the cycle test.
 """
@@ -19,8 +20,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "plumbing": frozenset({"protocol"}),
     "store": frozenset({"protocol", "plumbing"}),
     "limits": frozenset({"protocol", "plumbing", "store"}),
-    "api": frozenset({"protocol", "plumbing", "store", "limits"}),
-    "scheduler": frozenset({"protocol", "plumbing", "store", "limits"}),
+    "webhooks": frozenset({"protocol", "plumbing", "store"}),
+    "api": frozenset({"protocol", "plumbing", "store", "limits", "webhooks"}),
+    "scheduler": frozenset({"protocol", "plumbing", "store", "limits", "webhooks"}),
     "workers": frozenset({"protocol", "plumbing", "store"}),
 }
 # berth/'s root: the command (`berth api`, `berth up`, `berth check`, ...) and nothing else

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from berth.limits import TenantLimits
 from berth.plumbing.settings import CommonSettings, JobRecordSettings, ListenSettings
 from berth.protocol.limits import RequestLimits
+from berth.webhooks.addresses import parse_url
+from berth.webhooks.settings import WebhookSettings
 
 
 # ListenSettings first: its host and port come right after the common settings
-class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
+class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings, WebhookSettings):
     """HTTP front end: where it listens, how much it queues, how long it waits."""
 
     processes: int = Field(
@@ -217,6 +221,26 @@ class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
         "lines of the input file until earlier ones end.",
     )
 
+    tenant_webhooks: str | None = Field(
+        default=None,
+        description='Each tenant\'s default webhook as JSON, e.g. {"team-a": '
+        '"https://hooks.example.com/berth"}: the end events of its jobs that name none, and of '
+        "its batches. Needs webhook_secret.",
+    )
+
+    @field_validator("tenant_webhooks")
+    @classmethod
+    def _tenant_webhooks(cls, value: str | None) -> str | None:
+        if value:
+            _webhook_map(value)
+        return value
+
+    def webhook_default(self, tenant: str) -> str | None:
+        """The tenant's default webhook, None when it has none or webhooks are off."""
+        if not self.tenant_webhooks or not self.webhook_secret:
+            return None
+        return _webhook_map(self.tenant_webhooks).get(tenant)
+
     def tenant_defaults(self) -> TenantLimits:
         prefix = "tenant_"
         return TenantLimits(
@@ -227,3 +251,14 @@ class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
         return self.request_limits.model_copy(
             update={"max_n": self.max_n, "max_body_bytes": self.max_body_bytes}
         )
+
+
+@functools.cache
+def _webhook_map(text: str) -> dict[str, str]:
+    """tenant_webhooks as a dict; ValueError naming what is wrong."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError("tenant_webhooks is a JSON object: tenant -> webhook URL")
+    for url in data.values():
+        parse_url(url)
+    return data

@@ -283,3 +283,21 @@ def quota_files(tenant: str) -> str:
 def quota_file_bytes(tenant: str) -> str:
     """Hash file id -> bytes of a tenant's stored files; expires with the last of them."""
     return f"{PREFIX}:quota:{tenant}:file_bytes"
+
+
+# --- webhooks: the outbox of job and batch end events (berth/store/webhooks.py owns it) --
+
+# Sorted set event id -> epoch seconds (Redis's clock) its next delivery attempt is due. No
+# TTL: an event leaves it when delivered or given up (a day by default). A delivery being
+# attempted is pushed a lease ahead, so a replica that dies mid-attempt leaves it due again.
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
+# Hash event id -> the event's outbox entry (JSON: id, type, created_at, object, url), written
+# in the same script as the job's or batch's end; removed with its member of WEBHOOKS_DUE.
+WEBHOOKS_EVENTS = f"{PREFIX}:webhooks:events"
+# List of at most one element, pushed with each new event: the delivery loop blocks on it
+# (BLPOP, its poll interval at most), so a new event goes out at once. No TTL.
+WEBHOOKS_WAKE = f"{PREFIX}:webhooks:wake"
+# Capped stream (WEBHOOKS_FAILED_MAXLEN, no TTL) of the events given up on: the entry, why, and
+# when; for operators (and tests) to read.
+WEBHOOKS_FAILED = f"{PREFIX}:webhooks:failed"
+WEBHOOKS_FAILED_MAXLEN = 10_000

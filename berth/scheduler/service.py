@@ -23,7 +23,7 @@ from berth.limits import limit_scripts, release_queued
 from berth.plumbing import tracing
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.plumbing.liveness import LivenessFile, keep_fresh, proof_path
-from berth.plumbing.supervise import Backoff, log_failure
+from berth.plumbing.supervise import Backoff, log_failure, supervise
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
 from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
@@ -42,6 +42,7 @@ from berth.store.registry import (
     scheduler_alive,
     withdraw_scheduler,
 )
+from berth.webhooks.delivery import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 
@@ -548,12 +549,18 @@ async def serve(settings: SchedulerSettings) -> None:
     # a task on the loop that runs the dispatch loop: fresh while this loop turns, also
     # while the dispatch loop waits out a Redis outage (restarting would not end that)
     keeping = loop.create_task(keep_fresh(proof), name="liveness proof")
+    # webhooks go out beside dispatch, on the same loop: their waits are network waits
+    deliverer = WebhookDeliverer(settings, redis)
+    delivering = loop.create_task(
+        supervise("webhook delivery", lambda: deliverer.run(stop)), name="webhooks"
+    )
     log.info("scheduler %s started", me)
     try:
         await scheduler.run(stop)
     finally:
         keeping.cancel()
-        await asyncio.gather(keeping, return_exceptions=True)
+        stop.set()
+        await asyncio.gather(keeping, delivering, return_exceptions=True)
         proof.remove()
         try:
             await withdraw_scheduler(redis, me)

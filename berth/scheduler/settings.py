@@ -9,10 +9,12 @@ from typing import Literal
 from pydantic import Field
 
 from berth.plumbing.settings import JobRecordSettings, MetricsSettings
+from berth.webhooks.settings import DeliverySettings
 
 
-class SchedulerSettings(MetricsSettings, JobRecordSettings):
-    """Grouping and dispatch knobs; several replicas may run with the same settings."""
+class SchedulerSettings(MetricsSettings, JobRecordSettings, DeliverySettings):
+    """Grouping and dispatch knobs, and webhook delivery; several replicas may run with the
+    same settings."""
 
     scheduler_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",

@@ -33,6 +33,7 @@ from berth.store.files import FileStore
 from berth.store.jobs import TERMINAL_STATUSES, JobStore, new_job_id
 from berth.store.paging import index_page
 from berth.store.scripts import Scripts
+from berth.store.webhooks import OUTBOX_KEYS, new_event_id
 
 TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 # jobs created, read or ended per pipeline
@@ -177,6 +178,7 @@ class BatchStore:
         expires_at: float,
         metadata: dict[str, str] | None = None,
         output_ttl_s: int | None = None,
+        webhook: str | None = None,
     ) -> dict[str, Any]:
         """Record a batch of ``total`` requests, the non-blank lines of ``input_file_id``
         (already checked, their models ``resolved``), queue its first ``window`` and start it.
@@ -186,7 +188,7 @@ class BatchStore:
         ``window`` of them exist as job records and queue entries at once. The batch is
         active (watched by finalisers) from the first step, shown as validating until its
         first window is queued; a creation that dies half way is failed by a finaliser
-        later (see ``scheduler/batches.py``).
+        later (see ``scheduler/batches.py``). ``webhook``: the URL its end event goes to.
         """
         batch_id = new_batch_id()
         ttl = int(expires_at - created_at) + self.ttl_s
@@ -209,6 +211,7 @@ class BatchStore:
             "cursor": 0,
             "resolved": json.dumps([[*key, *value] for key, value in resolved.items()]),
             "limits": limits.model_dump_json(),
+            "webhook": webhook or "",
         }
         await FileStore(self.redis, self.ttl_s).pin(input_file_id, batch_id, ttl)
         pipe = self.redis.pipeline(transaction=True)
@@ -474,7 +477,12 @@ class BatchStore:
     ) -> str | None:
         """Record the outcome if ``token`` still holds the batch; returns the final status."""
         final = await self._scripts["commit_batch"](
-            keys=[keys.batch_key(batch_id), keys.BATCHES_ACTIVE, keys.batch_jobs(batch_id)],
+            keys=[
+                keys.batch_key(batch_id),
+                keys.BATCHES_ACTIVE,
+                keys.batch_jobs(batch_id),
+                *OUTBOX_KEYS,
+            ],
             args=[
                 token,
                 status,
@@ -484,6 +492,7 @@ class BatchStore:
                 json.dumps({"object": "list", "data": errors}) if errors else "",
                 ttl_s,
                 batch_id,
+                new_event_id(),
             ],
         )
         return final.decode() or None

@@ -16,6 +16,7 @@ from berth.protocol.envelopes import QueuedRequest
 from berth.store import queue
 from berth.store.paging import index_page
 from berth.store.scripts import Scripts
+from berth.store.webhooks import JOB_EVENT_TYPES, OUTBOX_KEYS, new_event_id
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
 
@@ -88,9 +89,11 @@ class JobStore:
         metadata: dict[str, Any] | None = None,
         batch_id: str | None = None,
         custom_id: str | None = None,
+        webhook: str | None = None,
     ) -> tuple[str, bool]:
         """Record and queue a job. Returns (job id, created); an idempotency key seen
-        before returns the job it created and queues nothing."""
+        before returns the job it created and queues nothing. ``webhook``: the URL its end
+        event goes to."""
         script, script_keys, args = self.create_call(
             queued,
             tenant=tenant,
@@ -98,6 +101,7 @@ class JobStore:
             metadata=metadata,
             batch_id=batch_id,
             custom_id=custom_id,
+            webhook=webhook,
         )
         job_id = await script(keys=script_keys, args=args)
         job_id = job_id.decode() if isinstance(job_id, bytes) else str(job_id)
@@ -112,6 +116,7 @@ class JobStore:
         metadata: dict[str, Any] | None = None,
         batch_id: str | None = None,
         custom_id: str | None = None,
+        webhook: str | None = None,
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         """The script call that records and queues a job, for running now or in a pipeline
         (a batch creates its jobs a pipeline at a time)."""
@@ -128,6 +133,7 @@ class JobStore:
             "metadata": _dumps(metadata),
             "batch_id": batch_id or "",
             "custom_id": custom_id or "",
+            "webhook": webhook or "",
         }
         args: list[Any] = [queued.id, now, self.ttl_s, queue.ENTRY_FIELD, fields["payload"]]
         for name, value in fields.items():
@@ -195,7 +201,7 @@ class JobStore:
         assert status in TERMINAL_STATUSES
         return (
             self._scripts["finish_job"],
-            [keys.job_key(job_id), keys.JOBS_INFLIGHT, keys.job_events(job_id)],
+            [keys.job_key(job_id), keys.JOBS_INFLIGHT, keys.job_events(job_id), *OUTBOX_KEYS],
             [
                 job_id,
                 "" if attempt is None else attempt,
@@ -206,6 +212,8 @@ class JobStore:
                 self.ttl_s,
                 event,
                 EVENTS_MAXLEN,
+                new_event_id(),
+                JOB_EVENT_TYPES[status],
             ],
         )
 
@@ -247,6 +255,7 @@ class JobStore:
                     keys.JOBS_INFLIGHT,
                     keys.ingress_stream(queued.model, queued.lane),
                     keys.job_events(queued.id),
+                    *OUTBOX_KEYS,
                 ],
                 args=[
                     queued.id,
@@ -261,6 +270,8 @@ class JobStore:
                     EVENTS_MAXLEN,
                     dead_incarnation,
                     queue.ENTRY_FIELD,
+                    new_event_id(),
+                    JOB_EVENT_TYPES["failed"],
                 ],
             )
         )

@@ -1,5 +1,6 @@
 """Turns an HTTP request into a queued request: body bounds, validation, model resolution,
-lane and deadline. Shared by chat and text completions and asynchronous jobs."""
+lane and deadline, and a job's or batch's webhook. Shared by chat and text completions,
+asynchronous jobs and batches."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from berth.protocol.completion import CompletionRequest, parse_completion_reques
 from berth.protocol.completion import check_sizes_unparsed as check_completion_sizes
 from berth.protocol.envelopes import QueuedRequest
 from berth.protocol.errors import InvalidRequest
+from berth.webhooks.addresses import check_webhook
 
 DEADLINE_HEADER = "x-deadline-seconds"
 
@@ -98,6 +100,32 @@ async def read_chat(request: Request, state: ApiState) -> ChatCompletionRequest:
         # the counts first, before the body is built into Python objects
         check_sizes_unparsed(body, limits)
         return parse_chat_request(jsonbody.loads(body), limits)
+
+
+async def read_job(request: Request, state: ApiState) -> tuple[ChatCompletionRequest, Any]:
+    """A job's body: a chat request, and the job's own ``webhook`` field (as sent; None when
+    absent), which is no chat field."""
+    limits = state.settings.limits()
+    body = await read_body(request, limits.max_body_bytes)
+    with tracing.span("validate"):
+        check_sizes_unparsed(body, limits)
+        data = jsonbody.loads(body)
+        webhook = data.pop("webhook", None) if isinstance(data, dict) else None
+        return parse_chat_request(data, limits), webhook
+
+
+async def webhook_for(state: ApiState, tenant: str, given: Any) -> str | None:
+    """Where a job's or batch's end event goes: the URL it named, checked (400 naming
+    ``webhook`` when refused), or else its tenant's default; None for no webhook."""
+    settings = state.settings
+    if given is None:
+        return settings.webhook_default(tenant)
+    if not settings.webhook_secret:
+        raise InvalidRequest(
+            "webhooks are off on this server (no webhook secret is set): send no webhook",
+            param="webhook",
+        )
+    return await check_webhook(given, settings.webhook_allow_private)
 
 
 async def read_completion(request: Request, state: ApiState) -> CompletionRequest:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from berth.api.deps import State, Tenant
-from berth.api.intake.admission import read_json
+from berth.api.intake.admission import read_json, webhook_for
 from berth.api.intake.uploads import off_loop
 from berth.api.state import ApiState
 from berth.plumbing import logcontext
@@ -58,6 +58,8 @@ class CreateBatch(BaseModel):
     completion_window: str
     metadata: dict[str, str] | None = None
     output_expires_after: OutputExpiresAfter | None = None
+    # berth's own: where the batch's end event goes (checked in create_batch)
+    webhook: str | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -125,6 +127,7 @@ async def create_batch(request: Request, state: State, tenant: Tenant) -> dict[s
             f"{spec.input_file_id!r} has purpose {found['purpose']!r}",
             param="input_file_id",
         )
+    webhook = await webhook_for(state, tenant, spec.webhook)
     await state.quotas.check_open_batches(tenant, state.batches)
     created_at = time.time()
     expires_at = created_at + WINDOWS[spec.completion_window]
@@ -152,6 +155,7 @@ async def create_batch(request: Request, state: State, tenant: Tenant) -> dict[s
         expires_at=expires_at,
         metadata=spec.metadata,
         output_ttl_s=spec.output_expires_after.seconds if spec.output_expires_after else None,
+        webhook=webhook,
     )
 
 

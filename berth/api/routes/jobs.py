@@ -13,7 +13,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from berth.api.delivery.followers import Entry
 from berth.api.delivery.keepalive import PING
 from berth.api.deps import State, Tenant
-from berth.api.intake.admission import deadline_from, lane_for, queued_request, read_chat
+from berth.api.intake.admission import (
+    deadline_from,
+    lane_for,
+    queued_request,
+    read_job,
+    webhook_for,
+)
 from berth.api.state import ApiState
 from berth.plumbing import logcontext
 from berth.protocol import keys
@@ -51,7 +57,7 @@ async def submit_job(
             f"got {len(idempotency_key)}",
             param="Idempotency-Key",
         )
-    chat = await read_chat(request, state)
+    chat, given_webhook = await read_job(request, state)
     if chat.stream:
         raise InvalidRequest(
             "jobs are not streamed: submit with stream false and follow "
@@ -68,10 +74,15 @@ async def submit_job(
         job=True,
     )
     logcontext.bind(job_id=queued.id)
+    webhook = await webhook_for(state, tenant, given_webhook)
     await state.ingress.admit(queued)
     try:
         job_id, created = await state.jobs.create(
-            queued, tenant=tenant, idempotency_key=idempotency_key, metadata=chat.metadata
+            queued,
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+            metadata=chat.metadata,
+            webhook=webhook,
         )
     except BaseException:
         await state.ingress.abandon(queued)
