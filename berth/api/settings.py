@@ -15,8 +15,9 @@ from berth.webhooks.addresses import parse_url
 from berth.webhooks.settings import WebhookSettings
 
 
-# ListenSettings first: its host and port come right after the common settings
-class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings, WebhookSettings):
+# the common settings come first, then ListenSettings' host and port, then the webhook
+# mixin's, then the API's own (fields gather from the last base to the first)
+class ApiSettings(WebhookSettings, ListenSettings, CommonSettings, JobRecordSettings):
     """HTTP front end: where it listens, how much it queues, how long it waits."""
 
     processes: int = Field(

@@ -12,7 +12,7 @@ from berth.plumbing.settings import JobRecordSettings, MetricsSettings
 from berth.webhooks.settings import DeliverySettings
 
 
-class SchedulerSettings(MetricsSettings, JobRecordSettings, DeliverySettings):
+class SchedulerSettings(DeliverySettings, MetricsSettings, JobRecordSettings):
     """Grouping and dispatch knobs, and webhook delivery; several replicas may run with the
     same settings."""
 
