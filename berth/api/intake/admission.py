@@ -108,7 +108,13 @@ async def read_job(request: Request, state: ApiState) -> tuple[ChatCompletionReq
     limits = state.settings.limits()
     body = await read_body(request, limits.max_body_bytes)
     with tracing.span("validate"):
-        check_sizes_unparsed(body, limits)
+        try:
+            check_sizes_unparsed(body, limits)
+        except InvalidRequest as err:
+            # the job's own field, unknown to a chat request: the sizes are checked again
+            # on the parsed body without it
+            if err.param != "webhook":
+                raise
         data = jsonbody.loads(body)
         webhook = data.pop("webhook", None) if isinstance(data, dict) else None
         return parse_chat_request(data, limits), webhook

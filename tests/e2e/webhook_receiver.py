@@ -1,0 +1,101 @@
+"""A webhook receiver for tests and benchmarks: a real HTTP server on a fixed port that
+verifies every delivery with openai-python's own ``client.webhooks.unwrap`` and records it;
+it can be taken down (its port closed: connections refused) and brought back on the same
+port."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from openai import OpenAI
+
+from tests.stack import free_port
+
+SECRET = "whsec_" + base64.b64encode(b"berth-webhook-test-secret-32-byt").decode()
+
+
+@dataclass(frozen=True)
+class Received:
+    """One delivery as the receiver saw it: its ``webhook-id``, the event unwrapped by the
+    openai client (None when verification failed), and when it arrived."""
+
+    webhook_id: str
+    event: Any
+    at: float
+
+
+class Receiver:
+    """Records every POST; answers 200 to a verified one, 400 otherwise."""
+
+    def __init__(self, port: int | None = None, secret: str = SECRET) -> None:
+        self.port = port or free_port()
+        self.client = OpenAI(api_key="unused", webhook_secret=secret)
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the handler's name)
+                body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    event = receiver.client.webhooks.unwrap(body, headers)
+                except Exception:
+                    event = None
+                with receiver._lock:
+                    receiver.received.append(
+                        Received(headers.get("webhook-id", ""), event, time.time())
+                    )
+                self.send_response(200 if event is not None else 400)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def events(self) -> list[Any]:
+        """Every verified event received, in arrival order (duplicates included)."""
+        with self._lock:
+            return [r.event for r in self.received if r.event is not None]
+
+    def unverified(self) -> int:
+        with self._lock:
+            return sum(1 for r in self.received if r.event is None)
+
+    def by_object(self) -> dict[str, list[Any]]:
+        """Verified events by the job or batch they are about, duplicates included."""
+        out: dict[str, list[Any]] = {}
+        for event in self.events():
+            out.setdefault(event.model_dump()["data"]["id"], []).append(event)
+        return out
+
+    def wait_for(self, object_ids: list[str], timeout_s: float) -> dict[str, list[Any]]:
+        """Until an event about each of ``object_ids`` arrived (or the time is up)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = self.by_object()
+            if all(i in seen for i in object_ids) or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.02)
