@@ -6,8 +6,8 @@ one event at once.
 Supervised: a lost Redis is logged and waited out with backoff, attempts in flight go on,
 and their settlements are retried until their lease ends (after that the event comes due
 again and is sent again with the same ``webhook-id``: at least once). A receiver's slowness
-holds at most ``webhook_per_host`` of the ``webhook_concurrency`` attempts, each for at most
-``webhook_timeout_s``.
+holds at most ``webhook_per_host`` attempts in flight, each for at most ``webhook_timeout_s``,
+and as many waiting their turn, of the ``webhook_concurrency`` this replica runs at once.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 _SETTLE_S = 30.0
 # shortest wait handed to BLPOP (0 would block for ever)
 _MIN_WAIT_S = 0.01
+# an event for a host with twice its share of attempts claimed is due again this much later
+_BUSY_HOST_S = 1.0
 
 
 def _host(url: str) -> str:
@@ -51,11 +53,14 @@ class WebhookDeliverer:
     def __init__(self, settings: DeliverySettings, redis: Redis) -> None:
         self.settings = settings
         self.outbox = Outbox(redis)
-        self.lease_s = settings.webhook_timeout_s + _SETTLE_S
+        # an attempt may wait its host's turn (an attempt's time at most), then take its own
+        self.lease_s = 2 * settings.webhook_timeout_s + _SETTLE_S
         secret = settings.webhook_secret
         self._signer = Signer(secret) if secret else None
         self._tasks: set[asyncio.Task[None]] = set()
+        # attempts per host, in flight or waiting at its gate (webhook_per_host at once)
         self._per_host: Counter[str] = Counter()
+        self._gates: dict[str, asyncio.Semaphore] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; attempts still in flight then get their timeout to
@@ -103,32 +108,42 @@ class WebhookDeliverer:
 
     async def _start(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
         host = _host(delivery.url)
-        if self._per_host[host] >= self.settings.webhook_per_host:
-            # this host has its share in flight: its turn comes again after an attempt's time,
-            # without counting as one
-            await self.outbox.again_in(delivery.id, self.settings.webhook_timeout_s)
+        per_host = self.settings.webhook_per_host
+        if self._per_host[host] >= 2 * per_host:
+            # this host has its share in flight and as many waiting: its turn comes again in
+            # a moment, without counting as an attempt
+            await self.outbox.again_in(delivery.id, _BUSY_HOST_S)
             return
         self._per_host[host] += 1
-        task = asyncio.get_running_loop().create_task(self._attempt(client, delivery, host))
+        gate = self._gates.setdefault(host, asyncio.Semaphore(per_host))
+        task = asyncio.get_running_loop().create_task(self._attempt(client, delivery, host, gate))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _attempt(self, client: httpx.AsyncClient, delivery: Delivery, host: str) -> None:
+    async def _attempt(
+        self,
+        client: httpx.AsyncClient,
+        delivery: Delivery,
+        host: str,
+        gate: asyncio.Semaphore,
+    ) -> None:
         s = self.settings
         assert self._signer is not None
         try:
-            outcome = await send(
-                client,
-                delivery,
-                event_body(delivery),
-                self._signer,
-                allow_private=s.webhook_allow_private,
-                timeout_s=s.webhook_timeout_s,
-            )
+            async with gate:
+                outcome = await send(
+                    client,
+                    delivery,
+                    event_body(delivery),
+                    self._signer,
+                    allow_private=s.webhook_allow_private,
+                    timeout_s=s.webhook_timeout_s,
+                )
         finally:
             self._per_host[host] -= 1
             if self._per_host[host] <= 0:
                 del self._per_host[host]
+                self._gates.pop(host, None)
         await self._settle(delivery, outcome)
 
     async def _settle(self, delivery: Delivery, outcome: Outcome) -> None:

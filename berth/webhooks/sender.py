@@ -5,6 +5,7 @@ status line; the answer's body is never read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import httpx
@@ -57,7 +58,12 @@ async def send(
     try:
         async with asyncio.timeout(timeout_s):
             addresses = await resolve(target, allow_private)
-            return await _post(client, target, addresses[0], delivery.id, body, signer)
+            for address in addresses[:-1]:
+                # the next address when one cannot be reached (a name with an IPv6 and an
+                # IPv4 address, a receiver listening on one of them)
+                with contextlib.suppress(httpx.ConnectError):
+                    return await _post(client, target, address, delivery.id, body, signer)
+            return await _post(client, target, addresses[-1], delivery.id, body, signer)
     except Refused as err:
         return Outcome(False, refused=True, reason=str(err))
     except TimeoutError:

@@ -52,8 +52,9 @@ class DeliverySettings(WebhookSettings):
     webhook_per_host: int = Field(
         default=8,
         ge=1,
-        description="Webhook attempts in flight at once per destination host: a slow "
-        "receiver holds at most these, never the others' turn.",
+        description="Webhook attempts in flight at once per destination host (as many more "
+        "wait their turn, the rest stay in the outbox): a slow receiver holds at most these, "
+        "never the other receivers' turn.",
     )
     webhook_backoff_s: float = Field(
         default=5.0,

@@ -29,15 +29,41 @@ class Received:
     at: float
 
 
-class Receiver:
-    """Records every POST; answers 200 to a verified one, 400 otherwise."""
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+    # a listen backlog of 5 (the default) drops connections of a burst of deliveries, which
+    # the sender's kernel retries a second later: a second no receiver in production adds
+    request_queue_size = 128
 
-    def __init__(self, port: int | None = None, secret: str = SECRET) -> None:
+
+class Receiver:
+    """Records every POST; answers 200 to a verified one, 400 otherwise. ``hold``: each
+    request waits until it is set (a slow receiver); ``refuse_next``: answer 503 to the
+    next few (a receiver failing for a while)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        secret: str = SECRET,
+        hold: threading.Event | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.client = OpenAI(api_key="unused", webhook_secret=secret)
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._hold = hold
+        self._held = 0
+        self._refusals = 0
+
+    def refuse_next(self, count: int) -> None:
+        with self._lock:
+            self._refusals = count
+
+    def waiting(self) -> int:
+        """Requests held now (a ``hold`` receiver)."""
+        with self._lock:
+            return self._held
 
     @property
     def url(self) -> str:
@@ -50,6 +76,24 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 (the handler's name)
                 body = self.rfile.read(int(self.headers["content-length"]))
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                if receiver._hold is not None:
+                    with receiver._lock:
+                        receiver._held += 1
+                    receiver._hold.wait()
+                    with receiver._lock:
+                        receiver._held -= 1
+                with receiver._lock:
+                    refuse = receiver._refusals > 0
+                    receiver._refusals -= refuse
+                    if refuse:
+                        receiver.received.append(
+                            Received(headers.get("webhook-id", ""), None, time.time())
+                        )
+                if refuse:
+                    self.send_response(503)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 try:
                     event = receiver.client.webhooks.unwrap(body, headers)
                 except Exception:
@@ -65,8 +109,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
