@@ -18,7 +18,7 @@ import redis
 
 from berth.protocol import keys
 from tests.e2e.webhook_receiver import SECRET, Receiver
-from tests.stack import FAKE_ENGINE, RunningStack, StackFactory
+from tests.stack import FAKE_ENGINE, RunningStack, StackFactory, free_port
 from tests.valkey import Valkey
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +34,8 @@ ENV = {
     "BERTH_WEBHOOK_BACKOFF_MAX_S": "1",
     "BERTH_WEBHOOK_TIMEOUT_S": "3",
 }
+# the anonymous tenant's default webhook, on the module's stack
+DEFAULT_PORT = free_port()
 # a bound that catches "never" on a loaded machine; not a figure
 WITHIN_S = 60.0
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
@@ -55,7 +57,8 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def stack(make_stack: StackFactory) -> RunningStack:
-    return make_stack("worker", "scheduler", "api", env=ENV)
+    default = json.dumps({"local": f"http://127.0.0.1:{DEFAULT_PORT}/default"})
+    return make_stack("worker", "scheduler", "api", env=ENV | {"BERTH_TENANT_WEBHOOKS": default})
 
 
 def _wait_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
@@ -82,6 +85,20 @@ def test_a_completed_job_calls_back_signed(stack: RunningStack, receiver: Receiv
     assert event.id.startswith("evt_") and event.created_at > 0
     assert receiver.unverified() == 0
     assert all(r.webhook_id == r.event.id for r in receiver.received)
+
+
+def test_a_job_naming_no_webhook_calls_its_tenants_default(stack: RunningStack) -> None:
+    receiver = Receiver(port=DEFAULT_PORT)
+    receiver.start()
+    try:
+        with httpx.Client(base_url=stack.url, timeout=30) as client:
+            answer = client.post("/v1/jobs", json=_body(max_tokens=2))
+            assert answer.status_code == 202, answer.text
+            job_id = answer.json()["id"]
+        seen = receiver.wait_for([job_id], WITHIN_S)
+    finally:
+        receiver.stop()
+    assert [e.type for e in seen[job_id]] == ["job.completed"]
 
 
 def test_a_failed_and_a_cancelled_job_call_back(stack: RunningStack, receiver: Receiver) -> None:
