@@ -43,12 +43,12 @@ def new_event_id() -> str:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One claimed event: what to send (``id``, ``type``, ``created_at``, ``object``: the
-    job's or batch's id) and where (``url``)."""
+    """One claimed event: what to send (``id``, ``type``, ``created_at``: when the job or
+    batch ended, in Unix seconds; ``object``: its id) and where (``url``)."""
 
     id: str
     type: str
-    created_at: int
+    created_at: float
     object: str
     url: str
 
@@ -58,7 +58,7 @@ class Delivery:
         return cls(
             id=entry["id"],
             type=entry["type"],
-            created_at=int(entry["created_at"]),
+            created_at=float(entry["created_at"]),
             object=entry["object"],
             url=entry["url"],
         )

@@ -15,7 +15,7 @@ def event_body(delivery: Delivery) -> bytes:
         "id": delivery.id,
         "object": "event",
         "type": delivery.type,
-        "created_at": delivery.created_at,
+        "created_at": int(delivery.created_at),
         "data": {"id": delivery.object},
     }
     return json.dumps(event, separators=(",", ":")).encode()

@@ -62,6 +62,11 @@ def test_anything_changed_fails_verification(change: str) -> None:
         _client().webhooks.verify_signature(body, headers)
 
 
+def test_created_at_is_whole_seconds_as_openai_has_it() -> None:
+    ended = Delivery(id="e", type="job.failed", created_at=1_700_000_000.7, object="j", url="x")
+    assert b'"created_at":1700000000,' in event_body(ended)
+
+
 def test_the_body_is_the_same_on_every_attempt() -> None:
     assert event_body(_delivery()) == event_body(_delivery())
     signer = Signer(SECRET)

@@ -20,7 +20,7 @@ local url = redis.call('HGET', KEYS[1], 'webhook')
 if url and url ~= '' then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[5], ARGV[9], cjson.encode({id = ARGV[9], type = 'batch.' .. status,
-    created_at = math.floor(tonumber(ARGV[3])), object = ARGV[8], url = url}))
+    created_at = ARGV[3], object = ARGV[8], url = url}))
   redis.call('ZADD', KEYS[4], t[1], ARGV[9])
   redis.call('LPUSH', KEYS[6], '1')
   redis.call('LTRIM', KEYS[6], 0, 0)

@@ -25,7 +25,7 @@ if next_attempt >= tonumber(ARGV[4]) then
   if url and url ~= '' then
     local t = redis.call('TIME')
     redis.call('HSET', KEYS[6], ARGV[13], cjson.encode({id = ARGV[13], type = ARGV[14],
-      created_at = math.floor(tonumber(ARGV[6])), object = ARGV[1], url = url}))
+      created_at = ARGV[6], object = ARGV[1], url = url}))
     redis.call('ZADD', KEYS[5], t[1], ARGV[13])
     redis.call('LPUSH', KEYS[7], '1')
     redis.call('LTRIM', KEYS[7], 0, 0)
