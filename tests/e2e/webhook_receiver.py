@@ -134,6 +134,12 @@ class Receiver:
             out.setdefault(event.model_dump()["data"]["id"], []).append(event)
         return out
 
+    def once_each(self) -> list[str]:
+        """What a receiver deduplicating on ``webhook-id`` keeps: the job or batch of each
+        distinct event, sorted."""
+        by_id = {e.id: e.model_dump()["data"]["id"] for e in self.events()}
+        return sorted(by_id.values())
+
     def wait_for(self, object_ids: list[str], timeout_s: float) -> dict[str, list[Any]]:
         """Until an event about each of ``object_ids`` arrived (or the time is up)."""
         deadline = time.monotonic() + timeout_s
