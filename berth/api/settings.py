@@ -7,12 +7,17 @@ from typing import Literal
 from pydantic import Field
 
 from berth.limits import TenantLimits
-from berth.plumbing.settings import CommonSettings, JobRecordSettings, ListenSettings
+from berth.plumbing.settings import (
+    ColdStartSettings,
+    CommonSettings,
+    JobRecordSettings,
+    ListenSettings,
+)
 from berth.protocol.limits import RequestLimits
 
 
 # ListenSettings first: its host and port come right after the common settings
-class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings):
+class ApiSettings(ListenSettings, CommonSettings, JobRecordSettings, ColdStartSettings):
     """HTTP front end: where it listens, how much it queues, how long it waits."""
 
     processes: int = Field(
