@@ -108,7 +108,9 @@ def test_a_worker_started_later_serves_every_waiting_request(
         with ThreadPoolExecutor(2) as pool:
             streamed = pool.submit(_stream_lines, stack.url)
             plain = pool.submit(
-                lambda: client.with_options(timeout=120).chat.completions.create(**BODY)
+                lambda: client.with_options(timeout=120).chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+                )
             )
             # 1 job + 3 batch lines + 2 chats wait, counted for the autoscaler
             _until(lambda: _depth(stack) == 6 and _queued(stack) == 6)
