@@ -197,3 +197,47 @@ def test_a_waiting_request_cancelled_or_left_by_its_client_leaves_the_queue(
             httpx.post(f"{stack.url}/v1/chat/completions", json=BODY, timeout=2)
         _until(lambda: _queued(stack) == 0)
         _until(lambda: _depth(stack) == 0)
+
+
+def test_the_admin_api_declares_and_removes_models_and_the_queue_bound_holds(
+    make_stack: StackFactory, models_file: Path
+) -> None:
+    with _stack(
+        make_stack, models_file, BERTH_ADMIN_KEYS="admin-key", BERTH_MAX_QUEUE_PER_MODEL="2"
+    ) as stack:
+        admin = httpx.Client(
+            base_url=f"{stack.url}/v1/admin",
+            headers={"Authorization": "Bearer admin-key"},
+            timeout=10,
+        )
+        # the file's model is there; a Hugging Face id (with its '/') is declared at run time
+        assert [m["name"] for m in admin.get("/models").json()["data"]] == [MODEL]
+        added = admin.put("/models/Org/new-model", json={"adapters": ["sql", {"name": "x"}]})
+        assert added.status_code == 200, added.text
+        assert added.json() == {
+            "name": "Org/new-model",
+            "adapters": [{"name": "sql"}, {"name": "x"}],
+        }
+        bad = admin.put("/models/has space", json={})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "name"
+        bad = admin.put("/models/m", json={"adapters": [{"name": "a", "path": "rel"}]})
+        assert bad.status_code == 400 and "absolute" in bad.json()["error"]["message"]
+
+        def listed() -> set[str]:
+            return {m["id"] for m in httpx.get(f"{stack.url}/v1/models", timeout=10).json()["data"]}
+
+        _until(lambda: {"Org/new-model", "sql", "x", MODEL} <= listed())
+        # its requests wait for a worker, under the queue's bound: the third job is refused
+        body = {**BODY, "model": "Org/new-model"}
+        for _ in range(2):
+            job = httpx.post(f"{stack.url}/v1/jobs", json=body, timeout=30)
+            assert job.status_code == 202 and job.json()["waiting_for_worker"] is True
+        full = httpx.post(f"{stack.url}/v1/jobs", json=body, timeout=30)
+        assert full.status_code == 429, full.text
+        # removed: no longer listed; a second removal is a 404
+        assert admin.delete("/models/Org/new-model").json() == {
+            "name": "Org/new-model",
+            "deleted": True,
+        }
+        assert admin.delete("/models/Org/new-model").status_code == 404
+        _until(lambda: "Org/new-model" not in listed())

@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from berth.api.deps import Admin, State
-from berth.protocol.catalog import CatalogAdapter, CatalogModel, check_model_name
+from berth.protocol.catalog import CatalogModel, check_model_name
 from berth.protocol.errors import InvalidRequest, NotFound, invalid_request_from
 
 router = APIRouter(prefix="/v1/admin")
@@ -79,7 +79,8 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    adapters: list[str | CatalogAdapter] = Field(default_factory=list)
+    # checked by CatalogModel, whose messages name the adapter and what is allowed
+    adapters: list[Any] = Field(default_factory=list)
 
 
 def _card(model: CatalogModel) -> dict[str, Any]:
