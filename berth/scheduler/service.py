@@ -395,8 +395,11 @@ class Scheduler:
                 p.request, declared, settings.cold_start_wait_s, settings.no_worker_timeout_s
             )
         ]
+        message = f"no live worker serves model {model!r}"
+        if declared:
+            message = f"no worker of model {model!r} started within the cold-start wait; retry"
         for p in gone:
-            await self._end(p, "no_worker", Unavailable(f"no live worker serves model {model!r}"))
+            await self._end(p, "no_worker", Unavailable(message))
         return [p for p in items if p not in gone]
 
     async def _send(

@@ -147,6 +147,7 @@ def test_a_chat_waiting_past_the_cold_start_wait_gets_503_with_retry_after(
         assert plain.status_code == 503, plain.text
         assert int(plain.headers["Retry-After"]) >= 1
         assert plain.json()["error"]["code"] == "no_workers"
+        assert "within the cold-start wait" in plain.json()["error"]["message"]
         streamed = httpx.post(
             f"{stack.url}/v1/chat/completions", json={**BODY, "stream": True}, timeout=60
         )
