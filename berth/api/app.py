@@ -27,6 +27,7 @@ from berth.api.routes import admin, batches, chat, completions, files, health, j
 from berth.api.settings import ApiSettings
 from berth.api.state import ApiState
 from berth.limits import Quotas, RefuseOverRate, limit_book
+from berth.plumbing.models_file import read_models_file
 from berth.protocol.errors import (
     BerthError,
     InvalidRequest,
@@ -36,6 +37,7 @@ from berth.protocol.errors import (
 )
 from berth.store.adapters import AdapterStore
 from berth.store.batches import BatchStore
+from berth.store.catalog import Catalog
 from berth.store.files import FileStore
 from berth.store.jobs import JobStore
 
@@ -54,6 +56,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     admin_keys = admin_ring(settings.admin_keys)
     # read now, so a malformed overrides file stops the start, not the first request
     book = limit_book(settings)
+    # likewise the model catalog file, written to Redis by the directory's first read
+    declared = read_models_file(settings.models_file)
     metrics.configure(settings.metrics_tenants)
 
     @contextlib.asynccontextmanager
@@ -65,6 +69,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             settings.registry_refresh_s,
             settings.model_grace_s,
             lora_paths=settings.allow_lora_paths,
+            seed=declared,
         )
         quotas = Quotas(redis, settings, book)
         followers = StreamFollowers(redis)
@@ -88,6 +93,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             files=FileStore(redis, settings.job_ttl_s),
             batches=BatchStore(redis, settings.job_ttl_s),
             adapters=AdapterStore(redis),
+            catalog=Catalog(redis),
             followers=followers,
             instance=presence.instance,
         )

@@ -1,4 +1,5 @@
-"""What the API knows of the workers: which models and adapters are served, kept fresh."""
+"""What the API knows of the workers and the catalog: which models and adapters are served
+or declared, kept fresh."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import time
 
 from redis.asyncio import Redis
 
-from berth.api.metrics import QUEUE_LENGTH
+from berth.api.metrics import QUEUE_DEPTH, QUEUE_LENGTH
 from berth.protocol import keys
+from berth.protocol.catalog import CatalogModel
 from berth.protocol.envelopes import WorkerInfo
 from berth.protocol.errors import InvalidRequest, ModelNotFound, StoreUnavailable, Unavailable
 from berth.store import queue
 from berth.store.adapters import AdapterStore
+from berth.store.catalog import Catalog
 from berth.store.registry import WorkerLiveness, live_workers, models_served
 
 log = logging.getLogger(__name__)
@@ -27,9 +30,18 @@ class WorkerDirectory:
     """A cached view of the worker registry, reread every ``refresh_s`` seconds."""
 
     def __init__(
-        self, redis: Redis, refresh_s: float, grace_s: float = 10.0, lora_paths: bool = False
+        self,
+        redis: Redis,
+        refresh_s: float,
+        grace_s: float = 10.0,
+        lora_paths: bool = False,
+        seed: list[CatalogModel] | None = None,
     ) -> None:
         self._redis = redis
+        # the catalog file's models, written to Redis by the first refresh that reaches it
+        self._seed = seed or None
+        self._catalog = Catalog(redis)
+        self._declared: dict[str, CatalogModel] = {}
         # whether lora_path may name a directory (under the workers' adapter root) rather
         # than a registered adapter; off, an unknown name is refused here, not on a worker
         self._lora_paths = lora_paths
@@ -68,6 +80,9 @@ class WorkerDirectory:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def refresh(self) -> None:
+        if self._seed is not None:
+            await self._catalog.seed(self._seed)
+            self._seed = None
         started = time.monotonic()
         records = await live_workers(self._redis)
         now = time.monotonic()
@@ -88,11 +103,22 @@ class WorkerDirectory:
         }
         self._known_models = await self._registry.known_models()
         self._known_adapters = await self._registry.parents()
-        if self._models:
-            streams = [keys.ingress_stream(model) for model in self._models]
-            lengths = await queue.lengths(self._redis, streams)
-            for model, length in zip(self._models, lengths, strict=True):
-                QUEUE_LENGTH.labels(model).set(length)
+        self._declared = await self._catalog.read()
+        await self._measure_queues(sorted(self._models.keys() | self._declared.keys()))
+
+    async def _measure_queues(self, models: list[str]) -> None:
+        """Each served or declared model's queue: its interactive stream, and every lane's
+        requests together (those waiting for a worker included: what a model's
+        autoscaler scales on)."""
+        if not models:
+            return
+        streams = [keys.ingress_stream(m, lane) for m in models for lane in keys.LANES]
+        lengths = await queue.lengths(self._redis, streams)
+        lanes = len(keys.LANES)
+        for index, model in enumerate(models):
+            per_lane = lengths[index * lanes : (index + 1) * lanes]
+            QUEUE_LENGTH.labels(model).set(per_lane[0])
+            QUEUE_DEPTH.labels(model).set(sum(per_lane))
 
     async def probe(self) -> bool:
         """Refresh within ``REDIS_PROBE_S``; records (and returns) whether Redis answered.
@@ -144,10 +170,14 @@ class WorkerDirectory:
         a heartbeat TTL of reads without a new heartbeat, it counts as alive."""
         return self._liveness.is_alive(worker_id, incarnation)
 
-    def resolve(self, model: str, lora_path: str | None) -> tuple[str, str | None]:
+    def resolve(
+        self, model: str, lora_path: str | None, may_wait: bool = False
+    ) -> tuple[str, str | None]:
         """(base model, adapter) for a request's ``model`` and ``lora_path``.
 
-        ``model`` may name a base model or, as vLLM's server allows, an adapter.
+        ``model`` may name a base model or, as vLLM's server allows, an adapter. A model of
+        the catalog that no live worker serves resolves too when the request ``may_wait``
+        for a worker (it is queued until one comes); otherwise it is unavailable (503).
         """
         if not self.redis_ok:
             raise StoreUnavailable("the request queue (Redis) cannot be reached; retry shortly")
@@ -156,19 +186,34 @@ class WorkerDirectory:
             return model, self._adapter(model, lora_path)
         for base, adapters in self._models.items():
             if model in adapters:
-                if lora_path is not None and lora_path != model:
-                    raise InvalidRequest(
-                        f"model {model!r} is an adapter; lora_path {lora_path!r} names another",
-                        param="lora_path",
-                    )
-                return base, model
+                return base, _named_adapter(model, lora_path)
         known = model if model in self._known_models else self._known_adapters.get(model)
-        if known is not None:
+        declared = model if model in self._declared else self._declared_parent(model)
+        if declared is not None and may_wait:
+            if declared == model:
+                return model, self._adapter(model, lora_path)
+            return declared, _named_adapter(model, lora_path)
+        if known is not None or declared is not None:
             raise Unavailable(
-                f"no worker serving model {known!r} is alive right now; retry shortly",
+                f"no worker serving model {known or declared!r} is alive right now; retry shortly",
                 param="model",
             )
         raise ModelNotFound(f"The model {model!r} does not exist.", param="model")
+
+    def _declared_parent(self, adapter: str) -> str | None:
+        """The declared model ``adapter`` is an adapter of (the catalog's, or registered)."""
+        parent = self._known_adapters.get(adapter)
+        if parent in self._declared:
+            return parent
+        for name, entry in self._declared.items():
+            if adapter in entry.adapter_names():
+                return name
+        return None
+
+    def serves(self, model: str) -> bool:
+        """Whether a live worker serves ``model`` (a base model, a further name, an adapter)."""
+        model = self._aliases.get(model, model)
+        return model in self._models or any(model in a for a in self._models.values())
 
     def _adapter(self, model: str, lora_path: str | None) -> str | None:
         """``lora_path`` if it names an adapter of ``model`` that is registered or served
@@ -177,6 +222,8 @@ class WorkerDirectory:
         if lora_path is None or lora_path in self._models.get(model, ()):
             return lora_path
         parent = self._known_adapters.get(lora_path)
+        if parent is None and model in self._declared:
+            parent = model if lora_path in self._declared[model].adapter_names() else None
         if parent == model:
             return lora_path
         if parent is not None:
@@ -189,6 +236,7 @@ class WorkerDirectory:
         known = sorted(
             self._models.get(model, set())
             | {name for name, base in self._known_adapters.items() if base == model}
+            | (self._declared[model].adapter_names() if model in self._declared else set())
         )
         shown = ", ".join(repr(name) for name in known[:20]) or "none"
         raise InvalidRequest(
@@ -198,8 +246,21 @@ class WorkerDirectory:
         )
 
     def model_cards(self) -> list[dict[str, object]]:
-        """GET /v1/models entries for the models served now."""
-        return model_cards(self._models, int(time.time()), self._aliases)
+        """GET /v1/models entries: the models served now and every declared one."""
+        models = {name: entry.adapter_names() for name, entry in self._declared.items()}
+        for name, served in self._models.items():
+            models[name] = models.get(name, set()) | served
+        return model_cards(models, int(time.time()), self._aliases)
+
+
+def _named_adapter(adapter: str, lora_path: str | None) -> str:
+    """``model`` named an adapter: ``lora_path`` may name it again, no other."""
+    if lora_path is not None and lora_path != adapter:
+        raise InvalidRequest(
+            f"model {adapter!r} is an adapter; lora_path {lora_path!r} names another",
+            param="lora_path",
+        )
+    return adapter
 
 
 def model_cards(

@@ -115,6 +115,16 @@ QUEUE_LENGTH = Gauge(
 )
 
 
+QUEUE_DEPTH = Gauge(
+    "berth_queue_depth",
+    "Requests waiting for a model in every lane (interactive, job, batch), those waiting for "
+    "a model's first worker included: what its autoscaler scales on. Every served or "
+    "declared model.",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
+
+
 class RequestTimer:
     """Times one request's tokens; cheap enough to call per event. Started when the
     request arrives, before its model is known: :meth:`for_model` names it once resolved."""

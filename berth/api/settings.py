@@ -9,7 +9,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from berth.limits import TenantLimits
-from berth.plumbing.settings import CommonSettings, JobRecordSettings, ListenSettings
+from berth.plumbing.settings import (
+    ColdStartSettings,
+    CommonSettings,
+    JobRecordSettings,
+    ListenSettings,
+)
 from berth.protocol.limits import RequestLimits
 from berth.webhooks.addresses import parse_url
 from berth.webhooks.settings import WebhookSettings
@@ -17,7 +22,9 @@ from berth.webhooks.settings import WebhookSettings
 
 # the common settings come first, then ListenSettings' host and port, then the webhook
 # mixin's, then the API's own (fields gather from the last base to the first)
-class ApiSettings(WebhookSettings, ListenSettings, CommonSettings, JobRecordSettings):
+class ApiSettings(
+    WebhookSettings, ListenSettings, CommonSettings, JobRecordSettings, ColdStartSettings
+):
     """HTTP front end: where it listens, how much it queues, how long it waits."""
 
     processes: int = Field(

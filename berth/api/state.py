@@ -15,6 +15,7 @@ from berth.api.settings import ApiSettings
 from berth.limits import Quotas
 from berth.store.adapters import AdapterStore
 from berth.store.batches import BatchStore
+from berth.store.catalog import Catalog
 from berth.store.files import FileStore
 from berth.store.jobs import JobStore
 
@@ -37,6 +38,8 @@ class ApiState:
     files: FileStore
     batches: BatchStore
     adapters: AdapterStore
+    # the declared models (the admin API changes them)
+    catalog: Catalog
     # one shared reader for every follower of a stream (job events)
     followers: StreamFollowers
     # this process's id in the API registry (api/presence.py): queued requests' origin

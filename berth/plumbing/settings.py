@@ -18,6 +18,8 @@ __all__ = [
     "JobRecordSettings",
     "ListenSettings",
     "MetricsSettings",
+    "ModelsFileSettings",
+    "ColdStartSettings",
     "ServedModelSettings",
     "redis_client",
 ]
@@ -99,6 +101,34 @@ class ServedModelSettings(BaseSettings):
     )
     fake_engine: bool = Field(
         default=False, description="Serve with the deterministic fake engine (tests, benchmarks)."
+    )
+
+
+class ModelsFileSettings(BaseSettings):
+    """Mixin for every role: the model catalog file each seeds the catalog from at start."""
+
+    model_config = _CONFIG
+
+    models_file: str | None = Field(
+        default=None,
+        description="The model catalog: a YAML (or JSON) file `models: [{name: NAME, "
+        "adapters: [NAME or {name, path}]}]`, written to Redis at each role's start; the "
+        "admin API adds and removes entries at run time. A declared model is listed and "
+        "queued whether or not a worker runs it (see docs/operations.md, scale to zero).",
+    )
+
+
+class ColdStartSettings(ModelsFileSettings):
+    """Mixin for the API and the scheduler: how long a chat waits for a declared model's
+    first worker."""
+
+    cold_start_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A chat or text completion for a declared model no live worker serves "
+        "waits this long in the queue for one (streams get SSE pings meanwhile), then ends "
+        "with 503 and Retry-After; 0: 503 at once. Jobs and batch lines wait until their "
+        "own deadline.",
     )
 
 

@@ -155,8 +155,15 @@ class Unavailable(BerthError):
     error_type = "service_unavailable"
     default_code = "no_workers"
 
-    def __init__(self, message: str, *, retry_after: int = 5, param: str | None = None):
-        super().__init__(message, param=param)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int = 5,
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message, param=param, code=code)
         self.retry_after = retry_after
 
 
@@ -212,6 +219,8 @@ _BY_TYPE_STATUS: tuple[type[BerthError], ...] = (
     NotFound,
     EngineFailure,
     Timeout,
+    # a request that waited for a worker in vain (the scheduler's): 503 with Retry-After
+    Unavailable,
 )
 
 

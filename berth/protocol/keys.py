@@ -14,6 +14,10 @@ MODELS_SET = f"{PREFIX}:models"
 # Hash adapter name -> JSON {"model": base model, "path": directory}: the adapter registry,
 # filled from workers' configuration and the admin API.
 ADAPTERS = f"{PREFIX}:adapters"
+# Hash model name -> JSON {"adapters": [{"name", "path"?}]}: the model catalog, the models
+# offered whether or not a worker runs them (protocol/catalog.py). No TTL: seeded from
+# BERTH_MODELS_FILE at each role's start, changed by the admin API (store/catalog.py).
+CATALOG = f"{PREFIX}:catalog"
 # Prefix of each worker's heartbeat record (see worker_key).
 WORKER_KEY_PREFIX = f"{PREFIX}:worker:"
 # Sorted set worker_id -> epoch seconds its heartbeat record expires (the writer's clock):

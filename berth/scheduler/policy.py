@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -102,6 +103,21 @@ def split_expired(items: list[Pending], now: float) -> tuple[list[Pending], list
         deadline = item.request.deadline
         (expired if deadline is not None and deadline < now else valid).append(item)
     return valid, expired
+
+
+def worker_wait_s(
+    request: QueuedRequest, declared: bool, cold_start_wait_s: float, no_worker_timeout_s: float
+) -> float:
+    """How long a request may wait while no live worker serves its model. A model the
+    catalog declares is worth waiting for (its workers may be scaled to zero, starting):
+    a job or batch line waits until its own deadline (``split_expired`` ends it), a chat
+    ``cold_start_wait_s`` (0: the API refused it at once, so one queued meanwhile waits as
+    for an undeclared model). An undeclared model's requests wait ``no_worker_timeout_s``."""
+    if not declared:
+        return no_worker_timeout_s
+    if request.job:
+        return math.inf
+    return cold_start_wait_s or no_worker_timeout_s
 
 
 def next_deadline(groups: Mapping[GroupKey, PendingGroup], max_wait: float) -> float | None:

@@ -23,6 +23,7 @@ from berth.limits import limit_scripts, release_queued
 from berth.plumbing import tracing
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.plumbing.liveness import LivenessFile, keep_fresh, proof_path
+from berth.plumbing.models_file import read_models_file
 from berth.plumbing.supervise import Backoff, log_failure, supervise
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
@@ -33,6 +34,7 @@ from berth.scheduler.batches import finalize_batches
 from berth.scheduler.settings import SchedulerSettings
 from berth.store import queue
 from berth.store.adapters import AdapterStore, OpenAdapters
+from berth.store.catalog import Catalog
 from berth.store.jobs import JobStore
 from berth.store.prefixes import PrefixIndex
 from berth.store.registry import (
@@ -82,6 +84,11 @@ class Scheduler:
         # the workers judged alive (registry.WorkerLiveness), and their newest records
         self._liveness = WorkerLiveness()
         self._workers: list[WorkerInfo] = []
+        # the models the catalog declares: their requests wait for a worker to come
+        self._declared: set[str] = set()
+        self._catalog = Catalog(redis)
+        # the catalog file's models, written to Redis by the first refresh that reaches it
+        self._seed = read_models_file(settings.models_file) or None
         self._heartbeats: dict[str, float] = {}
         self._dispatched: dict[str, int] = {}
         # the adapters this replica opened on each worker (LoRA placement)
@@ -183,7 +190,12 @@ class Scheduler:
         if self.settings.prefix_placement:
             await self._prefixes.refresh(workers)
         self._workers = workers
+        if self._seed is not None:
+            await self._catalog.seed(self._seed)
+            self._seed = None
+        self._declared = await self._catalog.names()
         models = await AdapterStore(self.redis).known_models() | {w.model for w in workers}
+        models |= self._declared
         wanted = {keys.ingress_stream(m, lane) for m in models for lane in keys.LANES}
         for stream in wanted - self._streams:
             await queue.create_group(self.redis, stream)
@@ -369,13 +381,26 @@ class Scheduler:
         self, key: policy.GroupKey, items: list[policy.Pending], now: float
     ) -> list[policy.Pending]:
         """Items that must wait: all of them while the model's workers are busy; when none
-        is alive at all, those that waited too long end with an error."""
+        is alive at all, those that waited longer than ``policy.worker_wait_s`` end with an
+        error (a declared model's jobs wait for a worker until their deadline)."""
         model = key[0]
         if any(w.model == model for w in self._workers):
             return items
-        gone = [p for p in items if now - p.read_at >= self.settings.no_worker_timeout_s]
+        declared = model in self._declared
+        settings = self.settings
+        gone = [
+            p
+            for p in items
+            if now - p.read_at
+            >= policy.worker_wait_s(
+                p.request, declared, settings.cold_start_wait_s, settings.no_worker_timeout_s
+            )
+        ]
+        message = f"no live worker serves model {model!r}"
+        if declared:
+            message = f"no worker of model {model!r} started within the cold-start wait; retry"
         for p in gone:
-            await self._end(p, "no_worker", Unavailable(f"no live worker serves model {model!r}"))
+            await self._end(p, "no_worker", Unavailable(message))
         return [p for p in items if p not in gone]
 
     async def _send(

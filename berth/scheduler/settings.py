@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from berth.plumbing.settings import JobRecordSettings, MetricsSettings
+from berth.plumbing.settings import ColdStartSettings, JobRecordSettings, MetricsSettings
 from berth.webhooks.settings import DeliverySettings
 
 
-class SchedulerSettings(DeliverySettings, MetricsSettings, JobRecordSettings):
+class SchedulerSettings(DeliverySettings, MetricsSettings, JobRecordSettings, ColdStartSettings):
     """Grouping and dispatch knobs, and webhook delivery; several replicas may run with the
     same settings."""
 
@@ -89,7 +89,9 @@ class SchedulerSettings(DeliverySettings, MetricsSettings, JobRecordSettings):
     no_worker_timeout_s: float = Field(
         default=60.0,
         gt=0,
-        description="A request that found no live worker for this long ends with an error.",
+        description="A request for a model the catalog does not declare that found no live "
+        "worker for this long ends with an error (a declared model's chats wait "
+        "cold_start_wait_s, its jobs and batch lines until their deadline).",
     )
     health_file: str | None = Field(
         default=None,

@@ -2,7 +2,8 @@
 and every named LoRA adapter (``keys.ADAPTERS``: name -> JSON {"model", "path"}).
 
 Workers announce their model and configured adapters at start, and the API adds a model
-when it first queues a request for it; the admin API registers
+when it first queues a request for it; the model catalog (``store/catalog.py``) registers
+its declared adapters; the admin API registers
 and removes adapters; workers follow the registry to load adapters by name; the API reads
 it to tell an unavailable model (503) from an unknown one (404). No record expires.
 
@@ -32,9 +33,20 @@ class AdapterStore:
         registered keeps its record: the admin's path wins over a worker's default)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.sadd(keys.MODELS_SET, model)
+        self.announce_into(pipe, model, adapters)
+        await pipe.execute()
+
+    @staticmethod
+    def announce_into(pipe: Any, model: str, adapters: list[str]) -> None:
+        """Adapters of ``model`` without a path, unless registered already (into ``pipe``)."""
         for name in adapters:
             pipe.hsetnx(keys.ADAPTERS, name, json.dumps({"model": model}))
-        await pipe.execute()
+
+    @staticmethod
+    def register_into(pipe: Any, model: str, paths: dict[str, str]) -> None:
+        """Adapters of ``model`` with their directories (into ``pipe``)."""
+        for name, path in paths.items():
+            pipe.hset(keys.ADAPTERS, name, json.dumps({"model": model, "path": path}))
 
     @staticmethod
     def add_models(client: Any, models: set[str]) -> Any:

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from berth.plumbing import logcontext
 from berth.plumbing.eventloop import new_loop
 from berth.plumbing.liveness import LivenessFile, proof_path
+from berth.plumbing.models_file import read_models_file
 from berth.plumbing.redisconn import redis_client
 from berth.plumbing.supervise import Backoff, log_failure, supervise
 from berth.protocol import keys
@@ -32,6 +33,7 @@ from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.store import queue
 from berth.store.adapters import AdapterStore
+from berth.store.catalog import Catalog
 from berth.store.jobs import JobStore
 from berth.workers import metrics
 from berth.workers.engine.base import Engine
@@ -76,6 +78,8 @@ class EngineHost:
         self._publisher: EventPublisher | None = None
         self._jobs: JobStore | None = None
         self._started_at = time.time()
+        # the catalog file is read now: a malformed one stops the start
+        self._catalog = read_models_file(settings.models_file)
         # written once the engine started, by the heartbeat loop: the worker's probes
         self.proof = LivenessFile(
             proof_path("worker", self.worker_id, settings.health_file), "worker", self.worker_id
@@ -194,6 +198,8 @@ class EngineHost:
         gone, requests for them are unavailable (503), not unknown (404)."""
         assert self._redis is not None
         await AdapterStore(self._redis).announce(self.engine.model, self.engine.adapters)
+        if self._catalog:
+            await Catalog(self._redis).seed(self._catalog)
 
     async def _shutdown(self) -> None:
         assert self._redis is not None and self._publisher is not None

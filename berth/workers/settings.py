@@ -12,7 +12,12 @@ from typing import Annotated, Any, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from berth.plumbing.settings import JobRecordSettings, MetricsSettings, ServedModelSettings
+from berth.plumbing.settings import (
+    JobRecordSettings,
+    MetricsSettings,
+    ModelsFileSettings,
+    ServedModelSettings,
+)
 from berth.protocol import keys
 
 # Readers count a worker dead once no newer beat of it came through a heartbeat TTL, so a
@@ -27,7 +32,7 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings):
+class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings, ModelsFileSettings):
     """One worker: one engine on one GPU group, fed by its own Celery queue."""
 
     worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker id.")

@@ -13,7 +13,10 @@ import redis.asyncio
 from berth.api import directory as directory_module
 from berth.api.directory import WorkerDirectory
 from berth.plumbing.redisconn import redis_client
-from berth.protocol.errors import StoreUnavailable
+from berth.protocol.catalog import CatalogAdapter, CatalogModel
+from berth.protocol.errors import InvalidRequest, ModelNotFound, StoreUnavailable, Unavailable
+from berth.store.adapters import AdapterStore
+from berth.store.catalog import Catalog
 from tests.stack import free_port
 from tests.valkey import Valkey
 
@@ -90,3 +93,36 @@ async def test_started_before_redis_it_refuses_requests_until_a_read_answers(
         await directory.close()
         await client.aclose()
         server.stop()
+
+
+async def test_a_declared_model_without_a_worker_is_listed_and_queued_when_it_may_wait(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    """The catalog file's models are written by the first read; a declared model no worker
+    serves resolves for a request that may wait for its worker, is a 503 for one that may
+    not, and is listed with its adapters; an undeclared, unserved model is a 404."""
+    seed = [CatalogModel(name="tiny", adapters=(CatalogAdapter(name="a1"),))]
+    directory = WorkerDirectory(aredis, refresh_s=60, seed=seed)
+    assert await directory.probe()
+    assert await Catalog(aredis).names() == {"tiny"}
+    assert directory.resolve("tiny", None, may_wait=True) == ("tiny", None)
+    assert directory.resolve("tiny", "a1", may_wait=True) == ("tiny", "a1")
+    assert directory.resolve("a1", None, may_wait=True) == ("tiny", "a1")
+    assert not directory.serves("tiny")
+    with pytest.raises(Unavailable, match="no worker serving model 'tiny'"):
+        directory.resolve("tiny", None)
+    with pytest.raises(InvalidRequest, match="unknown LoRA adapter 'a2'"):
+        directory.resolve("tiny", "a2", may_wait=True)
+    with pytest.raises(ModelNotFound):
+        directory.resolve("other", None, may_wait=True)
+    cards = {card["id"]: card for card in directory.model_cards()}
+    assert cards["tiny"]["root"] == "tiny"
+    assert cards["a1"]["parent"] == "tiny"
+    assert set(cards) == {"tiny", "a1"}
+    # removed at run time: unavailable (it had a queue's name), no longer listed
+    await Catalog(aredis).remove("tiny")
+    await AdapterStore(aredis).add_models(aredis, {"tiny"})
+    assert await directory.probe()
+    with pytest.raises(Unavailable):
+        directory.resolve("tiny", None, may_wait=True)
+    assert "tiny" not in {card["id"] for card in directory.model_cards()}

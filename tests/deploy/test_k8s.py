@@ -13,10 +13,12 @@ from urllib.parse import urlsplit
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from berth.api.settings import ApiSettings
 from berth.cli import parse
 from berth.protocol import keys
+from berth.protocol.catalog import parse_catalog
 from berth.workers import tinymodel
 from berth.workers.main import engine_config
 from berth.workers.settings import WorkerSettings
@@ -260,7 +262,8 @@ def _served_model(container: Doc) -> str:
     settings = roles.settings_from("worker", _container_env(container))
     assert isinstance(settings, WorkerSettings)
     if settings.model is None:
-        return tinymodel.MODEL_NAME
+        # the generated tiny model, under its own name unless the pod names it
+        return (settings.served_names() or [tinymodel.MODEL_NAME])[0]
     return engine_config(settings).name
 
 
@@ -292,6 +295,56 @@ def test_keda_scales_workers_on_their_models_queue(rendered: tuple[str, list[Doc
             auth = _find(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
             for ref in auth["spec"]["secretTargetRef"]:
                 assert ref["name"] == "berth-redis" and ref["key"] in _example_secret()
+
+
+def test_the_api_and_the_schedulers_read_a_catalog_of_every_served_model(
+    rendered: tuple[str, list[Doc]],
+) -> None:
+    """Each model of the overlay is declared in the catalog the API and the schedulers
+    mount, so one scaled to zero is listed and its requests wait for its first worker."""
+    _, docs = rendered
+    served = {
+        _served_model(container) for _, container, role in _berth_pods(docs) if role == "worker"
+    }
+    configmap = _find(docs, "ConfigMap", k8s_manifests.CATALOG_CONFIGMAP)
+    declared = parse_catalog(yaml.safe_load(configmap["data"][k8s_manifests.CATALOG_KEY]))
+    assert {m.name for m in declared} == served
+    for workload, container, role in _berth_pods(docs):
+        if role not in ("api", "scheduler"):
+            continue
+        settings = roles.settings_from(role, _container_env(container))
+        path = Path(str(getattr(settings, "models_file", None)))
+        (mount,) = [m for m in container["volumeMounts"] if path.parent == Path(m["mountPath"])]
+        (volume,) = [
+            v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+        ]
+        assert volume["configMap"]["name"] == k8s_manifests.CATALOG_CONFIGMAP
+        assert path.name == k8s_manifests.CATALOG_KEY
+
+
+def test_a_model_scaled_to_zero_starts_on_its_first_queued_request(
+    rendered: tuple[str, list[Doc]],
+) -> None:
+    """min 0: no pod until a stream holds an entry (KEDA's redis-streams scaler on stream
+    length is active from one entry: no consumer group, which would count only entries a
+    scheduler has read), then a cooldown before the last pod goes."""
+    _, docs = rendered
+    for obj in (d for d in docs if d["kind"] == "ScaledObject"):
+        spec = obj["spec"]
+        target = _find(docs, "Deployment", spec["scaleTargetRef"]["name"])
+        assert target["spec"]["replicas"] == spec["minReplicaCount"]
+        if spec["minReplicaCount"] == 0:
+            assert spec["cooldownPeriod"] > 0
+            for trigger in spec["triggers"]:
+                assert "consumerGroup" not in trigger["metadata"]
+                assert int(trigger["metadata"]["streamLength"]) >= 1
+
+
+def test_the_scale_to_zero_overlay_scales_every_model_to_zero() -> None:
+    docs = render(K8S / "overlays" / "scale-to-zero")
+    scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert len(scaled) >= 2
+    assert all(d["spec"]["minReplicaCount"] == 0 for d in scaled)
 
 
 def test_every_workload_has_a_disruption_budget(rendered: tuple[str, list[Doc]]) -> None:

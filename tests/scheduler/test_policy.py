@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -446,3 +448,16 @@ def test_a_lone_request_goes_at_once_and_a_burst_gathers() -> None:
         _key(),
         _key("x"),
     ]
+
+
+def test_how_long_a_request_waits_with_no_live_worker() -> None:
+    chat = QueuedRequest(id="c", model="m", request={})
+    job = QueuedRequest(id="j", model="m", request={}, job=True, lane="job")
+    # an undeclared model: both wait no_worker_timeout_s
+    assert policy.worker_wait_s(chat, False, 300, 60) == 60
+    assert policy.worker_wait_s(job, False, 300, 60) == 60
+    # a declared one: the job until its deadline, the chat cold_start_wait_s
+    assert policy.worker_wait_s(job, True, 300, 60) == math.inf
+    assert policy.worker_wait_s(chat, True, 300, 60) == 300
+    # cold_start_wait_s 0: the API refuses at once; one queued meanwhile waits as before
+    assert policy.worker_wait_s(chat, True, 0, 60) == 60

@@ -17,10 +17,13 @@ from berth.api.settings import ApiSettings
 from berth.limits import Quotas, limit_book
 from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
 from berth.protocol import keys
+from berth.protocol.catalog import CatalogModel
 from berth.protocol.envelopes import QueuedRequest, WorkerInfo
 from berth.scheduler.service import Scheduler
 from berth.scheduler.settings import SchedulerSettings
 from berth.store import queue
+from berth.store.catalog import Catalog
+from berth.store.jobs import JobStore
 from berth.store.registry import announce
 
 
@@ -336,3 +339,49 @@ async def test_a_shared_system_prompt_goes_where_it_was_sent_by_any_replica(
     async with _running(aredis, redis_url, "s2"):
         await _enqueue(aredis, _chat("r4", "What about tides?"))
         assert await _placed(aredis, "r4", "w1", "w2") == other
+
+
+async def test_a_declared_models_requests_wait_for_its_first_worker(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """No worker at all: an undeclared model's chat ends after no_worker_timeout_s; a
+    declared model's chat after cold_start_wait_s, with a 503 its client may retry; its
+    job stays queued (no deadline) and goes to the first worker that comes."""
+    await Catalog(aredis).put(CatalogModel(name="m"))
+    jobs = JobStore(aredis, 3600)
+    job = QueuedRequest(id="job0", model="m", request={}, job=True, lane="job")
+    await jobs.create(job, tenant="t")
+    pubsub = aredis.pubsub()
+    await pubsub.subscribe(keys.token_channel("chat0"), keys.token_channel("other0"))
+    await _enqueue(
+        aredis,
+        QueuedRequest(id="chat0", model="m", request={}),
+        QueuedRequest(id="other0", model="undeclared", request={}),
+    )
+    ended: dict[str, dict[str, Any]] = {}
+
+    async def both_chats_ended() -> bool:
+        while (m := await pubsub.get_message(timeout=0.05)) is not None:
+            if m["type"] == "message":
+                event = json.loads(m["data"])
+                ended[event["id"]] = event
+        return len(ended) == 2
+
+    async def job_dispatched() -> bool:
+        return await aredis.xlen(keys.ingress_stream("m", "job")) == 0
+
+    async with _running(
+        aredis, redis_url, no_worker_timeout_s=0.2, cold_start_wait_s=0.5
+    ) as scheduler:
+        await _until(both_chats_ended, 30)
+        assert {e["type"] for e in ended.values()} == {"error"}
+        assert ended["chat0"]["status"] == 503
+        assert ended["chat0"]["error"]["error"]["code"] == "no_workers"
+        # the job waits on, read and held by the scheduler
+        assert await aredis.xlen(keys.ingress_stream("m", "job")) == 1
+        assert (await jobs.get("job0"))["status"] == "queued"  # type: ignore[index]
+        assert scheduler.dispatched_total == 0
+        await _register(aredis, "w1")
+        await _until(job_dispatched, 30)
+    assert [q["id"] for g in await _sent_groups(aredis, "w1") for q in g["requests"]] == ["job0"]
+    await pubsub.aclose()

@@ -74,8 +74,11 @@ def queued_request(
     deadline: float | None,
     job: bool = False,
 ) -> QueuedRequest:
-    """The envelope for a validated request; raises ModelNotFound for an unknown model."""
-    model, adapter = state.directory.resolve(chat.model, chat.lora_path)
+    """The envelope for a validated request; raises ModelNotFound for an unknown model, and
+    Unavailable for a model no live worker serves that the request may not wait for (a job
+    waits for a declared model's worker; a chat up to cold_start_wait_s, when not 0)."""
+    may_wait = job or state.settings.cold_start_wait_s > 0
+    model, adapter = state.directory.resolve(chat.model, chat.lora_path, may_wait)
     return QueuedRequest(
         id=request_id,
         model=model,

@@ -107,7 +107,8 @@ def _resolve(
         key = (chat.model, chat.lora_path)
         if key not in resolved:
             try:
-                resolved[key] = state.directory.resolve(chat.model, chat.lora_path)
+                # a declared model's lines wait for its worker, within the batch's window
+                resolved[key] = state.directory.resolve(chat.model, chat.lora_path, True)
             except (InvalidRequest, NotFound) as err:
                 raise at_line(number, err) from None
 

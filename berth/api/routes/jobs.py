@@ -44,6 +44,15 @@ def _not_found(job_id: str) -> NotFound:
     return NotFound(f"no job {job_id!r}", param="job_id")
 
 
+def _shown(state: ApiState, job: dict[str, Any]) -> dict[str, Any]:
+    """The job as a client sees it: a queued job whose model no live worker serves (a
+    declared model scaled to zero, or one whose workers are starting) waits for a worker."""
+    job["waiting_for_worker"] = job["status"] == "queued" and not state.directory.serves(
+        job["model"]
+    )
+    return job
+
+
 @router.post("")
 async def submit_job(
     request: Request,
@@ -93,7 +102,7 @@ async def submit_job(
     if job is None:  # the key named a job that expired meanwhile
         raise _not_found(job_id)
     return JSONResponse(
-        job,
+        _shown(state, job),
         status_code=202 if created else 200,
         headers={"Location": f"/v1/jobs/{job_id}"},
     )
@@ -107,7 +116,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     jobs, more = await state.jobs.list_jobs(tenant, after=after, limit=limit)
-    return list_page(jobs, more)
+    return list_page([_shown(state, job) for job in jobs], more)
 
 
 @router.get("/{job_id}")
@@ -115,7 +124,7 @@ async def get_job(job_id: str, state: State, tenant: Tenant) -> dict[str, Any]:
     job = await state.jobs.get(job_id, tenant)
     if job is None:
         raise _not_found(job_id)
-    return job
+    return _shown(state, job)
 
 
 @router.delete("/{job_id}")
@@ -129,7 +138,7 @@ async def cancel_job(job_id: str, state: State, tenant: Tenant) -> dict[str, Any
         await state.jobs.finish(job_id, None, "cancelled", error=err.body(), event=event)
         # a queued attempt is dropped by the scheduler, a running one aborted by its worker
         await state.ingress.cancel(job_id)
-    return await state.jobs.get(job_id, tenant) or job
+    return _shown(state, await state.jobs.get(job_id, tenant) or job)
 
 
 @router.get("/{job_id}/events")
