@@ -24,17 +24,22 @@ the backoff's longest wait plus a minute) and deliveries beyond the first (same
 ``webhook-id``). The backoff waits as long as an event's age, up to ``--backoff-max-s``, so
 an event that failed for ``d`` seconds arrives within about ``min(d, backoff max)`` of the
 return.
+
+Raw figures go to ``benchmarks/results/webhooks-<timestamp>.json`` (``--results-dir``). A
+section of its own beside ``benchmarks/elasticity.py``'s: it needs no cold model.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,7 @@ from tests.stack import RunningStack, free_port
 from tests.valkey import Valkey
 
 MODEL = "fake-model"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def log(message: str) -> None:
@@ -88,7 +94,9 @@ def _ended_at(r: redis.Redis, job_id: str) -> float:
     return float(raw)
 
 
-def after_end(stack: RunningStack, receiver: Receiver, jobs: int, concurrency: int) -> None:
+def after_end(
+    stack: RunningStack, receiver: Receiver, jobs: int, concurrency: int
+) -> dict[str, Any]:
     """Webhook and follower latency after each job's end."""
     followed: dict[str, float] = {}
     lock = threading.Lock()
@@ -129,11 +137,12 @@ def after_end(stack: RunningStack, receiver: Receiver, jobs: int, concurrency: i
         )
     ratio = pct(hook, 0.5) / pct(follow, 0.5) if pct(follow, 0.5) > 0 else float("nan")
     print(f"webhook / follower at p50: {ratio:.2f}; webhooks missing: {missing}")
+    return {"jobs": len(ids), "webhook_s": hook, "follower_s": follow, "missing": missing}
 
 
 def under_outage(
     stack: RunningStack, receiver: Receiver, jobs: int, down_s: float, backoff_max_s: float
-) -> None:
+) -> dict[str, Any]:
     """Seconds from the receiver's return to each event's first arrival."""
     receiver.stop()
     receiver.received.clear()
@@ -172,6 +181,7 @@ def under_outage(
     with redis.Redis.from_url(stack.redis_url) as r:
         ages = [back_at - _ended_at(r, i) for i in ids]
     print(f"events' median age at the return: {statistics.median(ages):.0f} s")
+    return {"jobs": jobs, "down_s": down_s, "after_return_s": waits, "lost": lost, "extra": extra}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -183,6 +193,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backoff-s", type=float, default=5.0)
     parser.add_argument("--backoff-max-s", type=float, default=1800.0)
     parser.add_argument("--poll-s", type=float, default=1.0)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
 
@@ -208,11 +219,20 @@ def main(argv: list[str] | None = None) -> int:
             with stack:
                 stack.start("worker", "scheduler", "api")
                 stack.wait_ready(120)
-                after_end(stack, receiver, args.jobs, args.concurrency)
-                under_outage(stack, receiver, args.outage_jobs, args.down_s, args.backoff_max_s)
+                figures = {
+                    "args": vars(args) | {"results_dir": str(args.results_dir)},
+                    "after_end": after_end(stack, receiver, args.jobs, args.concurrency),
+                    "outage": under_outage(
+                        stack, receiver, args.outage_jobs, args.down_s, args.backoff_max_s
+                    ),
+                }
         finally:
             receiver.stop()
             valkey.stop()
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = args.results_dir / f"webhooks-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(figures, indent=1))
+    log(f"raw figures in {out}")
     return 0
 
 
