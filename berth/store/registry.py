@@ -142,7 +142,9 @@ class WorkerLiveness:
     A failed read, or one that rode out an outage in the client's retries, starts every
     confirmation over (nobody can tell, and work keeps running).
     A record of another incarnation means the incarnation before it is gone at once; a
-    record older than the one read before (a copy from before a failover) is no news.
+    record older than the one read before (a copy from before a failover) is no news. A
+    record marked ``stopped`` (the last one of a worker that drained and exited) is gone at
+    once, and not counted lost.
     A dead worker is noticed about a TTL after its last beat, when its record expires too.
     """
 
@@ -161,6 +163,10 @@ class WorkerLiveness:
             if seen is None or seen.record is None or _beat(record) > _beat(seen.record):
                 self._watched[record.id] = _Watched(record)
                 fresh.add(record.id)
+                if record.stopped:
+                    # a clean stop (after its drain): gone now, and nothing was lost
+                    self._watched[record.id].gone_since = now
+                    log.info("worker %s stopped", record.id)
         for worker_id, seen in list(self._watched.items()):
             if worker_id in fresh:
                 continue

@@ -446,3 +446,13 @@ def test_a_lone_request_goes_at_once_and_a_burst_gathers() -> None:
         _key(),
         _key("x"),
     ]
+
+
+def test_a_draining_worker_is_never_picked() -> None:
+    idle_but_draining = _worker("w1").model_copy(update={"draining": True})
+    busy = _worker("w2", running=7)
+    target = Target("m")
+    for turn in range(10):
+        assert policy.pick_worker([idle_but_draining, busy], target, {}, turn=turn) == busy
+    assert policy.pick_worker([idle_but_draining], target, {}) is None
+    assert policy.pick_worker_fcfs([idle_but_draining], target, {}, 0) is None
