@@ -134,10 +134,8 @@ def test_a_drain_hands_back_what_it_cannot_finish_and_a_new_request_goes_elsewhe
         answer = client.post("/v1/chat/completions", json={**_body(4), "stream": False})
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == fake_text(4)
-    served_by = {
-        json.loads(fields[b"e"]).get("worker")
-        for _, fields in store.xrange(keys.request_events(answer.json()["id"]))
-    }
+    entries: Any = store.xrange(keys.request_events(answer.json()["id"]))
+    served_by = {json.loads(fields[b"e"]).get("worker") for _, fields in entries}
     assert served_by == {"w2"}, served_by
     # its drain over, it exits cleanly and says so (its record lives a heartbeat TTL)
     assert w1.wait(HANG_S) == 0
