@@ -29,7 +29,9 @@ engine the reference is a non-streamed greedy answer taken before the fault.
 The worker rows: ``worker-restart`` (w1 killed, started again under its id), ``worker-gone``
 (w1 killed, w2 takes over) and ``worker-drain`` (w1 scaled down under load: SIGTERM, with a
 ``--drain-s`` shorter than a stream, so what it cannot finish is handed back and continues on
-w2). Their "cut or error" column counts the streams cut or ended with an error event.
+w2). Their "cut or error" column counts the streams cut or ended with an error event, and
+"continued" the requests the API queued again to go on from their last token (its
+``berth_api_requests_requeued_total{continued="yes"}``): the cuts the clients did not see.
 
 Targets (issue 10): 0 hung, 0 truncated-as-finished, 0 jobs lost or run twice, served again
 within 5 s; (issue 23) on the worker rows, 0 streams cut or ended with an error. A missed
@@ -282,6 +284,8 @@ class Outcome:
     served_s: float | None
     exited: str | None
     real_engine: bool = False
+    # requests continued from their last token after their worker died or handed them back
+    continued: int = 0
 
     def verdicts(self) -> list[str]:
         missed = []
@@ -321,6 +325,7 @@ class Outcome:
             "job_failures": dict(self.reasons),
             "served_again_s": self.served_s,
             "cut_or_error": self.cut() if self.fault in WORKER_FAULTS else None,
+            "continued": self.continued,
             "role_exited": self.exited,
             "missed": self.verdicts(),
         }
@@ -357,8 +362,39 @@ def run_fault(fault: str, engine: Engine, args: argparse.Namespace) -> Outcome:
             with direct_client(url) as store:
                 jobs, reasons = run.job_kinds(store)
             exited = stack.stack.dead()
+            continued = requeued(stack.url, continued=True)
     return Outcome(
-        fault, streams, run.refusals, run.errors, jobs, reasons, served, exited, engine.real
+        fault,
+        streams,
+        run.refusals,
+        run.errors,
+        jobs,
+        reasons,
+        served,
+        exited,
+        engine.real,
+        continued,
+    )
+
+
+def requeued(url: str, continued: bool) -> int:
+    """The API's count of requests queued again (``continued``: to go on after a token);
+    0 when the API cannot say (it was killed and started again: a new count)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return 0
+    wanted = "yes" if continued else "no"
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "berth_api_requests_requeued"
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels.get("continued") == wanted
+        )
     )
 
 
@@ -410,7 +446,7 @@ def table(outcomes: list[Outcome]) -> str:
     head = (
         "| fault | streams whole | error event | conn. lost | hung | truncated as finished "
         "| other | never served | refusals retried | jobs once | jobs failed | jobs lost "
-        "| jobs twice | served again (s) | cut or error (worker rows) | targets |"
+        "| jobs twice | served again (s) | cut or error (worker rows) | continued | targets |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for o in outcomes:
@@ -419,7 +455,7 @@ def table(outcomes: list[Outcome]) -> str:
         cells = [o.fault, *(str(o.streams[k]) for k in STREAM_KINDS)]
         cells.append(str(sum(o.refusals.values())))
         cells += [str(o.jobs[k]) for k in JOB_KINDS]
-        cells += [served, str(o.cut()) if o.fault in WORKER_FAULTS else "-"]
+        cells += [served, str(o.cut()) if o.fault in WORKER_FAULTS else "-", str(o.continued)]
         cells.append("met" if not missed else "MISSED: " + "; ".join(missed))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

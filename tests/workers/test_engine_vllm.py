@@ -489,6 +489,30 @@ async def test_continue_final_message(vllm_engine: Any, chat_request: Build) -> 
     assert steps[-1].completion_tokens == 4 and finish(steps) == "length"
 
 
+async def test_a_cut_answer_continued_from_its_text_is_the_uninterrupted_answer(
+    vllm_engine: Any, chat_request: Build
+) -> None:
+    # a stream cut after some tokens is queued again with its text as the assistant's
+    # message to continue (protocol/continuation.py); greedy, the engine then writes what the
+    # uninterrupted answer had after it: together, the same answer and the same token count
+    from berth.protocol.chat import parse_chat_request
+    from berth.protocol.continuation import continued_request
+
+    body = chat_request(max_completion_tokens=16, ignore_eos=True, temperature=0, seed=3)
+    whole = await run(vllm_engine, "whole-1", body)
+    assert whole[-1].completion_tokens == 16
+    cut_after = 6  # steps, one token each
+    sent = "".join(c.content for s in whole[:cut_after] for c in s.choices)
+    queued = body.model_dump(mode="json", exclude_none=True)
+    again = parse_chat_request(
+        continued_request(queued, sent, whole[cut_after - 1].completion_tokens)
+    )
+    rest = await run(vllm_engine, "whole-1-continued", again)
+    assert sent + text(rest) == text(whole)
+    assert whole[cut_after - 1].completion_tokens + rest[-1].completion_tokens == 16
+    assert finish(rest) == "length"
+
+
 # --- text completions (/v1/completions): the prompt goes in as it is -----------------------
 
 

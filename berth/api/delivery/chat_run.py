@@ -123,6 +123,9 @@ async def start(
                 return False
             update["continuation"] = Continuation(seq=cut.seq, tokens=cut.tokens)
         failures += not handed_back
+        metrics.REQUEUED.labels(
+            "handed_back" if handed_back else "died", "no" if cut is None else "yes"
+        ).inc()
         again = queued.model_copy(update=update)
         attempts.append(again)
         # a drain's hand-back is routine; a dead worker is worth a warning
