@@ -27,9 +27,9 @@ The fake engine's answer is deterministic (``tests.e2e.faults.fake_text``); with
 engine the reference is a non-streamed greedy answer taken before the fault.
 
 The worker rows: ``worker-restart`` (w1 killed, started again under its id), ``worker-gone``
-(w1 killed, w2 takes over) and ``worker-drain`` (w1 scaled down under load: SIGTERM, with a
-``--drain-s`` shorter than a stream, so what it cannot finish is handed back and continues on
-w2). Their "cut or error" column counts the streams cut or ended with an error event, and
+(w1 killed, w2 takes over) and ``worker-drain`` (a rolling update under load: w2 started, then w1
+scaled down with SIGTERM and a ``--drain-s`` shorter than a stream, so what it cannot finish
+is handed back and continues on w2). Their "cut or error" column counts the streams cut or ended with an error event, and
 "continued" the requests the API queued again to go on from their last token (its
 ``berth_api_requests_requeued_total{continued="yes"}``): the cuts the clients did not see.
 
@@ -342,7 +342,7 @@ def run_fault(fault: str, engine: Engine, args: argparse.Namespace) -> Outcome:
             drain = {"BERTH_DRAIN_S": str(args.drain_s)} if fault == "worker-drain" else {}
             start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w1", **drain)
             workers = 1
-            if fault in ("worker-gone", "worker-drain"):
+            if fault == "worker-gone":
                 start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w2")
                 workers = 2
             start_role(stack, "scheduler", log_dir)
@@ -419,9 +419,12 @@ def _inflict(
         kill_role(stack, "worker")  # w1, the first started; w2 takes over
         return time.monotonic()
     if fault == "worker-drain":
+        # a rolling update: w2 comes up (and takes its share of the load), then w1 is
         # scaled down: SIGTERM to w1 alone (not its group: vLLM's engine process is the
-        # worker's to stop); w2 takes what it hands back and every new request
+        # worker's to stop); w2 takes what w1 hands back and every new request
         w1 = _role(stack, "worker")
+        start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w2")
+        stack.wait_ready(180, workers=2)
         os.kill(w1.pid, signal.SIGTERM)
         since = time.monotonic()
         w1.wait()

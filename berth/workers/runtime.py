@@ -274,7 +274,11 @@ class EngineHost:
         if request_id in self._handing_back:
             return
         self._handing_back.add(request_id)
-        await self.engine.abort(request_id)
+        try:
+            await self.engine.abort(request_id)
+        except Exception:
+            # the drain goes on: its step aborts it, or the worker's exit ends it
+            log.exception("aborting request %s to hand it back failed", request_id)
 
     async def _give_back(
         self, queued: QueuedRequest, events: RequestEvents, tokens: int, produced: bool
