@@ -27,11 +27,12 @@ The fake engine's answer is deterministic (``tests.e2e.faults.fake_text``); with
 engine the reference is a non-streamed greedy answer taken before the fault.
 
 The worker rows: ``worker-restart`` (w1 killed, started again under its id), ``worker-gone``
-(w1 killed, w2 takes over) and ``worker-drain`` (a rolling update under load: w2 started, then w1
-scaled down with SIGTERM and a ``--drain-s`` shorter than a stream, so what it cannot finish
-is handed back and continues on w2). Their "cut or error" column counts the streams cut or ended with an error event, and
-"continued" the requests the API queued again to go on from their last token (its
-``berth_api_requests_requeued_total{continued="yes"}``): the cuts the clients did not see.
+(w1 killed, w2 takes over) and ``worker-drain`` (a rolling update under load: w2 started,
+then w1 scaled down with SIGTERM and a ``--drain-s`` shorter than a stream, so what it
+cannot finish is handed back and continues on w2). Their "cut or error" column counts the
+streams cut or ended with an error event, and "continued" the requests the API queued
+again to go on from their last token (its ``berth_api_requests_requeued_total{continued=
+"yes"}``): the cuts the clients did not see.
 
 Targets (issue 10): 0 hung, 0 truncated-as-finished, 0 jobs lost or run twice, served again
 within 5 s; (issue 23) on the worker rows, 0 streams cut or ended with an error. A missed
