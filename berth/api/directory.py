@@ -144,6 +144,10 @@ class WorkerDirectory:
         a heartbeat TTL of reads without a new heartbeat, it counts as alive."""
         return self._liveness.is_alive(worker_id, incarnation)
 
+    def stopped(self, worker_id: str) -> bool:
+        """Whether the worker is gone by a clean stop (drained), not lost."""
+        return self._liveness.stopped(worker_id)
+
     def resolve(self, model: str, lora_path: str | None) -> tuple[str, str | None]:
         """(base model, adapter) for a request's ``model`` and ``lora_path``.
 

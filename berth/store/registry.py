@@ -128,6 +128,8 @@ class _Watched:
     # the first successful read since which no newer heartbeat came
     stale_since: float | None = None
     gone_since: float | None = None
+    # gone by a clean stop (its last record said so), not lost
+    stopped: bool = False
 
 
 class WorkerLiveness:
@@ -166,6 +168,7 @@ class WorkerLiveness:
                 if record.stopped:
                     # a clean stop (after its drain): gone now, and nothing was lost
                     self._watched[record.id].gone_since = now
+                    self._watched[record.id].stopped = True
                     log.info("worker %s stopped", record.id)
         for worker_id, seen in list(self._watched.items()):
             if worker_id in fresh:
@@ -210,6 +213,11 @@ class WorkerLiveness:
             return False
         live = seen.record.incarnation if seen.record is not None else ""
         return not incarnation or not live or live == incarnation
+
+    def stopped(self, worker_id: str) -> bool:
+        """Whether the worker is gone by a clean stop (its drain over), not lost."""
+        seen = self._watched.get(worker_id)
+        return seen is not None and seen.stopped
 
 
 def _beat(record: WorkerInfo) -> tuple[float, float]:

@@ -166,10 +166,12 @@ def test_a_stopped_record_is_gone_at_once_and_not_counted_lost(
     draining = _beating("w1", 100.5).model_copy(update={"draining": True})
     live.observe([draining], 0.5, 0.5)
     assert live.is_alive("w1", "a")  # a draining worker still serves what it holds
+    assert not live.stopped("w1")
     stopped = _beating("w1", 101.0).model_copy(update={"draining": True, "stopped": True})
     with caplog.at_level(logging.INFO, logger="berth.store.registry"):
         live.observe([stopped], 1.0, 1.0)
         assert not live.is_alive("w1", "a") and live.present() == []
+        assert live.stopped("w1")
         # its record expires; no read after that judges it again
         for now in (2.0, 5.0, 9.0):
             live.observe([], now, now)

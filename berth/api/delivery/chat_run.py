@@ -178,6 +178,7 @@ def follow(
         retry=retry,
         fetch=fetch,
         is_alive=state.directory.is_alive,
+        stopped=state.directory.stopped,
         check_every_s=state.settings.liveness_check_s,
         deadline=deadline,
         attempt=attempt,

@@ -109,6 +109,7 @@ async def request_events(
     deadline: float,
     fetch: Fetch,
     retry: Retry | None = None,
+    stopped: Callable[[str], bool] | None = None,
     attempt: int = 0,
     first_seq: int = 0,
     worker: str | None = None,
@@ -127,7 +128,9 @@ async def request_events(
 
     Incarnations: ``is_alive(worker, incarnation)`` is false once that process start of the
     worker is gone, even when the worker was restarted under the same id; ``dead`` holds
-    ``worker_ref``s (id/incarnation), which ``retry`` passes on as workers to avoid.
+    ``worker_ref``s (id/incarnation), which ``retry`` passes on as workers to avoid. A worker
+    gone by a clean stop (``stopped``: it drained; the request was in a group it never read)
+    counts as having handed the request back, not as lost.
     """
     expected = first_seq
     incarnation: str | None = None
@@ -184,7 +187,8 @@ async def request_events(
                     continue
                 if worker is not None and not is_alive(worker, incarnation):
                     dead.add(worker_ref(worker, incarnation))
-                    if await queue_again(handed_back=False):
+                    drained = stopped is not None and stopped(worker)
+                    if await queue_again(handed_back=drained):
                         continue
                     yield synthetic_error(
                         request_id, WorkerLost(f"worker {worker} stopped while serving the request")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import msgspec
 import redis.asyncio
@@ -118,6 +119,7 @@ async def _retrying(
     queue: asyncio.Queue[TokenEvent | None],
     retry: object,
     alive: object = None,
+    stopped: Callable[[str], bool] | None = None,
 ) -> list[TokenEvent]:
     def is_alive(worker: str, incarnation: str | None = None) -> bool:
         return worker != "w1" if alive is None else bool(alive)
@@ -131,6 +133,7 @@ async def _retrying(
             check_every_s=0.05,
             deadline=time.monotonic() + 5,
             retry=retry,  # type: ignore[arg-type]
+            stopped=stopped,
             fetch=_no_stream,
         )
     ]
@@ -200,6 +203,23 @@ async def test_a_hand_back_continues_at_once_while_the_worker_lives() -> None:
         ("w2", "started"),
         ("w2", "finished"),
     ]
+
+
+async def test_a_request_left_with_a_worker_that_drained_and_stopped_is_handed_back() -> None:
+    # its group was on its way when the drain began: the worker never read it
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1"))
+    calls: list[tuple[Cut | None, bool]] = []
+
+    async def retry(dead: set[str], cut: Cut | None, handed_back: bool) -> bool:
+        calls.append((cut, handed_back))
+        queue.put_nowait(_event(0, "started", worker="w2", attempt=1))
+        queue.put_nowait(_event(1, "finished", worker="w2", attempt=1))
+        return True
+
+    got = await _retrying(queue, retry, stopped=lambda worker: worker == "w1")
+    assert calls == [(None, True)]
+    assert [e.type for e in got] == ["started", "finished"]
 
 
 # -- filling from the request's event stream (a real server, as the worker writes it) -------
