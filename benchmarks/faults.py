@@ -5,6 +5,7 @@ Sentinel set: primary, replica, three sentinels), the fake engine by default.
     python -m benchmarks.faults                              # every fault, fake engine
     python -m benchmarks.faults --faults redis-restart,api   # some of them
     python -m benchmarks.faults --engine real --faults worker-restart,redis-restart
+    python -m benchmarks.faults --faults worker-restart,worker-gone,worker-drain  # worker rows
 
 Per fault: a fresh store and stack; jobs submitted, then streamed chats sent by client
 threads one after another; ``--kill-at`` seconds in, the part is killed with SIGKILL and (for
@@ -25,9 +26,17 @@ the kill) until a new request is answered, probed every 0.2 s.
 The fake engine's answer is deterministic (``tests.e2e.faults.fake_text``); with the real
 engine the reference is a non-streamed greedy answer taken before the fault.
 
+The worker rows: ``worker-restart`` (w1 killed, started again under its id), ``worker-gone``
+(w1 killed, w2 takes over) and ``worker-drain`` (a rolling update under load: w2 started,
+then w1 scaled down with SIGTERM and a ``--drain-s`` shorter than a stream, so what it
+cannot finish is handed back and continues on w2). Their "cut or error" column counts the
+streams cut or ended with an error event, and "continued" the requests the API queued
+again to go on from their last token (its ``berth_api_requests_requeued_total{continued=
+"yes"}``): the cuts the clients did not see.
+
 Targets (issue 10): 0 hung, 0 truncated-as-finished, 0 jobs lost or run twice, served again
-within 5 s. A missed target is printed as such; the exit status is non-zero only when the
-benchmark could not run.
+within 5 s; (issue 23) on the worker rows, 0 streams cut or ended with an error. A missed
+target is printed as such; the exit status is non-zero only when the benchmark could not run.
 """
 
 from __future__ import annotations
@@ -70,7 +79,12 @@ FAULTS = (
     "worker-gone",
     "redis-restart",
     "sentinel-failover",
+    "worker-drain",
 )
+# a worker killed, restarted or scaled down: no stream may be cut or end with an error
+WORKER_FAULTS = frozenset({"worker-restart", "worker-gone", "worker-drain"})
+# the stream kinds a client sees as a cut: an error event, a lost or broken stream
+CUT_KINDS = ("error", "lost", "hung", "truncated", "other", "never served")
 STREAM_KINDS = ("whole", "error", "lost", "hung", "truncated", "other", "never served")
 # a client refused (an HTTP error answer, or no API listening) waits this long and sends the
 # same stream again, as a client with retries would; the refusals are counted apart
@@ -271,6 +285,8 @@ class Outcome:
     served_s: float | None
     exited: str | None
     real_engine: bool = False
+    # requests continued from their last token after their worker died or handed them back
+    continued: int = 0
 
     def verdicts(self) -> list[str]:
         missed = []
@@ -292,7 +308,13 @@ class Outcome:
             missed.append(f"served again later than {SERVED_TARGET_S:.0f} s")
         if self.exited:
             missed.append(f"{self.exited} exited")
+        if self.fault in WORKER_FAULTS and self.cut():
+            missed.append("streams cut or ended with an error")
         return missed
+
+    def cut(self) -> int:
+        """Streams cut or ended with an error event."""
+        return sum(self.streams[k] for k in CUT_KINDS)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -303,6 +325,8 @@ class Outcome:
             "jobs": dict(self.jobs),
             "job_failures": dict(self.reasons),
             "served_again_s": self.served_s,
+            "cut_or_error": self.cut() if self.fault in WORKER_FAULTS else None,
+            "continued": self.continued,
             "role_exited": self.exited,
             "missed": self.verdicts(),
         }
@@ -316,7 +340,8 @@ def run_fault(fault: str, engine: Engine, args: argparse.Namespace) -> Outcome:
         env = STACK_ENV | engine.env()
         stack = RunningStack(url, env=env)
         with stack:
-            start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w1")
+            drain = {"BERTH_DRAIN_S": str(args.drain_s)} if fault == "worker-drain" else {}
+            start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w1", **drain)
             workers = 1
             if fault == "worker-gone":
                 start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w2")
@@ -338,8 +363,39 @@ def run_fault(fault: str, engine: Engine, args: argparse.Namespace) -> Outcome:
             with direct_client(url) as store:
                 jobs, reasons = run.job_kinds(store)
             exited = stack.stack.dead()
+            continued = requeued(stack.url, continued=True)
     return Outcome(
-        fault, streams, run.refusals, run.errors, jobs, reasons, served, exited, engine.real
+        fault,
+        streams,
+        run.refusals,
+        run.errors,
+        jobs,
+        reasons,
+        served,
+        exited,
+        engine.real,
+        continued,
+    )
+
+
+def requeued(url: str, continued: bool) -> int:
+    """The API's count of requests queued again (``continued``: to go on after a token);
+    0 when the API cannot say (it was killed and started again: a new count)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return 0
+    wanted = "yes" if continued else "no"
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "berth_api_requests_requeued"
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels.get("continued") == wanted
+        )
     )
 
 
@@ -363,6 +419,19 @@ def _inflict(
     if fault == "worker-gone":
         kill_role(stack, "worker")  # w1, the first started; w2 takes over
         return time.monotonic()
+    if fault == "worker-drain":
+        # a rolling update: w2 comes up (and takes its share of the load), then w1 is
+        # scaled down: SIGTERM to w1 alone (not its group: vLLM's engine process is the
+        # worker's to stop); w2 takes what w1 hands back and every new request
+        w1 = _role(stack, "worker")
+        start_role(stack, "worker", log_dir, BERTH_WORKER_ID="w2")
+        stack.wait_ready(180, workers=2)
+        os.kill(w1.pid, signal.SIGTERM)
+        since = time.monotonic()
+        w1.wait()
+        stack.stack.processes.remove(("worker", w1))
+        log(f"worker-drain: w1 drained and exited (code {w1.returncode})")
+        return since
     role = "worker" if fault == "worker-restart" else fault
     kill_role(stack, role)
     time.sleep(down_s)
@@ -381,7 +450,7 @@ def table(outcomes: list[Outcome]) -> str:
     head = (
         "| fault | streams whole | error event | conn. lost | hung | truncated as finished "
         "| other | never served | refusals retried | jobs once | jobs failed | jobs lost "
-        "| jobs twice | served again (s) | targets |"
+        "| jobs twice | served again (s) | cut or error (worker rows) | continued | targets |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for o in outcomes:
@@ -390,7 +459,8 @@ def table(outcomes: list[Outcome]) -> str:
         cells = [o.fault, *(str(o.streams[k]) for k in STREAM_KINDS)]
         cells.append(str(sum(o.refusals.values())))
         cells += [str(o.jobs[k]) for k in JOB_KINDS]
-        cells += [served, "met" if not missed else "MISSED: " + "; ".join(missed)]
+        cells += [served, str(o.cut()) if o.fault in WORKER_FAULTS else "-", str(o.continued)]
+        cells.append("met" if not missed else "MISSED: " + "; ".join(missed))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -407,6 +477,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--kill-at", type=float, default=2.0, help="seconds into the load")
     add("--down-s", type=float, default=2.0, help="seconds a killed part stays down")
     add("--hang-s", type=float, default=60.0, help="a stream or job silent this long hung")
+    add(
+        "--drain-s",
+        type=float,
+        default=0.5,
+        help="worker-drain: w1's BERTH_DRAIN_S (shorter than a stream: some are handed back)",
+    )
     add("--start-timeout-s", type=float, default=180.0)
     add("--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "berth-faults")
     add("--json", type=Path, default=None, help="also write the figures here")
@@ -435,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(outcome)
     print(
         f"\nengine={args.engine} streams={args.streams} concurrency={args.concurrency} "
-        f"tokens={args.tokens} jobs={args.jobs} kill_at={args.kill_at}s down={args.down_s}s"
+        f"tokens={args.tokens} jobs={args.jobs} kill_at={args.kill_at}s down={args.down_s}s "
+        f"drain={args.drain_s}s"
     )
     print(table(outcomes))
     if args.json is not None:

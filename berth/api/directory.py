@@ -170,6 +170,10 @@ class WorkerDirectory:
         a heartbeat TTL of reads without a new heartbeat, it counts as alive."""
         return self._liveness.is_alive(worker_id, incarnation)
 
+    def stopped(self, worker_id: str) -> bool:
+        """Whether the worker is gone by a clean stop (drained), not lost."""
+        return self._liveness.stopped(worker_id)
+
     def resolve(
         self, model: str, lora_path: str | None, may_wait: bool = False
     ) -> tuple[str, str | None]:

@@ -106,6 +106,13 @@ def count_tokens(tenant: str, prompt: int, completion: int) -> None:
     TOKENS.labels(label, "completion").inc(completion)
 
 
+REQUEUED = Counter(
+    "berth_api_requests_requeued_total",
+    "Requests queued again because their worker died (`died`) or handed them back while "
+    "draining (`handed_back`), as they were (`continued=no`, before any token) or to go on "
+    "from their last token (`continued=yes`).",
+    ["reason", "continued"],
+)
 QUEUE_LENGTH = Gauge(
     "berth_queue_length",
     "Requests waiting in a model's ingress stream.",

@@ -14,11 +14,20 @@ from berth.protocol.errors import BerthError
 
 RequestKind = Literal["chat", "completion"]
 # "dispatched" comes from the scheduler (which worker got the request); "requeued" marks a
-# job's next attempt after its worker died; the rest come from the worker
+# job's next attempt after its worker died, or (with the worker's seq) a request a draining
+# worker handed back, for its API to queue again; the rest come from the worker
 EventType = Literal["dispatched", "started", "delta", "finished", "error", "cancelled", "requeued"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"finished", "error", "cancelled"})
 # the seq of an event not written by the worker running the request (see event_json)
 OUTSIDE_SEQ = -1
+
+
+class Continuation(BaseModel):
+    """Where a continued request goes on (``protocol/continuation.py``): its worker numbers
+    its events from ``seq`` and counts ``tokens`` completion tokens as already generated."""
+
+    seq: int = Field(ge=0)
+    tokens: int = Field(ge=0)
 
 
 class QueuedRequest(BaseModel):
@@ -55,6 +64,9 @@ class QueuedRequest(BaseModel):
     # the W3C trace-context carrier ({"traceparent": ..., "tracestate": ...}) of the span
     # that queued it (the scheduler replaces it with its dispatch span's); None untraced
     trace: dict[str, str] | None = None
+    # set on an attempt that continues a stream cut mid-way (``request`` then holds the
+    # answer so far as the assistant's message to continue)
+    continuation: Continuation | None = None
 
 
 class WorkGroup(BaseModel):
@@ -117,6 +129,9 @@ class TokenEvent(msgspec.Struct, kw_only=True):
     # the OpenAI error body and its HTTP status, on "error" events
     error: dict[str, Any] | None = None
     status: int | None = None
+    # completion tokens generated so far (every attempt's), on the worker's deltas and on
+    # its hand-back: what a continuation counts as done
+    tokens: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -185,6 +200,10 @@ class WorkerInfo(BaseModel):
     # new at every process start: a worker restarted under the same id is another
     # incarnation, and work held by the previous one is lost ("" from older workers)
     incarnation: str = ""
+    # given SIGTERM: it takes no new work and finishes (or hands back) what it holds
+    draining: bool = False
+    # the last record of a worker that stopped cleanly: gone at once, and not lost
+    stopped: bool = False
 
 
 def worker_ref(worker: str, incarnation: str | None) -> str:

@@ -162,10 +162,11 @@ def _room(
     batch_reserve: float,
 ) -> list[tuple[WorkerInfo, int]]:
     """Workers serving the model with room, and their free slots. Batch work only takes a
-    worker while more than ``batch_reserve`` of its capacity stays free for interactive."""
+    worker while more than ``batch_reserve`` of its capacity stays free for interactive.
+    A draining worker (given SIGTERM) takes nothing new, whatever room it has."""
     out = []
     for worker in workers:
-        if worker.model != target.model or avoided(worker, target.avoid):
+        if worker.draining or worker.model != target.model or avoided(worker, target.avoid):
             continue
         free = free_slots(worker, dispatched)
         reserve = worker.capacity * batch_reserve if target.lane == "batch" else 0

@@ -513,6 +513,9 @@ class Scheduler:
             queued = QueuedRequest.model_validate_json(payload).model_copy(
                 update={"attempt": attempt}
             )
+            # a worker that drained and stopped never read the group holding this job (it
+            # was on its way): queued again, with no attempt used up and no alarm
+            drained = self._liveness.stopped(worker)
             lost = WorkerLost(
                 f"worker {worker} died running the job; gave up after "
                 f"{self.settings.max_attempts} attempts"
@@ -520,15 +523,20 @@ class Scheduler:
             outcome = await self.jobs.requeue(
                 queued,
                 worker,
-                self.settings.max_attempts,
+                attempt + 2 if drained else self.settings.max_attempts,
                 failure=lost.body(),
                 failure_event=event_json(job_id, "error", error=lost),
                 requeue_event=event_json(job_id, "requeued", worker=worker),
                 dead_incarnation=incarnation,
             )
             if outcome == 1:
-                log.warning(
-                    "job %s: worker %s died; queued attempt %d", job_id, worker, attempt + 1
+                log.log(
+                    logging.INFO if drained else logging.WARNING,
+                    "job %s: worker %s %s; queued attempt %d",
+                    job_id,
+                    worker,
+                    "stopped before running it" if drained else "died",
+                    attempt + 1,
                 )
             elif outcome == 2:
                 log.error("job %s failed: worker %s died on the last attempt", job_id, worker)

@@ -128,6 +128,8 @@ class _Watched:
     # the first successful read since which no newer heartbeat came
     stale_since: float | None = None
     gone_since: float | None = None
+    # gone by a clean stop (its last record said so), not lost
+    stopped: bool = False
 
 
 class WorkerLiveness:
@@ -142,7 +144,9 @@ class WorkerLiveness:
     A failed read, or one that rode out an outage in the client's retries, starts every
     confirmation over (nobody can tell, and work keeps running).
     A record of another incarnation means the incarnation before it is gone at once; a
-    record older than the one read before (a copy from before a failover) is no news.
+    record older than the one read before (a copy from before a failover) is no news. A
+    record marked ``stopped`` (the last one of a worker that drained and exited) is gone at
+    once, and not counted lost.
     A dead worker is noticed about a TTL after its last beat, when its record expires too.
     """
 
@@ -161,6 +165,11 @@ class WorkerLiveness:
             if seen is None or seen.record is None or _beat(record) > _beat(seen.record):
                 self._watched[record.id] = _Watched(record)
                 fresh.add(record.id)
+                if record.stopped:
+                    # a clean stop (after its drain): gone now, and nothing was lost
+                    self._watched[record.id].gone_since = now
+                    self._watched[record.id].stopped = True
+                    log.info("worker %s stopped", record.id)
         for worker_id, seen in list(self._watched.items()):
             if worker_id in fresh:
                 continue
@@ -204,6 +213,11 @@ class WorkerLiveness:
             return False
         live = seen.record.incarnation if seen.record is not None else ""
         return not incarnation or not live or live == incarnation
+
+    def stopped(self, worker_id: str) -> bool:
+        """Whether the worker is gone by a clean stop (its drain over), not lost."""
+        seen = self._watched.get(worker_id)
+        return seen is not None and seen.stopped
 
 
 def _beat(record: WorkerInfo) -> tuple[float, float]:

@@ -106,7 +106,8 @@ class RequestEvents:
         self._worker = worker
         self._incarnation = incarnation
         self._jobs = jobs
-        self._seq = 0
+        # a continued stream goes on from the seq its client has reached
+        self._seq = queued.continuation.seq if queued.continuation else 0
         self._lost = False
         self._refreshed = -float("inf")
         self._assembler: CompletionAssembler | None = None
@@ -127,7 +128,11 @@ class RequestEvents:
     def step(self, step: EngineStep, type_: EventType = "delta") -> None:
         """An engine step's choices: a delta, or (``finished``, ``cancelled``) the last
         event, which also carries the request's token counts."""
-        fields: dict[str, Any] = {"choices": [_choice_json(c) for c in step.choices]}
+        fields: dict[str, Any] = {
+            "choices": [_choice_json(c) for c in step.choices],
+            # what a continuation of this stream counts as generated (continuation.py)
+            "tokens": step.completion_tokens,
+        }
         if type_ != "delta":
             metrics.PROMPT_TOKENS.inc(step.prompt_tokens)
             metrics.GENERATED_TOKENS.inc(step.completion_tokens)

@@ -5,6 +5,7 @@ its local proof of life for the liveness probe (berth/plumbing/liveness.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from redis.exceptions import RedisError
 from berth.plumbing.liveness import LivenessFile
 from berth.protocol import keys
 from berth.protocol.envelopes import WorkerInfo
-from berth.store.registry import announce, withdraw
+from berth.store.registry import announce
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ async def heartbeat_loop(
     interval: float,
     ttl: float,
     proof: LivenessFile,
+    wake: asyncio.Event | None = None,
 ) -> None:
     """Every ``interval`` seconds: refresh the worker's local proof of life (its liveness
     probe's, plumbing/liveness.py) and its record in Redis, which expires ``ttl`` after the
@@ -67,7 +69,7 @@ async def heartbeat_loop(
     write waits out the client's retries (minutes, when the server hangs without an
     answer), and the proof goes on being refreshed meanwhile, for a worker is alive
     whatever Redis does. Never ends on an error: the next beat goes out as soon as Redis
-    is back."""
+    is back. Setting ``wake`` sends the next beat now (a drain that began)."""
     beats = _Beats(redis, ttl, interval)
     beat: asyncio.Task[None] | None = None
     try:
@@ -83,7 +85,12 @@ async def heartbeat_loop(
                 proof.refresh()
                 if beat is None or beat.done():
                     beat = asyncio.create_task(beats.send(record), name="heartbeat write")
-            await asyncio.sleep(interval)
+            if wake is None:
+                await asyncio.sleep(interval)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
     finally:
         # no beat may land after the deregistration that follows a clean stop
         if beat is not None:
@@ -91,10 +98,20 @@ async def heartbeat_loop(
             await asyncio.gather(beat, return_exceptions=True)
 
 
-async def deregister(redis: Redis, worker_id: str) -> None:
-    """Remove the worker's record at a clean shutdown, so nobody sends it more work; if
-    Redis is already gone the record expires by itself."""
+async def retire(redis: Redis, record: WorkerInfo) -> None:
+    """At a clean stop, replace the worker's record with its last one, marked ``stopped``:
+    every reader counts it gone at once and not lost (``store/registry.py:
+    WorkerLiveness``), and nobody sends it more work; it expires with its TTL. If Redis is
+    already gone the last heartbeat expires by itself."""
+    record = record.model_copy(update={"stopped": True, "heartbeat_at": time.time()})
     try:
-        await withdraw(redis, keys.WORKERS_INDEX, worker_id, keys.worker_key(worker_id))
+        await announce(
+            redis,
+            keys.WORKERS_INDEX,
+            record.id,
+            keys.worker_key(record.id),
+            record.model_dump_json(),
+            record.ttl_s,
+        )
     except RedisError as err:
-        log.warning("could not deregister worker %s (%s); its record will expire", worker_id, err)
+        log.warning("could not retire worker %s (%s); its record will expire", record.id, err)

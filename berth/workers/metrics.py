@@ -22,3 +22,10 @@ ORPHANS_CANCELLED = Counter(
     "berth_worker_orphans_cancelled_total",
     "Requests cancelled because the API process holding their client died.",
 )
+DRAINING = Gauge("berth_worker_draining", "1 while the worker drains (given SIGTERM), else 0.")
+HANDED_BACK = Counter(
+    "berth_worker_handed_back_total",
+    "Requests a draining worker handed back to be queued again, by whether they had output "
+    "(continued) or not (not started).",
+    ["started"],
+)

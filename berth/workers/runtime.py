@@ -3,11 +3,19 @@
 Celery runs tasks on its own threads; each task hands its group to this loop
 and waits, so every group feeds the same engine and it batches across them.
 Each request's events are numbered and written by its ``RequestEvents`` (``events.py``).
+
+Given SIGTERM (``drain``), the host takes no new work: it says so in its heartbeat (every
+scheduler then skips it), hands back at once what has not started, lets what runs finish
+for ``drain_s``, and then hands back the rest. An interactive request is handed back to the
+API process waiting for it (a ``requeued`` event, numbered as the stream goes on), which
+queues it again to continue after its last token (``protocol/continuation.py``); a job goes
+back to its queue to run again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -28,7 +36,7 @@ from berth.plumbing.supervise import Backoff, log_failure, supervise
 from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest, parse_chat_request
 from berth.protocol.completion import CompletionRequest, parse_completion_request
-from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup
+from berth.protocol.envelopes import QueuedRequest, WorkerInfo, WorkGroup, event_json
 from berth.protocol.errors import BerthError, EngineFailure, Timeout
 from berth.protocol.limits import ADMITTED
 from berth.store import queue
@@ -36,9 +44,9 @@ from berth.store.adapters import AdapterStore
 from berth.store.catalog import Catalog
 from berth.store.jobs import JobStore
 from berth.workers import metrics
-from berth.workers.engine.base import Engine
+from berth.workers.engine.base import Engine, EngineStep
 from berth.workers.events import RequestEvents
-from berth.workers.heartbeat import deregister, heartbeat_loop
+from berth.workers.heartbeat import heartbeat_loop, retire
 from berth.workers.orphans import OriginWatch
 from berth.workers.publisher import EventPublisher
 from berth.workers.settings import WorkerSettings
@@ -80,6 +88,14 @@ class EngineHost:
         self._started_at = time.time()
         # the catalog file is read now: a malformed one stops the start
         self._catalog = read_models_file(settings.models_file)
+        # set by drain() (SIGTERM): no new work, the rest finished or handed back
+        self._draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+        # running requests that produced a step here (handing one back continues it)
+        self._producing: set[str] = set()
+        # requests aborted to be handed back, not cancelled
+        self._handing_back: set[str] = set()
+        self._beat_now: asyncio.Event | None = None
         # written once the engine started, by the heartbeat loop: the worker's probes
         self.proof = LivenessFile(
             proof_path("worker", self.worker_id, settings.health_file), "worker", self.worker_id
@@ -103,6 +119,15 @@ class EngineHost:
             log.exception("engine host shutdown failed")
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
+
+    def drain(self) -> None:
+        """Begin the drain (SIGTERM; called from any thread, returns at once): Celery's warm
+        shutdown stops taking groups and waits for the running ones, which end within
+        ``drain_s`` (finished or handed back)."""
+        if self._draining or not self._thread.is_alive():
+            return
+        self._draining = True
+        asyncio.run_coroutine_threadsafe(self._start_drain(), self._loop)
 
     def run_group(self, group: dict[str, Any]) -> None:
         """Serve one group; blocks the calling (Celery) thread until every request ended."""
@@ -139,6 +164,7 @@ class EngineHost:
             queue=keys.worker_queue(self.worker_id),
             started_at=self._started_at,
             incarnation=self.incarnation,
+            draining=self._draining,
         )
 
     # -- inside the loop --------------------------------------------------------------------
@@ -151,6 +177,7 @@ class EngineHost:
         self._publisher = EventPublisher(self._events_redis)
         self._publisher.start()
         self._jobs = JobStore(self._redis, self.settings.job_ttl_s)
+        self._beat_now = asyncio.Event()
         loop = asyncio.get_running_loop()
         # each loop that talks to Redis is supervised: Redis going away never ends one
         for name, run in (
@@ -168,6 +195,7 @@ class EngineHost:
                     self.settings.heartbeat_interval,
                     self.settings.heartbeat_ttl,
                     self.proof,
+                    self._beat_now,
                 ),
                 name="heartbeat",
             )
@@ -203,16 +231,87 @@ class EngineHost:
 
     async def _shutdown(self) -> None:
         assert self._redis is not None and self._publisher is not None
+        if self._drain_task is not None:
+            self._tasks.append(self._drain_task)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.proof.remove()
-        await deregister(self._redis, self.worker_id)
+        # its last record says it stopped: gone at once for every reader, and not lost
+        last = self.info()
+        last.ttl_s = self.settings.heartbeat_ttl
+        await retire(self._redis, last)
         await self._publisher.close()
         await self.engine.shutdown()
         await self._redis.aclose()
         if self._events_redis is not None:
             await self._events_redis.aclose()
+
+    async def _start_drain(self) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(), name="drain")
+
+    async def _drain(self) -> None:
+        """Hand back what has not started, give the rest ``drain_s`` to finish, then hand
+        back what still runs."""
+        metrics.DRAINING.set(1)
+        if self._beat_now is not None:
+            self._beat_now.set()  # the schedulers learn of it now, not a beat later
+        log.info(
+            "worker %s draining: %d requests held, %.0f s to finish them",
+            self.worker_id,
+            len(self._active),
+            self.settings.drain_s,
+        )
+        for request_id in list(self._active - self._producing):
+            await self._hand_back(request_id)
+        await asyncio.sleep(self.settings.drain_s)
+        if self._active:
+            log.warning(
+                "drain time is up with %d requests running; handing them back to continue "
+                "elsewhere",
+                len(self._active),
+            )
+        for request_id in list(self._active):
+            await self._hand_back(request_id)
+
+    async def _hand_back(self, request_id: str) -> None:
+        """Abort a request to hand it back (``_serve`` sees its abort, or aborts it at its
+        next step if it was not yet inside the engine)."""
+        if request_id in self._handing_back:
+            return
+        self._handing_back.add(request_id)
+        try:
+            await self.engine.abort(request_id)
+        except Exception:
+            # the drain goes on: its step aborts it, or the worker's exit ends it
+            log.exception("aborting request %s to hand it back failed", request_id)
+
+    async def _give_back(
+        self, queued: QueuedRequest, events: RequestEvents, tokens: int, produced: bool
+    ) -> None:
+        """A request this worker will not finish, handed back: an interactive one to the API
+        process waiting for it (``requeued`` with the next seq and the tokens generated: it
+        queues the request again, to continue); a job to its queue, to run again."""
+        metrics.HANDED_BACK.labels("yes" if produced else "no").inc()
+        if not queued.job:
+            events.emit("requeued", tokens=tokens)
+            return
+        jobs = self._jobs
+        assert jobs is not None
+        requeued = event_json(queued.id, "requeued", worker=self.worker_id)
+        # a hand-back is no failure: it never uses up the job's attempts
+        await self._until_done(
+            f"handing back job {queued.id}",
+            lambda: jobs.requeue(
+                queued,
+                self.worker_id,
+                queued.attempt + 2,
+                failure={},
+                failure_event="",
+                requeue_event=requeued,
+                dead_incarnation=self.incarnation,
+            ),
+        )
 
     async def _follow_adapter_registry(self) -> None:
         """Adapters registered through the admin API become servable here within a beat."""
@@ -300,6 +399,11 @@ class EngineHost:
             )
             return
         jobs = self._jobs
+        if self._draining:
+            # sent before every scheduler saw the drain: back to the queue, untouched
+            events = RequestEvents(self._publisher, queued, self.worker_id, jobs, self.incarnation)
+            await self._give_back(queued, events, _done_tokens(queued), produced=False)
+            return
         if queued.job and not await self._until_done(
             f"claiming job {queued.id}",
             lambda: jobs.claim(queued.id, queued.attempt, self.worker_id, self.incarnation),
@@ -321,7 +425,9 @@ class EngineHost:
         if queued.adapter is not None:
             self._adapter_running[queued.adapter] += 1
             metrics.ADAPTER_REQUESTS.labels(queued.adapter).inc()
-        finished = False
+        finished = handed_back = False
+        done_before = _done_tokens(queued)
+        tokens = done_before
         traced = RequestTrace.start(queued, self.worker_id) if queued.trace else None
         try:
             request = _parsed(queued)
@@ -331,17 +437,30 @@ class EngineHost:
                 traced.generating()
             steps = self.engine.generate(queued.id, request, queued.adapter, lane=queued.lane)
             async for step in steps:
+                if done_before:
+                    _count_continued(step, done_before)
+                tokens = max(tokens, step.completion_tokens)
                 if first_output is None:
                     first_output = time.monotonic()
+                    self._producing.add(queued.id)
                     if traced is not None:
                         traced.first_step(step)
+                    if queued.id in self._handing_back and not step.finished:
+                        # handed back before it was inside the engine: abort it now
+                        await self.engine.abort(queued.id)
                 if not step.finished:
                     events.step(step)
                     continue
                 finished = True
                 aborted = any(c.finish_reason == "abort" for c in step.choices)
+                if aborted and queued.id in self._handing_back and queued.id not in self._cancels:
+                    finished, handed_back = False, True
+                    if any(c.content or c.reasoning_content or c.tool_calls for c in step.choices):
+                        events.step(_without_ending(step))
+                    await self._give_back(queued, events, tokens, first_output is not None)
+                    break
                 events.step(step, "cancelled" if aborted else "finished")
-            if not finished:
+            if not finished and not handed_back:
                 if queued.id in self._cancels:
                     events.emit("cancelled")
                 else:
@@ -355,6 +474,8 @@ class EngineHost:
             if traced is not None:
                 traced.end("finished" if finished else "ended")
             self._active.discard(queued.id)
+            self._producing.discard(queued.id)
+            self._handing_back.discard(queued.id)
             self._origins.pop(queued.id, None)
             ran = time.monotonic() - first_output if finished and first_output else None
             self._ended(queued.adapter, ran)
@@ -371,6 +492,33 @@ class EngineHost:
         if ran_s is None:
             return
         self._mean_run_s = ran_s if mean is None else mean + _MEAN_WEIGHT * (ran_s - mean)
+
+
+def _done_tokens(queued: QueuedRequest) -> int:
+    """Completion tokens generated before this attempt (a continued stream's)."""
+    return queued.continuation.tokens if queued.continuation else 0
+
+
+def _count_continued(step: EngineStep, done_before: int) -> None:
+    """A continuation's step counted as the whole answer's: the answer so far went into the
+    prompt, so its tokens move from the prompt's count to the completion's (the prompt's is
+    then the original prompt's, within what tokenizing the text again changes)."""
+    step.completion_tokens += done_before
+    step.prompt_tokens = max(0, step.prompt_tokens - done_before)
+
+
+def _without_ending(step: EngineStep) -> EngineStep:
+    """The output of a step that ended in an abort, without the ending: sent before the
+    request is handed back."""
+    return EngineStep(
+        choices=[
+            dataclasses.replace(c, finish_reason=None, stop_reason=None)
+            for c in step.choices
+            if c.content or c.reasoning_content or c.tool_calls
+        ],
+        prompt_tokens=step.prompt_tokens,
+        completion_tokens=step.completion_tokens,
+    )
 
 
 def _parsed(queued: QueuedRequest) -> ChatCompletionRequest | CompletionRequest:

@@ -109,6 +109,13 @@ class WorkerSettings(ServedModelSettings, MetricsSettings, JobRecordSettings, Mo
         description="How often the API processes holding running requests are checked; the "
         "requests of one that died are cancelled (resumable streams after their grace).",
     )
+    drain_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="After SIGTERM: seconds the worker lets its running requests finish, "
+        "taking no new ones, before it hands the rest back to be continued elsewhere and "
+        "exits. Keep it below the pod's terminationGracePeriodSeconds (docs/operations.md).",
+    )
     kv_cache_space_gib: int = Field(default=1, ge=1, description="CPU build: KV-cache GiB.")
     engine_args: dict[str, Any] = Field(
         default_factory=dict,

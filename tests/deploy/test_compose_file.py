@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from berth.api.settings import ApiSettings
+from berth.workers.settings import WorkerSettings
 from tests.deploy import roles
 from tests.deploy.compose import (
     COMPOSE_FILE,
@@ -86,9 +87,15 @@ def test_berth_services_get_what_they_read() -> None:
         roles.check_health_command(role, healthcheck_argv(spec), env)
         if role in roles.ID_VARIABLE:
             ids.append(env[roles.ID_VARIABLE[role]])
-        if role in ("api", "worker"):
+        if role == "api":
             timeout_s = ApiSettings.model_fields["request_timeout_s"].default
             assert _duration_s(spec["stop_grace_period"]) > timeout_s, name
+        if role == "worker":
+            # the drain and the hand-back end before the container is killed
+            drain_s = float(
+                env.get("BERTH_DRAIN_S", WorkerSettings.model_fields["drain_s"].default)
+            )
+            assert _duration_s(spec["stop_grace_period"]) >= drain_s + 15, name
     assert len(ids) == len(set(ids)), f"two processes share an id: {ids}"
     assert len(by_role["scheduler"]) >= 2
     assert {"api", "worker"} <= set(by_role)

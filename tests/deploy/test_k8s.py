@@ -253,9 +253,14 @@ def test_berth_processes_get_what_they_read(rendered: tuple[str, list[Doc]]) -> 
         if role == "api":
             assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
             assert settings.host == "0.0.0.0"  # type: ignore[attr-defined]
-        if role in ("api", "worker"):
+        if role == "api":
             # running requests end (at most request_timeout_s) before the pod is killed
             assert pod["terminationGracePeriodSeconds"] > request_timeout_s
+        if role == "worker":
+            # its drain ends, and what it hands back is handed back, before the pod is
+            # killed (docs/operations.md)
+            assert isinstance(settings, WorkerSettings)
+            assert pod["terminationGracePeriodSeconds"] >= settings.drain_s + 15
 
 
 def _served_model(container: Doc) -> str:

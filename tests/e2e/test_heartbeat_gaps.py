@@ -3,8 +3,10 @@ failover (or a Redis restart that lost recent writes) the record is gone from th
 primary until the worker's next beat. Real processes on the fake engine; the worker is
 stopped (SIGSTOP, so it cannot write the record again) and its record and index entry
 deleted. Missing for less than a heartbeat TTL: no 503, no ``worker_lost``, every stream
-whole. Missing for longer: the worker counts as gone (503 ``no_workers``, the stream that
-had tokens ends with ``worker_lost``), and it is back once it beats again."""
+whole. Missing for longer: the worker counts as gone (503 ``no_workers``; the stream that
+had tokens is queued again to continue, on a worker other than the one counted gone, and
+with none there it ends with one ``no_workers`` error after ``BERTH_NO_WORKER_TIMEOUT_S``),
+and it is back once it beats again."""
 
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ ENV = {
     "BERTH_MAINTENANCE_INTERVAL_S": "0.5",
     # no grace for a model without workers: a worker counted gone shows at once as a 503
     "BERTH_MODEL_GRACE_S": "0",
+    # the continuation of a stream whose worker counted gone waits this long for another
+    "BERTH_NO_WORKER_TIMEOUT_S": "5",
 }
 # a test bound: how long a worker missing for good may take to be counted gone
 GONE_WITHIN_S = 60.0
@@ -147,7 +151,7 @@ def test_a_record_missing_for_longer_counts_the_worker_gone(stack: RunningStack)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "no_workers"
         text, errors = stream.result()
-        assert errors == ["worker_lost"]
+        assert errors == ["no_workers"]
         assert text and text != fake_text(TOKENS)
     finally:
         os.killpg(pid, signal.SIGCONT)

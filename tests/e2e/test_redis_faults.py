@@ -109,9 +109,9 @@ def test_worker_restarted_under_the_same_id(valkey: Valkey) -> None:
         stack.start("worker", BERTH_WORKER_ID="w1")
         streams = load.finish()
         jobs = load.job_outcomes()
-        assert defects(streams) == {}, streams
-        # the killed process's streams ended (worker_lost) or failed over, none hung
-        assert set(streams) <= {"finished", "error:worker_lost"}, streams
+        # the killed process's streams failed over (before their first token) or went on
+        # from their last token on the new process: every one whole
+        assert streams == {"finished": load.streams}, streams
         assert jobs == {"succeeded": 6}, jobs
         assert served_again(stack.url)
 

@@ -22,7 +22,15 @@ def test_every_field_written_is_read_back() -> None:
     ]
     usage = {"prompt_tokens": 3, "completion_tokens": 4, "cached_tokens": 2, "reasoning_tokens": 1}
     payload = event_json(
-        "r", "finished", seq=7, worker="w", attempt=2, incarnation="i", choices=choices, usage=usage
+        "r",
+        "finished",
+        seq=7,
+        worker="w",
+        attempt=2,
+        incarnation="i",
+        choices=choices,
+        usage=usage,
+        tokens=4,
     )
     event = decode_event(payload)
     assert msgspec.to_builtins(event) == {
@@ -36,6 +44,7 @@ def test_every_field_written_is_read_back() -> None:
         "usage": usage,
         "error": None,
         "status": None,
+        "tokens": 4,
     }
     assert event.terminal
 

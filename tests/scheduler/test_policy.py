@@ -461,3 +461,13 @@ def test_how_long_a_request_waits_with_no_live_worker() -> None:
     assert policy.worker_wait_s(chat, True, 300, 60) == 300
     # cold_start_wait_s 0: the API refuses at once; one queued meanwhile waits as before
     assert policy.worker_wait_s(chat, True, 0, 60) == 60
+
+
+def test_a_draining_worker_is_never_picked() -> None:
+    idle_but_draining = _worker("w1").model_copy(update={"draining": True})
+    busy = _worker("w2", running=7)
+    target = Target("m")
+    for turn in range(10):
+        assert policy.pick_worker([idle_but_draining, busy], target, {}, turn=turn) == busy
+    assert policy.pick_worker([idle_but_draining], target, {}) is None
+    assert policy.pick_worker_fcfs([idle_but_draining], target, {}, 0) is None

@@ -5,8 +5,10 @@ server, how successive reads judge a worker gone (``WorkerLiveness``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import pytest
 import redis.asyncio
 
 from berth.protocol import keys
@@ -154,3 +156,24 @@ def test_a_worker_no_read_found_is_judged_from_the_next_reads() -> None:
     live.observe([], keys.WORKER_TTL_S, keys.WORKER_TTL_S)
     assert not live.is_alive("w9", "x")
     assert live.present() == []
+
+
+def test_a_stopped_record_is_gone_at_once_and_not_counted_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    live = WorkerLiveness()
+    live.observe([_beating("w1", 100.0)], 0.0, 0.0)
+    draining = _beating("w1", 100.5).model_copy(update={"draining": True})
+    live.observe([draining], 0.5, 0.5)
+    assert live.is_alive("w1", "a")  # a draining worker still serves what it holds
+    assert not live.stopped("w1")
+    stopped = _beating("w1", 101.0).model_copy(update={"draining": True, "stopped": True})
+    with caplog.at_level(logging.INFO, logger="berth.store.registry"):
+        live.observe([stopped], 1.0, 1.0)
+        assert not live.is_alive("w1", "a") and live.present() == []
+        assert live.stopped("w1")
+        # its record expires; no read after that judges it again
+        for now in (2.0, 5.0, 9.0):
+            live.observe([], now, now)
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "stopped" in caplog.records[0].getMessage()

@@ -489,6 +489,34 @@ async def test_continue_final_message(vllm_engine: Any, chat_request: Build) -> 
     assert steps[-1].completion_tokens == 4 and finish(steps) == "length"
 
 
+async def test_a_cut_answer_is_continued_as_the_assistants_message(
+    vllm_engine: Any, chat_request: Build
+) -> None:
+    # a stream cut after some tokens is queued again with its text as the assistant's
+    # message to continue (protocol/continuation.py): the chat template renders the original
+    # prompt, its generation prompt, then that text and nothing after it (no end of turn, no
+    # new assistant header), and the engine writes the rest of the budget. (Token for token
+    # the same answer only where the text tokenizes back to the same ids: the tiny model's
+    # random bytes do not, docs/reliability.md.)
+    from berth.protocol.chat import parse_chat_request
+    from berth.protocol.continuation import continued_request
+    from berth.workers.engine.chat import render_prompt_text
+
+    body = chat_request(max_completion_tokens=16, ignore_eos=True, temperature=0, seed=3)
+    whole = await run(vllm_engine, "whole-1", body)
+    assert whole[-1].completion_tokens == 16
+    cut_after = 6  # steps, one token each
+    sent = "".join(c.content for s in whole[:cut_after] for c in s.choices)
+    done = whole[cut_after - 1].completion_tokens
+    queued = body.model_dump(mode="json", exclude_none=True)
+    again = parse_chat_request(continued_request(queued, sent, done))
+    tokenizer = vllm_engine._tokenizer
+    assert render_prompt_text(tokenizer, again) == render_prompt_text(tokenizer, body) + sent
+    rest = await run(vllm_engine, "whole-1-continued", again)
+    assert rest[-1].completion_tokens == 16 - done
+    assert finish(rest) == "length"
+
+
 # --- text completions (/v1/completions): the prompt goes in as it is -----------------------
 
 

@@ -25,21 +25,35 @@ from berth.workers.settings import WorkerSettings
 JOB_TTL_S = 3600
 
 
+def _started_host(redis_url: str, slots: int | None = None, **settings: Any) -> EngineHost:
+    """A started host of worker w1 on the fake engine (``slots``: its requests at once)."""
+    engine = make_engine(
+        None,
+        fake=True,
+        served_model_name="m",
+        tokens_per_s=100,
+        adapters=["lora-a"],
+        max_concurrency=slots,
+    )
+    running = EngineHost(
+        engine,
+        WorkerSettings(
+            redis_url=redis_url,
+            worker_id="w1",
+            capacity=8,
+            heartbeat_interval=0.1,
+            heartbeat_ttl=1,
+            job_ttl_s=JOB_TTL_S,
+            **settings,
+        ),
+    )
+    running.start()
+    return running
+
+
 @pytest.fixture
 def host(redis_url: str) -> Iterator[EngineHost]:
-    engine = make_engine(
-        None, fake=True, served_model_name="m", tokens_per_s=100, adapters=["lora-a"]
-    )
-    settings = WorkerSettings(
-        redis_url=redis_url,
-        worker_id="w1",
-        capacity=8,
-        heartbeat_interval=0.1,
-        heartbeat_ttl=1,
-        job_ttl_s=JOB_TTL_S,
-    )
-    running = EngineHost(engine, settings)
-    running.start()
+    running = _started_host(redis_url)
     try:
         yield running
     finally:
@@ -122,7 +136,7 @@ def test_request_cancelled_before_start_never_runs(host: EngineHost, redis_url: 
     assert [e["type"] for e in got["r0"]] == ["started", "cancelled"]
 
 
-def test_heartbeat_registers_and_expires(host: EngineHost, redis_url: str) -> None:
+def test_heartbeat_registers_and_a_clean_stop_retires(host: EngineHost, redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 2
     while not r.exists(keys.worker_key("w1")) and time.monotonic() < deadline:
@@ -131,7 +145,10 @@ def test_heartbeat_registers_and_expires(host: EngineHost, redis_url: str) -> No
     assert record["model"] == "m" and record["capacity"] == 8
     assert 0 < r.pttl(keys.worker_key("w1")) <= 1000
     host.stop()
-    assert not r.exists(keys.worker_key("w1"))
+    # a clean stop leaves its last record, marked stopped (every reader: gone, not lost)
+    last = json.loads(r.get(keys.worker_key("w1")) or b"{}")
+    assert last["stopped"] is True and last["incarnation"] == record["incarnation"]
+    assert 0 < r.pttl(keys.worker_key("w1")) <= 1000
 
 
 def test_heartbeat_reports_requests_per_adapter_and_the_mean_request_time(
@@ -236,3 +253,107 @@ def test_a_group_sent_to_an_earlier_incarnation_is_dropped(
     assert [e.get("attempt", 0) for e in got["r0"]] == [1] * len(got["r0"])
     assert got["r0"][-1]["type"] == "finished"
     assert redis.Redis.from_url(redis_url).get(keys.run_key("r0", 0)) is None
+
+
+# -- the drain (SIGTERM) and continued streams ----------------------------------------------
+
+
+def _record(redis_url: str) -> dict[str, Any]:
+    return json.loads(redis.Redis.from_url(redis_url).get(keys.worker_key("w1")) or b"{}")
+
+
+def test_a_drain_finishes_what_runs_and_hands_back_what_has_not_started(redis_url: str) -> None:
+    host = _started_host(redis_url, slots=1, drain_s=30)
+    try:
+        pubsub, got = _listen(redis_url, ["r0", "r1"])
+        runner = threading.Thread(
+            target=host.run_group, args=(_group(_body(max_tokens=20), _body(max_tokens=20)),)
+        )
+        runner.start()
+        while not any(e["type"] == "delta" for e in got["r0"]):
+            _drain(pubsub, got, until_s=0.05)
+        host.drain()
+        deadline = time.monotonic() + 5
+        while not _record(redis_url).get("draining") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _record(redis_url)["draining"] is True
+        runner.join(10)
+        assert not runner.is_alive()
+        for _ in range(20):  # r1's hand-back is its last event: no terminal one comes
+            _drain(pubsub, got, until_s=0.05)
+        # r0 ran to its end; r1, waiting for the engine's one slot, went back untouched
+        assert got["r0"][-1]["type"] == "finished"
+        assert got["r0"][-1]["usage"]["completion_tokens"] == 20
+        assert [e["type"] for e in got["r1"]] == ["started", "requeued"]
+        assert got["r1"][-1]["seq"] == 1 and got["r1"][-1]["tokens"] == 0
+        # a group sent before the schedulers saw the drain goes back without starting
+        pubsub2, got2 = _listen(redis_url, ["r0"])
+        host.run_group(
+            WorkGroup(
+                model="m",
+                requests=[QueuedRequest(id="r0", model="m", request=_body(), attempt=1)],
+            ).model_dump(mode="json")
+        )
+        for _ in range(20):
+            _drain(pubsub2, got2, until_s=0.05)
+        assert [(e["type"], e["seq"], e["attempt"]) for e in got2["r0"]] == [("requeued", 0, 1)]
+    finally:
+        host.stop()
+    assert _record(redis_url)["stopped"] is True
+
+
+def test_at_the_drain_s_end_a_running_stream_is_handed_back_with_its_tokens(
+    redis_url: str,
+) -> None:
+    host = _started_host(redis_url, drain_s=0.3)
+    try:
+        pubsub, got = _listen(redis_url, ["r0"])
+        runner = threading.Thread(target=host.run_group, args=(_group(_body(max_tokens=1000)),))
+        runner.start()
+        while not any(e["type"] == "delta" for e in got["r0"]):
+            _drain(pubsub, got, until_s=0.05)
+        host.drain()
+        runner.join(10)
+        assert not runner.is_alive()
+        for _ in range(20):
+            _drain(pubsub, got, until_s=0.05)
+    finally:
+        host.stop()
+    events = got["r0"]
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "requeued"
+    assert not any(e["type"] in ("finished", "error", "cancelled") for e in events)
+    deltas = [e for e in events if e["type"] == "delta"]
+    text = "".join(c.get("content", "") for e in deltas for c in e["choices"])
+    # the hand-back counts every token the client has: where the continuation goes on
+    assert events[-1]["tokens"] == len(text.split()) == deltas[-1]["tokens"]
+
+
+def test_a_continuation_numbers_its_events_on_and_counts_the_tokens_before_it(
+    host: EngineHost, redis_url: str
+) -> None:
+    pubsub, got = _listen(redis_url, ["r0"])
+    body = {
+        **_body(max_completion_tokens=2),
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "the quick brown "},
+        ],
+        "continue_final_message": True,
+    }
+    queued = QueuedRequest(
+        id="r0",
+        model="m",
+        request=body,
+        attempt=1,
+        continuation={"seq": 7, "tokens": 3},  # type: ignore[arg-type]
+    )
+    host.run_group(WorkGroup(model="m", requests=[queued]).model_dump(mode="json"))
+    _drain(pubsub, got)
+    events = got["r0"]
+    assert [e["seq"] for e in events] == list(range(7, 7 + len(events)))
+    assert all(e["attempt"] == 1 for e in events)
+    text = "".join(c.get("content", "") for e in events for c in e.get("choices", []))
+    assert text == "fox jumps "  # the fake engine's words 3 and 4: the answer goes on
+    assert events[-1]["type"] == "finished"
+    assert events[-1]["usage"]["completion_tokens"] == 5

@@ -1,5 +1,6 @@
 """A chat (or text) completion's run, as the API process that queued it follows it: listen
-first, then queue; queue it again if its worker dies before its first token; count it and end it.
+first, then queue; queue it again if its worker dies or hands it back (before its first token
+as it was, after it as a continuation of the answer so far); count it and end it.
 
 A request whose wait ends without its worker's terminal event (its client left, its
 timeout passed, its answer could not be completed) is cancelled: in the queue and in the
@@ -12,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from berth.api import metrics
-from berth.api.delivery.events import request_events
+from berth.api.delivery.events import Cut, Retry, request_events
 from berth.api.delivery.relay import EventQueue
 from berth.api.state import ApiState
 from berth.plumbing import tracing
 from berth.protocol.chat import ChatCompletionRequest
 from berth.protocol.completion import CompletionRequest
-from berth.protocol.envelopes import QueuedRequest, TokenEvent
+from berth.protocol.continuation import NotContinuable, continued_request
+from berth.protocol.envelopes import Continuation, QueuedRequest, TokenEvent
 from berth.store.streams import StreamStore
 
 log = logging.getLogger(__name__)
@@ -102,13 +104,39 @@ async def start(
         getattr(chat, "safety_identifier", None),
     )
     attempts = [queued]
+    failures = 0
 
-    async def retry(dead: set[str]) -> bool:
-        if len(attempts) > state.settings.max_retries:
+    async def retry(dead: set[str], cut: Cut | None, handed_back: bool) -> bool:
+        nonlocal failures
+        # a worker's drain is no failure: its hand-backs use up no retries
+        if not handed_back and failures >= state.settings.max_retries:
             return False
-        again = queued.model_copy(update={"attempt": len(attempts), "avoid": sorted(dead)})
+        update: dict[str, object] = {"attempt": len(attempts), "avoid": sorted(dead)}
+        if cut is not None:
+            if queued.kind != "chat":
+                log.warning("request %s: a text completion is not continued", request_id)
+                return False
+            try:
+                update["request"] = continued_request(queued.request, cut.text, cut.tokens)
+            except NotContinuable as why:
+                log.warning("request %s: cannot be continued exactly: %s", request_id, why)
+                return False
+            update["continuation"] = Continuation(seq=cut.seq, tokens=cut.tokens)
+        failures += not handed_back
+        metrics.REQUEUED.labels(
+            "handed_back" if handed_back else "died", "no" if cut is None else "yes"
+        ).inc()
+        again = queued.model_copy(update=update)
         attempts.append(again)
-        log.warning("request %s: worker died before any token; queued again", request_id)
+        # a drain's hand-back is routine; a dead worker is worth a warning
+        log.log(
+            logging.INFO if handed_back else logging.WARNING,
+            "request %s: its worker %s %s; queued again%s",
+            request_id,
+            "handed it back" if handed_back else "died",
+            "before any token" if cut is None else f"after {cut.tokens} tokens",
+            "" if cut is None else f", to continue from event {cut.seq}",
+        )
         await state.ingress.requeue(again)
         return True
 
@@ -134,7 +162,7 @@ def follow(
     queue: EventQueue,
     *,
     deadline: float,
-    retry: Callable[[set[str]], Awaitable[bool]] | None = None,
+    retry: Retry | None = None,
     attempt: int = 0,
     first_seq: int = 0,
     worker: str | None = None,
@@ -150,6 +178,7 @@ def follow(
         retry=retry,
         fetch=fetch,
         is_alive=state.directory.is_alive,
+        stopped=state.directory.stopped,
         check_every_s=state.settings.liveness_check_s,
         deadline=deadline,
         attempt=attempt,

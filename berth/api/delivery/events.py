@@ -7,6 +7,11 @@ publishes it, so a gap in ``seq`` is filled from there; so is a silence (a lost 
 is found within ``check_every_s``). A gap the stream cannot fill ends the answer with an
 error event, never with a normal finish. Workers send the terminal event; when they cannot
 (the worker died, the request outlived its deadline), this module makes one up.
+
+A worker that dies, or hands the request back at the end of its drain (a ``requeued`` event
+in its numbering), does not end the answer: the request is queued again (``retry``) before
+its first token as it was, after it as a continuation of what the client has (a ``Cut``:
+``protocol/continuation.py``), and the wait follows the next attempt from the next ``seq``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from berth.protocol.envelopes import OUTSIDE_SEQ, TokenEvent, worker_ref
 from berth.protocol.errors import BerthError, EventsLost, Timeout, WorkerLost
@@ -24,6 +30,21 @@ log = logging.getLogger(__name__)
 
 # (attempt, first seq, end seq or None) -> those events from the request's event stream
 Fetch = Callable[[int, int, int | None], Awaitable[list[TokenEvent]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Where an answer stopped: the next attempt numbers its events from ``seq`` and
+    continues after ``text`` (the content the client has) and ``tokens`` generated."""
+
+    seq: int
+    text: str
+    tokens: int
+
+
+# (workers to avoid, the cut when output was sent, whether its worker handed it back)
+# -> whether the request was queued again
+Retry = Callable[[set[str], Cut | None, bool], Awaitable[bool]]
 
 
 class _SilenceWatch:
@@ -87,7 +108,8 @@ async def request_events(
     check_every_s: float,
     deadline: float,
     fetch: Fetch,
-    retry: Callable[[set[str]], Awaitable[bool]] | None = None,
+    retry: Retry | None = None,
+    stopped: Callable[[str], bool] | None = None,
     attempt: int = 0,
     first_seq: int = 0,
     worker: str | None = None,
@@ -98,22 +120,43 @@ async def request_events(
     reconnected). Only events of ``attempt`` count (a resumed stream starts at ``first_seq``
     of the attempt it followed, on ``worker``).
 
-    When the worker holding the request dies before any token was produced, ``retry``
-    (if given, called with the dead workers to avoid) queues the request again as the next
-    attempt and the wait goes on, invisible to the client; once tokens flowed, the client
-    gets an error event instead.
+    When the worker holding the request dies, or hands it back (draining), ``retry`` (if
+    given, called with the workers to avoid) queues the request again as the next attempt
+    and the wait goes on, invisible to the client: before any token as it was, after some
+    as a continuation from the ``Cut``. Where it cannot (no ``retry``, retries used up, an
+    answer whose continuation would not be exact) the client gets an error event.
 
     Incarnations: ``is_alive(worker, incarnation)`` is false once that process start of the
     worker is gone, even when the worker was restarted under the same id; ``dead`` holds
-    ``worker_ref``s (id/incarnation), which ``retry`` passes on as workers to avoid.
+    ``worker_ref``s (id/incarnation), which ``retry`` passes on as workers to avoid. A worker
+    gone by a clean stop (``stopped``: it drained; the request was in a group it never read)
+    counts as having handed the request back, not as lost.
     """
     expected = first_seq
     incarnation: str | None = None
     produced = False
+    # what the client has of the answer, for a continuation; exact while one choice's
+    # plain content is all it has
+    sent: list[str] = []
+    exact = True
+    tokens = 0
     dead: set[str] = set()
     # events taken from the stream (or put back), handled before the queue
     backlog: deque[TokenEvent] = deque()
     watch = _SilenceWatch(queue, check_every_s)
+
+    async def queue_again(handed_back: bool) -> bool:
+        """Queue the request again after its worker stopped; True when the wait goes on."""
+        nonlocal worker, incarnation, expected, attempt
+        if retry is None or (produced and not exact):
+            return False
+        cut = Cut(expected, "".join(sent), tokens) if produced else None
+        if not await retry(dead, cut, handed_back):
+            return False
+        worker, incarnation = None, None
+        expected = cut.seq if cut is not None else 0
+        attempt += 1
+        return True
 
     async def from_stream(end: int | None) -> list[TokenEvent] | None:
         try:
@@ -144,9 +187,8 @@ async def request_events(
                     continue
                 if worker is not None and not is_alive(worker, incarnation):
                     dead.add(worker_ref(worker, incarnation))
-                    if not produced and retry is not None and await retry(dead):
-                        worker, incarnation, expected = None, None, 0
-                        attempt += 1
+                    drained = stopped is not None and stopped(worker)
+                    if await queue_again(handed_back=drained):
                         continue
                     yield synthetic_error(
                         request_id, WorkerLost(f"worker {worker} stopped while serving the request")
@@ -184,11 +226,27 @@ async def request_events(
                 backlog.extendleft(reversed([*missing, event]))
                 continue
             expected = event.seq + 1
+        if event.tokens is not None:
+            tokens = event.tokens
+        if event.type == "requeued" and event.seq >= 0 and event.worker is not None:
+            # its worker drains and hands the request back: continue it elsewhere
+            dead.add(worker_ref(event.worker, event.incarnation))
+            if await queue_again(handed_back=True):
+                continue
+            yield synthetic_error(
+                request_id,
+                WorkerLost(f"worker {event.worker} stopped (drained) while serving the request"),
+            )
+            return
         if event.worker:
             same = event.worker == worker
             worker = event.worker
             incarnation = event.incarnation or (incarnation if same else None)
-        produced = produced or bool(event.choices)
+        for choice in event.choices:
+            produced = True
+            if choice.index or choice.reasoning_content or choice.tool_calls or choice.logprobs:
+                exact = False
+            sent.append(choice.content)
         yield event
         if event.terminal:
             return

@@ -8,6 +8,11 @@ with at most ``max_concurrency`` requests generating at once; the rest wait
 inside the engine, as they would in vLLM's scheduler: most urgent lane first
 (:func:`~berth.workers.engine.base.engine_priority`), then in arrival order, as vLLM's
 priority policy orders its waiting queue. Unlike vLLM it never preempts a running request.
+
+Word ``k`` of choice ``i`` is ``WORDS[(seed + 7 * i + k) % len(WORDS)]``: a function of the
+seed and the position only, so a request that continues the assistant's final message
+(``continue_final_message``, as a stream cut mid-way is continued) goes on from the word after
+that message's, and a continued answer is exactly the answer that was cut.
 """
 
 from __future__ import annotations
@@ -194,6 +199,8 @@ class FakeEngine:
         want_logprobs = request.logprobs_count is not None
         top = request.logprobs_count or 0
         seed = _seed(request)
+        # the words already written, when continuing the assistant's final message
+        start = _continued_words(request)
         texts = [""] * n
         sent = [0] * n  # characters of texts[i] already sent
         done: list[FinishReason | None] = [None] * n
@@ -210,7 +217,7 @@ class FakeEngine:
                 if done[i] is not None:
                     continue
                 k = len(texts[i].split())
-                word = WORDS[(seed + 7 * i + k) % len(WORDS)]
+                word = WORDS[(seed + 7 * i + start + k) % len(WORDS)]
                 texts[i] += word + " "
                 produced += 1
                 delta = ChoiceDelta(index=i)
@@ -309,6 +316,14 @@ def _prompt_len(request: EngineRequest) -> int:
         content = message.get("content")
         total += 4 + (len(str(content).split()) if content else 0)
     return total + 3
+
+
+def _continued_words(request: EngineRequest) -> int:
+    """How many words the assistant's final message holds when the request continues it."""
+    if isinstance(request, CompletionRequest) or not request.continue_final_message:
+        return 0
+    content = request.message_dicts()[-1].get("content")
+    return len(content.split()) if isinstance(content, str) else 0
 
 
 def _prompt_text(request: CompletionRequest) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import msgspec
 import redis.asyncio
 
-from berth.api.delivery.events import request_events
+from berth.api.delivery.events import Cut, request_events
 from berth.api.delivery.relay import TokenRelay
 from berth.protocol import keys
 from berth.protocol.envelopes import TokenEvent, decode_event, event_json
@@ -71,7 +72,7 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
     queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1"))
     retried: list[bool] = []
 
-    async def retry(dead: set[str]) -> bool:
+    async def retry(dead: set[str], cut: Cut | None, handed_back: bool) -> bool:
         assert dead == {"w1"}
         retried.append(True)
         # the next attempt lands on a live worker and finishes; the dead one's late event is dropped
@@ -99,29 +100,31 @@ async def test_worker_lost_before_any_token_is_retried_invisibly() -> None:
     assert [(e.worker, e.type) for e in got] == [("w2", "started"), ("w2", "finished")]
 
 
-async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
-    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
-    queue.put_nowait(_event(0, "started"))
-    queue.put_nowait(
-        msgspec.convert(
-            {
-                "id": "r",
-                "seq": 1,
-                "type": "delta",
-                "worker": "w1",
-                "choices": [{"index": 0, "content": "x"}],
-            },
-            TokenEvent,
-        )
+def _delta(seq: int, worker: str = "w1", attempt: int = 0, **choice: object) -> TokenEvent:
+    return msgspec.convert(
+        {
+            "id": "r",
+            "seq": seq,
+            "type": "delta",
+            "worker": worker,
+            "attempt": attempt,
+            "tokens": seq,
+            "choices": [{"index": 0, **choice}],
+        },
+        TokenEvent,
     )
 
-    async def retry(dead: set[str]) -> bool:
-        raise AssertionError("must not retry after tokens were produced")
 
+async def _retrying(
+    queue: asyncio.Queue[TokenEvent | None],
+    retry: object,
+    alive: object = None,
+    stopped: Callable[[str], bool] | None = None,
+) -> list[TokenEvent]:
     def is_alive(worker: str, incarnation: str | None = None) -> bool:
-        return False
+        return worker != "w1" if alive is None else bool(alive)
 
-    got = [
+    return [
         e
         async for e in request_events(
             "r",
@@ -129,11 +132,94 @@ async def test_worker_lost_after_tokens_is_an_error_not_a_retry() -> None:
             is_alive=is_alive,
             check_every_s=0.05,
             deadline=time.monotonic() + 5,
-            retry=retry,
+            retry=retry,  # type: ignore[arg-type]
+            stopped=stopped,
             fetch=_no_stream,
         )
     ]
+
+
+async def test_worker_lost_after_tokens_continues_from_the_cut() -> None:
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(_event(0, "started"))
+    queue.put_nowait(_delta(1, content="the "))
+    queue.put_nowait(_delta(2, content="quick "))
+    cuts: list[tuple[Cut | None, bool]] = []
+
+    async def retry(dead: set[str], cut: Cut | None, handed_back: bool) -> bool:
+        assert dead == {"w1"}
+        cuts.append((cut, handed_back))
+        # the next attempt numbers its events from the cut's seq: the client sees one stream
+        queue.put_nowait(_event(3, "started", worker="w2", attempt=1))
+        queue.put_nowait(_delta(4, worker="w2", attempt=1, content="brown "))
+        queue.put_nowait(_event(5, "finished", worker="w2", attempt=1))
+        return True
+
+    got = await _retrying(queue, retry)
+    assert cuts == [(Cut(seq=3, text="the quick ", tokens=2), False)]
+    assert [(e.worker, e.seq, e.type) for e in got] == [
+        ("w1", 0, "started"),
+        ("w1", 1, "delta"),
+        ("w1", 2, "delta"),
+        ("w2", 3, "started"),
+        ("w2", 4, "delta"),
+        ("w2", 5, "finished"),
+    ]
+
+
+async def test_an_answer_with_reasoning_is_not_continued() -> None:
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(_event(0, "started"))
+    queue.put_nowait(_delta(1, reasoning_content="hmm"))
+
+    async def retry(dead: set[str], cut: Cut | None, handed_back: bool) -> bool:
+        raise AssertionError("a reasoning parser's state cannot be continued exactly")
+
+    got = await _retrying(queue, retry, alive=False)
     assert [e.type for e in got] == ["started", "delta", "error"]
+    assert got[-1].error is not None and got[-1].error["error"]["code"] == "worker_lost"
+
+
+async def test_a_hand_back_continues_at_once_while_the_worker_lives() -> None:
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(_event(0, "started"))
+    queue.put_nowait(_delta(1, content="the "))
+    handed_back = TokenEvent(id="r", seq=2, type="requeued", worker="w1", tokens=1)
+    queue.put_nowait(handed_back)
+    cuts: list[tuple[set[str], Cut | None, bool]] = []
+
+    async def retry(dead: set[str], cut: Cut | None, handed: bool) -> bool:
+        cuts.append((set(dead), cut, handed))
+        queue.put_nowait(_delta(2, worker="w1", content="late "))  # its old attempt: dropped
+        queue.put_nowait(_event(3, "started", worker="w2", attempt=1))
+        queue.put_nowait(_event(4, "finished", worker="w2", attempt=1))
+        return True
+
+    got = await _retrying(queue, retry, alive=True)
+    assert cuts == [({"w1"}, Cut(seq=3, text="the ", tokens=1), True)]
+    assert [(e.worker, e.type) for e in got] == [
+        ("w1", "started"),
+        ("w1", "delta"),
+        ("w2", "started"),
+        ("w2", "finished"),
+    ]
+
+
+async def test_a_request_left_with_a_worker_that_drained_and_stopped_is_handed_back() -> None:
+    # its group was on its way when the drain began: the worker never read it
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(TokenEvent(id="r", seq=-1, type="dispatched", worker="w1"))
+    calls: list[tuple[Cut | None, bool]] = []
+
+    async def retry(dead: set[str], cut: Cut | None, handed_back: bool) -> bool:
+        calls.append((cut, handed_back))
+        queue.put_nowait(_event(0, "started", worker="w2", attempt=1))
+        queue.put_nowait(_event(1, "finished", worker="w2", attempt=1))
+        return True
+
+    got = await _retrying(queue, retry, stopped=lambda worker: worker == "w1")
+    assert calls == [(None, True)]
+    assert [e.type for e in got] == ["started", "finished"]
 
 
 # -- filling from the request's event stream (a real server, as the worker writes it) -------
@@ -280,7 +366,7 @@ async def test_restarted_worker_is_a_new_incarnation() -> None:
             TokenEvent,
         )
 
-    async def retry(dead: set[str]) -> bool:
+    async def retry(dead: set[str], cut: Cut | None, handed_back: bool) -> bool:
         assert dead == {"w1/old"}
         queue.put_nowait(event(3, "delta", "old", 0))  # late, from the dead process: dropped
         queue.put_nowait(event(0, "started", "new", 1))
