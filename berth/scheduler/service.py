@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from berth.limits import limit_scripts, release_queued
 from berth.plumbing import tracing
-from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
+from berth.plumbing.celeryconf import celery_settings
 from berth.plumbing.liveness import LivenessFile, keep_fresh, proof_path
 from berth.plumbing.supervise import Backoff, log_failure
 from berth.protocol import keys
@@ -30,6 +30,7 @@ from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
 from berth.protocol.prefix_key import prefix_key
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
+from berth.scheduler.publish import TaskPublisher
 from berth.scheduler.settings import SchedulerSettings
 from berth.store import queue
 from berth.store.adapters import AdapterStore, OpenAdapters
@@ -72,6 +73,7 @@ class Scheduler:
         self.settings = settings
         self.redis = redis
         self.celery = celery
+        self._publisher = TaskPublisher(celery)
         self.jobs = JobStore(redis, settings.job_ttl_s)
         self._quota_scripts = limit_scripts(redis)
         self._open_adapters = OpenAdapters(redis)
@@ -117,6 +119,10 @@ class Scheduler:
                         await stop.wait()
         if self._finalizing is not None:
             await asyncio.gather(self._finalizing, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Let a Celery publish under way end (bounded by kombu's retry policy)."""
+        await asyncio.to_thread(self._publisher.close)
 
     def _start_over(self) -> None:
         """Forget what this replica read but did not dispatch: those entries stay pending
@@ -390,10 +396,8 @@ class Scheduler:
             requests=[p.request for p in items],
             incarnation=worker.incarnation,
         )
-        # kombu's publish is a quick blocking write to Redis
-        self.celery.send_task(
-            RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
-        )
+        # off the loop: while Redis is away kombu retries the publish (publish.py)
+        await self._publisher.send(work.model_dump(mode="json"), worker.queue)
         for span in dispatch:
             span.end()
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(items)
@@ -552,6 +556,7 @@ async def serve(settings: SchedulerSettings) -> None:
     try:
         await scheduler.run(stop)
     finally:
+        await scheduler.close()
         keeping.cancel()
         await asyncio.gather(keeping, return_exceptions=True)
         proof.remove()
