@@ -1,7 +1,8 @@
 """Redis HA with Sentinel, for real: a primary, a replica and three sentinels (valkey-server
 processes). Clients built from a redis+sentinel:// URL work, and after the primary is killed
 the same client objects reach the promoted replica; a Celery worker configured by berth sends
-and runs tasks before and after the failover."""
+and runs tasks before and after the failover. Each test runs twice: without TLS, and with
+TLS everywhere (rediss+sentinel://, client certificates required)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from tests.sentinel import DONE_KEY, PROBE_QUEUE, PROBE_TASK, SentinelSet, senti
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def ha() -> Iterator[SentinelSet]:
-    with sentinel_set() as running:
+@pytest.fixture(params=["plain", "tls"])
+def ha(request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
+    """The set without TLS (redis+sentinel://), and with it (rediss+sentinel://)."""
+    with sentinel_set(tls=request.param == "tls") as running:
         yield running
 
 
@@ -38,7 +40,7 @@ async def test_clients_follow_a_failover(ha: SentinelSet) -> None:
         assert await aclient.get("k") == b"before"
         assert sclient.get("k") == b"before"
         # the write went to the primary the sentinels name
-        assert redis.Redis(port=ha.primary_port()).get("k") == b"before"
+        assert ha.client(ha.primary_port()).get("k") == b"before"
         await pubsub.subscribe("ch")
 
         old, new = ha.failover()
@@ -48,7 +50,7 @@ async def test_clients_follow_a_failover(ha: SentinelSet) -> None:
         await aclient.set("k", "after")
         assert await aclient.get("k") == b"after"
         assert sclient.get("k") == b"after"
-        assert redis.Redis(port=new).get("k") == b"after"
+        assert ha.client(new).get("k") == b"after"
         assert (await aclient.info("replication"))["role"] == "master"
     finally:
         await pubsub.aclose()
