@@ -130,10 +130,9 @@ def test_scheduler_killed_and_restarted(valkey: Valkey) -> None:
         assert jobs == {"succeeded": 8}, jobs
 
 
-@pytest.fixture(params=["plain", "tls"])
-def ha(request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
-    """Every role on redis+sentinel://, and on rediss+sentinel:// (TLS everywhere)."""
-    with sentinel_set(tls=request.param == "tls") as running:
+@pytest.fixture
+def ha() -> Iterator[SentinelSet]:
+    with sentinel_set() as running:
         yield running
 
 
