@@ -138,7 +138,7 @@ class Scheduler:
 
     async def _serve(self, stop: asyncio.Event, backoff: Backoff) -> None:
         await self._refresh()
-        await self._read(own_pending=True)
+        await self._read_own_pending()
         backoff.reset()
         while not stop.is_set():
             now = time.monotonic()
@@ -149,7 +149,7 @@ class Scheduler:
                 await self._reclaim_from_dead_replicas()
                 await self._requeue_orphaned_jobs()
                 self._finalize_batches_soon()
-            await self._read(own_pending=False)
+            await self._read()
             await self._flush(time.monotonic())
 
     def _finalize_batches_soon(self) -> None:
@@ -211,16 +211,31 @@ class Scheduler:
             return max(0.0, until_refresh), False
         return max(0.0, due - now), True
 
-    async def _read(self, own_pending: bool) -> None:
+    async def _read_own_pending(self) -> None:
+        """Read again every entry delivered to this replica and not acknowledged, page by
+        page: after a start over none of them is held in memory, and a page of ``read_count``
+        would leave the rest pending with nobody to read them."""
+        after = dict.fromkeys(self._streams, "0")
+        count = self.settings.read_count
+        while after:
+            me = self.settings.scheduler_id
+            reply = await queue.read(self.redis, me, after, "0", count, None)
+            after = {}
+            for stream, entries in reply:
+                await self._take(stream, entries)
+                if len(entries) >= count:
+                    after[stream] = entries[-1][0]
+
+    async def _read(self) -> None:
         if not self._streams:
             await asyncio.sleep(self.settings.registry_refresh_s)
             return
-        wait_s, group_due = (0.0, False) if own_pending else self._wait_s()
+        wait_s, group_due = self._wait_s()
         # Redis and Valkey time blocked reads out on their hz tick (100 ms by default), so
         # a BLOCK of a few ms would hold a waiting group for ~100 ms: while a group falls
         # due, read without blocking and sleep here instead
-        block = None if own_pending or group_due else max(1, int(wait_s * 1000))
-        reply = await self._xreadgroup("0" if own_pending else ">", block)
+        block = None if group_due else max(1, int(wait_s * 1000))
+        reply = await self._xreadgroup(">", block)
         if not reply and group_due and wait_s > 0:
             await asyncio.sleep(wait_s)
             reply = await self._xreadgroup(">", None)
