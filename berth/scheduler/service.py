@@ -216,9 +216,8 @@ class Scheduler:
         page: after a start over none of them is held in memory, and a page of ``read_count``
         would leave the rest pending with nobody to read them."""
         after = dict.fromkeys(self._streams, "0")
-        count = self.settings.read_count
+        me, count = self.settings.scheduler_id, self.settings.read_count
         while after:
-            me = self.settings.scheduler_id
             reply = await queue.read(self.redis, me, after, "0", count, None)
             after = {}
             for stream, entries in reply:
