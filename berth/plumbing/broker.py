@@ -29,7 +29,11 @@ from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
 
-from berth.plumbing.redisconn import SyncSentinelConnection, sync_redis_client
+from berth.plumbing.redisconn import (
+    SyncSentinelConnection,
+    SyncSentinelSSLConnection,
+    sync_redis_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,9 @@ class SentinelChannel(kombu_redis.SentinelChannel):
     QoS = QoS
     # asks the sentinels on every reconnect, also inside a command's retry (redisconn.py)
     connection_class = SyncSentinelConnection
+    # rediss+sentinel://: Celery's broker_use_ssl (celeryconf.py) selects this one (redis-py's
+    # SSL twin of kombu's class, which mypy cannot see is one)
+    connection_class_ssl = SyncSentinelSSLConnection  # type: ignore[assignment]
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):

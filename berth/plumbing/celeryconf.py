@@ -15,13 +15,15 @@ def celery_settings(redis_url: str) -> dict[str, Any]:
     """Celery configuration for berth; JSON only, late acks, one message prefetched per slot.
 
     ``redis_url`` may be a ``redis+sentinel://`` URL: Celery then uses kombu's sentinel
-    transport, which asks the sentinels for the primary again after a failover.
+    transport, which asks the sentinels for the primary again after a failover; with
+    ``rediss+sentinel://`` it speaks TLS to the sentinels and to the primary.
     """
     # imported here: protocol/ stays free of redis imports at module load
     from berth.plumbing.broker import transport_for
-    from berth.plumbing.redisconn import celery_broker
+    from berth.plumbing.redisconn import celery_broker, celery_broker_tls
 
     broker_url, transport = celery_broker(redis_url)
+    tls = celery_broker_tls(redis_url)
     return {
         "broker_url": broker_url,
         # berth's transports (workers/broker.py), for the scheduler's publishing too
@@ -40,6 +42,9 @@ def celery_settings(redis_url: str) -> dict[str, Any]:
         "task_publish_retry": True,
         "task_publish_retry_policy": _PUBLISH_RETRY,
         "broker_transport_options": {"visibility_timeout": 3600} | transport,
+        # rediss+sentinel://: the connections to the primary are TLS ones (kombu's pool
+        # takes these as redis-py's SSL options); sentinel_kwargs carry the sentinels' own
+        **({"broker_use_ssl": tls} if tls is not None else {}),
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "task_send_sent_event": False,

@@ -11,6 +11,13 @@ Two URL forms are understood wherever berth takes a REDIS_URL:
   soon as the sentinels name the new primary. The password is the primary's; sentinels get
   the same one unless ``?sentinel_password=...`` names another (``?sentinel_password=`` for
   none). A sentinel without a port listens on 26379.
+- ``rediss+sentinel://...`` (the same form): TLS to the sentinels and to the primary, as a
+  Redis whose sentinels and servers listen on ``tls-port`` serves it. The certificate
+  options ride in the query, with redis-py's names: ``ssl_ca_certs`` (the CA file that
+  signed the servers' certificates), ``ssl_certfile`` and ``ssl_keyfile`` (this client's,
+  where the servers ask for one), ``ssl_cert_reqs`` (``required`` by default; ``optional``,
+  ``none``) and ``ssl_check_hostname`` (``false`` by default: sentinels name the primary
+  by address).
 
 The policy: a command that fails with a connection error or a timeout is retried with
 exponential backoff and jitter for long enough to ride out a Sentinel failover; idle
@@ -35,6 +42,9 @@ from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError, TimeoutError
 
 SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_TLS_SCHEME = "rediss+sentinel"
+# the TLS options a rediss+sentinel:// URL's query may carry (redis-py's names)
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_REDIS_CONNECTIONS = 256
 
@@ -108,17 +118,37 @@ class SentinelTarget:
     password: str | None = None
     sentinel_password: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    # rediss+sentinel://: TLS to the sentinels and the primary, with these redis-py options
+    tls: dict[str, Any] | None = None
 
 
 def is_sentinel_url(url: str) -> bool:
-    return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+    return url.split("://", 1)[0].lower() in (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME)
+
+
+def _tls_options(query: dict[str, str], url: str) -> dict[str, Any]:
+    """A rediss+sentinel:// URL's TLS options, for redis-py's SSL connections."""
+    tls: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": False}
+    for name in TLS_OPTIONS:
+        if name in query:
+            tls[name] = query.pop(name)
+    if tls["ssl_cert_reqs"] not in ("required", "optional", "none"):
+        raise ValueError(
+            f"ssl_cert_reqs must be required, optional or none, got {tls['ssl_cert_reqs']!r} "
+            f"in {url!r}"
+        )
+    check = str(tls["ssl_check_hostname"]).lower()
+    if check not in ("true", "false"):
+        raise ValueError(f"ssl_check_hostname must be true or false, got {check!r} in {url!r}")
+    tls["ssl_check_hostname"] = check == "true"
+    return tls
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """Take a ``redis+sentinel://`` URL apart; ValueError says what is wrong with it."""
     parts = urlsplit(url)
-    if parts.scheme.lower() != SENTINEL_SCHEME:
-        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
+    if not is_sentinel_url(url):
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// or {SENTINEL_TLS_SCHEME}:// URL: {url!r}")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username = password = None
     if userinfo:
@@ -146,6 +176,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise ValueError(f"database must be a number, got {path[1]!r} in {url!r}") from None
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     sentinel_password = query.pop("sentinel_password", password)
+    tls = _tls_options(query, url) if parts.scheme.lower() == SENTINEL_TLS_SCHEME else None
     return SentinelTarget(
         sentinels=sentinels,
         master=unquote(path[0]),
@@ -154,6 +185,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         password=password,
         sentinel_password=sentinel_password or None,
         options=query,
+        tls=tls,
     )
 
 
@@ -168,6 +200,8 @@ def _sentinel_kwargs(target: SentinelTarget) -> dict[str, Any]:
     }
     if target.sentinel_password:
         kwargs["password"] = target.sentinel_password
+    if target.tls is not None:
+        kwargs |= {"ssl": True, **target.tls}
     return kwargs
 
 
@@ -218,6 +252,18 @@ class SyncSentinelConnection(redis.sentinel.SentinelManagedConnection):
         self.connect_check_health(check_health=self.connection_pool.check_connection)
 
 
+class SentinelSSLConnection(
+    SentinelConnection, redis.asyncio.sentinel.SentinelManagedSSLConnection
+):
+    """SentinelConnection over TLS (rediss+sentinel://)."""
+
+
+class SyncSentinelSSLConnection(
+    SyncSentinelConnection, redis.sentinel.SentinelManagedSSLConnection
+):
+    """SyncSentinelConnection over TLS (rediss+sentinel://; kombu's too)."""
+
+
 class BlockingSentinelConnectionPool(
     redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
 ):
@@ -245,13 +291,14 @@ def redis_client(
         client: redis.asyncio.Redis = sentinel.master_for(
             target.master,
             connection_pool_class=BlockingSentinelConnectionPool,
-            connection_class=SentinelConnection,
+            connection_class=SentinelConnection if target.tls is None else SentinelSSLConnection,
             max_connections=max_connections,
             timeout=POOL_WAIT_S,
             db=target.db,
             username=target.username,
             password=target.password,
             **options,
+            **(target.tls or {}),
         )
         return client
     pool = redis.asyncio.BlockingConnectionPool.from_url(
@@ -273,11 +320,14 @@ def sync_redis_client(
         )
         client: redis.Redis = sentinel.master_for(
             target.master,
-            connection_class=SyncSentinelConnection,
+            connection_class=(
+                SyncSentinelConnection if target.tls is None else SyncSentinelSSLConnection
+            ),
             db=target.db,
             username=target.username,
             password=target.password,
             **options,
+            **(target.tls or {}),
         )
         return client
     return redis.Redis.from_url(url, **options)
@@ -286,7 +336,9 @@ def sync_redis_client(
 def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
     """Celery's broker URL and the transport options that go with it: kombu's ``sentinel://``
     transport (one URL per sentinel, joined by ``;``, plus ``master_name``) for a
-    ``redis+sentinel://`` URL, the URL as it is otherwise."""
+    ``redis+sentinel://`` URL, the URL as it is otherwise. For ``rediss+sentinel://`` the
+    sentinels are asked over TLS (``sentinel_kwargs``) and Celery's ``broker_use_ssl``
+    (``celery_broker_tls``) makes the connections to the primary TLS ones."""
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
@@ -307,6 +359,13 @@ def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
     options["master_name"] = target.master
     options["sentinel_kwargs"] = _sentinel_kwargs(target)
     return broker, options
+
+
+def celery_broker_tls(url: str) -> dict[str, Any] | None:
+    """Celery's ``broker_use_ssl`` for a ``rediss+sentinel://`` URL; None for any other."""
+    if not is_sentinel_url(url):
+        return None
+    return parse_sentinel_url(url).tls
 
 
 def _host(host: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 GROUP_SIZE = Histogram(
     "berth_scheduler_group_size",
@@ -26,4 +26,9 @@ ADAPTER_SWITCHES = Counter(
     "berth_scheduler_adapter_switches_total",
     "LoRA slots handed from one adapter to another (an adapter closed on a worker for a "
     "waiting one).",
+)
+PUBLISHES_WAITING = Gauge(
+    "berth_scheduler_publishes_waiting",
+    "Celery publishes asked for and not yet taken by the broker (above 0 for long: the "
+    "broker is away and kombu retries).",
 )

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from berth.limits import limit_scripts, release_queued
 from berth.plumbing import tracing
-from berth.plumbing.celeryconf import RUN_GROUP_TASK, celery_settings
+from berth.plumbing.celeryconf import celery_settings
 from berth.plumbing.liveness import LivenessFile, keep_fresh, proof_path
 from berth.plumbing.models_file import read_models_file
 from berth.plumbing.supervise import Backoff, log_failure, supervise
@@ -31,6 +31,7 @@ from berth.protocol.errors import BerthError, Timeout, Unavailable, WorkerLost
 from berth.protocol.prefix_key import prefix_key
 from berth.scheduler import metrics, policy
 from berth.scheduler.batches import finalize_batches
+from berth.scheduler.publish import TaskPublisher
 from berth.scheduler.settings import SchedulerSettings
 from berth.store import queue
 from berth.store.adapters import AdapterStore, OpenAdapters
@@ -75,6 +76,7 @@ class Scheduler:
         self.settings = settings
         self.redis = redis
         self.celery = celery
+        self._publisher = TaskPublisher(celery)
         self.jobs = JobStore(redis, settings.job_ttl_s)
         self._quota_scripts = limit_scripts(redis)
         self._open_adapters = OpenAdapters(redis)
@@ -126,6 +128,10 @@ class Scheduler:
         if self._finalizing is not None:
             await asyncio.gather(self._finalizing, return_exceptions=True)
 
+    async def close(self) -> None:
+        """Let a Celery publish under way end (bounded by kombu's retry policy)."""
+        await asyncio.to_thread(self._publisher.close)
+
     def _start_over(self) -> None:
         """Forget what this replica read but did not dispatch: those entries stay pending
         for it in Redis (or, if Redis lost them, are gone for every reader) and are read
@@ -140,7 +146,7 @@ class Scheduler:
 
     async def _serve(self, stop: asyncio.Event, backoff: Backoff) -> None:
         await self._refresh()
-        await self._read(own_pending=True)
+        await self._read_own_pending()
         backoff.reset()
         while not stop.is_set():
             now = time.monotonic()
@@ -151,7 +157,7 @@ class Scheduler:
                 await self._reclaim_from_dead_replicas()
                 await self._requeue_orphaned_jobs()
                 self._finalize_batches_soon()
-            await self._read(own_pending=False)
+            await self._read()
             await self._flush(time.monotonic())
 
     def _finalize_batches_soon(self) -> None:
@@ -218,16 +224,30 @@ class Scheduler:
             return max(0.0, until_refresh), False
         return max(0.0, due - now), True
 
-    async def _read(self, own_pending: bool) -> None:
+    async def _read_own_pending(self) -> None:
+        """Read again every entry delivered to this replica and not acknowledged, page by
+        page: after a start over none of them is held in memory, and a page of ``read_count``
+        would leave the rest pending with nobody to read them."""
+        after = dict.fromkeys(self._streams, "0")
+        me, count = self.settings.scheduler_id, self.settings.read_count
+        while after:
+            reply = await queue.read(self.redis, me, after, "0", count, None)
+            after = {}
+            for stream, entries in reply:
+                await self._take(stream, entries)
+                if len(entries) >= count:
+                    after[stream] = entries[-1][0]
+
+    async def _read(self) -> None:
         if not self._streams:
             await asyncio.sleep(self.settings.registry_refresh_s)
             return
-        wait_s, group_due = (0.0, False) if own_pending else self._wait_s()
+        wait_s, group_due = self._wait_s()
         # Redis and Valkey time blocked reads out on their hz tick (100 ms by default), so
         # a BLOCK of a few ms would hold a waiting group for ~100 ms: while a group falls
         # due, read without blocking and sleep here instead
-        block = None if own_pending or group_due else max(1, int(wait_s * 1000))
-        reply = await self._xreadgroup("0" if own_pending else ">", block)
+        block = None if group_due else max(1, int(wait_s * 1000))
+        reply = await self._xreadgroup(">", block)
         if not reply and group_due and wait_s > 0:
             await asyncio.sleep(wait_s)
             reply = await self._xreadgroup(">", None)
@@ -416,10 +436,8 @@ class Scheduler:
             requests=[p.request for p in items],
             incarnation=worker.incarnation,
         )
-        # kombu's publish is a quick blocking write to Redis
-        self.celery.send_task(
-            RUN_GROUP_TASK, args=[work.model_dump(mode="json")], queue=worker.queue
-        )
+        # off the loop: while Redis is away kombu retries the publish (publish.py)
+        await self._publisher.send(work.model_dump(mode="json"), worker.queue)
         for span in dispatch:
             span.end()
         self._dispatched[worker.id] = self._dispatched.get(worker.id, 0) + len(items)
@@ -591,6 +609,7 @@ async def serve(settings: SchedulerSettings) -> None:
     try:
         await scheduler.run(stop)
     finally:
+        await scheduler.close()
         keeping.cancel()
         stop.set()
         await asyncio.gather(keeping, delivering, return_exceptions=True)

@@ -97,16 +97,18 @@ def _entries(raw: Any) -> list[Entry]:
 async def read(
     redis: Redis,
     consumer: str,
-    streams: Iterable[str],
+    streams: Iterable[str] | Mapping[str, str],
     start: str,
     count: int,
     block: int | None,
 ) -> Read:
     """XREADGROUP as ``consumer``: new entries (``start`` ">"), or those delivered to it and
-    not acknowledged ("0"); per stream, its entries read."""
+    not acknowledged ("0", or a mapping of stream to the id to read on after); per stream,
+    its entries read."""
+    after = dict(streams) if isinstance(streams, Mapping) else dict.fromkeys(streams, start)
     # redis-py types replies loosely; with bytes responses this is [(stream, [(id, fields)])]
     reply: Any = await redis.xreadgroup(
-        keys.SCHEDULER_GROUP, consumer, dict.fromkeys(streams, start), count=count, block=block
+        keys.SCHEDULER_GROUP, consumer, after, count=count, block=block
     )
     return [(stream.decode(), _entries(entries)) for stream, entries in reply or []]
 

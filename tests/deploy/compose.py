@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from berth.plumbing.redisconn import is_sentinel_url, parse_sentinel_url
 from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,8 +117,11 @@ def healthcheck_argv(spec: dict[str, Any]) -> list[str]:
 
 
 def with_netloc(url: str, other: str) -> str:
-    """``url`` with the scheme, credentials, host and port of ``other``; its path (db) kept."""
+    """``url`` with the scheme, credentials, host and port of ``other``; its database kept
+    (a sentinel URL's, whose path also names the primary)."""
     mine, theirs = urlsplit(url), urlsplit(other)
+    if is_sentinel_url(url):
+        return urlunsplit((theirs.scheme, theirs.netloc, f"/{parse_sentinel_url(url).db}", "", ""))
     return urlunsplit((theirs.scheme, theirs.netloc, mine.path, mine.query, ""))
 
 

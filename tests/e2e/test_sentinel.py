@@ -1,7 +1,9 @@
 """Redis HA with Sentinel, for real: a primary, a replica and three sentinels (valkey-server
 processes). Clients built from a redis+sentinel:// URL work, and after the primary is killed
 the same client objects reach the promoted replica; a Celery worker configured by berth sends
-and runs tasks before and after the failover."""
+and runs tasks before and after the failover. Each test runs twice: without TLS, and with
+TLS everywhere (rediss+sentinel://, client certificates required); every role serves on
+the TLS set."""
 
 from __future__ import annotations
 
@@ -18,14 +20,17 @@ import redis
 
 from berth.plumbing.celeryconf import celery_settings
 from berth.plumbing.redisconn import redis_client, sync_redis_client
+from tests.e2e.faults import Load
 from tests.sentinel import DONE_KEY, PROBE_QUEUE, PROBE_TASK, SentinelSet, sentinel_set
+from tests.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def ha() -> Iterator[SentinelSet]:
-    with sentinel_set() as running:
+@pytest.fixture(params=["plain", "tls"])
+def ha(request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
+    """The set without TLS (redis+sentinel://), and with it (rediss+sentinel://)."""
+    with sentinel_set(tls=request.param == "tls") as running:
         yield running
 
 
@@ -38,7 +43,7 @@ async def test_clients_follow_a_failover(ha: SentinelSet) -> None:
         assert await aclient.get("k") == b"before"
         assert sclient.get("k") == b"before"
         # the write went to the primary the sentinels name
-        assert redis.Redis(port=ha.primary_port()).get("k") == b"before"
+        assert ha.client(ha.primary_port()).get("k") == b"before"
         await pubsub.subscribe("ch")
 
         old, new = ha.failover()
@@ -48,7 +53,7 @@ async def test_clients_follow_a_failover(ha: SentinelSet) -> None:
         await aclient.set("k", "after")
         assert await aclient.get("k") == b"after"
         assert sclient.get("k") == b"after"
-        assert redis.Redis(port=new).get("k") == b"after"
+        assert ha.client(new).get("k") == b"after"
         assert (await aclient.info("replication"))["role"] == "master"
     finally:
         await pubsub.aclose()
@@ -125,3 +130,26 @@ def test_celery_sends_and_runs_across_a_failover(ha: SentinelSet) -> None:
         worker.wait(30)
         store.close()
         sender.close()
+
+
+def test_every_role_serves_on_a_tls_sentinel_set() -> None:
+    """The API, a scheduler and a worker (fake engine) on rediss+sentinel:// serve streams
+    and jobs, and `berth check` reads the worker's record over TLS."""
+    env = {"BERTH_FAKE_ENGINE": "true", "BERTH_FAKE_TOKENS_PER_S": "200"}
+    with sentinel_set(tls=True) as ha, RunningStack(ha.url, env=env) as stack:
+        stack.start("worker", BERTH_WORKER_ID="w1")
+        stack.start("scheduler", "api")
+        stack.wait_ready(300)
+        load = Load(stack.url, streams=8, concurrency=4, tokens=20)
+        load.start(jobs=4)
+        assert load.finish() == {"finished": 8}
+        assert load.job_outcomes() == {"succeeded": 4}
+        for worker, status in (("w1", 0), ("nobody", 1)):
+            check = subprocess.run(
+                [sys.executable, "-m", "berth.cli", "check", "worker"],
+                env=stack.role_env(BERTH_WORKER_ID=worker),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert check.returncode == status, (worker, check.stderr)

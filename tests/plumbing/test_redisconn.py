@@ -39,9 +39,37 @@ def test_sentinel_password_can_differ_or_be_none() -> None:
     )
 
 
+def test_rediss_sentinel_url_carries_tls_options() -> None:
+    target = parse_sentinel_url(
+        "rediss+sentinel://:pw@h1:1/m/0?ssl_ca_certs=/etc/ca.crt&ssl_certfile=/c.crt"
+        "&ssl_keyfile=/c.key&sentinel_password=s"
+    )
+    assert target.tls == {
+        "ssl_ca_certs": "/etc/ca.crt",
+        "ssl_certfile": "/c.crt",
+        "ssl_keyfile": "/c.key",
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": False,
+    }
+    assert (target.password, target.sentinel_password, target.options) == ("pw", "s", {})
+    assert parse_sentinel_url("redis+sentinel://h1:1/m").tls is None
+
+
+def test_celery_speaks_tls_to_sentinels_and_primary() -> None:
+    conf = celery_settings("rediss+sentinel://:pw@h1:1/m/0?ssl_ca_certs=/ca.crt")
+    assert conf["broker_url"] == "sentinel://:pw@h1:1/0"
+    tls = {"ssl_ca_certs": "/ca.crt", "ssl_cert_reqs": "required", "ssl_check_hostname": False}
+    assert conf["broker_use_ssl"] == tls
+    sentinels = conf["broker_transport_options"]["sentinel_kwargs"]
+    assert sentinels["ssl"] is True and sentinels["ssl_ca_certs"] == "/ca.crt"
+    assert "broker_use_ssl" not in celery_settings("redis+sentinel://h1:1/m")
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
+        ("rediss+sentinel://h1:1/m?ssl_cert_reqs=maybe", "ssl_cert_reqs must be required"),
+        ("rediss+sentinel://h1:1/m?ssl_check_hostname=yes", "ssl_check_hostname must be true"),
         ("redis+sentinel://h1:1", "must end in /master_name"),
         ("redis+sentinel://h1:1/m/0/x", "must end in /master_name"),
         ("redis+sentinel://h1:x/m", "sentinel port must be a number"),

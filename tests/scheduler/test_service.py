@@ -152,6 +152,24 @@ async def test_entries_of_two_lanes_with_one_id_are_both_dispatched(
     assert sorted(await _sent_ids(aredis, "w1")) == ["chat", "job"]
 
 
+async def test_a_replica_reads_every_entry_it_holds_again_when_it_starts_over(
+    aredis: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """Entries delivered to a replica and never acknowledged (its loop started over after an
+    outage, or its process came back under the same id) are all read again: more of them
+    than one read's page (read_count) takes."""
+    await _register(aredis, "w1", capacity=10_000)
+    ids = [f"r{i}" for i in range(600)]
+    await _enqueue(aredis, *[QueuedRequest(id=i, model="m", request={}) for i in ids])
+    stream = keys.ingress_stream("m")
+    await queue.create_group(aredis, stream)
+    await queue.read(aredis, "s1", [stream], ">", len(ids), None)
+    assert await _pending(aredis) == len(ids)
+    async with _running(aredis, redis_url, read_count=256):
+        await _until(lambda: _done(aredis, len(ids)))
+    assert sorted(await _sent_ids(aredis, "w1")) == sorted(ids)
+
+
 @contextlib.asynccontextmanager
 async def _running(
     r: redis.asyncio.Redis, url: str, scheduler_id: str = "s1", **overrides: Any
