@@ -42,8 +42,8 @@ test-compose: lint
 	$(BIN)/python -m scripts.compose $(COMPOSE_ARGS)
 
 ## Build the GPU worker image for real (vLLM's CUDA build from PyPI) and check it without a
-## GPU: imports, `berth worker --help-engine`. Serving waits for a GPU. Root, ~30 GB disk
-## free, ~10 min; GPU_IMAGE_ARGS=--keep-image keeps the image and its build cache.
+## GPU: imports, `berth worker --help-engine`. Serving waits for a GPU. Root, ~20 GB disk
+## free, ~6 min; GPU_IMAGE_ARGS=--keep-image keeps the image and its build cache. See README.
 test-gpu-image: lint
 	command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq docker.io debootstrap; }
