@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-fast test-compose lint bench clean
+.PHONY: install up test test-fast test-compose test-gpu-image lint bench clean
 
 # everything ruff and mypy check
 CODE := berth tests benchmarks scripts
@@ -42,6 +42,14 @@ test-compose: lint
 	command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq docker.io debootstrap; }
 	$(BIN)/python -m scripts.compose $(COMPOSE_ARGS)
+
+## Build the GPU worker image for real (vLLM's CUDA build from PyPI) and check it without a
+## GPU: imports, `berth worker --help-engine`. Serving waits for a GPU. Root, ~20 GB disk
+## free, ~6 min; GPU_IMAGE_ARGS=--keep-image keeps the image and its build cache. See README.
+test-gpu-image: lint
+	command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq docker.io debootstrap; }
+	$(BIN)/python -m scripts.compose.gpu $(GPU_IMAGE_ARGS)
 
 ## ruff (lint and format check) and mypy over berth, tests, benchmarks and scripts.
 lint: $(STAMP)

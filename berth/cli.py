@@ -8,6 +8,7 @@ one fact each; only list and dict settings read their flag's value as JSON.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from pydantic_settings import (
     BaseSettings,
     CliApp,
     CliPositionalArg,
+    CliSettingsSource,
     CliSubCommand,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -27,6 +29,7 @@ from pydantic_settings import (
     get_subcommand,
 )
 
+from berth import cli_words
 from berth.plumbing.liveness import MAX_AGE_S
 from berth.plumbing.settings import CommonSettings
 
@@ -144,6 +147,11 @@ def _berth_flags(settings: type[BaseModel]) -> set[str]:
         }:
             flag = "--" + spelled.lower().replace("_", "-")
             flags |= {flag, "--no-" + flag[2:]}
+        # a nested model's fields are flags of their own: --request-limits.max-tools
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            prefix = "--" + name.replace("_", "-") + "."
+            inner = _berth_flags(field.annotation) - {"-h", "--help"}
+            flags |= {prefix + flag.removeprefix("--") for flag in inner}
     return flags
 
 
@@ -165,7 +173,7 @@ def _with_engine_flags(args: list[str]) -> list[str]:
     try:
         rest, engine_args = split_engine_flags(expand_config(args[1:]), ours)
     except EngineFlagError as err:
-        raise SystemExit(f"berth worker: {err}") from None
+        cli_words.usage_error("worker", str(err))
     if not engine_args:
         return [args[0], *rest]
     # the environment's BERTH_ENGINE_ARGS is the base; the command line's flags win
@@ -180,22 +188,6 @@ def _unknown_flags(args: Sequence[str], known: set[str]) -> list[str]:
         for name in (t.partition("=")[0].replace("_", "-") for t in args if t.startswith("--"))
         if name not in known
     ]
-
-
-def _invalid(role: str | None, err: ValidationError) -> str:
-    """A settings error in the command's words: each bad flag, what is wrong, what it got;
-    never pydantic's report (its type codes and links)."""
-    lines = []
-    for problem in err.errors(include_url=False):
-        # the subcommand comes first in the location; a model-wide check has nothing after
-        loc = problem["loc"][1:] if problem["loc"][:1] == (role,) else problem["loc"]
-        name = str(loc[-1]) if loc else ""
-        got = problem.get("input")
-        shown = f" (got {got!r})" if name and isinstance(got, str | int | float) else ""
-        what = problem["msg"].removeprefix("Value error, ")
-        what = what[0].lower() + what[1:]
-        lines.append(f"--{name.replace('_', '-')}: {what}{shown}" if name else what)
-    return f"berth {role or ''}: ".replace(" :", ":") + "; ".join(lines)
 
 
 def _served_names_joined(args: list[str]) -> list[str]:
@@ -227,21 +219,27 @@ def parse(argv: Sequence[str] | None = None) -> BaseModel:
         raise SystemExit(0)
     if args[:1] == ["worker"]:
         args = _with_engine_flags(_served_names_joined(args))
-    classes = _settings_classes()
+    classes: dict[str, type[BaseModel]] = {**_settings_classes(), "check": CheckArgs}
     role = args[0] if args and args[0] in classes else None
-    if role is not None and role != "worker":
+    if role is not None and role not in ("worker", "check"):
         # argparse would answer an unknown flag with the root command's usage
         unknown = _unknown_flags(args[1:], _berth_flags(classes[role]))
         if unknown:
-            raise SystemExit(
-                f"berth {role}: unknown flag {unknown[0]} (berth {role} --help lists them)"
+            cli_words.usage_error(
+                role, f"unknown flag {unknown[0]} (berth {role} --help lists them)"
             )
+    command = _command()
+    source: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
+        command, case_sensitive=False
+    )
+    for name, parser in cli_words.subcommands(source.root_parser).items():
+        cli_words.reword_help(parser, classes[name])
     try:
-        chosen = get_subcommand(CliApp.run(_command(), cli_args=args))
+        chosen = get_subcommand(CliApp.run(command, cli_args=args, cli_settings_source=source))
     except ValidationError as err:
-        raise SystemExit(_invalid(role, err)) from None
+        cli_words.usage_error(role, cli_words.invalid(role, classes.get(role or ""), err))
     except SettingsError as err:
-        raise SystemExit(f"berth: {err}") from None
+        cli_words.usage_error(None, str(err))
     assert isinstance(chosen, BaseModel)  # a subcommand is required: get_subcommand raises
     return chosen
 

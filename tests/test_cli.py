@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from annotated_types import Ge, Gt
+from pydantic import BaseModel
 
 from berth.api.settings import ApiSettings
 from berth.cli import CheckArgs, _settings_classes, main, parse
@@ -87,35 +90,116 @@ def test_local_check_reads_the_liveness_file(
         tempfile.tempdir = None
 
 
-def test_bad_values_name_the_setting() -> None:
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What the command line answers ``argv`` with: one line on stderr, exit code 2."""
     with pytest.raises(SystemExit) as stopped:
-        parse(["api", "--port", "eighty"])
-    assert str(stopped.value.code) == (
-        "berth api: --port: input should be a valid integer, unable to parse string as an "
-        "integer (got 'eighty')"
-    )
-    with pytest.raises(SystemExit) as stopped:
-        parse(["api", "--bogus", "1"])
-    assert (
-        str(stopped.value.code) == "berth api: unknown flag --bogus (berth api --help lists them)"
-    )
-    with pytest.raises(SystemExit) as stopped:
-        parse(["worker", "--heartbeat-ttl", "3", "--heartbeat-interval", "2"])
-    assert str(stopped.value.code).startswith("berth worker: heartbeat_interval must leave")
-    with pytest.raises(SystemExit):
-        parse(["worker", "--log-format", "xml"])
+        parse(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    return err.rstrip("\n")
 
 
-@pytest.mark.parametrize("role", sorted(_settings_classes()))
-def test_help_lists_every_setting_as_a_kebab_case_flag(role: str) -> None:
+def test_bad_values_name_the_flag_and_what_it_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _refused(["api", "--port", "eighty"], capsys) == (
+        "berth api: --port must be an integer, got 'eighty'"
+    )
+    assert _refused(["api", "--bogus", "1"], capsys) == (
+        "berth api: unknown flag --bogus (berth api --help lists them)"
+    )
+    assert _refused(["worker", "--heartbeat-ttl", "3", "--heartbeat-interval", "2"], capsys)
+    assert _refused(["worker", "--log-format", "xml"], capsys) == (
+        "berth worker: --log-format must be one of text, json, got 'xml'"
+    )
+    assert _refused(["worker", "--gpu-memory-utilization", "1.5"], capsys) == (
+        "berth worker: --gpu-memory-utilization must be a number > 0 and <= 1, got '1.5'"
+    )
+    assert _refused(["worker", "--adapters", "not json"], capsys) == (
+        "berth worker: --adapters must be a JSON object, got 'not json'"
+    )
+    assert _refused(["api", "--request-limits.max-tools", "x"], capsys) == (
+        "berth api: --request-limits.max-tools must be an integer >= 1, got 'x'"
+    )
+    assert _refused(["check", "bogus"], capsys) == (
+        "berth check: ROLE must be one of api, scheduler, worker, got 'bogus'"
+    )
+
+
+def test_a_nested_settings_flag_is_taken() -> None:
+    api = parse(["api", "--request-limits.max-tools", "5"])
+    assert isinstance(api, ApiSettings) and api.request_limits.max_tools == 5
+
+
+_COMMANDS: dict[str, type[BaseModel]] = {**_settings_classes(), "check": CheckArgs}
+
+
+def _bounded_number(command: type[BaseModel]) -> tuple[str, str]:
+    """A flag of ``command`` that takes a bounded number, and what an error says it takes."""
+    for name, field in command.model_fields.items():
+        bound = next((m for m in field.metadata if isinstance(m, Ge | Gt)), None)
+        if field.annotation in (int, float) and bound is not None:
+            noun = "an integer" if field.annotation is int else "a number"
+            sign, value = (">=", bound.ge) if isinstance(bound, Ge) else (">", bound.gt)
+            return "--" + name.replace("_", "-"), f"{noun} {sign} {value}"
+    raise AssertionError(f"{command.__name__} has no bounded number")
+
+
+@pytest.mark.parametrize("role", sorted(_COMMANDS))
+def test_every_role_refuses_a_bad_value_in_one_line(
+    role: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flag, takes = _bounded_number(_COMMANDS[role])
+    argv = [role, "worker"] if role == "check" else [role]
+    answer = _refused([*argv, flag, "x"], capsys)
+    assert answer == f"berth {role}: {flag} must be {takes}, got 'x'"
+
+
+# a value named by its Python type, as pydantic-settings names it
+_TYPE_METAVAR = re.compile(r"--[\w.-]+ (int|str|float|bool|dict\[|list\[)")
+
+
+@pytest.mark.parametrize("role", sorted(_COMMANDS))
+def test_help_reads_as_vllm_help_does(role: str) -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "berth.cli", role, "--help"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    for name in _settings_classes()[role].model_fields:
-        assert f"--{name.replace('_', '-')}" in shown, name
+    flat = " ".join(shown.split())
+    for name in _COMMANDS[role].model_fields:
+        if not _COMMANDS[role].model_fields[name].is_required():
+            assert f"--{name.replace('_', '-')}" in shown, name
+    assert "(default: null)" not in flat and "default factory" not in flat
+    assert not _TYPE_METAVAR.search(flat), _TYPE_METAVAR.search(flat)
+    # a default is shown where it is a value
+    assert "(default: " in flat
+    assert "--redis-url URL" in flat and "--log-format {text,json}" in flat or role == "check"
+
+
+def test_worker_help_says_what_each_flag_takes() -> None:
+    shown = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "berth.cli", "worker", "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    )
+    for usage in (
+        "--capacity N",
+        "--heartbeat-ttl SECONDS",
+        "--gpu-memory-utilization FRACTION",
+        "--adapters JSON",
+        "--adapter-root DIR",
+        "--health-file FILE",
+        "--model MODEL",
+        "--vllm-otlp-traces-endpoint URL",
+    ):
+        assert usage in shown, usage
+    assert "Requests the worker accepts at once. (default: 256)" in shown
+    # unset means what the description says, not "null"
+    assert "gibberish output). --" in shown
 
 
 def test_no_subcommand_is_an_error_that_lists_them() -> None:

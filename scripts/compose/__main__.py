@@ -17,16 +17,23 @@ import logging
 import socket
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from scripts.compose import drive
 from scripts.compose.base import BASE_IMAGE, ensure_base
-from scripts.compose.build import Image, berth_images, build, pip_conf_for_build, valkey_image
-from scripts.compose.docker import DEFAULT_STATE, Docker, engine
+from scripts.compose.build import (
+    Image,
+    add_build_options,
+    berth_images,
+    build,
+    pip_conf_for_build,
+    valkey_image,
+)
+from scripts.compose.docker import Docker, engine
 from scripts.compose.stack import Stack
+from scripts.compose.timing import Timer, timed_run
 
 log = logging.getLogger("scripts.compose")
 
@@ -40,20 +47,6 @@ CONTROL_PLANE_IMPORT = (
     "installed = importlib.util.find_spec('vllm') is not None;"
     "sys.exit(f'loaded {loaded}, vllm installed: {installed}' if loaded or installed else 0)"
 )
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, float]] = []
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        log.info("-- %s", name)
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            self.steps.append((name, time.monotonic() - start))
 
 
 def check_images(docker: Docker, tags: list[str]) -> None:
@@ -139,34 +132,13 @@ def report_sizes(docker: Docker, tags: list[str]) -> None:
         print(f"  {tag:32} {docker.image_size(tag) / 1e6:8.0f} MB")
 
 
-def report_times(timer: Timer) -> None:
-    print("\nsteps:")
-    for name, seconds in timer.steps:
-        print(f"  {name:60} {seconds:7.1f} s")
-    print(f"  {'total':60} {sum(s for _, s in timer.steps):7.1f} s")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scripts.compose", description=__doc__)
     parser.add_argument(
         "--keep-images", action="store_true", help="keep the images built (the base is kept)"
     )
-    parser.add_argument(
-        "--state",
-        type=Path,
-        default=DEFAULT_STATE,
-        help="data root, socket and log of a private dockerd, kept between runs "
-        "(used only when no Docker engine runs)",
-    )
-    parser.add_argument(
-        "--base-image",
-        default=BASE_IMAGE,
-        help=f"base of every image; {BASE_IMAGE} is made with debootstrap when missing",
-    )
+    add_build_options(parser)
     parser.add_argument("--api-port", type=int, default=0, help="host port of the API")
-    parser.add_argument(
-        "--log-dir", type=Path, default=Path("build/compose"), help="where the build logs go"
-    )
     args = parser.parse_args(argv)
     if args.api_port == 0:
         with socket.socket() as sock:
@@ -177,17 +149,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    timer = Timer()
-    try:
-        run(parse_args(argv), timer)
-    except (RuntimeError, drive.CheckFailed) as error:
-        log.error("FAILED: %s", error)
-        report_times(timer)
-        return 1
-    report_times(timer)
-    print("\ncompose stack: passed")
-    return 0
+    args = parse_args(argv)
+    return timed_run(
+        lambda timer: run(args, timer), "compose stack: passed", (RuntimeError, drive.CheckFailed)
+    )
 
 
 if __name__ == "__main__":

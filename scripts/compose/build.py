@@ -9,6 +9,7 @@ for the build's duration: the builds run on the host's network.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import http.server
 import importlib.metadata
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from scripts.compose.docker import Docker
+from scripts.compose.base import BASE_IMAGE
+from scripts.compose.docker import DEFAULT_STATE, Docker
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,14 @@ def berth_images(base: str) -> list[Image]:
             (("BASE_IMAGE", base), ("ENGINE", "cpu"), ("TORCH_INDEX_URL", "")),
         ),
     ]
+
+
+def gpu_worker_image(base: str) -> Image:
+    """The GPU worker image, tagged as compose.yaml and the Kubernetes overlay name it."""
+    args = (("BASE_IMAGE", base), ("ENGINE", "gpu"))
+    return Image(
+        "berth-worker-gpu:latest", ROOT / "deploy" / "docker" / "worker.Dockerfile", ROOT, args
+    )
 
 
 def valkey_image(base: str, tag: str) -> Image:
@@ -142,10 +152,33 @@ def pip_conf_for_build(out: Path) -> Iterator[Path]:
         server.server_close()
 
 
-def build(docker: Docker, image: Image, pip_conf: Path, log_dir: Path) -> None:
-    """`docker build` on the host's network, with the pip configuration and CA as secrets."""
+def add_build_options(parser: argparse.ArgumentParser) -> None:
+    """The options every image script takes: where the engine keeps its state, the base
+    image, where the build logs go."""
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=DEFAULT_STATE,
+        help="data root, socket and log of a private dockerd, kept between runs "
+        "(used only when no Docker engine runs)",
+    )
+    parser.add_argument(
+        "--base-image",
+        default=BASE_IMAGE,
+        help=f"base of every image; {BASE_IMAGE} is made with debootstrap when missing",
+    )
+    parser.add_argument(
+        "--log-dir", type=Path, default=Path("build/compose"), help="where the build logs go"
+    )
+
+
+def build(docker: Docker, image: Image, pip_conf: Path | None, log_dir: Path) -> None:
+    """`docker build` on the host's network, with the pip configuration (None: pip's own
+    defaults, PyPI) and CA as secrets."""
     args = ["build", "--network", "host", "--progress", "plain", "-t", image.tag]
-    args += ["-f", str(image.dockerfile), "--secret", f"id=pip.conf,src={pip_conf}"]
+    args += ["-f", str(image.dockerfile)]
+    if pip_conf is not None:
+        args += ["--secret", f"id=pip.conf,src={pip_conf}"]
     ca = Path(os.environ.get("PIP_CERT", CA_BUNDLE))
     if ca.is_file():
         args += ["--secret", f"id=ca.crt,src={ca}"]

@@ -43,14 +43,18 @@ def test_no_vllm_flag_leaves_engine_args_empty() -> None:
 def test_an_unknown_flag_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         _worker("--dtype", "float32", "--no-such-flag", "1")
-    assert "unknown flag --no-such-flag" in str(exit_.value)
+    # a usage error, as argparse's: exit code 2, one line naming the flag
+    assert exit_.value.code == 2
+    assert "berth worker: unknown flag --no-such-flag" in capsys.readouterr().err
 
 
-def test_a_bad_value_is_refused_with_vllms_words() -> None:
+def test_a_bad_value_is_refused_with_vllms_words(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         _worker("--max-num-seqs", "many")
-    assert "--max-num-seqs" in str(exit_.value)
-    assert "invalid int value: 'many'" in str(exit_.value)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("berth worker: ") and "--max-num-seqs" in err
+    assert "invalid int value: 'many'" in err
 
 
 def test_a_config_file_gives_flags_the_command_line_overrides(tmp_path: Path) -> None:

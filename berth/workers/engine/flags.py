@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,5 +129,15 @@ def split_engine_flags(
 
 
 def engine_help() -> str:
-    """vLLM's help for its engine arguments."""
+    """vLLM's help for its engine arguments.
+
+    vLLM's parser takes its defaults from the machine's device; where it finds none (vLLM's
+    CUDA build in an image checked on a machine with no GPU) it cannot build the parser at
+    all. The flags are then listed as vLLM's CPU platform sees them, through vLLM's own
+    switch for running its CUDA wheel on CPU-only machines (VLLM_TARGET_DEVICE=cpu).
+    """
+    import torch
+
+    if "VLLM_TARGET_DEVICE" not in os.environ and not torch.cuda.is_available():
+        os.environ["VLLM_TARGET_DEVICE"] = "cpu"
     return engine_parser().format_help()
