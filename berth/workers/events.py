@@ -13,11 +13,13 @@ The path of a token from the engine to Redis is runtime -> this module -> publis
   Redis in one round trip, in order:
 
   - an interactive request's event goes to its short-lived stream
-    (``keys.request_events``, entry id ``keys.event_entry_id(attempt, seq)``) and is then
-    published on its channel (``keys.token_channel``), in one pipeline; the stream's
-    expiry is refreshed now and then and by the last event. The API's relay
-    (``api/relay.py``) takes it off pub/sub and ``api/events.py`` fills a gap in ``seq``
-    from the stream.
+    (``keys.request_events``, entry id ``keys.event_entry_id(attempt, seq)``), and with
+    every other event of the step for the same API process (the request's ``origin``) it
+    is published in one message on that process's channel (``keys.delivery_channel``),
+    after the XADDs, in one pipeline (``store/tokens.py``); the stream's expiry is
+    refreshed now and then and by the last event. The API's relay
+    (``api/delivery/relay.py``) takes the step off pub/sub and fans it out to its requests,
+    and ``api/delivery/events.py`` fills a gap in ``seq`` from the stream.
   - a job's event is appended to its capped stream (``keys.job_events``), and its result
     is assembled here as its events go by; its terminal event goes through the job
     store's finishing script (``store/jobs.py``: ``JobStore.finish_call``), which stores
@@ -67,9 +69,10 @@ def _choice_json(delta: ChoiceDelta) -> dict[str, Any]:
 
 
 class RequestEvents:
-    """Numbers one request's events and writes them: for a waiting client on its pub/sub
-    channel and its short-lived event stream (one pipeline), or for a job into its event
-    stream, ending with the script that stores its result. The hot path builds JSON directly.
+    """Numbers one request's events and writes them: for a waiting client to its
+    short-lived event stream and its API process's pub/sub channel (one pipeline per step),
+    or for a job into its event stream, ending with the script that stores its result. The
+    hot path builds JSON directly.
 
     When the publisher's buffer is full (Redis away too long), the request's later events
     are dropped and, once the buffer drains, one error event ends it at the first seq that
@@ -110,7 +113,8 @@ class RequestEvents:
         self._lost = False
         self._refreshed = -float("inf")
         self._assembler: CompletionAssembler | None = None
-        self._channel = keys.token_channel(queued.id)
+        # the API process holding the client: its channel carries the request's events
+        self._channel = keys.delivery_channel(queued.origin) if queued.origin else None
         self._target = keys.job_events(queued.id) if queued.job else keys.request_events(queued.id)
 
     def collect_result(self, request: ChatCompletionRequest) -> None:

@@ -1,8 +1,10 @@
 """Writes events to Redis, coalescing everything produced in one loop turn into one round trip.
 
 All requests of an engine step wake up in the same event-loop turn, so one
-pipelined flush per turn sends that step's deltas for every request together.
-A single flusher task keeps every request's writes in order, including the
+pipelined flush per turn sends that step's events for every request together: each
+interactive event's XADD to its request's stream, then one PUBLISH per API process with
+every event of the step for it (``store/tokens.py: step_commands``), not one per token per
+request. A single flusher task keeps every request's writes in order, including the
 script that finishes a job after its last delta.
 
 While Redis is away, writes wait in a bounded buffer and go out, in order, once
@@ -33,6 +35,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 from berth.plumbing.redisconn import SOCKET_TIMEOUT_S
+from berth.store import tokens
+from berth.store.jobs import append_command
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ class EventPublisher:
 
     def event(
         self,
-        channel: str,
+        channel: str | None,
         stream: str,
         entry_id: str,
         payload: str,
@@ -95,10 +99,12 @@ class EventPublisher:
         *,
         force: bool = False,
     ) -> bool:
-        """An interactive request's event: XADD to its capped stream, then PUBLISH, in one
-        pipeline; so whoever receives event N can find every earlier one in the stream.
-        ``expire_s`` (re)sets the stream's expiry."""
-        return self._push((_EVENT, channel, (stream, entry_id, payload, maxlen, expire_s)), force)
+        """An interactive request's event: XADD to its capped stream, then PUBLISH on
+        ``channel`` (its API process's) with the other events of the loop turn for that
+        channel, in one pipeline; so whoever receives event N can find every earlier one in
+        the stream. ``expire_s`` (re)sets the stream's expiry."""
+        write = tokens.EventWrite(channel, stream, entry_id, payload.encode(), maxlen, expire_s)
+        return self._push((_EVENT, None, write), force)
 
     def script(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], *, force: bool = False
@@ -160,23 +166,27 @@ class EventPublisher:
             self._idle.set()
 
     async def _flush(self, batch: list[tuple[int, Any, Any]]) -> None:
+        # interactive events: their stream writes, then one publish per API process; jobs'
+        # writes keep their order among themselves (a job's last appends before its script)
+        events = [data for kind, _, data in batch if kind == _EVENT]
         if all(kind != _SCRIPT for kind, _, _ in batch):
-            await self._send_raw(batch)
+            commands = tokens.step_commands(events) if events else []
+            for kind, target, data in batch:
+                if kind == _PUBLISH:
+                    commands.append((b"PUBLISH", target.encode(), data.encode()))
+                elif kind == _APPEND:
+                    commands.append(append_command(target, *data))
+            await self._send_raw(commands)
             return
         pipe = self._redis.pipeline(transaction=False)
+        for command in tokens.step_commands(events) if events else ():
+            pipe.execute_command(*command)
         for kind, target, data in batch:
-            if kind == _EVENT:
-                stream, entry_id, payload, maxlen, expire_s = data
-                pipe.xadd(stream, {"e": payload}, id=entry_id, maxlen=maxlen, approximate=True)
-                pipe.publish(target, payload)
-                if expire_s is not None:
-                    pipe.expire(stream, expire_s)
-            elif kind == _PUBLISH:
+            if kind == _PUBLISH:
                 pipe.publish(target, data)
             elif kind == _APPEND:
-                payload, maxlen = data
-                pipe.xadd(target, {"e": payload}, maxlen=maxlen, approximate=True)
-            else:
+                pipe.execute_command(*append_command(target, *data))
+            elif kind == _SCRIPT:
                 keys, args = data
                 await target(keys=keys, args=args, client=pipe)
         for result in await pipe.execute(raise_on_error=False):
@@ -185,25 +195,9 @@ class EventPublisher:
             if isinstance(result, ResponseError):
                 _refused(result)
 
-    async def _send_raw(self, batch: list[tuple[int, Any, Any]]) -> None:
-        """The batch's commands as one RESP write, then their replies, on one connection."""
-        parts: list[bytes] = []
-        for kind, target, data in batch:
-            channel = target.encode()
-            if kind == _EVENT:
-                stream, entry_id, payload, maxlen, expire_s = data
-                body, key = payload.encode(), stream.encode()
-                parts.append(_resp(b"XADD", key, b"MAXLEN", b"~", b"%d" % maxlen,
-                                   entry_id.encode(), b"e", body))  # fmt: skip
-                parts.append(_resp(b"PUBLISH", channel, body))
-                if expire_s is not None:
-                    parts.append(_resp(b"EXPIRE", key, b"%d" % expire_s))
-            elif kind == _PUBLISH:
-                parts.append(_resp(b"PUBLISH", channel, data.encode()))
-            else:
-                payload, maxlen = data
-                parts.append(_resp(b"XADD", channel, b"MAXLEN", b"~", b"%d" % maxlen, b"*",
-                                   b"e", payload.encode()))  # fmt: skip
+    async def _send_raw(self, commands: list[tuple[bytes, ...]]) -> None:
+        """The commands as one RESP write, then their replies, on one connection."""
+        parts = [_resp(*command) for command in commands]
         pool = self._redis.connection_pool
         connection = await pool.get_connection()
         try:

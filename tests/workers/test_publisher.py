@@ -77,8 +77,9 @@ async def test_events_are_streamed_published_and_expire_and_a_resent_write_is_ha
     jobs = JobStore(client, 3600)
     pubsub = listener.pubsub()
     try:
-        await pubsub.subscribe(keys.token_channel("r1"))
-        events = RequestEvents(publisher, QueuedRequest(id="r1", model="m", request={}), "w", jobs)
+        await pubsub.subscribe(keys.delivery_channel("api-1"))
+        queued = QueuedRequest(id="r1", model="m", request={}, origin="api-1")
+        events = RequestEvents(publisher, queued, "w", jobs)
         events.emit("started")
         events.emit("delta", choices=[{"index": 0, "content": "é\u2028"}])
         await publisher.drain()
@@ -87,7 +88,7 @@ async def test_events_are_streamed_published_and_expire_and_a_resent_write_is_ha
         stream = keys.request_events("r1")
         first: Any = await client.xrange(stream)
         publisher.event(
-            keys.token_channel("r1"), stream, keys.event_entry_id(0, 1), "{}", 100, None
+            keys.delivery_channel("api-1"), stream, keys.event_entry_id(0, 1), "{}", 100, None
         )
         events.emit("finished")
         await publisher.drain()
@@ -101,8 +102,9 @@ async def test_events_are_streamed_published_and_expire_and_a_resent_write_is_ha
         while (message := await pubsub.get_message(timeout=1.0)) is not None:
             if message["type"] == "message":
                 published.append(json.loads(message["data"]))
-        # the resent write is published again (readers drop it by seq); the rest in order
-        assert [e.get("seq") for e in published] == [0, 1, None, 2]
+        # one message per loop turn, with its events in order; the resent write is
+        # published again (readers drop it by seq)
+        assert [[e.get("seq") for e in step] for step in published] == [[0, 1], [None, 2]]
     finally:
         await pubsub.aclose()
         await publisher.close()

@@ -46,9 +46,13 @@ def host(redis_url: str) -> Iterator[EngineHost]:
         running.stop()
 
 
+# the API process the test's requests came from
+ORIGIN = "api-1"
+
+
 def _group(*bodies: dict[str, Any], adapter: str | None = None) -> dict[str, Any]:
     reqs = [
-        QueuedRequest(id=f"r{i}", model="m", adapter=adapter, request=b)
+        QueuedRequest(id=f"r{i}", model="m", adapter=adapter, request=b, origin=ORIGIN)
         for i, b in enumerate(bodies)
     ]
     return WorkGroup(model="m", adapter=adapter, requests=reqs).model_dump(mode="json")
@@ -61,10 +65,10 @@ def _body(**extra: Any) -> dict[str, Any]:
 def _listen(
     redis_url: str, ids: list[str]
 ) -> tuple[redis.client.PubSub, dict[str, list[dict[str, Any]]]]:
+    """Listen where the requests' API process would: its delivery channel."""
     pubsub = redis.Redis.from_url(redis_url).pubsub()
-    pubsub.subscribe(*[keys.token_channel(i) for i in ids])
-    for _ in ids:
-        pubsub.get_message(timeout=1)
+    pubsub.subscribe(keys.delivery_channel(ORIGIN))
+    pubsub.get_message(timeout=1)
     return pubsub, {i: [] for i in ids}
 
 
@@ -78,8 +82,8 @@ def _drain(
     ):
         message = pubsub.get_message(timeout=0.1)
         if message and message["type"] == "message":
-            event = json.loads(message["data"])
-            got[event["id"]].append(event)
+            for event in json.loads(message["data"]):
+                got[event["id"]].append(event)
 
 
 def test_group_runs_and_every_request_ends_once(host: EngineHost, redis_url: str) -> None:

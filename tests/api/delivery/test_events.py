@@ -154,7 +154,7 @@ async def _write(
 async def _follow(
     aredis: redis.asyncio.Redis, queue: asyncio.Queue[TokenEvent | None], **kwargs: object
 ) -> list[TokenEvent]:
-    relay = TokenRelay(aredis)
+    relay = TokenRelay(aredis, "api-1")
 
     async def fetch(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
         return await relay.fetch("r", attempt, first, end)
