@@ -90,7 +90,8 @@ async def _round(
                 stream = keys.request_events(i)
                 expire = keys.REQUEST_EVENTS_TTL_S if seq == 0 else None
                 entry = keys.event_entry_id(0, seq)
-                publisher.event(None, stream, entry, payload, keys.REQUEST_EVENTS_MAXLEN, expire)
+                body = payload.encode()
+                publisher.store(stream, entry, body, keys.REQUEST_EVENTS_MAXLEN, expire)
                 publisher.publish(_old_channel(i), payload)
         await publisher.drain()
     wall = time.perf_counter() - t0

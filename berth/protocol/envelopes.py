@@ -150,6 +150,16 @@ def decode_events(data: bytes | str) -> list[TokenEvent]:
     return _EVENTS_DECODER.decode(data)
 
 
+_STORED_DECODER = msgspec.json.Decoder(list[TokenEvent] | TokenEvent)
+
+
+def decode_stored_events(data: bytes | str) -> list[TokenEvent]:
+    """The events of one entry of a request's event stream: an ``events_message``, or one
+    event (as workers wrote before they wrote a step's events together)."""
+    decoded = _STORED_DECODER.decode(data)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
 class ResumableStream(BaseModel):
     """What a resumed chat stream needs: who may resume it, how its chunks are rendered,
     and which attempt (and worker) it follows. Stored at ``keys.resume_key``."""

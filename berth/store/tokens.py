@@ -5,16 +5,22 @@ here, so that the path can move (a Redis of its own, a Cluster with ``SPUBLISH``
 ``SSUBSCRIBE``) by changing this module alone.
 
 - The worker (``workers/publisher.py``, once per loop turn, which is one engine step):
-  ``step_commands`` gives the step's commands: each event's ``XADD`` to its request's
-  stream (and now and then its ``EXPIRE``), in order, then ONE ``PUBLISH`` per destination
-  API process with every event of the step for it (``events_message``). Each event is in
-  its stream before it is published: whoever receives event N can find the earlier ones.
+  ``step_commands`` gives the step's commands: the stream writes due (each an ``XADD`` of
+  a request's events not yet in its stream, as one entry, and now and then its
+  ``EXPIRE``), then ONE ``PUBLISH`` per destination API process with every event of the
+  step for it (``events_message``). A running request's events go to its stream at most
+  ``STORE_EVERY_S`` after they were published (``workers/events.py``), its first and last
+  event at once, before they are published.
 - The scheduler: ``notify`` sends one event (``dispatched``, or the end of a request that
   never reached a worker) to the API process waiting for it.
 - The API (``api/delivery/relay.py``): ``DeliveryChannel`` holds the process's one pub/sub
   connection, subscribed to its own channel for good, and hands each message to the relay,
   which decodes the step's events in one call and fans them out to its requests;
   ``read_events`` reads a request's stream (a gap, a silence, a reconnect).
+
+A stream entry holds the events written together (a JSON array, field ``e``) and its id is
+the last one's (``keys.event_entry_id``): a reader asking from event N gets every entry
+whose last event is N or later, and drops what it already has by ``seq``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from berth.plumbing.supervise import supervise
 from berth.protocol import keys
-from berth.protocol.envelopes import MalformedEvent, TokenEvent, decode_event, events_message
+from berth.protocol.envelopes import (
+    MalformedEvent,
+    TokenEvent,
+    decode_stored_events,
+    events_message,
+)
 
 try:
     # what redis-py's hiredis reader returns while a reply is incomplete
@@ -46,12 +57,24 @@ log = logging.getLogger(__name__)
 _FETCH_COUNT = 1024
 
 
-class EventWrite(NamedTuple):
-    """One event of an interactive request as the worker writes it."""
+# How long a running request's published events may wait before they are written to its
+# stream: one XADD then carries every event of that while (a few engine steps at
+# concurrency 32, dozens at concurrency 1) instead of one XADD per event. A reader that
+# finds a gap waits this long (twice, and a little) before it counts events lost.
+STORE_EVERY_S = 0.1
 
-    # the API process's channel (``keys.delivery_channel``); None: the stream only (a
-    # request queued without an origin)
-    channel: str | None
+
+class Publish(NamedTuple):
+    """An event for the API process that holds its request."""
+
+    channel: str
+    payload: bytes
+
+
+class Store(NamedTuple):
+    """Events of one request (``payload``: an ``events_message``) written to its stream as
+    one entry, ``entry_id`` the last one's."""
+
     stream: str
     entry_id: str
     payload: bytes
@@ -63,20 +86,20 @@ class EventWrite(NamedTuple):
 Command = tuple[bytes, ...]
 
 
-def step_commands(events: Sequence[EventWrite]) -> list[Command]:
-    """The commands that write one step's events: every XADD (and EXPIRE) in order, then one
-    PUBLISH per channel carrying that channel's events in order."""
+def step_commands(stores: Sequence[Store], publishes: Sequence[Publish]) -> list[Command]:
+    """The commands of one step: every stream write in order, then one PUBLISH per channel
+    carrying that channel's events in order."""
     commands: list[Command] = []
-    by_channel: dict[str, list[bytes]] = {}
-    for channel, stream, entry_id, payload, maxlen, expire_s in events:
+    for stream, entry_id, payload, maxlen, expire_s in stores:
         key = stream.encode()
         commands.append(
             (b"XADD", key, b"MAXLEN", b"~", b"%d" % maxlen, entry_id.encode(), b"e", payload)
         )
         if expire_s is not None:
             commands.append((b"EXPIRE", key, b"%d" % expire_s))
-        if channel is not None:
-            by_channel.setdefault(channel, []).append(payload)
+    by_channel: dict[str, list[bytes]] = {}
+    for channel, payload in publishes:
+        by_channel.setdefault(channel, []).append(payload)
     for channel, payloads in by_channel.items():
         commands.append((b"PUBLISH", channel.encode(), events_message(payloads)))
     return commands
@@ -92,21 +115,25 @@ async def read_events(
     redis: Redis, request_id: str, attempt: int, first: int, end: int | None = None
 ) -> list[TokenEvent]:
     """Events ``first`` <= seq < ``end`` (``end`` None: all from ``first``) of ``attempt``
-    from the request's event stream, in order; what the stream no longer (or never) had is
-    absent."""
+    from the request's event stream, in order; what the stream does not have (yet, or any
+    more) is absent."""
     stream = keys.request_events(request_id)
-    low = keys.event_entry_id(attempt, first)
-    high = keys.event_entry_id(attempt, end - 1) if end is not None else "+"
+    # entries whose last event is ``first`` or later, up to the attempt's end
+    low, high = keys.event_entry_id(attempt, first), f"({attempt + 1}-0"
     found: list[TokenEvent] = []
     while True:
         entries: list[Any] = list(await redis.xrange(stream, low, high, count=_FETCH_COUNT) or ())
-        for entry_id, fields in entries:
-            if int(entry_id.split(b"-")[0]) != attempt:
-                return found  # a later attempt's entries follow this one's
+        for _, fields in entries:
             try:
-                found.append(decode_event(fields[b"e"]))
-            except MalformedEvent:
-                log.error("malformed event in %s: %r", stream, fields)
+                events = decode_stored_events(fields[b"e"])
+            except (MalformedEvent, KeyError):
+                log.error("malformed events in %s: %r", stream, fields)
+                continue
+            for event in events:
+                if end is not None and event.seq >= end:
+                    return found
+                if event.seq >= first:
+                    found.append(event)
         if len(entries) < _FETCH_COUNT:
             return found
         low = "(" + entries[-1][0].decode()

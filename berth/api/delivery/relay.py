@@ -29,7 +29,12 @@ from redis.asyncio import Redis
 
 from berth.api.delivery.followers import StreamFollowers
 from berth.protocol import keys
-from berth.protocol.envelopes import MalformedEvent, TokenEvent, decode_event, decode_events
+from berth.protocol.envelopes import (
+    MalformedEvent,
+    TokenEvent,
+    decode_events,
+    decode_stored_events,
+)
 from berth.protocol.errors import StoreUnavailable
 from berth.store import tokens
 
@@ -118,9 +123,12 @@ class TokenRelay:
         async for batch in self._followers.follow_batches(stream, after):
             for entry in batch or ():
                 try:
-                    queue.put_nowait(decode_event(entry.fields[b"e"]))
+                    events = decode_stored_events(entry.fields[b"e"])
                 except (MalformedEvent, KeyError):
-                    log.error("malformed event in %s: %r", stream, entry.fields)
+                    log.error("malformed events in %s: %r", stream, entry.fields)
+                    continue
+                for event in events:
+                    queue.put_nowait(event)
 
     def release(self, request_id: str) -> None:
         """Stop relaying the request's events. Safe to call from a cancelled task."""

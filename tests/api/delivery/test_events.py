@@ -11,7 +11,7 @@ import redis.asyncio
 from berth.api.delivery.events import request_events
 from berth.api.delivery.relay import TokenRelay
 from berth.protocol import keys
-from berth.protocol.envelopes import TokenEvent, decode_event, event_json
+from berth.protocol.envelopes import TokenEvent, decode_event, event_json, events_message
 
 
 async def _no_stream(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
@@ -146,7 +146,9 @@ async def _write(
     choices = [{"index": 0, "content": text}] if text else []
     payload = event_json("r", type_, seq=seq, worker="w1", attempt=attempt, choices=choices)  # type: ignore[arg-type]
     await aredis.xadd(
-        keys.request_events("r"), {"e": payload}, id=keys.event_entry_id(attempt, seq)
+        keys.request_events("r"),
+        {"e": events_message([payload.encode()])},
+        id=keys.event_entry_id(attempt, seq),
     )
     return decode_event(payload)
 

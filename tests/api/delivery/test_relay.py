@@ -143,13 +143,15 @@ async def test_a_resumed_stream_is_followed_from_its_event_stream(
     await relay.start()
     stream = keys.request_events("r")
     try:
-        for seq in range(3):
-            entry = keys.event_entry_id(0, seq)
-            await aredis.xadd(stream, {"e": event_json("r", "delta", seq=seq)}, id=entry)
-        queue = await relay.open("r", follow_after=keys.event_entry_id(0, 0))
+        # as the worker writes them: an entry holds the events written together
+        await aredis.xadd(stream, {"e": _step(("r", 0, "delta"))}, id=keys.event_entry_id(0, 0))
+        entry = keys.event_entry_id(0, 2)
+        await aredis.xadd(stream, {"e": _step(("r", 1, "delta"), ("r", 2, "delta"))}, id=entry)
+        queue = await relay.open("r", follow_after=keys.event_entry_id(0, 1))
         entry = keys.event_entry_id(0, 3)
-        await aredis.xadd(stream, {"e": event_json("r", "finished", seq=3)}, id=entry)
+        await aredis.xadd(stream, {"e": _step(("r", 3, "finished"))}, id=entry)
         got = [await asyncio.wait_for(queue.get(), 5) for _ in range(3)]
+        # after the entry of event 1: the one holding 1 and 2 (the reader drops 1 by seq)
         assert [(e.seq, e.type) for e in got if e] == [(1, "delta"), (2, "delta"), (3, "finished")]
         relay.release("r")
     finally:
