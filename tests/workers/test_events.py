@@ -4,6 +4,7 @@ record its last event writes. Redis going away is in test_publisher.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -89,6 +90,27 @@ async def test_an_interactive_request_numbers_its_events_in_its_attempts_stream(
     assert 0 < await client.ttl(keys.request_events("r1")) <= keys.REQUEST_EVENTS_TTL_S
     # a job's stream and record are not touched by an interactive request
     assert not await client.exists(keys.job_events("r1"), keys.job_key("r1"))
+
+
+async def test_published_events_reach_the_stream_though_no_event_follows(
+    client: redis.asyncio.Redis, publisher: EventPublisher
+) -> None:
+    """A request that falls quiet after a delta (a long step, a stalled engine) still has
+    that delta in its stream within STORE_EVERY_S: a reader's gap or silence finds it."""
+    queued = QueuedRequest(id="r2", model="m", request=_BODY, origin="api-1")
+    events = RequestEvents(publisher, queued, "w1", JobStore(client, 3600))
+    events.emit("started")
+    events.step(_step("Hel"))
+    events.step(_step("lo"))
+    await publisher.drain()
+    stream = keys.request_events("r2")
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(entries := await _stream(client, stream)) < 2:
+        assert asyncio.get_running_loop().time() < deadline, entries
+        await asyncio.sleep(0.02)
+    # the first event went at once; both deltas later, together, by the timer
+    assert [entry_id for entry_id, _ in entries] == ["0-1", "0-3"]
+    assert [e["seq"] for _, batch in entries for e in batch] == [0, 1, 2]
 
 
 async def test_a_job_streams_its_events_and_its_last_one_stores_the_result(
