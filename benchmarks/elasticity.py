@@ -117,12 +117,13 @@ class ColdStart:
 
 
 class EventTimes:
-    """When each event type was first published on any request's token channel."""
+    """When each event type was first published to any API process (each message: one
+    engine step's events for that process)."""
 
     def __init__(self, store: redis.Redis) -> None:
         self.first: dict[str, float] = {}
         self._pubsub = store.pubsub()
-        self._pubsub.psubscribe(keys.token_channel("*"))
+        self._pubsub.psubscribe(keys.delivery_channel("*"))
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
 
@@ -130,10 +131,12 @@ class EventTimes:
         for message in self._pubsub.listen():
             if message["type"] != "pmessage":
                 continue
-            kind = json.loads(message["data"]).get("type", "")
-            self.first.setdefault(kind, time.monotonic())
-            if kind in ("finished", "error", "cancelled"):
-                return
+            now = time.monotonic()
+            for event in json.loads(message["data"]):
+                kind = event.get("type", "")
+                self.first.setdefault(kind, now)
+                if kind in ("finished", "error", "cancelled"):
+                    return
 
     def close(self) -> None:
         self._thread.join(10)

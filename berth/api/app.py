@@ -63,7 +63,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = settings.redis()
-        relay = TokenRelay(redis)
+        presence = ApiPresence(redis)
+        followers = StreamFollowers(redis)
+        # events of the requests queued here come on this process's own channel
+        relay = TokenRelay(redis, presence.instance, followers)
         directory = WorkerDirectory(
             redis,
             settings.registry_refresh_s,
@@ -72,8 +75,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
             seed=declared,
         )
         quotas = Quotas(redis, settings, book)
-        followers = StreamFollowers(redis)
-        presence = ApiPresence(redis)
         # none of these needs Redis (compose or Kubernetes may start the API first): each
         # starts its loop, which connects when it can; the directory's first read is bounded
         await relay.start()

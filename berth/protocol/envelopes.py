@@ -150,6 +150,31 @@ def decode_event(data: bytes | str) -> TokenEvent:
     return _EVENT_DECODER.decode(data)
 
 
+_EVENTS_DECODER = msgspec.json.Decoder(list[TokenEvent])
+
+
+def events_message(events: list[bytes]) -> bytes:
+    """One message carrying several events' JSON (each from ``event_json``, encoded): a JSON
+    array, so a reader decodes a whole engine step's events in one call."""
+    return b"[" + b",".join(events) + b"]"
+
+
+def decode_events(data: bytes | str) -> list[TokenEvent]:
+    """The events of one ``events_message``, in order; ``MalformedEvent`` when any of them
+    is not a ``TokenEvent``."""
+    return _EVENTS_DECODER.decode(data)
+
+
+_STORED_DECODER = msgspec.json.Decoder(list[TokenEvent] | TokenEvent)
+
+
+def decode_stored_events(data: bytes | str) -> list[TokenEvent]:
+    """The events of one entry of a request's event stream: an ``events_message``, or one
+    event (as workers wrote before they wrote a step's events together)."""
+    decoded = _STORED_DECODER.decode(data)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
 class ResumableStream(BaseModel):
     """What a resumed chat stream needs: who may resume it, how its chunks are rendered,
     and which attempt (and worker) it follows. Stored at ``keys.resume_key``."""

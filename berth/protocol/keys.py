@@ -115,15 +115,29 @@ def tenant_batches(tenant: str) -> str:
 BATCHES_ACTIVE = f"{PREFIX}:batches:active"
 
 
-def token_channel(request_id: str) -> str:
-    """The pub/sub channel on which a request's events are published."""
-    return f"{PREFIX}:tokens:{request_id}"
+# Every API process's relay subscribes to this channel besides its own delivery channel;
+# nothing is published on it (it marks the relays' connections: two subscriptions each).
+RELAYS_CHANNEL = f"{PREFIX}:relays"
 
 
-# An interactive request's events also go, in the same pipeline as each PUBLISH, to a capped
-# stream whose entry ids are "{attempt}-{seq + 1}": the API fills from it a gap pub/sub left
-# (a dropped subscriber connection, a lost publish) and a resumed stream replays it. The
-# worker refreshes its expiry while it writes; it lives REQUEST_EVENTS_TTL_S after the last.
+def delivery_channel(instance: str) -> str:
+    """The pub/sub channel of one API process (``instance``, its id in ``APIS_INDEX``): each
+    message is one engine step's events (a JSON array of ``TokenEvent``s) of the requests
+    that process holds, from one worker; the scheduler's ``dispatched`` and the ends it
+    writes come on it too, one event each (store/tokens.py owns both ends).
+
+    One channel per API process, not per request: a worker publishes once per destination
+    per step, and the API subscribes once for good. On a Redis Cluster this becomes one
+    channel per shard per API process (``SPUBLISH``/``SSUBSCRIBE``), the name carrying the
+    shard's hash tag as the request keys written with it (``request_events``) would."""
+    return f"{PREFIX}:deliver:{instance}"
+
+
+# An interactive request's events also go, in the same pipeline as the PUBLISH of their step
+# (before it), to a capped stream whose entry ids are "{attempt}-{seq + 1}": the API fills
+# from it a gap pub/sub left (a dropped subscriber connection, a lost publish) and a resumed
+# stream follows it. The worker refreshes its expiry while it writes; it lives
+# REQUEST_EVENTS_TTL_S after the last.
 REQUEST_EVENTS_TTL_S = 300
 REQUEST_EVENTS_MAXLEN = 16_384
 

@@ -468,7 +468,7 @@ class Scheduler:
                     worker=worker.id,
                     incarnation=worker.incarnation or None,
                 )
-                queue.notify_waiting(pipe, p.request.id, event)
+                queue.notify_waiting(pipe, p.request, event)
         if self.settings.prefix_placement:
             await self._prefixes.note(pipe, worker, (b for p in items for b in p.prefix), sent_at)
         await release_queued(pipe, self._quota_scripts, [p.request for p in items])
@@ -488,7 +488,7 @@ class Scheduler:
             body = err.body() if err is not None else None
             await self.jobs.finish(request.id, None, status, error=body, event=event)
         else:
-            await queue.notify_waiting(self.redis, request.id, event)
+            await queue.notify_waiting(self.redis, request, event)
         await self._ack_items([item])
 
     async def _ack_items(self, items: list[policy.Pending]) -> None:

@@ -34,6 +34,13 @@ def terminal_status(event_type: str, http_status: int | None) -> str:
 EVENTS_MAXLEN = 20_000
 
 
+def append_command(stream: str, payload: str, maxlen: int) -> tuple[bytes, ...]:
+    """A job's event added to its capped stream (``keys.job_events``), as the worker's
+    publisher sends it with the other writes of a loop turn."""
+    return (b"XADD", stream.encode(), b"MAXLEN", b"~", b"%d" % maxlen, b"*", b"e",
+            payload.encode())  # fmt: skip
+
+
 def new_job_id() -> str:
     """An unguessable id (128 random bits)."""
     return f"job_{secrets.token_hex(16)}"

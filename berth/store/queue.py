@@ -29,6 +29,7 @@ from redis.typing import EncodableT, FieldT
 
 from berth.protocol import keys
 from berth.protocol.envelopes import QueuedRequest
+from berth.store import tokens
 
 # The one field of an ingress entry: the QueuedRequest's JSON. The Lua scripts that queue a
 # job (create_job.lua, requeue_job.lua) take it as an argument from store/jobs.py.
@@ -121,11 +122,12 @@ def acknowledge(pipe: Any, stream: str, entry_ids: Sequence[str]) -> None:
     pipe.xdel(stream, *entry_ids)
 
 
-def notify_waiting(client: Any, request_id: str, event: str) -> Any:
+def notify_waiting(client: Any, request: QueuedRequest, event: str) -> Any:
     """Tell the API waiting for an interactive request that it left the queue (``event``:
-    ``dispatched``, or its terminal event when it ended there); ``client``: the store's
-    Redis, or a pipeline to add it to."""
-    return client.publish(keys.token_channel(request_id), event)
+    ``dispatched``, or its terminal event when it ended there), on the channel of the API
+    process that queued it (``store/tokens.py: notify``); ``client``: the store's Redis, or
+    a pipeline to add it to."""
+    return tokens.notify(client, request.origin, event)
 
 
 async def consumers(redis: Redis, stream: str) -> list[tuple[str, int]]:

@@ -12,12 +12,16 @@ The path of a token from the engine to Redis is runtime -> this module -> publis
 - Then it is handed to ``workers/publisher.py``, which sends every event of a loop turn to
   Redis in one round trip, in order:
 
-  - an interactive request's event goes to its short-lived stream
-    (``keys.request_events``, entry id ``keys.event_entry_id(attempt, seq)``) and is then
-    published on its channel (``keys.token_channel``), in one pipeline; the stream's
-    expiry is refreshed now and then and by the last event. The API's relay
-    (``api/relay.py``) takes it off pub/sub and ``api/events.py`` fills a gap in ``seq``
-    from the stream.
+  - an interactive request's event is published, with every other event of the step for
+    the same API process (the request's ``origin``), in one message on that process's
+    channel (``keys.delivery_channel``), and goes to the request's short-lived stream
+    (``keys.request_events``) with the request's other events of the last
+    ``STORE_EVERY_S``, as one entry whose id is the last one's
+    (``keys.event_entry_id(attempt, seq)``); the first and the last event are in the
+    stream before they are published (``store/tokens.py``). The stream's expiry is
+    refreshed now and then and by the last event. The API's relay
+    (``api/delivery/relay.py``) takes the step off pub/sub and fans it out to its requests,
+    and ``api/delivery/events.py`` fills a gap in ``seq`` from the stream.
   - a job's event is appended to its capped stream (``keys.job_events``), and its result
     is assembled here as its events go by; its terminal event goes through the job
     store's finishing script (``store/jobs.py``: ``JobStore.finish_call``), which stores
@@ -27,6 +31,7 @@ The path of a token from the engine to Redis is runtime -> this module -> publis
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -39,9 +44,11 @@ from berth.protocol.envelopes import (
     QueuedRequest,
     decode_event,
     event_json,
+    events_message,
 )
 from berth.protocol.errors import BerthError, EngineFailure
 from berth.protocol.output import CompletionAssembler
+from berth.store import tokens
 from berth.store.jobs import EVENTS_MAXLEN, JobStore, terminal_status
 from berth.workers import metrics
 from berth.workers.engine.base import ChoiceDelta, EngineStep
@@ -67,9 +74,10 @@ def _choice_json(delta: ChoiceDelta) -> dict[str, Any]:
 
 
 class RequestEvents:
-    """Numbers one request's events and writes them: for a waiting client on its pub/sub
-    channel and its short-lived event stream (one pipeline), or for a job into its event
-    stream, ending with the script that stores its result. The hot path builds JSON directly.
+    """Numbers one request's events and writes them: for a waiting client to its
+    short-lived event stream and its API process's pub/sub channel (one pipeline per step),
+    or for a job into its event stream, ending with the script that stores its result. The
+    hot path builds JSON directly.
 
     When the publisher's buffer is full (Redis away too long), the request's later events
     are dropped and, once the buffer drains, one error event ends it at the first seq that
@@ -87,7 +95,11 @@ class RequestEvents:
         "_queued",
         "_refreshed",
         "_seq",
+        "_store_timer",
+        "_stored_at",
         "_target",
+        "_unstored",
+        "_unstored_seq",
         "_worker",
     )
 
@@ -110,8 +122,15 @@ class RequestEvents:
         self._seq = queued.continuation.seq if queued.continuation else 0
         self._lost = False
         self._refreshed = -float("inf")
+        # published events not yet in the stream, the seq of the last, and when it was last
+        # written (with the timer that writes them within STORE_EVERY_S)
+        self._unstored: list[bytes] = []
+        self._unstored_seq = -1
+        self._stored_at = -float("inf")
+        self._store_timer: asyncio.TimerHandle | None = None
         self._assembler: CompletionAssembler | None = None
-        self._channel = keys.token_channel(queued.id)
+        # the API process holding the client: its channel carries the request's events
+        self._channel = keys.delivery_channel(queued.origin) if queued.origin else None
         self._target = keys.job_events(queued.id) if queued.job else keys.request_events(queued.id)
 
     def collect_result(self, request: ChatCompletionRequest) -> None:
@@ -175,22 +194,7 @@ class RequestEvents:
         )
         terminal = type_ in TERMINAL_EVENTS
         if not self._queued.job:
-            # the stream's expiry is refreshed now and then, and at the end
-            now = time.monotonic()
-            expire = None
-            if terminal or now - self._refreshed > keys.REQUEST_EVENTS_TTL_S / 4:
-                expire = keys.REQUEST_EVENTS_TTL_S
-            written = self._publisher.event(
-                self._channel,
-                self._target,
-                keys.event_entry_id(self._attempt, seq),
-                payload,
-                keys.REQUEST_EVENTS_MAXLEN,
-                expire,
-                force=force,
-            )
-            if written and expire is not None:
-                self._refreshed = now
+            written = self._write_event(payload.encode(), seq, terminal, force)
         else:
             written = self._write_job(type_, payload, terminal, force)
         if written:
@@ -198,6 +202,56 @@ class RequestEvents:
             if terminal:
                 metrics.FINISHED.labels(type_).inc()
         return written
+
+    def _write_event(self, payload: bytes, seq: int, terminal: bool, force: bool) -> bool:
+        """An interactive request's event: published now, for its API process; written to
+        its stream at once when it is the first or the last, or the last write is
+        ``STORE_EVERY_S`` old, else with the next write (a timer makes that one within
+        ``STORE_EVERY_S``): one XADD for the events of that while, not one per event."""
+        now = time.monotonic()
+        due = terminal or now - self._stored_at >= tokens.STORE_EVERY_S
+        if self._channel is not None:
+            if not self._publisher.event(self._channel, payload, force=force):
+                return False
+        elif not self._publisher.has_room() and not force:
+            return False
+        else:
+            due = True  # nobody is told: the stream alone carries it (no origin)
+        self._unstored.append(payload)
+        self._unstored_seq = seq
+        if due:
+            self._store(now, terminal)
+        elif self._store_timer is None:
+            self._store_timer = asyncio.get_running_loop().call_later(
+                tokens.STORE_EVERY_S, self._store_due
+            )
+        return True
+
+    def _store_due(self) -> None:
+        self._store_timer = None
+        if self._unstored:
+            self._store(time.monotonic(), False)
+
+    def _store(self, now: float, terminal: bool) -> None:
+        """The events not yet in the stream, as one entry; the stream's expiry is refreshed
+        now and then, and at the end. Never refused: one write per request per while."""
+        if self._store_timer is not None:
+            self._store_timer.cancel()
+            self._store_timer = None
+        expire = None
+        if terminal or now - self._refreshed > keys.REQUEST_EVENTS_TTL_S / 4:
+            expire = keys.REQUEST_EVENTS_TTL_S
+            self._refreshed = now
+        self._publisher.store(
+            self._target,
+            keys.event_entry_id(self._attempt, self._unstored_seq),
+            events_message(self._unstored),
+            keys.REQUEST_EVENTS_MAXLEN,
+            expire,
+            force=True,
+        )
+        self._unstored = []
+        self._stored_at = now
 
     def _write_job(self, type_: EventType, payload: str, terminal: bool, force: bool) -> bool:
         """A job's event into its stream; its last one through the script that ends the job."""

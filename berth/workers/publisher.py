@@ -1,9 +1,12 @@
 """Writes events to Redis, coalescing everything produced in one loop turn into one round trip.
 
 All requests of an engine step wake up in the same event-loop turn, so one
-pipelined flush per turn sends that step's deltas for every request together.
-A single flusher task keeps every request's writes in order, including the
-script that finishes a job after its last delta.
+pipelined flush per turn sends that step's events for every request together: the stream
+writes due (each request's events of the last ``STORE_EVERY_S`` as one XADD), then one
+PUBLISH per API process with every event of the step for it
+(``store/tokens.py: step_commands``), not two commands per token per request. A single
+flusher task keeps every request's writes in order, including the script that finishes a
+job after its last delta.
 
 While Redis is away, writes wait in a bounded buffer and go out, in order, once
 it answers again: the engine loop never waits for Redis. A write refused because
@@ -33,10 +36,12 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 from berth.plumbing.redisconn import SOCKET_TIMEOUT_S
+from berth.store import tokens
+from berth.store.jobs import append_command
 
 log = logging.getLogger(__name__)
 
-_PUBLISH, _APPEND, _EVENT, _SCRIPT = 0, 1, 2, 3
+_PUBLISH, _APPEND, _EVENT, _STORE, _SCRIPT = 0, 1, 2, 3, 4
 
 # writes held while Redis is away; beyond them writes are refused (see module docstring)
 MAX_BUFFERED = 100_000
@@ -76,6 +81,10 @@ class EventPublisher:
         self._wakeup.set()
         return True
 
+    def has_room(self) -> bool:
+        """Whether a write that may be refused would be taken now."""
+        return len(self._buffer) < self._max
+
     def publish(self, channel: str, payload: str, *, force: bool = False) -> bool:
         """PUBLISH; False when the buffer is full (``force``: take it anyway)."""
         return self._push((_PUBLISH, channel, payload), force)
@@ -84,21 +93,26 @@ class EventPublisher:
         """Add an event to a capped stream (a job's events)."""
         return self._push((_APPEND, stream, (payload, maxlen)), force)
 
-    def event(
+    def event(self, channel: str, payload: bytes, *, force: bool = False) -> bool:
+        """An interactive request's event for its API process (``channel``), published with
+        the other events of the loop turn for that channel, in one message."""
+        return self._push((_EVENT, None, tokens.Publish(channel, payload)), force)
+
+    def store(
         self,
-        channel: str,
         stream: str,
         entry_id: str,
-        payload: str,
+        payload: bytes,
         maxlen: int,
         expire_s: int | None,
         *,
         force: bool = False,
     ) -> bool:
-        """An interactive request's event: XADD to its capped stream, then PUBLISH, in one
-        pipeline; so whoever receives event N can find every earlier one in the stream.
-        ``expire_s`` (re)sets the stream's expiry."""
-        return self._push((_EVENT, channel, (stream, entry_id, payload, maxlen, expire_s)), force)
+        """Events of an interactive request written to its capped stream as one entry (XADD,
+        before the loop turn's publishes). ``expire_s`` (re)sets the stream's expiry."""
+        return self._push(
+            (_STORE, None, tokens.Store(stream, entry_id, payload, maxlen, expire_s)), force
+        )
 
     def script(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], *, force: bool = False
@@ -160,23 +174,29 @@ class EventPublisher:
             self._idle.set()
 
     async def _flush(self, batch: list[tuple[int, Any, Any]]) -> None:
+        # interactive events: their stream writes, then one publish per API process (so a
+        # request's first and last events are in its stream before they are published);
+        # jobs' writes keep their order among themselves (a job's appends before its script)
+        stores = [data for kind, _, data in batch if kind == _STORE]
+        events = [data for kind, _, data in batch if kind == _EVENT]
         if all(kind != _SCRIPT for kind, _, _ in batch):
-            await self._send_raw(batch)
+            commands = tokens.step_commands(stores, events)
+            for kind, target, data in batch:
+                if kind == _PUBLISH:
+                    commands.append((b"PUBLISH", target.encode(), data.encode()))
+                elif kind == _APPEND:
+                    commands.append(append_command(target, *data))
+            await self._send_raw(commands)
             return
         pipe = self._redis.pipeline(transaction=False)
+        for command in tokens.step_commands(stores, events):
+            pipe.execute_command(*command)
         for kind, target, data in batch:
-            if kind == _EVENT:
-                stream, entry_id, payload, maxlen, expire_s = data
-                pipe.xadd(stream, {"e": payload}, id=entry_id, maxlen=maxlen, approximate=True)
-                pipe.publish(target, payload)
-                if expire_s is not None:
-                    pipe.expire(stream, expire_s)
-            elif kind == _PUBLISH:
+            if kind == _PUBLISH:
                 pipe.publish(target, data)
             elif kind == _APPEND:
-                payload, maxlen = data
-                pipe.xadd(target, {"e": payload}, maxlen=maxlen, approximate=True)
-            else:
+                pipe.execute_command(*append_command(target, *data))
+            elif kind == _SCRIPT:
                 keys, args = data
                 await target(keys=keys, args=args, client=pipe)
         for result in await pipe.execute(raise_on_error=False):
@@ -185,25 +205,9 @@ class EventPublisher:
             if isinstance(result, ResponseError):
                 _refused(result)
 
-    async def _send_raw(self, batch: list[tuple[int, Any, Any]]) -> None:
-        """The batch's commands as one RESP write, then their replies, on one connection."""
-        parts: list[bytes] = []
-        for kind, target, data in batch:
-            channel = target.encode()
-            if kind == _EVENT:
-                stream, entry_id, payload, maxlen, expire_s = data
-                body, key = payload.encode(), stream.encode()
-                parts.append(_resp(b"XADD", key, b"MAXLEN", b"~", b"%d" % maxlen,
-                                   entry_id.encode(), b"e", body))  # fmt: skip
-                parts.append(_resp(b"PUBLISH", channel, body))
-                if expire_s is not None:
-                    parts.append(_resp(b"EXPIRE", key, b"%d" % expire_s))
-            elif kind == _PUBLISH:
-                parts.append(_resp(b"PUBLISH", channel, data.encode()))
-            else:
-                payload, maxlen = data
-                parts.append(_resp(b"XADD", channel, b"MAXLEN", b"~", b"%d" % maxlen, b"*",
-                                   b"e", payload.encode()))  # fmt: skip
+    async def _send_raw(self, commands: list[tuple[bytes, ...]]) -> None:
+        """The commands as one RESP write, then their replies, on one connection."""
+        parts = [_resp(*command) for command in commands]
         pool = self._redis.connection_pool
         connection = await pool.get_connection()
         try:

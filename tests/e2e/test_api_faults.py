@@ -39,7 +39,8 @@ def _body(tokens: int) -> dict[str, Any]:
 
 def _events(client: redis.Redis, request_id: str) -> list[dict[str, Any]]:
     entries: Any = client.xrange(keys.request_events(request_id))
-    return [json.loads(fields[b"e"]) for _, fields in entries]
+    # an entry holds the events written together
+    return [event for _, fields in entries for event in json.loads(fields[b"e"])]
 
 
 def _ends(client: redis.Redis) -> dict[str, str]:

@@ -97,8 +97,8 @@ def test_a_dropped_subscriber_connection_loses_no_token(stack: RunningStack) -> 
     kills = 0
 
     def keep_killing() -> None:
-        # the server drops the API's pub/sub connection (the one subscribed to a request's
-        # channel besides its own: the worker's cancel listener and Celery's have one) again
+        # the server drops the API's pub/sub connection (subscribed to its own channel and
+        # the relays' one: the worker's cancel listener and Celery's have one) again
         # and again while tokens flow: what is published meanwhile reaches nobody
         nonlocal kills
         while not stop.wait(0.15):
@@ -199,10 +199,12 @@ def test_a_duplicate_delivery_of_a_group_runs_once(stack: RunningStack) -> None:
     worker = json.loads(
         next(v for k in r.scan_iter(f"{keys.WORKER_KEY_PREFIX}*") if (v := r.get(k)))
     )
-    queued = QueuedRequest(id="dup-1", model=MODEL, request=_body(20, stream=False), tenant="alice")
+    queued = QueuedRequest(
+        id="dup-1", model=MODEL, request=_body(20, stream=False), tenant="alice", origin="t-1"
+    )
     group = WorkGroup(model=MODEL, requests=[queued]).model_dump(mode="json")
     pubsub = r.pubsub()
-    pubsub.subscribe(keys.token_channel("dup-1"))
+    pubsub.subscribe(keys.delivery_channel("t-1"))
     app = Celery("test-sender")
     app.conf.update(celery_settings(stack.redis_url))
     # the same group sent twice, as by a scheduler that died between sending and acking
@@ -213,9 +215,9 @@ def test_a_duplicate_delivery_of_a_group_runs_once(stack: RunningStack) -> None:
     while time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.2)
         if message and message["type"] == "message":
-            events.append(json.loads(message["data"]))
+            events.extend(json.loads(message["data"]))
     entries: Any = r.xrange(keys.request_events("dup-1"))
-    stream = [json.loads(f[b"e"]) for _, f in entries]
+    stream = [event for _, f in entries for event in json.loads(f[b"e"])]
     assert [e["type"] for e in events].count("started") == 1
     assert [e["type"] for e in events].count("finished") == 1
     assert stream == events

@@ -91,11 +91,11 @@ async def test_cancelled_request_is_dropped_with_a_terminal_event(
     await _register(aredis, "w1")
     await aredis.set(keys.cancelled_key("r1"), 1)
     pubsub = aredis.pubsub()
-    await pubsub.subscribe(keys.token_channel("r1"))
+    await pubsub.subscribe(keys.delivery_channel("api-1"))
     await _enqueue(
         aredis,
         QueuedRequest(id="r0", model="m", request={}),
-        QueuedRequest(id="r1", model="m", request={}),
+        QueuedRequest(id="r1", model="m", request={}, origin="api-1"),
     )
     await _run_until(aredis, redis_url, lambda: _done(aredis, 1))
     [group] = await _sent_groups(aredis, "w1")
@@ -103,7 +103,7 @@ async def test_cancelled_request_is_dropped_with_a_terminal_event(
     messages = []
     while (m := await pubsub.get_message(timeout=0.5)) is not None:
         if m["type"] == "message":
-            messages.append(json.loads(m["data"]))
+            messages.extend(json.loads(m["data"]))
     assert messages == [{"id": "r1", "seq": -1, "type": "cancelled"}]
     await pubsub.aclose()
 
@@ -232,7 +232,9 @@ async def _pending_is(r: redis.asyncio.Redis, n: int) -> bool:
 
 
 def _lora(request_id: str) -> QueuedRequest:
-    return QueuedRequest(id=request_id, model="m", adapter=request_id[0], request={})
+    return QueuedRequest(
+        id=request_id, model="m", adapter=request_id[0], request={}, origin="api-1"
+    )
 
 
 async def test_an_adapter_waits_for_a_lora_slot_until_the_quantum_ends(
@@ -264,13 +266,14 @@ async def test_a_request_cancelled_while_waiting_for_a_slot_ends_there(
     terminal event from the scheduler and never reaches the worker."""
     await _register(aredis, "w1", max_loras=1, mean_run_s=1.0)
     pubsub = aredis.pubsub()
-    await pubsub.subscribe(keys.token_channel("b0"))
+    await pubsub.subscribe(keys.delivery_channel("api-1"))
     messages: list[dict[str, Any]] = []
 
     async def ended() -> bool:
         m = await pubsub.get_message(timeout=0.1)
         if m is not None and m["type"] == "message":
-            messages.append(json.loads(m["data"]))
+            # the API process hears of its other request (a0 dispatched) too
+            messages.extend(e for e in json.loads(m["data"]) if e["id"] == "b0")
         return bool(messages)
 
     try:
@@ -370,19 +373,19 @@ async def test_a_declared_models_requests_wait_for_its_first_worker(
     job = QueuedRequest(id="job0", model="m", request={}, job=True, lane="job")
     await jobs.create(job, tenant="t")
     pubsub = aredis.pubsub()
-    await pubsub.subscribe(keys.token_channel("chat0"), keys.token_channel("other0"))
+    await pubsub.subscribe(keys.delivery_channel("api-1"))
     await _enqueue(
         aredis,
-        QueuedRequest(id="chat0", model="m", request={}),
-        QueuedRequest(id="other0", model="undeclared", request={}),
+        QueuedRequest(id="chat0", model="m", request={}, origin="api-1"),
+        QueuedRequest(id="other0", model="undeclared", request={}, origin="api-1"),
     )
     ended: dict[str, dict[str, Any]] = {}
 
     async def both_chats_ended() -> bool:
         while (m := await pubsub.get_message(timeout=0.05)) is not None:
             if m["type"] == "message":
-                event = json.loads(m["data"])
-                ended[event["id"]] = event
+                for event in json.loads(m["data"]):
+                    ended[event["id"]] = event
         return len(ended) == 2
 
     async def job_dispatched() -> bool:

@@ -125,13 +125,15 @@ async def test_start_runs_sets_one_run_marker_per_attempt(aredis: redis.asyncio.
     assert claimed
 
 
-async def test_notify_waiting_publishes_on_the_requests_channel(
+async def test_notify_waiting_publishes_on_the_channel_of_the_requests_api_process(
     aredis: redis.asyncio.Redis,
 ) -> None:
     pubsub = aredis.pubsub()
-    await pubsub.subscribe(keys.token_channel("r1"))
+    await pubsub.subscribe(keys.delivery_channel("api-1"))
     await pubsub.get_message(timeout=1)
-    assert await queue.notify_waiting(aredis, "r1", '{"id":"r1"}') == 1
+    request = QueuedRequest(id="r1", model="m", request={}, origin="api-1")
+    assert await queue.notify_waiting(aredis, request, '{"id":"r1"}') == 1
     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-    assert message is not None and message["data"] == b'{"id":"r1"}'
+    # one event, as the workers' messages carry a step's: a JSON array
+    assert message is not None and message["data"] == b'[{"id":"r1"}]'
     await pubsub.aclose()

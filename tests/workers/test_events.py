@@ -4,6 +4,7 @@ record its last event writes. Redis going away is in test_publisher.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -51,7 +52,7 @@ def _step(text: str, finish: bool = False) -> EngineStep:
     return EngineStep(choices=[choice], prompt_tokens=3, completion_tokens=2, finished=finish)
 
 
-async def _stream(client: redis.asyncio.Redis, stream: str) -> list[tuple[str, dict[str, Any]]]:
+async def _stream(client: redis.asyncio.Redis, stream: str) -> list[tuple[str, Any]]:
     entries: Any = await client.xrange(stream)
     return [(entry_id.decode(), json.loads(fields[b"e"])) for entry_id, fields in entries]
 
@@ -59,15 +60,18 @@ async def _stream(client: redis.asyncio.Redis, stream: str) -> list[tuple[str, d
 async def test_an_interactive_request_numbers_its_events_in_its_attempts_stream(
     client: redis.asyncio.Redis, publisher: EventPublisher
 ) -> None:
-    queued = QueuedRequest(id="r1", model="m", request=_BODY, attempt=2)
+    queued = QueuedRequest(id="r1", model="m", request=_BODY, attempt=2, origin="api-1")
     events = RequestEvents(publisher, queued, "w1", JobStore(client, 3600), "inc-1")
     events.emit("started")
     events.step(_step("Hel"))
     events.step(_step("lo", finish=True), "finished")
     await publisher.drain()
-    got = await _stream(client, keys.request_events("r1"))
-    # entry ids are "{attempt}-{seq + 1}": the API reads one attempt's events by seq
-    assert [entry_id for entry_id, _ in got] == ["2-1", "2-2", "2-3"]
+    entries = await _stream(client, keys.request_events("r1"))
+    # an entry holds the events written together, its id "{attempt}-{seq + 1}" of the last:
+    # the API reads one attempt's events by seq. The first went at once; the delta waited
+    # (STORE_EVERY_S) and went with the last, which goes at once
+    assert [entry_id for entry_id, _ in entries] == ["2-1", "2-3"]
+    got = [(entry_id, e) for entry_id, batch in entries for e in batch]
     assert [(e["type"], e["seq"]) for _, e in got] == [
         ("started", 0),
         ("delta", 1),
@@ -86,6 +90,27 @@ async def test_an_interactive_request_numbers_its_events_in_its_attempts_stream(
     assert 0 < await client.ttl(keys.request_events("r1")) <= keys.REQUEST_EVENTS_TTL_S
     # a job's stream and record are not touched by an interactive request
     assert not await client.exists(keys.job_events("r1"), keys.job_key("r1"))
+
+
+async def test_published_events_reach_the_stream_though_no_event_follows(
+    client: redis.asyncio.Redis, publisher: EventPublisher
+) -> None:
+    """A request that falls quiet after a delta (a long step, a stalled engine) still has
+    that delta in its stream within STORE_EVERY_S: a reader's gap or silence finds it."""
+    queued = QueuedRequest(id="r2", model="m", request=_BODY, origin="api-1")
+    events = RequestEvents(publisher, queued, "w1", JobStore(client, 3600))
+    events.emit("started")
+    events.step(_step("Hel"))
+    events.step(_step("lo"))
+    await publisher.drain()
+    stream = keys.request_events("r2")
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(entries := await _stream(client, stream)) < 2:
+        assert asyncio.get_running_loop().time() < deadline, entries
+        await asyncio.sleep(0.02)
+    # the first event went at once; both deltas later, together, by the timer
+    assert [entry_id for entry_id, _ in entries] == ["0-1", "0-3"]
+    assert [e["seq"] for _, batch in entries for e in batch] == [0, 1, 2]
 
 
 async def test_a_job_streams_its_events_and_its_last_one_stores_the_result(

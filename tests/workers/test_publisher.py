@@ -21,8 +21,9 @@ from tests.stack import free_port
 
 
 async def _events(client: redis.asyncio.Redis, request_id: str) -> list[dict[str, object]]:
+    """The request's events in its stream (an entry holds the events written together)."""
     entries: Any = await client.xrange(keys.request_events(request_id))
-    return [json.loads(fields[b"e"]) for _, fields in entries]
+    return [event for _, fields in entries for event in json.loads(fields[b"e"])]
 
 
 async def test_events_wait_for_redis_and_an_overflow_ends_with_an_error() -> None:
@@ -77,8 +78,9 @@ async def test_events_are_streamed_published_and_expire_and_a_resent_write_is_ha
     jobs = JobStore(client, 3600)
     pubsub = listener.pubsub()
     try:
-        await pubsub.subscribe(keys.token_channel("r1"))
-        events = RequestEvents(publisher, QueuedRequest(id="r1", model="m", request={}), "w", jobs)
+        await pubsub.subscribe(keys.delivery_channel("api-1"))
+        queued = QueuedRequest(id="r1", model="m", request={}, origin="api-1")
+        events = RequestEvents(publisher, queued, "w", jobs)
         events.emit("started")
         events.emit("delta", choices=[{"index": 0, "content": "é\u2028"}])
         await publisher.drain()
@@ -86,23 +88,24 @@ async def test_events_are_streamed_published_and_expire_and_a_resent_write_is_ha
         # and changes nothing; the writes after it still land
         stream = keys.request_events("r1")
         first: Any = await client.xrange(stream)
-        publisher.event(
-            keys.token_channel("r1"), stream, keys.event_entry_id(0, 1), "{}", 100, None
-        )
+        publisher.store(stream, keys.event_entry_id(0, 0), b"[{}]", 100, None)
+        publisher.event(keys.delivery_channel("api-1"), b"{}")
         events.emit("finished")
         await publisher.drain()
         got = await _events(client, "r1")
         assert [e["seq"] for e in got] == [0, 1, 2]
         assert got[1]["choices"] == [{"index": 0, "content": "é\u2028"}]
         after: Any = await client.xrange(stream)
-        assert after[:2] == first
+        # started went to the stream at once; the delta waited and went with finished
+        assert after[:1] == first and len(after) == 2
         assert 0 < await client.ttl(stream) <= keys.REQUEST_EVENTS_TTL_S
         published = []
         while (message := await pubsub.get_message(timeout=1.0)) is not None:
             if message["type"] == "message":
                 published.append(json.loads(message["data"]))
-        # the resent write is published again (readers drop it by seq); the rest in order
-        assert [e.get("seq") for e in published] == [0, 1, None, 2]
+        # one message per loop turn, with its events in order; the resent write is
+        # published again (readers drop it by seq)
+        assert [[e.get("seq") for e in step] for step in published] == [[0, 1], [None, 2]]
     finally:
         await pubsub.aclose()
         await publisher.close()

@@ -60,9 +60,13 @@ def host(redis_url: str) -> Iterator[EngineHost]:
         running.stop()
 
 
+# the API process the test's requests came from
+ORIGIN = "api-1"
+
+
 def _group(*bodies: dict[str, Any], adapter: str | None = None) -> dict[str, Any]:
     reqs = [
-        QueuedRequest(id=f"r{i}", model="m", adapter=adapter, request=b)
+        QueuedRequest(id=f"r{i}", model="m", adapter=adapter, request=b, origin=ORIGIN)
         for i, b in enumerate(bodies)
     ]
     return WorkGroup(model="m", adapter=adapter, requests=reqs).model_dump(mode="json")
@@ -75,10 +79,10 @@ def _body(**extra: Any) -> dict[str, Any]:
 def _listen(
     redis_url: str, ids: list[str]
 ) -> tuple[redis.client.PubSub, dict[str, list[dict[str, Any]]]]:
+    """Listen where the requests' API process would: its delivery channel."""
     pubsub = redis.Redis.from_url(redis_url).pubsub()
-    pubsub.subscribe(*[keys.token_channel(i) for i in ids])
-    for _ in ids:
-        pubsub.get_message(timeout=1)
+    pubsub.subscribe(keys.delivery_channel(ORIGIN))
+    pubsub.get_message(timeout=1)
     return pubsub, {i: [] for i in ids}
 
 
@@ -92,8 +96,8 @@ def _drain(
     ):
         message = pubsub.get_message(timeout=0.1)
         if message and message["type"] == "message":
-            event = json.loads(message["data"])
-            got[event["id"]].append(event)
+            for event in json.loads(message["data"]):
+                got[event["id"]].append(event)
 
 
 def test_group_runs_and_every_request_ends_once(host: EngineHost, redis_url: str) -> None:
@@ -205,10 +209,12 @@ def test_events_also_go_to_the_request_stream_in_order(host: EngineHost, redis_u
     _drain(pubsub, got)
     r = redis.Redis.from_url(redis_url)
     entries: Any = r.xrange(keys.request_events("r0"))
+    stored = [json.loads(e[1][b"e"]) for e in entries]
+    # an entry holds the events written together; its id is the last one's
     assert [e[0].decode() for e in entries] == [
-        keys.event_entry_id(0, seq) for seq in range(len(got["r0"]))
+        keys.event_entry_id(0, batch[-1]["seq"]) for batch in stored
     ]
-    assert [json.loads(e[1][b"e"]) for e in entries] == got["r0"]
+    assert [event for batch in stored for event in batch] == got["r0"]
     assert 0 < r.ttl(keys.request_events("r0")) <= keys.REQUEST_EVENTS_TTL_S
 
 

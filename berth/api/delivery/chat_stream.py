@@ -20,6 +20,7 @@ from berth.api.delivery.disconnect import unless_client_leaves
 from berth.api.delivery.keepalive import pings_until
 from berth.api.errors import error_response
 from berth.api.state import ApiState
+from berth.protocol import keys
 from berth.protocol.chat import ChatCompletionRequest
 from berth.protocol.completion import CompletionRequest
 from berth.protocol.envelopes import ResumableStream, TokenEvent
@@ -70,7 +71,9 @@ async def resume(
     """Continue the resumable stream ``record`` after its event ``attempt``-``last`` (from
     the start when ``last`` is -1)."""
     timer = metrics.RequestTimer(time.monotonic(), record.tenant, record.model)
-    queue = await state.relay.open(request_id)
+    # the worker publishes to the API process that queued the request: this one follows
+    # the request's event stream
+    queue = await state.relay.open(request_id, follow_after=keys.event_entry_id(attempt, last))
     try:
         # from now on the stream lives and dies with this process (workers/orphans.py)
         await StreamStore(state.redis).attach(request_id, state.instance, _resume_ttl(state))

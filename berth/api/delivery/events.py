@@ -2,10 +2,11 @@
 every event counts once, in order, and from one attempt only.
 
 Pub/sub is the fast path and may lose events (a dropped subscriber connection, a lost
-publish). The worker also writes each event to the request's short-lived stream before it
-publishes it, so a gap in ``seq`` is filled from there; so is a silence (a lost last event
-is found within ``check_every_s``). A gap the stream cannot fill ends the answer with an
-error event, never with a normal finish. Workers send the terminal event; when they cannot
+publish). The worker also writes each event to the request's short-lived stream, within
+``STORE_EVERY_S`` of publishing it (its first and last before), so a gap in ``seq`` is
+filled from there; so is a silence (a lost last event is found within ``check_every_s``).
+A gap the stream cannot fill, even once the worker had time to write it, ends the answer
+with an error event, never with a normal finish. Workers send the terminal event; when they cannot
 (the worker died, the request outlived its deadline), this module makes one up.
 
 A worker that dies, or hands the request back at the end of its drain (a ``requeued`` event
@@ -25,8 +26,13 @@ from dataclasses import dataclass
 
 from berth.protocol.envelopes import OUTSIDE_SEQ, TokenEvent, worker_ref
 from berth.protocol.errors import BerthError, EventsLost, Timeout, WorkerLost
+from berth.store.tokens import STORE_EVERY_S
 
 log = logging.getLogger(__name__)
+
+# how long a gap the stream did not fill is given before its events count as lost: the
+# worker writes what it published to the stream within STORE_EVERY_S
+_STORE_WAIT_S = 2 * STORE_EVERY_S + 0.05
 
 # (attempt, first seq, end seq or None) -> those events from the request's event stream
 Fetch = Callable[[int, int, int | None], Awaitable[list[TokenEvent]]]
@@ -143,6 +149,8 @@ async def request_events(
     dead: set[str] = set()
     # events taken from the stream (or put back), handled before the queue
     backlog: deque[TokenEvent] = deque()
+    # the seq whose gap the stream did not fill once already (it is given one more look)
+    waited_for = -1
     watch = _SilenceWatch(queue, check_every_s)
 
     async def queue_again(handed_back: bool) -> bool:
@@ -215,6 +223,13 @@ async def request_events(
                     await asyncio.sleep(check_every_s)
                     continue
                 if [e.seq for e in missing] != list(range(expected, event.seq)):
+                    if waited_for != expected:
+                        # the worker writes published events to the stream within
+                        # STORE_EVERY_S: give it that, twice, before counting them lost
+                        waited_for = expected
+                        backlog.appendleft(event)
+                        await asyncio.sleep(_STORE_WAIT_S)
+                        continue
                     log.error(
                         "request %s: events %d..%d are lost", request_id, expected, event.seq - 1
                     )

@@ -12,7 +12,8 @@ import redis.asyncio
 from berth.api.delivery.events import Cut, request_events
 from berth.api.delivery.relay import TokenRelay
 from berth.protocol import keys
-from berth.protocol.envelopes import TokenEvent, decode_event, event_json
+from berth.protocol.envelopes import TokenEvent, decode_event, event_json, events_message
+from berth.store.tokens import STORE_EVERY_S
 
 
 async def _no_stream(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
@@ -232,7 +233,9 @@ async def _write(
     choices = [{"index": 0, "content": text}] if text else []
     payload = event_json("r", type_, seq=seq, worker="w1", attempt=attempt, choices=choices)  # type: ignore[arg-type]
     await aredis.xadd(
-        keys.request_events("r"), {"e": payload}, id=keys.event_entry_id(attempt, seq)
+        keys.request_events("r"),
+        {"e": events_message([payload.encode()])},
+        id=keys.event_entry_id(attempt, seq),
     )
     return decode_event(payload)
 
@@ -240,7 +243,7 @@ async def _write(
 async def _follow(
     aredis: redis.asyncio.Redis, queue: asyncio.Queue[TokenEvent | None], **kwargs: object
 ) -> list[TokenEvent]:
-    relay = TokenRelay(aredis)
+    relay = TokenRelay(aredis, "api-1")
 
     async def fetch(attempt: int, first: int, end: int | None) -> list[TokenEvent]:
         return await relay.fetch("r", attempt, first, end)
@@ -286,6 +289,34 @@ async def test_a_gap_the_stream_cannot_fill_ends_with_an_error(
     got = await _follow(aredis, queue)
     assert [e.type for e in got] == ["started", "error"]
     assert got[-1].error is not None and got[-1].error["error"]["code"] == "events_lost"
+
+
+async def test_a_gap_the_worker_has_not_written_yet_is_filled_once_it_has(
+    aredis: redis.asyncio.Redis,
+) -> None:
+    """The worker writes what it published to the stream within STORE_EVERY_S, several
+    events as one entry: a gap found before that is given the time, not counted lost."""
+    queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+    queue.put_nowait(await _write(aredis, 0, "started"))
+    late = [
+        event_json("r", "delta", seq=seq, worker="w1", choices=[{"index": 0, "content": f"t{seq}"}])
+        for seq in (1, 2)
+    ]
+    # delta 1's publish is lost; delta 2's arrives before either is in the stream
+    queue.put_nowait(decode_event(late[1]))
+
+    async def worker_writes_late() -> None:
+        await asyncio.sleep(STORE_EVERY_S)
+        stream = keys.request_events("r")
+        entry = keys.event_entry_id(0, 2)
+        await aredis.xadd(stream, {"e": events_message([e.encode() for e in late])}, id=entry)
+        queue.put_nowait(await _write(aredis, 3, "finished"))
+
+    writing = asyncio.create_task(worker_writes_late())
+    got = await _follow(aredis, queue)
+    await writing
+    assert [e.seq for e in got] == [0, 1, 2, 3]
+    assert "".join(c.content for e in got for c in e.choices) == "t1t2"
 
 
 async def test_a_lost_terminal_event_is_found_in_the_stream(aredis: redis.asyncio.Redis) -> None:
