@@ -297,7 +297,9 @@ def test_a_drain_finishes_what_runs_and_hands_back_what_has_not_started(redis_ur
         host.run_group(
             WorkGroup(
                 model="m",
-                requests=[QueuedRequest(id="r0", model="m", request=_body(), attempt=1)],
+                requests=[
+                    QueuedRequest(id="r0", model="m", request=_body(), attempt=1, origin=ORIGIN)
+                ],
             ).model_dump(mode="json")
         )
         for _ in range(20):
@@ -352,6 +354,7 @@ def test_a_continuation_numbers_its_events_on_and_counts_the_tokens_before_it(
         model="m",
         request=body,
         attempt=1,
+        origin=ORIGIN,
         continuation={"seq": 7, "tokens": 3},  # type: ignore[arg-type]
     )
     host.run_group(WorkGroup(model="m", requests=[queued]).model_dump(mode="json"))
