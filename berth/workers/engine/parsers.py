@@ -240,21 +240,41 @@ class ChoiceParser:
         self._prompt = prompt_token_ids
         self._first = True
         self.tools_called = False
-        # the choice's token ids, kept only where a reasoning parser can count its tokens
+        # reasoning tokens are counted as the parser routes their text: a token counts
+        # while the answer is still reasoning (vLLM's own count_reasoning_tokens counts
+        # only tokens between explicit start and end markers in the output, so a template
+        # that opens the thinking in the prompt, or a random model that emits a stray
+        # marker, makes it disagree with the reasoning_content the client got)
         reasoning = getattr(parser, "reasoning_parser", None)
-        self._reasoning = reasoning
-        self._token_ids: list[int] | None = [] if reasoning is not None else None
+        self._end_id = getattr(reasoning, "end_token_id", None)
+        self._reasoning_done = reasoning is None
+        self._reasoning_count = 0
+        # tokens whose text the parser holds back (a delta of None): counted when it speaks
+        self._held = 0
 
     def reasoning_tokens(self) -> int:
-        """How many of the choice's tokens so far are reasoning, as vLLM's reasoning
-        parser counts them (0 without one, or for a parser that cannot tell)."""
-        if self._reasoning is None or not self._token_ids:
-            return 0
-        return int(self._reasoning.count_reasoning_tokens(self._token_ids))
+        """How many of the choice's tokens so far went to reasoning (0 without a reasoning
+        parser), the thinking markers included."""
+        return self._reasoning_count
+
+    def _count_reasoning(self, token_ids: list[int], delta: Any) -> None:
+        if self._reasoning_done:
+            return
+        tokens = self._held + len(token_ids)
+        if delta is None:
+            self._held = tokens
+            return
+        held, self._held = self._held, 0
+        if not (delta.content or delta.tool_calls):
+            self._reasoning_count += tokens
+            return
+        # the reasoning ended here: up to its end marker it was still reasoning
+        self._reasoning_done = True
+        if delta.reasoning or self._end_id in token_ids:
+            end = token_ids.index(self._end_id) + 1 if self._end_id in token_ids else 0
+            self._reasoning_count += held + end
 
     def feed(self, text: str, token_ids: list[int], *, finished: bool) -> ParsedDelta:
-        if self._token_ids is not None:
-            self._token_ids += token_ids
         if self._parser is None or self._vreq is None:
             return ParsedDelta(content=text)
         delta = self._parser.parse_delta(
@@ -265,6 +285,7 @@ class ChoiceParser:
             finished=finished,
         )
         self._first = False
+        self._count_reasoning(token_ids, delta)
         if delta is None:
             return ParsedDelta()
         calls = None
