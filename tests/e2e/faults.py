@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,12 @@ def _body(tokens: int, stream: bool) -> dict[str, Any]:
     }
 
 
-def stream_outcome(client: httpx.Client, body: dict[str, Any], expected: str) -> str:
+def stream_outcome(
+    client: httpx.Client,
+    body: dict[str, Any],
+    expected: str,
+    on_first_text: Callable[[], None] | None = None,
+) -> str:
     """One streamed chat, by what its client saw: ``finished`` (one finish, ``[DONE]``, and
     exactly ``expected``), ``truncated`` (a normal finish with any other text), ``error:<code>``
     (one error chunk, then ``[DONE]``), ``refused:<status>`` (an HTTP error answer with an
@@ -75,7 +81,10 @@ def stream_outcome(client: httpx.Client, body: dict[str, Any], expected: str) ->
                 if "error" in chunk:
                     terminals.append(f"error:{chunk['error'].get('code')}")
                 for choice in chunk.get("choices", []):
-                    text.append(choice.get("delta", {}).get("content") or "")
+                    content = choice.get("delta", {}).get("content") or ""
+                    if content and on_first_text is not None and not any(text):
+                        on_first_text()
+                    text.append(content)
                     if choice.get("finish_reason"):
                         terminals.append("finished")
             if len(terminals) != 1 or not done:

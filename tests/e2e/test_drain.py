@@ -78,11 +78,17 @@ class Streams:
 
     def __init__(self, url: str, count: int, tokens: int) -> None:
         self.outcomes: list[str] = []
+        # streams whose client has its first text: running in the engine, not waiting
+        self.speaking = 0
         self._lock = threading.Lock()
+
+        def spoke() -> None:
+            with self._lock:
+                self.speaking += 1
 
         def one() -> None:
             with httpx.Client(base_url=url, timeout=HANG_S) as client:
-                outcome = stream_outcome(client, _body(tokens), fake_text(tokens))
+                outcome = stream_outcome(client, _body(tokens), fake_text(tokens), spoke)
             with self._lock:
                 self.outcomes.append(outcome)
 
@@ -103,7 +109,9 @@ def test_sigterm_with_twenty_streams_running_finishes_every_one(stack: RunningSt
     stack.wait_ready(120)
     store = redis.Redis.from_url(stack.redis_url)
     streams = Streams(stack.url, 20, tokens=60)  # 3 s each
-    _wait_for("twenty streams running on w1", lambda: _record(store, "w1").get("running") == 20)
+    # every stream has its first text (one still waiting for the engine when the drain
+    # starts is handed back, and with no other worker would end with no_workers)
+    _wait_for("twenty streams speaking", lambda: streams.speaking == 20)
     worker = _worker(stack, "w1")
     os.kill(worker.pid, signal.SIGTERM)
     _wait_for("w1 draining", lambda: _record(store, "w1").get("draining"))
