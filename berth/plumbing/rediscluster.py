@@ -13,12 +13,17 @@ its slot map between attempts), and TCP keepalive finds half-open connections.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio.cluster
 from redis.asyncio.cluster import ClusterNode
 
-from berth.plumbing.redisconn import DEFAULT_REDIS_CONNECTIONS, retry_policy, socket_options
+from berth.plumbing.redisconn import (
+    DEFAULT_REDIS_CONNECTIONS,
+    retry_policy,
+    socket_options,
+    split_netloc,
+)
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 DEFAULT_PORT = 6379
@@ -43,23 +48,7 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     parts = urlsplit(url)
     if parts.scheme.lower() not in CLUSTER_SCHEMES:
         raise ValueError(f"not a redis+cluster:// URL: {url!r}")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, has_password, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if has_password else None
-    seeds = []
-    for item in hosts.split(","):
-        item = item.strip()
-        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
-        host = host.strip("[]")
-        if not host:
-            raise ValueError(f"redis+cluster URL names an empty host: {url!r}")
-        try:
-            seeds.append((host, int(port) if port else DEFAULT_PORT))
-        except ValueError:
-            raise ValueError(f"cluster port must be a number, got {port!r} in {url!r}") from None
+    username, password, seeds = split_netloc(parts.netloc, DEFAULT_PORT, url, "cluster")
     if parts.path.strip("/") not in ("", "0"):
         raise ValueError(f"a Redis Cluster has only database 0, got {parts.path!r} in {url!r}")
     return ClusterTarget(

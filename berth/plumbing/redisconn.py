@@ -144,27 +144,39 @@ def _tls_options(query: dict[str, str], url: str) -> dict[str, Any]:
     return tls
 
 
-def parse_sentinel_url(url: str) -> SentinelTarget:
-    """Take a ``redis+sentinel://`` URL apart; ValueError says what is wrong with it."""
-    parts = urlsplit(url)
-    if not is_sentinel_url(url):
-        raise ValueError(f"not a {SENTINEL_SCHEME}:// or {SENTINEL_TLS_SCHEME}:// URL: {url!r}")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
+def split_netloc(
+    netloc: str, default_port: int, url: str, what: str
+) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """(username, password, [(host, port), …]) of a URL naming several hosts
+    (``user:password@h1:p1,h2``; ``what`` they are, for errors); ValueError names what is
+    wrong in ``url``."""
+    userinfo, _, hosts = netloc.rpartition("@")
     username = password = None
     if userinfo:
         user, has_password, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if has_password else None
-    sentinels = []
+    found = []
     for item in hosts.split(","):
         host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
         host = host.strip("[]")
         if not host:
-            raise ValueError(f"{SENTINEL_SCHEME} URL names an empty sentinel host: {url!r}")
+            raise ValueError(f"URL names an empty {what} host: {url!r}")
         try:
-            sentinels.append((host, int(port) if port else DEFAULT_SENTINEL_PORT))
+            found.append((host, int(port) if port else default_port))
         except ValueError:
-            raise ValueError(f"sentinel port must be a number, got {port!r} in {url!r}") from None
+            raise ValueError(f"{what} port must be a number, got {port!r} in {url!r}") from None
+    return username, password, found
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Take a ``redis+sentinel://`` URL apart; ValueError says what is wrong with it."""
+    parts = urlsplit(url)
+    if not is_sentinel_url(url):
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// or {SENTINEL_TLS_SCHEME}:// URL: {url!r}")
+    username, password, sentinels = split_netloc(
+        parts.netloc, DEFAULT_SENTINEL_PORT, url, "sentinel"
+    )
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
         raise ValueError(
